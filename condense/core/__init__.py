@@ -1,0 +1,1 @@
+"""Foundations shared by every technique: registries, configs, tasks, lineage and artifacts."""

@@ -1,0 +1,142 @@
+"""A Task bundles what a model is measured and compressed against.
+
+The pipeline only ever talks to a model through its task: build it, feed it batches, evaluate it. That keeps
+built-in and user tasks interchangeable, and makes every step measured the same way.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from condense.core import lineage
+from condense.errors import CondenseError
+
+
+@dataclass
+class Task:
+    """A model, the inputs to time it on, and how to judge its quality.
+
+    Args:
+        name: short name shown in tables and saved in artifacts.
+        model: the model, or a zero-argument factory returning a fresh one.
+        evaluate: `evaluate(model) -> {metric: value}`; must include `primary_metric`.
+        primary_metric: the metric that budgets and searches compare.
+        higher_is_better: direction of the primary metric.
+        inputs: `inputs(batch_size) -> batch`, or one example batch (a tensor, or a tuple/dict of tensors whose
+            first dimension is the batch) that is tiled to any batch size.
+        run: `run(model, batch)` runs one batch; default `model(batch)` (`*batch` for tuples, `**batch` for dicts).
+        calibration_data: zero-argument callable yielding batches for calibration (quantization, pruning).
+        train_data: zero-argument callable yielding `(inputs, targets)` batches for fine-tuning, where available.
+        generate: for generative tasks, `generate(model, batch_size, new_tokens) -> tokens generated`.
+        batch_sizes: batch sizes timed by default.
+        description: one line for `condense tasks`.
+        spec: how to rebuild this task (set for built-in and factory tasks; saved in artifacts).
+
+    Example:
+        >>> import torch, condense
+        >>> net = torch.nn.Linear(4, 2)
+        >>> x = torch.randn(8, 4)
+        >>> task = condense.Task("toy", net, evaluate=lambda m: {"mse": float(m(x).pow(2).mean())},
+        ...                      primary_metric="mse", higher_is_better=False, inputs=x[:1])
+        >>> task.batch(3).shape
+        torch.Size([3, 4])
+    """
+
+    name: str
+    model: nn.Module | Callable[[], nn.Module]
+    evaluate: Callable[[nn.Module], dict[str, float]]
+    primary_metric: str
+    higher_is_better: bool = True
+    inputs: Any = None
+    run: Callable[[nn.Module, Any], Any] | None = None
+    calibration_data: Callable[[], Iterable[Any]] | None = None
+    train_data: Callable[[], Iterable[Any]] | None = None
+    generate: Callable[[nn.Module, int, int], int] | None = None
+    batch_sizes: tuple[int, ...] = (1, 32)
+    description: str = ""
+    spec: dict[str, Any] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise CondenseError("Task needs a non-empty name, e.g. Task('my-task', ...)")
+        if not callable(self.evaluate):
+            raise CondenseError("Task.evaluate must be a callable evaluate(model) -> dict of metrics")
+        if self.inputs is None:
+            raise CondenseError("Task needs inputs: an example batch or a callable inputs(batch_size) -> batch")
+        for b in self.batch_sizes:
+            check_batch_size(b)
+
+    # -- models ---------------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """A fresh model in eval mode, stamped with this task's spec (so artifacts can rebuild it)."""
+        if isinstance(self.model, nn.Module):
+            m = copy.deepcopy(self.model)
+        else:
+            m = self.model()
+            if not isinstance(m, nn.Module):
+                raise CondenseError(f"task {self.name!r}: the model factory returned {type(m).__name__}, "
+                                    "not a torch.nn.Module")
+        m.eval()
+        lineage.set_task(m, self.spec)
+        return m
+
+    # -- data -----------------------------------------------------------------------------------------------
+    def batch(self, batch_size: int) -> Any:
+        """One batch of `batch_size` inputs (deterministic)."""
+        check_batch_size(batch_size)
+        if callable(self.inputs):
+            return self.inputs(batch_size)
+        return _tile(self.inputs, batch_size)
+
+    def run_batch(self, model: nn.Module, batch: Any) -> Any:
+        """Run `model` on one batch the way this task does."""
+        if self.run is not None:
+            return self.run(model, batch)
+        if isinstance(batch, dict):
+            return model(**batch)
+        if isinstance(batch, (tuple, list)):
+            return model(*batch)
+        return model(batch)
+
+    # -- quality --------------------------------------------------------------------------------------------
+    def metrics(self, model: nn.Module) -> dict[str, float]:
+        """Evaluate `model`; returns plain floats and checks the primary metric is there."""
+        with torch.inference_mode():
+            out = self.evaluate(model)
+        if not isinstance(out, dict) or self.primary_metric not in out:
+            raise CondenseError(f"task {self.name!r}: evaluate() must return a dict containing the primary metric "
+                                f"{self.primary_metric!r}, got {out!r}")
+        return {k: float(v) for k, v in out.items()}
+
+    def within_budget(self, value: float, baseline: float, budget: float) -> bool:
+        """Whether `value` is within a relative `budget` (0.01 = 1%) of `baseline` in the metric's direction."""
+        if self.higher_is_better:
+            return value >= baseline * (1 - budget) if baseline >= 0 else value >= baseline * (1 + budget)
+        return value <= baseline * (1 + budget) if baseline >= 0 else value <= baseline * (1 - budget)
+
+
+def check_batch_size(b: Any) -> int:
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise CondenseError(f"batch size must be a positive integer, got {b!r}; e.g. --batch-sizes 1,32")
+    return b
+
+
+def _tile(example: Any, n: int) -> Any:
+    """Repeat an example batch along dim 0 until it has `n` rows."""
+    if isinstance(example, torch.Tensor):
+        reps = math.ceil(n / example.shape[0])
+        return example.repeat(reps, *([1] * (example.dim() - 1)))[:n].clone()
+    if isinstance(example, dict):
+        return {k: _tile(v, n) for k, v in example.items()}
+    if isinstance(example, (tuple, list)):
+        return type(example)(_tile(v, n) for v in example)
+    if isinstance(example, (str, int, float)):
+        return example
+    raise CondenseError(f"cannot tile inputs of type {type(example).__name__} to a batch size; "
+                        "pass Task(inputs=callable(batch_size) -> batch) instead")

@@ -1,0 +1,17 @@
+"""Test set-up: an isolated cache folder so tests never touch the user's cache, and few threads for speed."""
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    old = os.environ.get("CONDENSE_CACHE")
+    os.environ["CONDENSE_CACHE"] = str(tmp_path_factory.mktemp("condense-cache"))
+    torch.manual_seed(0)
+    yield
+    if old is None:
+        os.environ.pop("CONDENSE_CACHE", None)
+    else:
+        os.environ["CONDENSE_CACHE"] = old
