@@ -22,9 +22,9 @@ _LAZY = {
     "get_task": "condense.tasks",
     "list_tasks": "condense.tasks",
     # measurement
-    "measure": "condense.measure.api",
-    "MeasureConfig": "condense.measure.api",
-    "Measurement": "condense.measure.api",
+    "measure": "condense.measurement.api",
+    "MeasureConfig": "condense.measurement.api",
+    "Measurement": "condense.measurement.api",
     # artifacts
     "save": "condense.core.artifact",
     "load": "condense.core.artifact",

@@ -33,6 +33,8 @@ class Task:
         calibration_data: zero-argument callable yielding batches for calibration (quantization, pruning).
         train_data: zero-argument callable yielding `(inputs, targets)` batches for fine-tuning, where available.
         generate: for generative tasks, `generate(model, batch_size, new_tokens) -> tokens generated`.
+        skeleton: builds the model's architecture without training or loading weights; `condense.load` uses it
+            so loading an artifact never trains. Defaults to `model`.
         batch_sizes: batch sizes timed by default.
         description: one line for `condense tasks`.
         spec: how to rebuild this task (set for built-in and factory tasks; saved in artifacts).
@@ -57,6 +59,7 @@ class Task:
     calibration_data: Callable[[], Iterable[Any]] | None = None
     train_data: Callable[[], Iterable[Any]] | None = None
     generate: Callable[[nn.Module, int, int], int] | None = None
+    skeleton: Callable[[], nn.Module] | None = None
     batch_sizes: tuple[int, ...] = (1, 32)
     description: str = ""
     spec: dict[str, Any] | None = None
@@ -82,6 +85,15 @@ class Task:
             if not isinstance(m, nn.Module):
                 raise CondenseError(f"task {self.name!r}: the model factory returned {type(m).__name__}, "
                                     "not a torch.nn.Module")
+        m.eval()
+        lineage.set_task(m, self.spec)
+        return m
+
+    def build_skeleton(self) -> nn.Module:
+        """The architecture only (weights are about to be overwritten by an artifact's)."""
+        if self.skeleton is None:
+            return self.build_model()
+        m = self.skeleton()
         m.eval()
         lineage.set_task(m, self.spec)
         return m

@@ -1,0 +1,5 @@
+import sys
+
+from condense.cli import main
+
+sys.exit(main())

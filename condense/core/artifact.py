@@ -1,0 +1,281 @@
+"""Saved artifacts: safetensors weights plus JSON metadata; data, never pickles.
+
+Layout of an artifact folder:
+    condense.json                   metadata: task spec, transforms applied (configs + details), measurements,
+                                    the weights file's name and sha256, tensor aliases
+    weights-<sha12>.safetensors     every tensor, named by module path
+
+Writes are atomic: the weights go to a new content-named file first, then `condense.json` is replaced in one
+rename, then unreferenced old weights are removed. A failure at any point leaves the earlier artifact loadable.
+
+Loading rebuilds the architecture (the task's model, then each recorded transform replayed by its registered
+handler) and fills it with the saved tensors, so outputs equal the saved model's.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from condense.core import lineage as _lineage
+from condense.core.atomic import atomic_write_json
+from condense.core.registry import Registry, TypeRegistry
+from condense.errors import ArtifactError
+
+META_FILE = "condense.json"
+FORMAT = "condense.artifact"
+FORMAT_VERSION = 1
+
+
+class TensorCodec:
+    """How a module type's state becomes named plain tensors and back (for packed/quantized modules)."""
+
+    def export(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load(self, module: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+
+CODECS: TypeRegistry[TensorCodec] = TypeRegistry("tensor codec")
+
+# config type name -> fn(model, config, details) -> model: re-applies a transform's architecture change.
+REPLAY: Registry[Callable[[nn.Module, Any, dict], nn.Module]] = Registry("transform")
+
+
+
+def _import_techniques() -> None:
+    from condense.core.transforms import load_techniques
+
+    load_techniques()
+
+
+# -- tensors ----------------------------------------------------------------------------------------------------
+def _own_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    out = {k: v for k, v in module._parameters.items() if v is not None}
+    for k, v in module._buffers.items():
+        if v is not None and k not in module._non_persistent_buffers_set:
+            out[k] = v
+    return out
+
+
+def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of `model` as plain (non-quantized) tensors keyed by qualified name."""
+    _import_techniques()
+    out: dict[str, torch.Tensor] = {}
+    skip_prefixes: list[str] = []
+    for name, mod in model.named_modules():
+        if any(name.startswith(p) for p in skip_prefixes):
+            continue
+        prefix = f"{name}." if name else ""
+        codec = CODECS.find(mod)
+        if codec is not None:
+            tensors = codec.export(mod)
+            skip_prefixes.append(prefix)  # the codec owns the whole sub-tree
+        else:
+            tensors = _own_state(mod)
+        for k, v in tensors.items():
+            out[prefix + k] = v.detach()
+    return out
+
+
+def _load_state_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    used: set[str] = set()
+    missing: list[str] = []
+    skip_prefixes: list[str] = []
+    for name, mod in model.named_modules():
+        if any(name.startswith(p) for p in skip_prefixes):
+            continue
+        prefix = f"{name}." if name else ""
+        codec = CODECS.find(mod)
+        if codec is not None:
+            skip_prefixes.append(prefix)
+            sub = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            codec.load(mod, sub)
+            used.update(prefix + k for k in sub)
+            continue
+        for k, target in _own_state(mod).items():
+            key = prefix + k
+            if key not in tensors:
+                missing.append(key)
+                continue
+            src = tensors[key]
+            if tuple(src.shape) != tuple(target.shape):
+                raise ArtifactError(f"tensor {key!r} has shape {tuple(src.shape)} in the artifact but "
+                                    f"{tuple(target.shape)} in the model; the artifact was made from a different "
+                                    "architecture: load it with the task (or model) that produced it")
+            with torch.no_grad():
+                target.copy_(src.to(dtype=target.dtype))
+            used.add(key)
+    unexpected = sorted(set(tensors) - used)
+    if missing or unexpected:
+        raise ArtifactError(f"artifact does not fit the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                            f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; load it with the "
+                            "task (or a fresh model) that produced it")
+
+
+def _dedupe(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """safetensors refuses shared storage: keep one copy and record the others as aliases."""
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for k, v in tensors.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()), v.dtype)
+        if v.numel() > 0 and key in seen:
+            aliases[k] = seen[key]
+        else:
+            seen[key] = k
+            unique[k] = v.contiguous().cpu()
+    return unique, aliases
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- public API -------------------------------------------------------------------------------------------------
+def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None = None,
+         metadata: dict | None = None) -> Path:
+    """Save `model` to the artifact folder `path` (created if needed); returns the folder.
+
+    Example:
+        >>> import tempfile, torch, condense
+        >>> net = torch.nn.Linear(3, 2)
+        >>> d = condense.save(net, tempfile.mkdtemp() + "/lin")
+        >>> torch.equal(condense.load(d, model=torch.nn.Linear(3, 2)).weight, net.weight)
+        True
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{path} is a file; an artifact is a folder: choose another --out path")
+    if path.is_dir() and any(path.iterdir()) and not (path / META_FILE).exists():
+        raise ArtifactError(f"{path} exists and is not a condense artifact; refusing to write into it: "
+                            "choose an empty or new folder")
+    path.mkdir(parents=True, exist_ok=True)
+    tensors, aliases = _dedupe(state_tensors(model))
+    tmp_name = path / ".weights.incoming.safetensors"
+    try:
+        save_file(tensors, str(tmp_name))
+        digest = _sha256(tmp_name)
+        weights_name = f"weights-{digest[:12]}.safetensors"
+        os.replace(tmp_name, path / weights_name)
+    finally:
+        tmp_name.unlink(missing_ok=True)
+    rec = _lineage.lineage(model)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "condense_version": _condense_version(),
+        "torch_version": torch.__version__,
+        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "weights_file": weights_name,
+        "weights_sha256": digest,
+        "weights_bytes": (path / weights_name).stat().st_size,
+        "aliases": aliases,
+        "task": rec["task"],
+        "transforms": rec["transforms"],
+        "measurements": measurements,
+        "metadata": metadata or {},
+    }
+    json.dumps(meta)  # fail before writing if anything is not JSON-able
+    atomic_write_json(path / META_FILE, meta)
+    for old in path.glob("weights-*.safetensors"):
+        if old.name != weights_name:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The parsed `condense.json` of an artifact, with clear errors for a missing or corrupt one."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not meta_path.exists():
+        hint = "the folder does not exist" if not path.exists() else f"it has no {META_FILE}"
+        raise ArtifactError(f"no condense artifact at {path} ({hint}); create one with condense.save(model, path) "
+                            "or `condense demo`, and check the path")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"artifact metadata {meta_path} is corrupt ({e}); re-create the artifact") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{meta_path} is not condense artifact metadata; re-create the artifact")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ArtifactError(f"artifact format {meta['format_version']} is newer than this condense supports "
+                            f"({FORMAT_VERSION}); upgrade condense")
+    return meta
+
+
+def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any = None,
+         device: str | torch.device = "cpu") -> nn.Module:
+    """Load an artifact saved by `save`: rebuild the architecture, replay transforms, fill in the weights.
+
+    Args:
+        path: the artifact folder.
+        model: a freshly built model of the original architecture (needed when the artifact records no task).
+        task: the task to rebuild the model from (default: the task recorded in the artifact).
+        device: where to put the loaded model.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from condense.core.config import config_from_dict
+
+    path = Path(path)
+    meta = read_metadata(path)
+    wpath = path / str(meta.get("weights_file", ""))
+    if not wpath.is_file():
+        raise ArtifactError(f"artifact {path} is missing its weights file {wpath.name}; re-create the artifact")
+    if _sha256(wpath) != meta.get("weights_sha256"):
+        raise ArtifactError(f"weights file {wpath} is corrupt (checksum mismatch); re-create the artifact")
+    try:
+        tensors = load_file(str(wpath))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"weights file {wpath} cannot be read ({e}); re-create the artifact") from None
+    for alias, target in meta.get("aliases", {}).items():
+        tensors[alias] = tensors[target]
+
+    _import_techniques()
+    if model is None:
+        if task is None:
+            if not meta.get("task"):
+                raise ArtifactError(f"artifact {path} records no task; pass model=<a fresh model of the same "
+                                    "architecture> to condense.load")
+            from condense.tasks import get_task
+
+            task = get_task(meta["task"])
+        elif not hasattr(task, "build_skeleton"):
+            from condense.tasks import get_task
+
+            task = get_task(task)
+        model = task.build_skeleton()
+    for entry in meta.get("transforms", []):
+        cfg = config_from_dict(entry["config"])
+        model = REPLAY.get(type(cfg).__name__)(model, cfg, entry.get("details", {}))
+    _load_state_tensors(model, tensors)
+    rec = {"task": meta.get("task"), "transforms": meta.get("transforms", [])}
+    object.__setattr__(model, "_condense_lineage", rec)
+    return model.to(device).eval()
+
+
+def artifact_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of an artifact folder (weights and metadata)."""
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+
+
+def _condense_version() -> str:
+    from condense import __version__
+
+    return __version__

@@ -1,0 +1,76 @@
+"""The one-way flow every job follows: task -> measure -> transform(s) -> measure -> save -> report.
+
+A transformation never measures or reports by itself; this module does, so every step is measured the same way.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from condense import progress
+from condense.core.artifact import save
+from condense.core.atomic import atomic_write_json, atomic_write_text
+from condense.core.task import Task
+from condense.core.transforms import apply_
+from condense.errors import CondenseError
+from condense.measurement.api import MeasureConfig, Measurement, measure
+from condense.report import build_report, render_html
+
+
+@dataclass(frozen=True)
+class Step:
+    """A labelled transformation; `config=None` is the untouched baseline."""
+
+    label: str
+    config: Any = None
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    measurements: list[Measurement]
+    report: dict[str, Any]
+    artifact: Path | None
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def check_run_name(name: str) -> str:
+    if not _NAME.match(name or ""):
+        raise CondenseError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (e.g. demo-minilm)")
+    return name
+
+
+def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: str,
+                 measure_config: MeasureConfig = MeasureConfig(), save_artifact: bool = True) -> RunResult:
+    """Build the task's model, apply `steps` in order measuring after each, save the result and the report.
+
+    Writes `out_dir/report.json`, `out_dir/report.html` and (if `save_artifact`) the final model to
+    `out_dir/model/`. Files are written atomically; a failure leaves earlier results in `out_dir` intact.
+    """
+    if not steps:
+        raise CondenseError("a pipeline needs at least one step; start with Step('baseline')")
+    out_dir = Path(out_dir)
+    progress.note(f"building the {task.name} model")
+    model = task.build_model()
+    ms: list[Measurement] = []
+    rows: list[dict[str, Any]] = []
+    for step in steps:
+        if step.config is not None:
+            progress.note(f"applying {step.label}: {type(step.config).__name__}")
+            model = apply_(model, step.config)
+        m = measure(model, task, measure_config, label=step.label)
+        ms.append(m)
+        rows.append({"label": step.label, "transforms": [] if step.config is None else [step.config.to_dict()],
+                     "measurement": m})
+    artifact = None
+    if save_artifact:
+        artifact = save(model, out_dir / "model", measurements=ms[-1].to_dict())
+        rows[-1]["artifact"] = str(artifact)
+    report = build_report(name, task.name, rows)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(out_dir / "report.html", render_html(report))
+    return RunResult(out_dir=out_dir, measurements=ms, report=report, artifact=artifact)

@@ -1,0 +1,106 @@
+"""Dynamic int8 post-training quantization on torch's x86 (fbgemm) int8 kernels.
+
+Weights are stored int8 (per output channel by default); activations are quantized on the fly per batch, so no
+calibration data is needed. Each `nn.Linear` becomes `torch.ao.nn.quantized.dynamic.Linear`, whose matmul runs
+in the int8 GEMM kernel: a real kernel path, not a simulation.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.ao.nn.quantized import dynamic as nnqd
+
+from condense.core import lineage
+from condense.core.artifact import CODECS, REPLAY, TensorCodec
+from condense.core.config import config
+from condense.errors import ConfigError
+from condense.measurement.counts import PARAM_VIEWS
+from condense.measurement.macs import MAC_COUNTERS
+from condense.quantize.api import register_quantizer
+from condense.quantize.select import select_modules
+
+
+@config
+class DynamicInt8Config:
+    """Dynamic int8 quantization of `nn.Linear` layers.
+
+    Args:
+        per_channel: one scale per output channel (more accurate) instead of one per tensor.
+        include: module-name patterns to quantize (fnmatch, e.g. "layers.*.ffn_*").
+        exclude: module-name patterns to keep in float.
+
+    Example:
+        >>> DynamicInt8Config(exclude=("classifier",)).to_dict()["exclude"]
+        ['classifier']
+    """
+
+    per_channel: bool = True
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
+                raise ConfigError(f"DynamicInt8Config.{name} must be a tuple of patterns, e.g. ('layers.*',), "
+                                  f"got {v!r}")
+
+
+def _quantize_layers(model: nn.Module, names: list[str], per_channel: bool) -> nn.Module:
+    qconfig = (torch.ao.quantization.per_channel_dynamic_qconfig if per_channel
+               else torch.ao.quantization.default_dynamic_qconfig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao warns that it is deprecated in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(model, {n: qconfig for n in names}, dtype=torch.qint8,
+                                                      inplace=True)
+
+
+@register_quantizer("DynamicInt8Config")
+def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config) -> nn.Module:
+    """Swap the selected Linears for int8 dynamic ones (in place)."""
+    names = select_modules(model, (nn.Linear,), cfg.include, cfg.exclude, what="DynamicInt8Config")
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ConfigError("DynamicInt8Config runs on CPU int8 kernels; move the model to CPU first (model.cpu())")
+    model = _quantize_layers(model, names, cfg.per_channel)
+    lineage.record_transform(model, cfg, layers=names)
+    return model
+
+
+@REPLAY.register("DynamicInt8Config")
+def _replay(model: nn.Module, cfg: DynamicInt8Config, details: dict) -> nn.Module:
+    return _quantize_layers(model, list(details["layers"]), cfg.per_channel)
+
+
+class DynamicLinearCodec(TensorCodec):
+    """int8 weights + scales + zero points + float bias, exactly as the packed kernel holds them."""
+
+    def export(self, m: nn.Module) -> dict[str, torch.Tensor]:
+        w, b = m._weight_bias()
+        out = {"weight.int8": w.int_repr()}
+        if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            out["weight.scales"] = w.q_per_channel_scales().to(torch.float64)
+            out["weight.zero_points"] = w.q_per_channel_zero_points().to(torch.int64)
+            out["weight.axis"] = torch.tensor(w.q_per_channel_axis())
+        else:
+            out["weight.scale"] = torch.tensor(w.q_scale(), dtype=torch.float64)
+            out["weight.zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
+        if b is not None:
+            out["bias"] = b.detach()
+        return out
+
+    def load(self, m: nn.Module, t: dict[str, torch.Tensor]) -> None:
+        q = t["weight.int8"]
+        if "weight.scales" in t:
+            w = torch._make_per_channel_quantized_tensor(q, t["weight.scales"], t["weight.zero_points"],
+                                                         int(t["weight.axis"]))
+        else:
+            w = torch._make_per_tensor_quantized_tensor(q, float(t["weight.scale"]), int(t["weight.zero_point"]))
+        m.set_weight_bias(w, t.get("bias"))
+
+
+CODECS.register(nnqd.Linear)(DynamicLinearCodec())
+PARAM_VIEWS.register(nnqd.Linear)(lambda m: dict(zip(("weight", "bias"), m._weight_bias())))
+MAC_COUNTERS.register(nnqd.Linear)(
+    lambda m, inp, out: (inp[0].numel() // m.in_features) * m.in_features * m.out_features)

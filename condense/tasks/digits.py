@@ -1,0 +1,156 @@
+"""The `digits` task: a small CNN on scikit-learn's 8x8 digits, trained in seconds and cached.
+
+The network is wide enough that convolutions dominate its cost at batch 256, so channel pruning and int8
+kernels have real work to remove.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core.atomic import atomic_write, atomic_write_json
+from condense.core.paths import cache_dir
+from condense.core.task import Task
+from condense.data.digits import digits_split
+
+
+@dataclass(frozen=True)
+class DigitsConfig:
+    channels: tuple[int, ...] = (32, 64, 128)
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class DigitsCNN(nn.Module):
+    """conv-bn-relu x3 (a 2x2 max-pool after the second) -> global average pool -> linear classifier.
+
+    Example:
+        >>> DigitsCNN((8, 16, 32))(torch.zeros(2, 1, 8, 8)).shape
+        torch.Size([2, 10])
+    """
+
+    def __init__(self, channels: tuple[int, ...] = (32, 64, 128), n_classes: int = 10):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.features = nn.Sequential(_block(1, c1), _block(c1, c2), nn.MaxPool2d(2), _block(c2, c3))
+        self.classifier = nn.Linear(c3, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)                 # (B, C3, 4, 4)
+        h = h.mean(dim=(2, 3))               # (B, C3)
+        return self.classifier(h)            # (B, 10)
+
+
+def train_digits(cfg: DigitsConfig) -> DigitsCNN:
+    """Train a DigitsCNN on the fixed split (deterministic for a given config)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data = digits_split()
+    model = DigitsCNN(cfg.channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    n = data.x_train.shape[0]
+    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    model.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, cfg.batch_size):
+            idx = perm[i:i + cfg.batch_size]
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy of `model` on (x, y), on the device of the model's parameters."""
+    dev = _device_of(model)
+    correct = 0
+    with torch.inference_mode():
+        for i in range(0, x.shape[0], batch_size):
+            logits = model(x[i:i + batch_size].to(dev))
+            correct += int((logits.argmax(-1).cpu() == y[i:i + batch_size]).sum())
+    return correct / x.shape[0]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def load_digits_model(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
+    """The trained model for `cfg`, from the cache if present, else trained (seconds) and cached atomically."""
+    from safetensors.torch import load_file, save_file
+
+    key = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir() / f"digits-{key}.safetensors"
+    model = DigitsCNN(cfg.channels)
+    if path.exists():
+        try:
+            model.load_state_dict(load_file(str(path)))
+            return model.eval()
+        except Exception:  # a corrupt cache entry is retrained, never trusted
+            path.unlink(missing_ok=True)
+    model = train_digits(cfg)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
+    atomic_write_json(path.with_suffix(".json"), {"config": asdict(cfg)})
+    return model
+
+
+def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int = 30) -> Task:
+    """The built-in digits task (test accuracy on the fixed 20% split).
+
+    Example:
+        >>> t = make_task()
+        >>> t.primary_metric
+        'accuracy'
+    """
+    cfg = DigitsConfig(channels=tuple(channels), epochs=epochs)
+    data = digits_split()
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        return {"accuracy": accuracy(model, data.x_test, data.y_test)}
+
+    def inputs(batch_size: int) -> torch.Tensor:
+        reps = -(-batch_size // data.x_test.shape[0])
+        return data.x_test.repeat(reps, 1, 1, 1)[:batch_size].clone()  # (B, 1, 8, 8)
+
+    def calibration_data() -> Iterator[torch.Tensor]:
+        for i in range(0, 512, 64):
+            yield data.x_train[i:i + 64]
+
+    def train_data() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(0)
+        perm = torch.randperm(data.x_train.shape[0], generator=g)
+        for i in range(0, perm.numel(), 64):
+            idx = perm[i:i + 64]
+            yield data.x_train[idx], data.y_train[idx]
+
+    return Task(
+        name="digits",
+        model=lambda: load_digits_model(cfg),
+        evaluate=evaluate,
+        primary_metric="accuracy",
+        higher_is_better=True,
+        inputs=inputs,
+        calibration_data=calibration_data,
+        train_data=train_data,
+        batch_sizes=(1, 256),
+        description="small CNN on scikit-learn's 8x8 digits; test accuracy",
+    )
