@@ -10,12 +10,24 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from condense.core.registry import TypeRegistry
 
 # module type -> fn(module, inputs tuple, output) -> MACs for that call
 MAC_COUNTERS: TypeRegistry[Callable[[nn.Module, tuple, Any], int]] = TypeRegistry("MAC counter")
+
+
+def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's table misses the CPU attention kernels; without these, attention would silently count as zero.
+_EXTRA_FORMULAS = {
+    op: _sdpa_cpu_flop
+    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
+    if (op := getattr(torch.ops.aten, name, None)) is not None
+}
 
 
 def count_macs(model: nn.Module, run: Callable[[], Any]) -> int:
@@ -37,7 +49,7 @@ def count_macs(model: nn.Module, run: Callable[[], Any]) -> int:
 
         handles.append(m.register_forward_hook(hook))
     try:
-        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as fc:
             run()
         flops = fc.get_total_flops()
     finally:

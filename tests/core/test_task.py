@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from condense.core import lineage
+from condense.core.task import Task
+from condense.errors import CondenseError
+from condense.tasks import get_task, list_tasks
+from condense.testing import tiny_task
+
+
+def test_tiling_inputs_to_any_batch_size():
+    task = tiny_task()
+    assert task.batch(5).shape == (5, 8)
+    b = Task("t", torch.nn.Identity(), evaluate=lambda m: {"x": 1.0}, primary_metric="x",
+             inputs=(torch.arange(3.0)[:, None], {"k": torch.zeros(3, 2)})).batch(7)
+    assert b[0].shape == (7, 1) and b[1]["k"].shape == (7, 2)
+    assert torch.equal(b[0][:, 0], torch.tensor([0.0, 1, 2, 0, 1, 2, 0]))
+
+
+def test_build_model_is_a_fresh_copy_stamped_with_the_spec():
+    task = get_task("condense.testing:tiny_task")
+    a, b = task.build_model(), task.build_model()
+    assert a is not b and torch.equal(a.fc1.weight, b.fc1.weight)
+    assert lineage.lineage(a)["task"] == {"factory": "condense.testing:tiny_task", "options": {}}
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])
+def test_invalid_batch_size_names_the_fix(bad):
+    with pytest.raises(CondenseError, match="batch size must be a positive integer"):
+        tiny_task().batch(bad)
+
+
+def test_missing_primary_metric_is_an_error():
+    task = tiny_task()
+    task.evaluate = lambda m: {"other": 1.0}
+    with pytest.raises(CondenseError, match="primary metric 'agreement'"):
+        task.metrics(task.build_model())
+
+
+def test_within_budget_respects_direction():
+    up = tiny_task()
+    assert up.within_budget(0.99, 1.0, 0.01) and not up.within_budget(0.98, 1.0, 0.01)
+    up.higher_is_better = False
+    assert up.within_budget(1.01, 1.0, 0.01) and not up.within_budget(1.02, 1.0, 0.01)
+
+
+def test_task_lookup_errors():
+    assert [n for n, _ in list_tasks()] == ["digits", "minilm", "tinygpt"]
+    with pytest.raises(CondenseError, match="unknown task 'nope'; choose one of: digits, minilm, tinygpt"):
+        get_task("nope")
+    with pytest.raises(CondenseError, match="cannot import module 'no_such_mod'"):
+        get_task("no_such_mod:make")
+    with pytest.raises(CondenseError, match="has no callable 'nothing'"):
+        get_task("condense.testing:nothing")

@@ -1,0 +1,66 @@
+import json
+import time
+
+import pytest
+
+import condense
+from condense.errors import ConfigError, CondenseError
+from condense.measurement.api import MeasureConfig, Measurement
+from condense.measurement.memory import peak_memory
+from condense.measurement.timing import time_call
+from condense.tasks import get_task
+
+
+def test_time_call_runs_at_least_repeats_and_orders_percentiles():
+    calls = []
+    s = time_call(lambda: calls.append(1), warmup=2, repeats=7)
+    assert len(calls) == 9 and s.n == 7
+    assert s.min <= s.p50 <= s.p95
+
+
+def test_time_call_measures_a_known_sleep():
+    s = time_call(lambda: time.sleep(0.01), warmup=0, repeats=3)
+    assert 0.009 <= s.p50 < 0.2  # sleep(10 ms) can overrun but never underrun
+    assert s.cpu_cores_busy < 0.5  # sleeping uses no CPU
+
+
+def test_peak_memory_sees_a_large_allocation():
+    import torch
+
+    def alloc():
+        t = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        return float(t.sum())
+
+    r = peak_memory(alloc)
+    if r["peak_bytes"] is None:
+        pytest.skip("peak memory not measurable on this platform")
+    assert r["increase_bytes"] >= 60 * 2**20
+
+
+def test_measure_tiny_task_records_everything():
+    task = get_task("condense.testing:tiny_task")
+    m = condense.measure(task.build_model(), task, MeasureConfig(batch_sizes=(1, 4), repeats=3, min_time_s=0,
+                                                                 threads=1))
+    assert m.params_total == 8 * 16 + 16 + 16 * 4 + 4
+    assert m.macs_per_sample == 8 * 16 + 16 * 4
+    assert set(m.latency) == {"1", "4"} and m.quality == {"agreement": 1.0}
+    assert m.throughput["4"] == pytest.approx(4 / m.latency["4"]["p50_s"])
+    assert m.machine["torch_threads"] == 1 and "torch" in m.machine["versions"]
+    assert m.size_bytes > m.params_total * 4
+    again = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again == m
+
+
+def test_measure_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        MeasureConfig(threads=0)
+    with pytest.raises(CondenseError, match="batch size must be a positive integer"):
+        MeasureConfig(batch_sizes=(0,))
+    with pytest.raises(ConfigError, match="unknown device"):
+        MeasureConfig(device="tpu9")
+
+
+def test_digits_task_quality_is_high():
+    task = get_task("digits")
+    acc = task.metrics(task.build_model())["accuracy"]
+    assert acc > 0.9
