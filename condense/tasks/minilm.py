@@ -1,0 +1,172 @@
+"""The built-in `minilm` task: all-MiniLM-L6-v2, judged by retrieval on standard-library docstrings.
+
+Quality is MRR@10 of finding each docstring's body from its summary line among all bodies in the set, plus how
+close each embedding stays to the uncompressed model's (`cosine_to_fp32`, 1.0 = unchanged). The fp32 reference
+embeddings are computed once, then kept in memory and on disk under the condense cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from functools import partial
+from typing import Iterator, Sequence
+
+import numpy as np
+from torch import nn
+
+from condense.core.task import Task
+from condense.errors import CondenseError
+
+CALIBRATION_BATCHES = 8
+TEXTS_PER_BATCH = 32
+_REFERENCE_FORMAT = 1  # bump when the reference computation changes, so stale cache files are not read
+
+_reference_memo: dict[str, np.ndarray] = {}
+
+
+def retrieval_metrics(queries: np.ndarray, documents: np.ndarray, k: int = 10) -> dict[str, float]:
+    """MRR@k and recall@1 where `documents[i]` answers `queries[i]`; ties rank the answer last (no free wins).
+
+    Example:
+        >>> e = np.eye(3, dtype=np.float32)
+        >>> retrieval_metrics(e, e)
+        {'mrr@10': 1.0, 'recall@1': 1.0}
+    """
+    if queries.shape != documents.shape or queries.ndim != 2:
+        raise CondenseError(f"queries {queries.shape} and documents {documents.shape} must be matching (n, dim) "
+                            "arrays, one document per query")
+    q = _unit(queries)
+    d = _unit(documents)
+    sims = q @ d.T  # (n, n) cosine similarities
+    right = np.diag(sims)[:, None]  # (n, 1)
+    rank = (sims >= right).sum(axis=1)  # 1 + documents scoring at least as high as the answer (itself counted)
+    rr = np.where(rank <= k, 1.0 / rank, 0.0)
+    return {f"mrr@{k}": float(rr.mean()), "recall@1": float((rank == 1).mean())}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def reference_embeddings(texts: Sequence[str], max_seq_length: int) -> np.ndarray:
+    """The uncompressed pretrained model's embeddings of `texts` (n, 384), cached in memory and on disk."""
+    from condense.core.atomic import atomic_write
+    from condense.core.paths import cache_dir
+    from condense.tasks.encoder import load_minilm
+
+    h = hashlib.sha1(f"v{_REFERENCE_FORMAT}|{max_seq_length}|".encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    key = h.hexdigest()[:20]
+    if key in _reference_memo:
+        return _reference_memo[key]
+    path = cache_dir() / "minilm" / f"reference-{key}.npy"
+    ref = None
+    if path.is_file():
+        try:
+            ref = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            ref = None  # unreadable: recompute and overwrite below
+        if ref is not None and (ref.ndim != 2 or ref.shape[0] != len(texts) or ref.dtype != np.float32):
+            ref = None
+    if ref is None:
+        ref = load_minilm(max_seq_length).encode(list(texts))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, ref, allow_pickle=False)
+
+        atomic_write(path, write)
+    _reference_memo[key] = ref
+    return ref
+
+
+def _evaluate(model: nn.Module, *, n_pairs: int, max_seq_length: int) -> dict[str, float]:
+    from condense.data.stdlib_docs import retrieval_pairs
+
+    if not hasattr(model, "encode"):
+        raise CondenseError(f"the minilm task evaluates a SentenceEncoder (with .encode(texts)), got "
+                            f"{type(model).__name__}; build it with task.build_model()")
+    pairs = retrieval_pairs(n_pairs)
+    texts = list(pairs.queries + pairs.documents)
+    emb = np.asarray(model.encode(texts), dtype=np.float32)  # (2n, C)
+    q, d = emb[:n_pairs], emb[n_pairs:]
+    out = retrieval_metrics(q, d)
+    ref = reference_embeddings(texts, max_seq_length)  # (2n, C)
+    if ref.shape != emb.shape:
+        raise CondenseError(f"the model gives {emb.shape[1]}-dim embeddings but the fp32 reference has "
+                            f"{ref.shape[1]}; cosine_to_fp32 needs the embedding size unchanged")
+    out["cosine_to_fp32"] = float((_unit(emb) * _unit(ref)).sum(axis=1).mean())
+    return out
+
+
+def _build_model(max_seq_length: int) -> nn.Module:
+    """The pretrained encoder (imported here so that making the task stays cheap)."""
+    from condense.tasks.encoder import load_minilm
+
+    return load_minilm(max_seq_length)
+
+
+def _inputs(batch_size: int, *, n_pairs: int) -> list[str]:
+    """`batch_size` real texts: the evaluation queries (tens of tokens each), cycled."""
+    from condense.data.stdlib_docs import retrieval_pairs
+
+    queries = retrieval_pairs(n_pairs).queries
+    return [queries[i % len(queries)] for i in range(batch_size)]
+
+
+def _run(model: nn.Module, batch: list[str]):
+    """Time what a user does: tokenize and embed one batch."""
+    return model.encode(batch, batch_size=len(batch))
+
+
+def _batches(texts: Sequence[str], size: int = TEXTS_PER_BATCH) -> Iterator[list[str]]:
+    it = iter(texts)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _calibration_data(*, n_pairs: int) -> Iterator[list[str]]:
+    """8 batches of 32 docstring paragraphs from outside the evaluation set."""
+    from condense.data.stdlib_docs import retrieval_pairs, unlabelled_texts
+
+    texts = unlabelled_texts(CALIBRATION_BATCHES * TEXTS_PER_BATCH, exclude=retrieval_pairs(n_pairs))
+    return _batches(texts)
+
+
+def _train_data(*, n_pairs: int) -> Iterator[list[str]]:
+    """Every docstring paragraph outside the evaluation set, 32 texts per batch (for distillation)."""
+    from condense.data.stdlib_docs import retrieval_pairs, unlabelled_texts
+
+    return _batches(unlabelled_texts(None, exclude=retrieval_pairs(n_pairs)))
+
+
+def make_task(n_pairs: int = 500, max_seq_length: int = 128) -> Task:
+    """The `minilm` task: pretrained all-MiniLM-L6-v2, MRR@10 on `n_pairs` stdlib docstring retrieval pairs.
+
+    Cheap to call: data is built on first use, weights load in `task.build_model()`.
+
+    Example:
+        >>> task = make_task(n_pairs=100)
+        >>> task.primary_metric, task.batch_sizes
+        ('mrr@10', (1, 32))
+    """
+    if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 2:
+        raise CondenseError(f"n_pairs must be an integer >= 2, got {n_pairs!r}; e.g. n_pairs=500")
+    if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or not 2 <= max_seq_length <= 512:
+        raise CondenseError(f"max_seq_length must be an integer in 2..512, got {max_seq_length!r}; e.g. 128")
+    return Task(
+        name="minilm",
+        model=partial(_build_model, max_seq_length=max_seq_length),
+        evaluate=partial(_evaluate, n_pairs=n_pairs, max_seq_length=max_seq_length),
+        primary_metric="mrr@10",
+        higher_is_better=True,
+        inputs=partial(_inputs, n_pairs=n_pairs),
+        run=_run,
+        calibration_data=partial(_calibration_data, n_pairs=n_pairs),
+        train_data=partial(_train_data, n_pairs=n_pairs),
+        batch_sizes=(1, 32),
+        description="all-MiniLM-L6-v2 sentence encoder; MRR@10 retrieving stdlib docstring bodies from summaries",
+    )

