@@ -61,7 +61,7 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
     for step in steps:
         if step.config is not None:
             progress.note(f"applying {step.label}: {type(step.config).__name__}")
-            model = apply_(model, step.config)
+            model = apply_(model, step.config, task=task)
         m = measure(model, task, measure_config, label=step.label)
         ms.append(m)
         rows.append({"label": step.label, "transforms": [] if step.config is None else [step.config.to_dict()],

@@ -6,7 +6,7 @@ from typing import Any, Callable
 from torch import nn
 
 from condense.core.registry import Registry
-from condense.core.transforms import TRANSFORMS
+from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import ConfigError
 
 QUANTIZERS: Registry[Callable[[nn.Module, Any], nn.Module]] = Registry("quantization config")
@@ -23,8 +23,12 @@ def register_quantizer(config_name: str) -> Callable:
     return deco
 
 
-def quantize_(model: nn.Module, config: Any) -> nn.Module:
+def quantize_(model: nn.Module, config: Any, *, task: Any = None, calibration: Any = None) -> nn.Module:
     """Quantize `model` in place as `config` says; returns the model (for chaining).
+
+    Args:
+        task: gives calibration data and how to run the model, for configs that calibrate.
+        calibration: explicit calibration batches (overrides the task's).
 
     Example:
         >>> import torch, condense
@@ -37,4 +41,4 @@ def quantize_(model: nn.Module, config: Any) -> nn.Module:
     name = type(config).__name__
     if name not in QUANTIZERS:
         raise ConfigError(f"{name} is not a quantization config; use one of: {', '.join(QUANTIZERS)}")
-    return QUANTIZERS.get(name)(model, config)
+    return QUANTIZERS.get(name)(model, config, TransformContext(task=task, calibration=calibration))

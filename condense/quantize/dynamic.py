@@ -15,6 +15,7 @@ from torch.ao.nn.quantized import dynamic as nnqd
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY, TensorCodec
 from condense.core.config import config
+from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
@@ -58,7 +59,7 @@ def _quantize_layers(model: nn.Module, names: list[str], per_channel: bool) -> n
 
 
 @register_quantizer("DynamicInt8Config")
-def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config) -> nn.Module:
+def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, ctx: TransformContext) -> nn.Module:
     """Swap the selected Linears for int8 dynamic ones (in place)."""
     names = select_modules(model, (nn.Linear,), cfg.include, cfg.exclude, what="DynamicInt8Config")
     if any(p.device.type != "cpu" for p in model.parameters()):
