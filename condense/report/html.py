@@ -85,7 +85,8 @@ def render_html(report: dict[str, Any]) -> str:
 <h1>condense report: {escape(report['name'])}</h1>
 <p>Task <b>{escape(report['task'])}</b>, baseline <b>{escape(report['baseline'])}</b>. Created {escape(report['created'])}.
 Every figure below was measured on this machine: {escape(str(mach.get('cpu', '')))}, device {escape(str(mach.get('device')))},
-{mach.get('torch_threads')} torch threads; {escape(versions)}. Latencies are medians (p50) and 95th percentiles.</p>
+{mach.get('torch_threads')} torch threads; {escape(versions)}. Latencies are medians (p50) and 95th percentiles.
+Peak memory is the whole process's resident high-water mark during one call (weights included).</p>
 <h2>Before / after</h2>{_table(report)}
 <h2>Warnings</h2>{warnings}
 <h2>Charts</h2>{lat}{size}{pareto}

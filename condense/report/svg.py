@@ -81,9 +81,12 @@ def scatter_chart(title: str, points: list[dict], *, x_label: str, y_label: str,
                      f'<text x="{pad_l - 6}" y="{sy(yv) + 4}" text-anchor="end" font-size="10">{yv:.4g}</text>')
     for i, p in enumerate(points):
         r = 4 + 8 * float(p.get("size", 0.5))
-        parts.append(f'<circle class="point" cx="{sx(p["x"]):.1f}" cy="{sy(p["y"]):.1f}" r="{r:.1f}" '
+        cx, cy = sx(p["x"]), sy(p["y"])
+        right_half = cx > pad_l + pw * 0.6  # label on the inner side so it is never clipped by the edge
+        tx, anchor = (cx - r - 2, "end") if right_half else (cx + r + 2, "start")
+        parts.append(f'<circle class="point" cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" '
                      f'fill="{PALETTE[i % len(PALETTE)]}" fill-opacity="0.8"><title>{escape(str(p.get("label", "")))}'
-                     f'</title></circle><text x="{sx(p["x"]) + r + 2:.1f}" y="{sy(p["y"]) + 4:.1f}" '
+                     f'</title></circle><text x="{tx:.1f}" y="{cy + 4:.1f}" text-anchor="{anchor}" '
                      f'font-size="11">{escape(str(p.get("label", "")))}</text>')
     parts.append("</svg>")
     return "".join(parts)
