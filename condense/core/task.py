@@ -32,6 +32,7 @@ class Task:
         run: `run(model, batch)` runs one batch; default `model(batch)` (`*batch` for tuples, `**batch` for dicts).
         calibration_data: zero-argument callable yielding batches for calibration (quantization, pruning).
         train_data: zero-argument callable yielding `(inputs, targets)` batches for fine-tuning, where available.
+        loss: `loss(model, train_batch) -> scalar` for fine-tuning on `train_data` (e.g. cross-entropy).
         generate: for generative tasks, `generate(model, batch_size, new_tokens) -> tokens generated`.
         skeleton: builds the model's architecture without training or loading weights; `condense.load` uses it
             so loading an artifact never trains. Defaults to `model`.
@@ -58,6 +59,7 @@ class Task:
     run: Callable[[nn.Module, Any], Any] | None = None
     calibration_data: Callable[[], Iterable[Any]] | None = None
     train_data: Callable[[], Iterable[Any]] | None = None
+    loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
     generate: Callable[[nn.Module, int, int], int] | None = None
     skeleton: Callable[[], nn.Module] | None = None
     batch_sizes: tuple[int, ...] = (1, 32)

@@ -20,7 +20,7 @@ from condense.errors import CondenseError
 TRANSFORMS: Registry[Callable[[nn.Module, Any, "TransformContext"], nn.Module]] = Registry("transformation config")
 
 # Packages that register transforms when imported (imported on demand).
-TECHNIQUE_PACKAGES = ("condense.quantize",)
+TECHNIQUE_PACKAGES = ("condense.quantize", "condense.export")
 
 
 @dataclass
@@ -63,6 +63,15 @@ class TransformContext:
             for b in batches:
                 self.run_batch(model, b)
         return len(batches)
+
+    def finetune(self, model: nn.Module, fit_config: Any, *, description: str = "fine-tuning") -> list[float]:
+        """Fine-tune `model` on the task's train_data with the task's loss (the shared `fit` loop)."""
+        from condense.train.loop import fit
+
+        if self.task is None or self.task.train_data is None or self.task.loss is None:
+            raise CondenseError("fine-tuning needs a task with train_data and loss (digits and tinygpt have them); "
+                                "set steps=0 to skip it")
+        return fit(model, self.task.train_data, self.task.loss, fit_config, description=description)
 
     def train_batches(self) -> Iterator[Any]:
         if self.task is None or self.task.train_data is None:

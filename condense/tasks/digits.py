@@ -142,6 +142,10 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
             idx = perm[i:i + 64]
             yield data.x_train[idx], data.y_train[idx]
 
+    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
     return Task(
         name="digits",
         model=lambda: load_digits_model(cfg),
@@ -151,6 +155,7 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         inputs=inputs,
         calibration_data=calibration_data,
         train_data=train_data,
+        loss=loss,
         batch_sizes=(1, 256),
         description="small CNN on scikit-learn's 8x8 digits; test accuracy",
     )
