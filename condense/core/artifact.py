@@ -5,6 +5,10 @@ Layout of an artifact folder:
                                     the weights file's name and sha256, tensor aliases
     weights-<sha12>.safetensors     every tensor, named by module path
 
+A tensor may be stored encoded (e.g. a sparse weight as a bitmask plus its non-zero values) by a registered
+`TensorEncoding`; `condense.json` then lists it under "encoded" with its encoding and shape, its parts are stored
+as `<name>::<part>`, and `load` decodes it losslessly.
+
 Writes are atomic: the weights go to a new content-named file first, then `condense.json` is replaced in one
 rename, then unreferenced old weights are removed. A failure at any point leaves the earlier artifact loadable.
 
@@ -30,7 +34,7 @@ from condense.errors import ArtifactError
 
 META_FILE = "condense.json"
 FORMAT = "condense.artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added encoded tensors; an artifact without any is still written as version 1
 
 
 class TensorCodec:
@@ -48,6 +52,47 @@ CODECS: TypeRegistry[TensorCodec] = TypeRegistry("tensor codec")
 # config type name -> fn(model, config, details) -> model: re-applies a transform's architecture change.
 REPLAY: Registry[Callable[[nn.Module, Any, dict], nn.Module]] = Registry("transform")
 
+
+class TensorEncoding:
+    """A lossless way to store one tensor as smaller named parts (e.g. sparse: bitmask + non-zero values)."""
+
+    def encode(self, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The parts, or None when this encoding does not apply or would not make the tensor smaller."""
+        raise NotImplementedError
+
+    def decode(self, parts: dict[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+# encoding name -> TensorEncoding; `save` stores each tensor with the first (by name) that applies.
+ENCODINGS: Registry[TensorEncoding] = Registry("tensor encoding")
+_PART_SEP = "::"
+
+
+def _encode_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    out: dict[str, torch.Tensor] = {}
+    encoded: dict[str, dict] = {}
+    for k, v in tensors.items():
+        for enc_name, enc in ENCODINGS.items():
+            parts = enc.encode(v)
+            if parts is not None:
+                out.update({f"{k}{_PART_SEP}{p}": t.contiguous() for p, t in parts.items()})
+                encoded[k] = {"encoding": enc_name, "shape": list(v.shape)}
+                break
+        else:
+            out[k] = v
+    return out, encoded
+
+
+def _decode_tensors(tensors: dict[str, torch.Tensor], encoded: dict[str, dict]) -> dict[str, torch.Tensor]:
+    for k, info in encoded.items():
+        prefix = f"{k}{_PART_SEP}"
+        parts = {n[len(prefix):]: tensors.pop(n) for n in [n for n in tensors if n.startswith(prefix)]}
+        if info["encoding"] not in ENCODINGS:
+            raise ArtifactError(f"tensor {k!r} is stored with encoding {info['encoding']!r}, unknown to this "
+                                f"condense (known: {', '.join(ENCODINGS)}); upgrade condense")
+        tensors[k] = ENCODINGS.get(info["encoding"]).decode(parts, tuple(info["shape"]))
+    return tensors
 
 
 def _import_techniques() -> None:
@@ -165,6 +210,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
                             "choose an empty or new folder")
     path.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _dedupe(state_tensors(model))
+    tensors, encoded = _encode_tensors(tensors)
     tmp_name = path / ".weights.incoming.safetensors"
     try:
         save_file(tensors, str(tmp_name))
@@ -176,7 +222,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
     rec = _lineage.lineage(model)
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if encoded else 1,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "condense_version": _condense_version(),
         "torch_version": torch.__version__,
@@ -185,6 +231,7 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
         "weights_sha256": digest,
         "weights_bytes": (path / weights_name).stat().st_size,
         "aliases": aliases,
+        "encoded": encoded,
         "task": rec["task"],
         "transforms": rec["transforms"],
         "measurements": measurements,
@@ -244,10 +291,10 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
         tensors = load_file(str(wpath))
     except (SafetensorError, OSError) as e:
         raise ArtifactError(f"weights file {wpath} cannot be read ({e}); re-create the artifact") from None
+    _import_techniques()  # registers tensor encodings and transform replays
+    tensors = _decode_tensors(tensors, meta.get("encoded", {}))
     for alias, target in meta.get("aliases", {}).items():
         tensors[alias] = tensors[target]
-
-    _import_techniques()
     if model is None:
         if task is None:
             if not meta.get("task"):

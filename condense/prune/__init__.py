@@ -1,4 +1,5 @@
 """Pruning. Importing this package registers every pruning technique's handlers."""
 from condense.prune.api import PRUNERS, prune_, register_pruner
+from condense.prune import unstructured, nm, schedule, sparse_storage  # noqa: F401,E402  (register handlers)
 
 __all__ = ["prune_", "PRUNERS", "register_pruner"]

@@ -1,0 +1,328 @@
+"""Unstructured pruning: zero individual weights of Linear and Conv2d layers chosen by an importance criterion.
+
+How masks are held: `torch.nn.utils.parametrize` with a `WeightMask` parametrization (weight = original ⊙ mask),
+not a buffer plus forward pre-hook. The masked weight is computed inside the autograd graph, so during
+fine-tuning a pruned weight gets exactly zero gradient and stays zero whatever the optimizer does (momentum,
+weight decay), the mask is a real buffer that saves and loads, and `make_permanent` is torch's own
+`remove_parametrizations(leave_parametrized=True)`. The original is zeroed where masked too, so parameter counts
+and sparse storage see the zeros even before the masks are baked in.
+
+Default layers: every Linear and Conv2d, the classifier / lm_head included (exclude it by name, e.g.
+`exclude=("lm_head",)`); embeddings, norms and biases are never pruned.
+
+Example:
+    >>> import torch
+    >>> from condense.prune import prune_
+    >>> from condense.prune.unstructured import UnstructuredConfig
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> net = prune_(net, UnstructuredConfig(sparsity=0.75))
+    >>> int((net[0].weight == 0).sum()), int((net[2].weight == 0).sum())
+    (48, 12)
+"""
+from __future__ import annotations
+
+import enum
+import math
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from condense.core import lineage
+from condense.core.artifact import REPLAY
+from condense.core.config import config
+from condense.core.transforms import TransformContext
+from condense.errors import ConfigError
+from condense.prune.api import register_pruner
+from condense.prune.importance import IMPORTANCE, Scores, score
+
+PRUNABLE: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+
+
+class Scope(str, enum.Enum):
+    """Which weights compete: each output row alone (Wanda), each layer alone, or all layers together."""
+
+    ROW = "row"
+    LAYER = "layer"
+    GLOBAL = "global"
+
+
+def check_common(cfg: Any, what: str) -> None:
+    """Validate the fields pruning configs share (include/exclude, criterion, scope, calibration_batches);
+    a scope given as a string becomes a `Scope`."""
+    for name in ("include", "exclude"):
+        v = getattr(cfg, name)
+        if isinstance(v, str) or not all(isinstance(p, str) for p in v):
+            raise ConfigError(f"{what}.{name} must be a tuple of patterns, e.g. ('blocks.*',), got {v!r}")
+    if cfg.criterion not in IMPORTANCE:
+        raise ConfigError(f"{what}: unknown criterion {cfg.criterion!r}; choose one of: {', '.join(IMPORTANCE)}")
+    if hasattr(cfg, "scope") and not isinstance(cfg.scope, Scope):
+        try:
+            object.__setattr__(cfg, "scope", Scope(cfg.scope))  # frozen dataclass: normalise once, here
+        except ValueError:
+            raise ConfigError(f"{what}.scope must be one of {[s.value for s in Scope]}, got {cfg.scope!r}") from None
+    if isinstance(cfg.calibration_batches, bool) or not isinstance(cfg.calibration_batches, int) \
+            or cfg.calibration_batches < 1:
+        raise ConfigError(f"{what}.calibration_batches must be an integer >= 1, got {cfg.calibration_batches!r}")
+
+
+@config
+class UnstructuredConfig:
+    """Zero the least important individual weights, to a sparsity or below a relative threshold.
+
+    Args:
+        sparsity: fraction of weights to zero in each comparison group, in [0, 1).
+        threshold_alpha: instead of a sparsity, zero weights scoring below alpha * (max score of the group);
+            with criterion="magnitude" that is |w| < alpha * max|W|. Give at most one of the two (neither:
+            sparsity=0.5).
+        scope: "layer" (each layer reaches the sparsity), "row" (each output row does, as Wanda compares) or
+            "global" (one threshold over all chosen layers: layers of small weights lose more).
+        criterion: importance criterion name (see `condense.prune.importance`): magnitude, l1, l2, taylor, wanda.
+        calibration_batches: batches used by data-driven criteria (taylor, wanda).
+        include / exclude: module-name patterns (fnmatch) choosing among Linear and Conv2d layers.
+        permanent: bake the zeros into the weights and drop the masks (default); False keeps masks so later
+            fine-tuning cannot revive pruned weights.
+
+    Example:
+        >>> UnstructuredConfig(sparsity=0.5, scope="row").scope.value
+        'row'
+    """
+
+    sparsity: float | None = None
+    threshold_alpha: float | None = None
+    scope: Scope = Scope.LAYER
+    criterion: str = "magnitude"
+    calibration_batches: int = 8
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    permanent: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sparsity is not None and self.threshold_alpha is not None:
+            raise ConfigError("UnstructuredConfig takes one of sparsity (e.g. 0.5) or threshold_alpha (e.g. 0.1), "
+                              f"not both; got sparsity={self.sparsity}, threshold_alpha={self.threshold_alpha}")
+        if self.sparsity is None and self.threshold_alpha is None:
+            object.__setattr__(self, "sparsity", 0.5)
+        if self.sparsity is not None:
+            check_sparsity(self.sparsity, "UnstructuredConfig.sparsity")
+        if self.threshold_alpha is not None and not 0 <= self.threshold_alpha < 1:
+            raise ConfigError(f"UnstructuredConfig.threshold_alpha must be in [0, 1), got {self.threshold_alpha}; "
+                              "e.g. 0.1 zeroes weights below 10% of the layer's largest")
+        check_common(self, "UnstructuredConfig")
+
+
+def check_sparsity(s: float, what: str) -> None:
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1:
+        raise ConfigError(f"{what} must be in [0, 1), got {s!r}; 1.0 would remove every weight, "
+                          "e.g. use 0.9 for 90% zeros")
+
+
+# -- choosing layers --------------------------------------------------------------------------------------------
+def select_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...], *, what: str,
+                  types: tuple[type, ...] = PRUNABLE) -> list[str]:
+    """Names of Linear/Conv2d modules matching an `include` pattern and no `exclude` pattern.
+
+    A pattern that matches no such module is an error, never a silent no-op.
+    """
+    kinds = "/".join(t.__name__ for t in types)
+    candidates = [n for n, m in model.named_modules() if isinstance(m, types) and n]
+    if not candidates and isinstance(model, types):
+        candidates = [""]  # the model is itself one layer
+    for key, pats in (("include", include), ("exclude", exclude)):
+        for pat in pats:
+            if pat != "*" and not any(fnmatchcase(n, pat) for n in candidates):
+                raise ConfigError(f"{what}: {key} pattern {pat!r} matches no {kinds} module; module names look "
+                                  f"like {candidates[:4]}")
+    chosen = [n for n in candidates if any(fnmatchcase(n, p) for p in include)
+              and not any(fnmatchcase(n, p) for p in exclude)]
+    if not chosen:
+        raise ConfigError(f"{what}: no {kinds} module left to prune (include={list(include)}, "
+                          f"exclude={list(exclude)}); loosen the patterns")
+    return chosen
+
+
+# -- masks from scores (pure: nothing is changed) ---------------------------------------------------------------
+def _count(s: float, n: int) -> int:
+    return int(math.floor(s * n + 0.5))  # round half up: sparsity 0.5 of 5 weights prunes 3
+
+
+def _prune_lowest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep-mask (same shape) that drops the `k` lowest entries along the last dim (ties: lower index first)."""
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    if k > 0:
+        idx = torch.argsort(flat, dim=-1, stable=True)[..., :k]
+        keep.scatter_(-1, idx, False)
+    return keep
+
+
+def compute_masks(scores: Scores, *, scope: Scope = Scope.LAYER, sparsity: float | None = None,
+                  threshold_alpha: float | None = None, prior: dict[str, torch.Tensor] | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Keep-masks (bool, shaped like each weight) from importance scores.
+
+    `prior` masks are honoured: weights already pruned stay pruned and count towards the sparsity.
+
+    Example:
+        >>> compute_masks({"a": torch.tensor([[4., 1.], [2., 3.]])}, sparsity=0.5)["a"].tolist()
+        [[True, False], [False, True]]
+    """
+    prior = prior or {}
+    s = {}
+    for n, sc in scores.items():
+        sc = sc.detach().float()
+        if n in prior:
+            sc = torch.where(prior[n], sc, torch.full_like(sc, -1.0))  # below any real score: pruned first
+        s[n] = sc
+    out: dict[str, torch.Tensor] = {}
+    if scope is Scope.GLOBAL:
+        flat = torch.cat([v.reshape(-1) for v in s.values()])
+        if sparsity is None:
+            keep = flat >= threshold_alpha * flat.max()
+        else:
+            keep = _prune_lowest(flat, _count(sparsity, flat.numel()))
+        for n, part in zip(s, keep.split([v.numel() for v in s.values()])):
+            out[n] = part.view_as(s[n])
+    else:
+        for n, v in s.items():
+            rows = v.reshape(v.shape[0], -1) if scope is Scope.ROW else v.reshape(1, -1)  # (groups, members)
+            if sparsity is None:
+                keep = rows >= threshold_alpha * rows.max(dim=1, keepdim=True).values
+            else:
+                keep = _prune_lowest(rows, _count(sparsity, rows.shape[1]))
+            out[n] = keep.view_as(v)
+    for n, p in prior.items():
+        if n in out:
+            out[n] &= p
+    return out
+
+
+# -- applying masks ---------------------------------------------------------------------------------------------
+class WeightMask(nn.Module):
+    """Parametrization `weight = original * mask`; the bool `mask` buffer is saved with the model."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w.masked_fill(~self.mask, 0.0)  # +0.0 (w * mask would give -0.0 for negative w)
+
+
+def current_mask(module: nn.Module) -> torch.Tensor | None:
+    """The module's weight keep-mask if it is masked, else None."""
+    p = getattr(module, "parametrizations", None)
+    if p is not None and "weight" in p:
+        for f in p["weight"]:
+            if isinstance(f, WeightMask):
+                return f.mask
+    return None
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Mask each named layer's weight (adding a WeightMask, or narrowing the existing one) and zero the original."""
+    for n, keep in masks.items():
+        mod = model.get_submodule(n)
+        old = current_mask(mod)
+        if old is not None:
+            old.copy_(old & keep.to(old.device))
+        else:
+            parametrize.register_parametrization(mod, "weight", WeightMask(keep.to(mod.weight.device)))
+        with torch.no_grad():
+            orig = mod.parametrizations["weight"].original
+            orig.masked_fill_(~current_mask(mod), 0.0)
+
+
+def masked_layers(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if current_mask(m) is not None]
+
+
+def bake_masks(model: nn.Module, layers: list[str] | None = None) -> list[str]:
+    """Write masked weights into plain weights and remove the masks (no lineage record), of every masked layer or
+    of those of `layers` that are masked; returns the layers baked."""
+    names = [n for n in masked_layers(model) if layers is None or n in layers]
+    for n in names:
+        mod = model.get_submodule(n)
+        if not all(isinstance(f, WeightMask) for f in mod.parametrizations["weight"]):
+            raise ConfigError(f"layer {n!r} has other parametrizations on its weight besides the pruning mask; "
+                              "remove them first (torch.nn.utils.parametrize.remove_parametrizations)")
+        parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+    return names
+
+
+@config
+class BakeMasksConfig:
+    """Make pruning masks permanent: `prune_(model, BakeMasksConfig())` is `make_permanent(model)`.
+
+    Example:
+        >>> BakeMasksConfig().to_dict()
+        {'type': 'BakeMasksConfig'}
+    """
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Bake every pruning mask into its weight (zeros stay, masks go) and record it, so artifacts round-trip.
+
+    Example:
+        >>> from condense.prune import prune_
+        >>> net = prune_(nn.Linear(4, 4), UnstructuredConfig(sparsity=0.5, permanent=False))
+        >>> hasattr(make_permanent(net), "parametrizations"), int((net.weight == 0).sum())
+        (False, 8)
+    """
+    names = bake_masks(model)
+    if names:
+        lineage.record_transform(model, BakeMasksConfig(), layers=names)
+    return model
+
+
+@register_pruner("BakeMasksConfig")
+def _bake_handler(model: nn.Module, cfg: BakeMasksConfig, ctx: TransformContext) -> nn.Module:
+    return make_permanent(model)
+
+
+@REPLAY.register("BakeMasksConfig")
+def _replay_bake(model: nn.Module, cfg: BakeMasksConfig, details: dict) -> nn.Module:
+    bake_masks(model)
+    return model
+
+
+def replay_masks(model: nn.Module, cfg: object, details: dict) -> nn.Module:
+    """REPLAY for mask-based pruners: kept masks are re-created (all-keep placeholders that the artifact's saved
+    masks then overwrite); baked ones need no new structure, but masks an earlier transform left on the same
+    layers were baked too, so they are baked here as well."""
+    layers = list(details["layers"])
+    if details.get("masked"):
+        apply_masks(model, {n: torch.ones_like(model.get_submodule(n).weight, dtype=torch.bool) for n in layers})
+    else:
+        bake_masks(model, layers)
+    return model
+
+
+def sparsity_of(model: nn.Module, names: list[str]) -> dict[str, float]:
+    """Fraction of zero weights of each named layer (rounded for the lineage)."""
+    return {n: round(float((model.get_submodule(n).weight == 0).float().mean()), 6) for n in names}
+
+
+def finish(model: nn.Module, cfg: object, names: list[str], *, permanent: bool, **details: object) -> nn.Module:
+    """Bake (if permanent) and record the transform in the lineage."""
+    if permanent:
+        bake_masks(model, names)
+    lineage.record_transform(model, cfg, layers=names, masked=not permanent, sparsity=sparsity_of(model, names),
+                             **details)
+    return model
+
+
+@register_pruner("UnstructuredConfig")
+def prune_unstructured(model: nn.Module, cfg: UnstructuredConfig, ctx: TransformContext) -> nn.Module:
+    """Score, compute every mask, then mask (in place); nothing changes if selection or scoring fails."""
+    names = select_layers(model, cfg.include, cfg.exclude, what="UnstructuredConfig")
+    scores = score(model, names, ctx, criterion=cfg.criterion, batches=cfg.calibration_batches)
+    prior = {n: m for n in names if (m := current_mask(model.get_submodule(n))) is not None}
+    masks = compute_masks(scores, scope=cfg.scope, sparsity=cfg.sparsity, threshold_alpha=cfg.threshold_alpha,
+                          prior=prior)
+    apply_masks(model, masks)
+    return finish(model, cfg, names, permanent=cfg.permanent)
+
+
+REPLAY.register("UnstructuredConfig", replay_masks)
