@@ -1,8 +1,9 @@
 """Multiply-accumulates per input, counted from the operations actually run.
 
 torch's FlopCounterMode counts matmuls, convolutions and attention at the aten level (2 FLOPs per MAC).
-Modules whose kernels it cannot see (packed int8 layers) register a MAC counter in `MAC_COUNTERS`; their
-inner aten ops, if any, are then not double counted because the module's forward is counted as a whole.
+Modules whose kernels it cannot see (packed int8 layers calling `quantized::` ops) register a MAC counter in
+`MAC_COUNTERS`, added on top. Register only such modules: one whose forward runs aten ops the counter sees
+(e.g. dequantize then `F.linear`) is already counted, and registering it would count it twice.
 """
 from __future__ import annotations
 

@@ -1,0 +1,26 @@
+"""Weight-only quantization (RTN, GPTQ) to really packed 2/3/4/8-bit Linears, for generative models.
+
+Example:
+    >>> import torch
+    >>> from condense.quantize import quantize_
+    >>> from condense.quantize.weight_only import WeightOnlyConfig, WeightOnlyLinear
+    >>> m = torch.nn.Sequential(torch.nn.Linear(64, 16))
+    >>> isinstance(quantize_(m, WeightOnlyConfig(bits=4, group_size=32))[0], WeightOnlyLinear)
+    True
+"""
+from condense.quantize.weight_only.api import WeightOnlyConfig, WeightOnlyMethod, quantize_weight_only
+from condense.quantize.weight_only.gptq import gptq_quantize
+from condense.quantize.weight_only.linear import WeightOnlyLinear
+from condense.quantize.weight_only.packing import pack, packed_nbytes, unpack
+from condense.quantize.weight_only.rtn import QuantizedWeight, rtn_quantize
+
+__all__ = [
+    # configure and apply
+    "WeightOnlyConfig", "WeightOnlyMethod", "quantize_weight_only",
+    # the module
+    "WeightOnlyLinear",
+    # algorithms on one weight
+    "rtn_quantize", "gptq_quantize", "QuantizedWeight",
+    # packing
+    "pack", "unpack", "packed_nbytes",
+]

@@ -1,0 +1,158 @@
+"""Weight-only quantization (RTN or GPTQ) for generative models: `quantize_(model, WeightOnlyConfig(...))`.
+
+Each selected `nn.Linear` becomes a `WeightOnlyLinear` holding 2/3/4/8-bit packed weights with per-group
+scales; activations stay float. Decoding a small batch is bound by reading weights, which is what this shrinks.
+The lineage records the layers, so `condense.load` rebuilds the packed modules and the codec fills them.
+"""
+from __future__ import annotations
+
+import enum
+
+import torch
+from torch import nn
+
+from condense.core import lineage
+from condense.core.artifact import REPLAY
+from condense.core.config import config
+from condense.core.transforms import TransformContext
+from condense.errors import ConfigError
+from condense.quantize.api import register_quantizer
+from condense.quantize.select import select_modules
+from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
+from condense.quantize.weight_only.linear import WeightOnlyLinear
+from condense.quantize.weight_only.rtn import effective_group_size, rtn_quantize
+
+BITS = (2, 3, 4, 8)
+SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+class WeightOnlyMethod(enum.Enum):
+    """How weights are rounded: RTN (nearest grid point, no data) or GPTQ (error feedback from calibration)."""
+
+    RTN = "rtn"
+    GPTQ = "gptq"
+
+
+@config
+class WeightOnlyConfig:
+    """Weight-only quantization of `nn.Linear` layers to packed low-bit integers.
+
+    Args:
+        method: RTN (no data) or GPTQ (needs calibration batches: a task or `calibration=`).
+        bits: 2, 3, 4 or 8 bits per weight.
+        group_size: input columns sharing one scale/zero point; must divide every chosen layer's in_features;
+            -1 = one group per output channel. Default 32: it divides the widths of common models, including
+            tinygpt's default preset (160 and 640 wide, which 64 and 128 do not divide).
+        symmetric: symmetric grid (fixed zero point) instead of asymmetric min-max.
+        damp: GPTQ dampening, as a fraction of the Hessian's mean diagonal.
+        act_order: GPTQ: quantize columns in order of decreasing Hessian diagonal (stores a permutation).
+        sequential: GPTQ: collect each layer's inputs from a model whose earlier layers are already quantized
+            (standard); False collects every layer's inputs at once from the float model.
+        calibration_batches: GPTQ: how many calibration batches to use (at most).
+        scale_dtype: "float16" (default, smaller) or "float32" storage for scales.
+        include: module-name patterns to quantize (fnmatch).
+        exclude: module-name patterns to keep in float. Default ("lm_head",): the output projection feeds the
+            logits directly, so its error hits the loss unaveraged, and it is small next to the blocks (GPTQ's
+            and AWQ's published results also keep it in float); pass exclude=() to quantize it too.
+
+    Example:
+        >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)
+        >>> cfg.to_dict()["method"], cfg.exclude
+        ('gptq', ('lm_head',))
+    """
+
+    method: WeightOnlyMethod = WeightOnlyMethod.RTN
+    bits: int = 4
+    group_size: int = 32
+    symmetric: bool = False
+    damp: float = 0.01
+    act_order: bool = False
+    sequential: bool = True
+    calibration_batches: int = 16
+    scale_dtype: str = "float16"
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ("lm_head",)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.method, str):
+            try:
+                object.__setattr__(self, "method", WeightOnlyMethod(self.method.lower()))
+            except ValueError:
+                pass
+        if not isinstance(self.method, WeightOnlyMethod):
+            raise ConfigError(f"WeightOnlyConfig.method must be one of {[m.value for m in WeightOnlyMethod]}, "
+                              f"got {self.method!r}")
+        if isinstance(self.bits, bool) or self.bits not in BITS:
+            raise ConfigError(f"WeightOnlyConfig.bits must be one of {', '.join(map(str, BITS))}, got {self.bits!r}")
+        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or \
+                (self.group_size < 1 and self.group_size != -1):
+            raise ConfigError(f"WeightOnlyConfig.group_size must be a positive integer (e.g. 128, 64, 32) or -1 "
+                              f"for per-channel, got {self.group_size!r}")
+        if not isinstance(self.damp, (int, float)) or not 0 < self.damp <= 1:
+            raise ConfigError(f"WeightOnlyConfig.damp must be in (0, 1] (e.g. 0.01), got {self.damp!r}")
+        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) or \
+                self.calibration_batches < 1:
+            raise ConfigError(f"WeightOnlyConfig.calibration_batches must be a positive integer, "
+                              f"got {self.calibration_batches!r}")
+        if self.act_order and self.method is not WeightOnlyMethod.GPTQ:
+            raise ConfigError("WeightOnlyConfig.act_order only applies to GPTQ; set method=GPTQ or act_order=False")
+        if self.scale_dtype not in SCALE_DTYPES:
+            raise ConfigError(f"WeightOnlyConfig.scale_dtype must be one of {list(SCALE_DTYPES)}, "
+                              f"got {self.scale_dtype!r}")
+        for name in ("include", "exclude"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
+                raise ConfigError(f"WeightOnlyConfig.{name} must be a tuple of patterns, e.g. ('blocks.*',), "
+                                  f"got {v!r}")
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, module)
+
+
+def _check_layers(model: nn.Module, names: list[str], cfg: WeightOnlyConfig) -> None:
+    for n in names:  # before any layer changes: a bad group size leaves the model untouched
+        effective_group_size(cfg.group_size, model.get_submodule(n).in_features, layer=n)
+
+
+@register_quantizer("WeightOnlyConfig")
+def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: TransformContext) -> nn.Module:
+    """Swap the selected Linears for `WeightOnlyLinear`s quantized by RTN or GPTQ (in place)."""
+    names = select_modules(model, (nn.Linear,), cfg.include, cfg.exclude, what="WeightOnlyConfig")
+    _check_layers(model, names, cfg)
+    sdt = SCALE_DTYPES[cfg.scale_dtype]
+    if cfg.method is WeightOnlyMethod.RTN:
+        for n in names:
+            lin = model.get_submodule(n)
+            qw = rtn_quantize(lin.weight, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
+                              scale_dtype=sdt)
+            _set(model, n, WeightOnlyLinear.from_quantized(qw, lin.bias))
+    else:
+        batches = ctx.calibration_batches(cfg.calibration_batches, what="GPTQ (WeightOnlyConfig)")
+
+        def quantize_layer(name: str, lin: nn.Linear, hessian: torch.Tensor) -> nn.Module:
+            qw = gptq_quantize(lin.weight, hessian, bits=cfg.bits, group_size=cfg.group_size,
+                               symmetric=cfg.symmetric, damp=cfg.damp, act_order=cfg.act_order, scale_dtype=sdt)
+            return WeightOnlyLinear.from_quantized(qw, lin.bias)
+
+        was_training = model.training
+        model.eval()
+        try:
+            gptq_model_(model, names, batches, ctx.run_batch, quantize_layer, sequential=cfg.sequential)
+        finally:
+            model.train(was_training)
+    lineage.record_transform(model, cfg, layers=names, bits=cfg.bits, group_size=cfg.group_size)
+    return model
+
+
+@REPLAY.register("WeightOnlyConfig")
+def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
+    """Rebuild empty `WeightOnlyLinear`s of the recorded layers' shapes (the codec fills them)."""
+    act_order = cfg.method is WeightOnlyMethod.GPTQ and cfg.act_order
+    for n in details["layers"]:
+        lin = model.get_submodule(n)
+        _set(model, n, WeightOnlyLinear(lin.in_features, lin.out_features, bits=cfg.bits, group_size=cfg.group_size,
+                                        bias=lin.bias is not None, act_order=act_order,
+                                        scale_dtype=SCALE_DTYPES[cfg.scale_dtype], device=lin.weight.device))
+    return model

@@ -1,0 +1,142 @@
+"""`WeightOnlyLinear`: a Linear whose weight is stored packed (2/3/4/8 bits) and dequantized on every call.
+
+Why dequantize on the fly: the packed bytes are the only copy of the weight, in memory as on disk, so a 4-bit
+model really is ~8x smaller. There is no weight cache: each `forward` unpacks, applies the per-group scales and
+zero points, and calls `F.linear` in the input's dtype. That costs time on CPU (there is no fused low-bit
+kernel here); the benchmark reports how much.
+
+Stored tensors (exactly what the artifact holds, see `WeightOnlyLinearCodec`):
+    qweight  uint8 (ceil(out·in·bits/8),)   weight integers, row-major (out, in), packed (see `packing`)
+    scales   fp16/fp32 (out, groups)       one scale per row and group of `group_size` input columns
+    qzeros   uint8 (ceil(out·groups·bits/8),)  zero points, packed like qweight
+    bias     float (out,)                  if the Linear had one
+    perm     int32 (in,)                   only for GPTQ act-order: stored column j is input column perm[j]
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core.artifact import CODECS, TensorCodec
+from condense.errors import ArtifactError
+from condense.measurement.counts import PARAM_VIEWS
+from condense.quantize.weight_only.packing import pack, packed_nbytes, unpack
+from condense.quantize.weight_only.rtn import QuantizedWeight, effective_group_size
+
+
+class WeightOnlyLinear(nn.Module):
+    """y = x Wᵀ + b with W held as packed low-bit integers plus per-group scales and zero points.
+
+    Build one with `from_quantized` (or empty, then fill it from an artifact).
+
+    Example:
+        >>> from condense.quantize.weight_only.rtn import rtn_quantize
+        >>> lin = nn.Linear(64, 8)
+        >>> q = WeightOnlyLinear.from_quantized(rtn_quantize(lin.weight, bits=4, group_size=32), lin.bias)
+        >>> q.qweight.numel(), q(torch.zeros(2, 64)).shape   # 8 * 64 / 2 bytes
+        (256, torch.Size([2, 8]))
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int, bias: bool = True,
+                 act_order: bool = False, scale_dtype: torch.dtype = torch.float16,
+                 device: torch.device | str | None = None):
+        super().__init__()
+        self.in_features, self.out_features, self.bits = in_features, out_features, bits
+        self.group_size = effective_group_size(group_size, in_features)
+        groups = in_features // self.group_size
+        self.register_buffer("qweight", torch.zeros(packed_nbytes(out_features * in_features, bits),
+                                                    dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=scale_dtype, device=device))
+        self.register_buffer("qzeros", torch.zeros(packed_nbytes(out_features * groups, bits), dtype=torch.uint8,
+                                                   device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+        self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32, device=device)
+                             if act_order else None)
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "WeightOnlyLinear":
+        """A module holding `qw` packed (and a copy of `bias`)."""
+        out, n = qw.q.shape
+        m = cls(n, out, bits=qw.bits, group_size=qw.group_size, bias=bias is not None,
+                act_order=qw.perm is not None, scale_dtype=qw.scales.dtype, device=qw.q.device)
+        m.qweight.copy_(pack(qw.q, qw.bits))
+        m.scales.copy_(qw.scales)
+        m.qzeros.copy_(pack(qw.zeros, qw.bits))
+        if bias is not None:
+            m.bias.data.copy_(bias.detach())
+        if qw.perm is not None:
+            m.perm.copy_(qw.perm)
+        return m
+
+    @property
+    def groups(self) -> int:
+        """Groups per row."""
+        return self.in_features // self.group_size
+
+    def quantized(self) -> QuantizedWeight:
+        """The unpacked integers, scales and zero points (columns in stored order)."""
+        out, n, G = self.out_features, self.in_features, self.groups
+        return QuantizedWeight(q=unpack(self.qweight, self.bits, out * n).view(out, n), scales=self.scales,
+                               zeros=unpack(self.qzeros, self.bits, out * G).view(out, G), bits=self.bits,
+                               group_size=self.group_size, perm=None if self.perm is None else self.perm.long())
+
+    def _stored_weight(self) -> torch.Tensor:
+        """(out, in) float32 weight with columns in stored order (perm order under act-order)."""
+        out, G = self.out_features, self.groups
+        w = unpack(self.qweight, self.bits, out * self.in_features, dtype=torch.float32)
+        z = unpack(self.qzeros, self.bits, out * G, dtype=torch.float32).view(out, G, 1)
+        s = self.scales.view(out, G, 1).float()
+        return w.view(out, G, self.group_size).sub_(z).mul_(s).view(out, self.in_features)  # (out, in)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float32 (out, in) weight this module computes with, in the original column order."""
+        w = self._stored_weight()
+        if self.perm is None:
+            return w
+        full = torch.empty_like(w)
+        full[:, self.perm.long()] = w
+        return full
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self._stored_weight()  # (out, in)
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)  # (..., in) in stored column order
+        b = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, w.to(x.dtype), b)  # (..., out)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"group_size={self.group_size}, bias={self.bias is not None}, act_order={self.perm is not None}")
+
+
+class WeightOnlyLinearCodec(TensorCodec):
+    """Saves exactly the packed tensors (qweight, scales, qzeros, bias, perm) and checks shapes on load."""
+
+    def export(self, m: WeightOnlyLinear) -> dict[str, torch.Tensor]:
+        out = {"qweight": m.qweight, "scales": m.scales, "qzeros": m.qzeros}
+        if m.bias is not None:
+            out["bias"] = m.bias.detach()
+        if m.perm is not None:
+            out["perm"] = m.perm
+        return out
+
+    def load(self, m: WeightOnlyLinear, t: dict[str, torch.Tensor]) -> None:
+        want = self.export(m)
+        if set(t) != set(want):
+            raise ArtifactError(f"WeightOnlyLinear expects tensors {sorted(want)} but the artifact has {sorted(t)}; "
+                                "load it with the task (or model) that produced it")
+        for k, target in want.items():
+            if tuple(t[k].shape) != tuple(target.shape) or t[k].dtype != target.dtype:
+                raise ArtifactError(f"WeightOnlyLinear tensor {k!r} is {t[k].dtype} {tuple(t[k].shape)} in the "
+                                    f"artifact but {target.dtype} {tuple(target.shape)} in the model; the artifact "
+                                    "was made with other bits/group size: load it with the lineage it recorded")
+            with torch.no_grad():
+                target.copy_(t[k])
+
+
+CODECS.register(WeightOnlyLinear)(WeightOnlyLinearCodec())
+PARAM_VIEWS.register(WeightOnlyLinear)(lambda m: {"weight": m.dequantized_weight(), "bias": m.bias})
+# No MAC_COUNTERS entry on purpose: forward ends in a plain F.linear, which FlopCounterMode already counts as
+# rows x in x out MACs; `count_macs` adds registered counts on top of the aten count (it does not skip a
+# registered module's inner ops), so registering one would count every WeightOnlyLinear twice.
