@@ -31,3 +31,28 @@ def write_section(name: str, body: str) -> None:
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(BENCHMARKS, text)
+
+
+def interleaved_p50(fns: dict, *, rounds: int = 15, warmup: int = 2) -> dict:
+    """Median seconds per call of each fn, timed round-robin (A B C A B C ...) so that background load drifting
+    during the run lands on every variant alike, rather than on whichever happened to be timed then."""
+    import time
+
+    import numpy as np
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def load_average() -> str:
+    import os
+
+    return "load average %.2f / %.2f / %.2f" % os.getloadavg()

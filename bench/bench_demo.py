@@ -23,13 +23,25 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default=None, help="comma separated; default: the task's")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    with torch.inference_mode():
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     task = condense.get_task(args.task)
     bss = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else task.batch_sizes
-    cfg = MeasureConfig(batch_sizes=bss, repeats=args.repeats, min_time_s=3.0, threads=args.threads)
-    fp32 = task.build_model()
-    int8 = condense.quantize_(task.build_model(), condense.DynamicInt8Config())
-    rows = [condense.measure(fp32, task, cfg, label="fp32 eager"),
-            condense.measure(int8, task, cfg, label="int8 dynamic (torch x86)")]
+    # quality, size and counts from condense.measure; latency from one interleaved pass over all variants
+    cfg = MeasureConfig(batch_sizes=bss, repeats=1, warmup=0, min_time_s=0.0, threads=args.threads, memory=False)
+    models = {"fp32 eager": task.build_model(),
+              "int8 dynamic (torch x86)": condense.quantize_(task.build_model(), condense.DynamicInt8Config())}
+    rows = [condense.measure(m, task, cfg, label=label) for label, m in models.items()]
+    load_before = _common.load_average()
+    for b in bss:
+        batch = task.batch(b)
+        p50 = _common.interleaved_p50({label: (lambda m=m: task.run_batch(m, batch)) for label, m in models.items()},
+                                      rounds=args.repeats)
+        for m in rows:
+            m.latency[str(b)]["p50_s"] = p50[m.label]
     base = rows[0]
     head = "| variant | " + " | ".join(f"p50 @ batch {b}" for b in bss) + " | " + \
         " | ".join(f"speedup @ {b}" for b in bss) + " | size on disk | " + \
@@ -43,8 +55,9 @@ def main() -> None:
     cmd = "python bench/bench_demo.py " + " ".join(sys.argv[1:])
     body = (f"## Demo: {task.name}, fp32 vs dynamic int8\n\n"
             + _common.header(cmd.strip(), args.threads,
-                             f"Baseline: fp32 eager. Timed {args.repeats}+ runs and >= 3 s per batch size; "
-                             f"inputs as the task runs them (minilm: tokenisation included).")
+                             f"Baseline: fp32 eager. Latency: median of {args.repeats} rounds, variants timed "
+                             f"round-robin within each round; inputs as the task runs them (minilm: tokenisation "
+                             f"included). Machine {load_before} at the start of timing.")
             + "\n\n" + "\n".join(lines) + "\n")
     _common.write_section(f"demo-{task.name}", body)
     print(body)

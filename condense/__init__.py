@@ -28,9 +28,24 @@ _LAZY = {
     # artifacts
     "save": "condense.core.artifact",
     "load": "condense.core.artifact",
-    # techniques
+    # quantization
     "quantize_": "condense.quantize.api",
+    "Int8Config": "condense.quantize.backends",
     "DynamicInt8Config": "condense.quantize.dynamic",
+    "StaticInt8Config": "condense.quantize.static",
+    "OrtInt8Config": "condense.quantize.ort",
+    "QATConfig": "condense.quantize.qat",
+    "WeightOnlyConfig": "condense.quantize.weight_only",
+    # pruning
+    "prune_": "condense.prune.api",
+    "UnstructuredConfig": "condense.prune.unstructured",
+    "NMConfig": "condense.prune.nm",
+    "GradualPruneConfig": "condense.prune.schedule",
+    "StructuredConfig": "condense.prune.structured",
+    "LayerDropConfig": "condense.prune.layers",
+    # training
+    "fit": "condense.train.loop",
+    "FitConfig": "condense.train.loop",
     # errors
     "CondenseError": "condense.errors",
 }
@@ -42,8 +57,13 @@ __all__ = [
     "measure", "MeasureConfig", "Measurement",
     # artifacts
     "save", "load",
-    # techniques
-    "quantize_", "DynamicInt8Config",
+    # quantization
+    "quantize_", "Int8Config", "DynamicInt8Config", "StaticInt8Config", "OrtInt8Config", "QATConfig",
+    "WeightOnlyConfig",
+    # pruning
+    "prune_", "UnstructuredConfig", "NMConfig", "GradualPruneConfig", "StructuredConfig", "LayerDropConfig",
+    # training
+    "fit", "FitConfig",
     # errors
     "CondenseError",
 ]

@@ -16,10 +16,59 @@ EPILOG = """examples:
   condense tasks
   condense demo                                   # minilm: fp32 vs int8, report in runs/demo-minilm/
   condense measure --task digits --batch-sizes 1,256 --threads 2
-  condense quantize --task digits --out runs/digits-int8
+  condense quantize --task digits --out runs/digits-int8            # int8, fastest backend measured
+  condense quantize --task tinygpt --scheme weight-only --set method=gptq --set bits=4 --out runs/gpt-4bit
+  condense prune --task digits --method structured --ratio 0.5 --out runs/digits-half
+  condense quantize --task digits --model runs/digits-half --out runs/digits-half-int8
   condense measure --model runs/digits-int8 --json runs/digits-int8/measure.json
   condense prepare tinygpt                        # train and cache the built-in language model once
 """
+
+
+# -- technique names on the command line -> config classes (imported lazily) -----------------------------------
+QUANT_SCHEMES: dict[str, str] = {
+    "int8": "condense.quantize.backends:Int8Config",          # int8 on the backend measured fastest
+    "dynamic": "condense.quantize.dynamic:DynamicInt8Config",  # torch x86 dynamic int8
+    "static": "condense.quantize.static:StaticInt8Config",     # torch x86 static int8, calibrated
+    "ort": "condense.quantize.ort:OrtInt8Config",             # ONNX Runtime int8
+    "qat": "condense.quantize.qat:QATConfig",                 # quantization-aware training -> int8
+    "weight-only": "condense.quantize.weight_only:WeightOnlyConfig",  # RTN / GPTQ, packed 8/4/3/2-bit
+}
+PRUNE_METHODS: dict[str, str] = {
+    "unstructured": "condense.prune.unstructured:UnstructuredConfig",
+    "nm": "condense.prune.nm:NMConfig",
+    "gradual": "condense.prune.schedule:GradualPruneConfig",
+    "structured": "condense.prune.structured:StructuredConfig",
+    "layer-drop": "condense.prune.layers:LayerDropConfig",
+}
+
+
+def _build_config(path: str, overrides: dict[str, Any]) -> Any:
+    """Instantiate the config class at `path` ("module:Class") with CLI overrides, errors naming valid fields."""
+    import dataclasses
+    import importlib
+
+    from condense.core.config import config_from_dict
+    from condense.errors import ConfigError
+
+    mod, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(mod), name)
+    try:
+        return config_from_dict({"type": cls.__name__, **overrides})
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        fields = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise ConfigError(f"{cls.__name__}: {e}; valid fields: {fields}") from None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out = _task_options(args.set) if args.set else {}
+    if getattr(args, "include", None):
+        out["include"] = list(args.include)
+    if getattr(args, "exclude", None):
+        out["exclude"] = list(args.exclude)
+    return out
 
 
 # -- argument helpers -------------------------------------------------------------------------------------------
@@ -159,11 +208,18 @@ def _task_from_meta(meta: dict) -> Any:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from condense.quantize.dynamic import DynamicInt8Config
+    cfg = _build_config(QUANT_SCHEMES[args.scheme], _overrides(args))
+    return _run_two_step(args, cfg, args.scheme)
 
-    cfg = DynamicInt8Config(per_channel=not args.per_tensor, include=tuple(args.include or ("*",)),
-                            exclude=tuple(args.exclude or ()))
-    return _run_two_step(args, cfg, "int8-dynamic")
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    over = _overrides(args)
+    if args.sparsity is not None:
+        over["sparsity" if args.method != "gradual" else "final_sparsity"] = args.sparsity
+    if args.ratio is not None:
+        over["ratio"] = args.ratio
+    cfg = _build_config(PRUNE_METHODS[args.method], over)
+    return _run_two_step(args, cfg, args.method)
 
 
 def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
@@ -172,8 +228,13 @@ def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
 
     task = _task(args)
     out = Path(args.out)
-    res = run_pipeline(task, [Step("fp32"), Step(label, cfg)], out, name=check_run_name(out.name),
-                       measure_config=_measure_config(args))
+    base_model, base_label = None, "fp32"
+    if getattr(args, "model", None):
+        from condense.core.artifact import load
+
+        base_model, base_label = load(_artifact_dir(args.model), task=task), Path(args.model).name
+    res = run_pipeline(task, [Step(base_label), Step(label, cfg)], out, name=check_run_name(out.name),
+                       measure_config=_measure_config(args), base_model=base_model)
     _print(comparison_table(res.measurements))
     for w in res.report["warnings"]:
         print(f"warning: {w}")
@@ -214,7 +275,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tasks": (cmd_tasks, "list the built-in tasks"),
     "prepare": (cmd_prepare, "build (train if needed) and cache a built-in task's model"),
     "measure": (cmd_measure, "measure a task's model or a saved artifact"),
-    "quantize": (cmd_quantize, "quantize a task's model (dynamic int8) and save the artifact and report"),
+    "quantize": (cmd_quantize, "quantize a task's model (or an artifact) and save the artifact and report"),
+    "prune": (cmd_prune, "prune a task's model (or an artifact) and save the artifact and report"),
     "demo": (cmd_demo, "the main job: measure fp32, quantize to int8, measure again, save, report"),
     "info": (cmd_info, "describe a saved artifact"),
 }
@@ -245,13 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the measurement as JSON ('-' for stdout)")
     _add_measure_args(p)
 
-    p = subs["quantize"]
-    _add_task_args(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder: artifact in DIR/model, report beside it")
-    p.add_argument("--per-tensor", action="store_true", help="one scale per tensor instead of per channel")
-    p.add_argument("--include", action="append", metavar="PATTERN", help="module-name pattern to quantize")
-    p.add_argument("--exclude", action="append", metavar="PATTERN", help="module-name pattern to keep in float")
-    _add_measure_args(p)
+    for name, choices, default, flag in (("quantize", QUANT_SCHEMES, "int8", "--scheme"),
+                                         ("prune", PRUNE_METHODS, "unstructured", "--method")):
+        p = subs[name]
+        _add_task_args(p)
+        p.add_argument(flag, choices=sorted(choices), default=default,
+                       help=f"which technique (default: {default})")
+        p.add_argument("--model", metavar="ARTIFACT", help="start from a saved artifact instead of the task's model")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="run folder: artifact in DIR/model, report.json and report.html beside it")
+        p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="any field of the technique's config (repeatable), e.g. --set bits=4 --set group_size=32")
+        p.add_argument("--include", action="append", metavar="PATTERN", help="module-name pattern to include")
+        p.add_argument("--exclude", action="append", metavar="PATTERN", help="module-name pattern to leave alone")
+        _add_measure_args(p)
+    subs["prune"].add_argument("--sparsity", type=float, help="fraction of weights to remove, in [0, 1)")
+    subs["prune"].add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
 
     p = subs["demo"]
     p.add_argument("--task", default="minilm", help="built-in task (default: minilm)")

@@ -45,17 +45,20 @@ def check_run_name(name: str) -> str:
 
 
 def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: str,
-                 measure_config: MeasureConfig = MeasureConfig(), save_artifact: bool = True) -> RunResult:
+                 measure_config: MeasureConfig = MeasureConfig(), save_artifact: bool = True,
+                 base_model: Any = None) -> RunResult:
     """Build the task's model, apply `steps` in order measuring after each, save the result and the report.
 
     Writes `out_dir/report.json`, `out_dir/report.html` and (if `save_artifact`) the final model to
     `out_dir/model/`. Files are written atomically; a failure leaves earlier results in `out_dir` intact.
+    `base_model` starts from a given model (e.g. a loaded artifact) instead of the task's own.
     """
     if not steps:
         raise CondenseError("a pipeline needs at least one step; start with Step('baseline')")
     out_dir = Path(out_dir)
-    progress.note(f"building the {task.name} model")
-    model = task.build_model()
+    if base_model is None:
+        progress.note(f"building the {task.name} model")
+    model = task.build_model() if base_model is None else base_model
     ms: list[Measurement] = []
     rows: list[dict[str, Any]] = []
     for step in steps:

@@ -20,7 +20,7 @@ from condense.errors import CondenseError
 TRANSFORMS: Registry[Callable[[nn.Module, Any, "TransformContext"], nn.Module]] = Registry("transformation config")
 
 # Packages that register transforms when imported (imported on demand).
-TECHNIQUE_PACKAGES = ("condense.quantize", "condense.prune")
+TECHNIQUE_PACKAGES = ("condense.quantize", "condense.prune", "condense.export")
 
 
 @dataclass

@@ -31,10 +31,8 @@ from condense.core.artifact import CODECS, REPLAY
 from condense.core.config import config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
-from condense.measurement.counts import PARAM_VIEWS
-from condense.measurement.macs import MAC_COUNTERS
 from condense.quantize.api import register_quantizer
-from condense.quantize.dynamic import DynamicLinearCodec
+from condense.quantize import static as _static  # noqa: F401  (registers the int8 layer codecs QAT output uses)
 from condense.quantize.fake import ActivationFakeQuantize, WeightFakeQuantize
 from condense.quantize.primitives import Granularity, QuantSpec
 from condense.quantize.select import select_modules
@@ -227,27 +225,3 @@ def _replay(model: nn.Module, cfg: QATConfig, details: dict) -> nn.Module:
     converted = _convert(_prepare(model, cfg, names, example), names)
     lineage.copy_lineage(model, converted)
     return converted
-
-
-# -- saving int8 layers -----------------------------------------------------------------------------------------
-class StaticInt8Codec(DynamicLinearCodec):
-    """Static int8 Conv/Linear: int8 weights + weight scales/zero points + float bias (as the dynamic codec), plus
-    the output's `scale` and `zero_point`, which these layers keep as Python numbers, not tensors."""
-
-    def export(self, m: nn.Module) -> dict[str, torch.Tensor]:
-        out = super().export(m)
-        out["scale"] = torch.tensor(float(m.scale), dtype=torch.float64)
-        out["zero_point"] = torch.tensor(int(m.zero_point), dtype=torch.int64)
-        return out
-
-    def load(self, m: nn.Module, t: dict[str, torch.Tensor]) -> None:
-        super().load(m, {k: v for k, v in t.items() if k not in ("scale", "zero_point")})
-        m.scale, m.zero_point = float(t["scale"]), int(t["zero_point"])
-
-
-CODECS.register(*INT8_LAYERS)(StaticInt8Codec())
-PARAM_VIEWS.register(*INT8_LAYERS)(lambda m: dict(zip(("weight", "bias"), m._weight_bias())))
-MAC_COUNTERS.register(nnq.Linear)(
-    lambda m, inp, out: (inp[0].numel() // m.in_features) * m.in_features * m.out_features)
-MAC_COUNTERS.register(nnq.Conv2d)(
-    lambda m, inp, out: out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1])

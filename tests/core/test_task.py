@@ -52,3 +52,16 @@ def test_task_lookup_errors():
         get_task("no_such_mod:make")
     with pytest.raises(CondenseError, match="has no callable 'nothing'"):
         get_task("condense.testing:nothing")
+
+
+def test_every_public_name_resolves_and_import_stays_light():
+    import subprocess
+    import sys
+
+    import condense
+
+    for name in condense.__all__:
+        assert getattr(condense, name) is not None, name
+    code = "import sys, condense; print(sorted(m for m in ('torch', 'onnxruntime', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,416 @@
+"""ONNX export with a measured parity check, and ONNX Runtime's transformer fusions.
+
+Why export adapters: `torch.onnx.export` traces whatever `forward` does, and the graph it writes decides what ONNX
+Runtime can fuse. Our BERT calls `scaled_dot_product_attention` with a boolean mask, which exports as a
+Where/IsNaN chain that ONNX Runtime's BERT fuser does not recognise; the sentence encoder's adapter traces the
+same weights through the textbook attention (additive -10000 mask, explicit softmax), which fuses into ORT's
+`Attention` op. Parity with the real PyTorch `forward` is measured on every export, so the adapter cannot drift
+unnoticed. Tokenisation stays in Python: the graph takes `(input_ids, attention_mask)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core.registry import TypeRegistry
+from condense.errors import CondenseError, ConfigError
+
+OPSETS = (17, 18)
+
+
+@dataclass
+class ExportSpec:
+    """What to trace and how: the module, named inputs/outputs, dynamic axes, and task batch -> input tensors.
+
+    `fusion` holds ONNX Runtime transformer-fuser hints ({"model_type", "num_heads", "hidden_size"}) or None;
+    `float_weights` are weights of side paths that must stay float when the graph is quantized.
+    """
+
+    module: nn.Module
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    to_inputs: Callable[[Any], tuple[torch.Tensor, ...]]
+    fusion: dict[str, Any] | None = None
+    float_weights: list[np.ndarray] = field(default_factory=list)
+
+
+def _batch_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
+        return tuple(batch)
+    raise CondenseError(f"ONNX export needs tensor batches (a tensor or a tuple of tensors), got "
+                        f"{type(batch).__name__}; register an ExportAdapter in condense.export.onnx.EXPORT_ADAPTERS "
+                        "that turns this model's batches into tensors")
+
+
+class ExportAdapter:
+    """How a model type is exported. The base class: tensors in, one tensor out, batch axis dynamic."""
+
+    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
+             ) -> ExportSpec:
+        """The ExportSpec; `float_channels` ({block: [channels]}) asks for outlier channels kept in float."""
+        if float_channels:
+            raise ConfigError(f"float outlier channels are supported for BERT sentence encoders only, not "
+                              f"{type(model).__name__}; set float_channels=0")
+        n = len(_batch_tensors(batch))
+        names = ("input",) if n == 1 else tuple(f"input_{i}" for i in range(n))
+        axes = {name: {0: "batch"} for name in names}
+        axes["output"] = {0: "batch"}
+        return ExportSpec(model, names, ("output",), axes, _batch_tensors)
+
+    def outlier_channels(self, model: nn.Module, run: Callable[[nn.Module], None], k: int) -> dict[int, list[int]]:
+        """Per block, the `k` channels with the largest activations while `run(model)` runs calibration data."""
+        raise ConfigError(f"float outlier channels are supported for BERT sentence encoders only, not "
+                          f"{type(model).__name__}; set float_channels=0")
+
+
+# source module type -> its ExportAdapter (resolved through the MRO; other modules use the base ExportAdapter).
+EXPORT_ADAPTERS: TypeRegistry[ExportAdapter] = TypeRegistry("ONNX export adapter")
+
+
+def adapter_for(model: nn.Module) -> ExportAdapter:
+    """The registered ExportAdapter for `model`'s type, else the generic one."""
+    return EXPORT_ADAPTERS.find(model) or ExportAdapter()
+
+
+def export_spec(model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None) -> ExportSpec:
+    """The ExportSpec for `model` (see `ExportAdapter.spec`)."""
+    return adapter_for(model).spec(model, batch, float_channels=float_channels)
+
+
+# -- the sentence encoder's adapter -----------------------------------------------------------------------------
+class _FusableAttention(nn.Module):
+    """Our SelfAttention's weights through the textbook attention that ORT's BERT fuser recognises."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        a = self.attn
+        B, T, _ = x.shape
+        nh, hd = a.n_heads, a.head_dim
+        q = a.query(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
+        k = a.key(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
+        v = a.value(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd) + bias  # (B, nh, T, T)
+        y = torch.matmul(scores.softmax(dim=-1), v)  # (B, nh, T, hd)
+        y = y.permute(0, 2, 1, 3).contiguous().view(B, T, nh * hd)  # (B, T, nh*hd)
+        return a.out(y)  # (B, T, C)
+
+
+def _linear_part(lin: nn.Linear, *, rows: list[int] | None = None, cols: list[int] | None = None,
+                 zero_rows: list[int] | None = None, bias: bool = True) -> nn.Linear:
+    """A new Linear holding a slice of `lin` (rows = outputs, cols = inputs), or `lin` with some outputs zeroed."""
+    w = lin.weight.detach().clone()
+    b = lin.bias.detach().clone() if lin.bias is not None and bias else None
+    if zero_rows:
+        w[zero_rows] = 0.0
+        if b is not None:
+            b[zero_rows] = 0.0
+    if rows is not None:
+        w, b = w[rows], (b[rows] if b is not None else None)
+    if cols is not None:
+        w = w[:, cols]
+    out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    with torch.no_grad():
+        out.weight.copy_(w)
+        if b is not None:
+            out.bias.copy_(b)
+    return out
+
+
+class _EncoderGraph(nn.Module):
+    """SentenceEncoder.forward (ids, mask) -> unit embeddings, written so ORT fuses attention, LayerNorm, GELU.
+
+    With `float_channels`, each listed FFN hidden channel is taken out of the main (to-be-int8) path: its row of
+    `ffn_in` is zeroed (GELU(0) = 0, so `ffn_out` sees 0 there) and a small float side path computes it exactly,
+    LLM.int8()-style. The int8 matmuls' per-tensor activation scale is then no longer set by an outlier.
+    """
+
+    def __init__(self, encoder: nn.Module, float_channels: dict[int, list[int]] | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.attn = nn.ModuleList(_FusableAttention(b.attn) for b in encoder.bert.layers)
+        self.split = sorted(int(i) for i, ch in (float_channels or {}).items() if ch)
+        self.ffn_in, self.side_in, self.side_out = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i, b in enumerate(encoder.bert.layers):
+            ch = list((float_channels or {}).get(i, []))
+            if ch:
+                self.ffn_in.append(_linear_part(b.ffn_in, zero_rows=ch))
+                self.side_in.append(_linear_part(b.ffn_in, rows=ch))
+                self.side_out.append(_linear_part(b.ffn_out, cols=ch, bias=False))
+            else:
+                self.ffn_in.append(b.ffn_in)
+                self.side_in.append(nn.Identity())
+                self.side_out.append(nn.Identity())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        bert = self.encoder.bert
+        bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * -10000.0  # (B, 1, 1, T)
+        x = bert.embeddings(input_ids)  # (B, T, C)
+        for i, (block, attn) in enumerate(zip(bert.layers, self.attn)):
+            x = block.attn_norm(x + attn(x, bias))  # (B, T, C)
+            y = block.ffn_out(F.gelu(self.ffn_in[i](x)))  # (B, T, C)
+            if i in self.split:
+                y = y + self.side_out[i](F.gelu(self.side_in[i](x)))  # (B, T, C): the float outlier channels
+            x = block.ffn_norm(x + y)  # (B, T, C)
+        m = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+        pooled = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (B, C)
+        return F.normalize(pooled, p=2, dim=1)  # (B, C)
+
+
+class EncoderAdapter(ExportAdapter):
+    """The minilm SentenceEncoder: (input_ids, attention_mask) in, embeddings out; tokenisation stays in Python."""
+
+    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
+             ) -> ExportSpec:
+        layers = list(model.bert.layers)
+        heads = {(b.attn.n_heads, b.attn.head_dim) for b in layers}
+        fusion = None
+        if len(heads) == 1 and (h := next(iter(heads)))[0] * h[1] == model.dim:  # ORT's Attention: uniform heads
+            fusion = {"model_type": "bert", "num_heads": h[0], "hidden_size": model.dim}
+        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+                "embeddings": {0: "batch"}}
+        graph = _EncoderGraph(model, float_channels)
+        side = [m.weight.detach().numpy() for m in list(graph.side_in) + list(graph.side_out)
+                if isinstance(m, nn.Linear)]
+        return ExportSpec(graph, ("input_ids", "attention_mask"), ("embeddings",), axes,
+                          lambda texts: tuple(model.tokenize(texts)), fusion, side)
+
+    def outlier_channels(self, model: nn.Module, run: Callable[[nn.Module], None], k: int) -> dict[int, list[int]]:
+        """Per block, the `k` FFN hidden channels (ffn_out inputs) with the largest |activation| seen by `run`."""
+        peaks: dict[int, torch.Tensor] = {}
+
+        def hook(i: int) -> Callable:
+            def h(mod: nn.Module, inp: tuple) -> None:
+                a = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(dim=0)  # (I,)
+                peaks[i] = a if i not in peaks else torch.maximum(peaks[i], a)
+            return h
+
+        handles = [b.ffn_out.register_forward_pre_hook(hook(i)) for i, b in enumerate(model.bert.layers)]
+        try:
+            run(model)
+        finally:
+            for hd in handles:
+                hd.remove()
+        return {i: sorted(p.argsort(descending=True)[:k].tolist()) for i, p in sorted(peaks.items())}
+
+
+def _register_encoder() -> None:
+    from condense.tasks.encoder import SentenceEncoder
+
+    EXPORT_ADAPTERS.register(SentenceEncoder)(EncoderAdapter())
+
+
+_register_encoder()
+
+
+# -- export -----------------------------------------------------------------------------------------------------
+def check_opset(opset: int) -> int:
+    """`opset` if supported, else a ConfigError naming the supported ones."""
+    if opset not in OPSETS:
+        raise ConfigError(f"opset must be one of {OPSETS}, got {opset!r}; 17 is the default (LayerNormalization "
+                          "needs >= 17)")
+    return opset
+
+
+def onnx_bytes(spec: ExportSpec, inputs: tuple[torch.Tensor, ...], *, opset: int = 17) -> bytes:
+    """Trace `spec.module` on `inputs` and return the serialised ONNX model (weights inline)."""
+    from condense.export.runtime import import_onnxruntime
+
+    check_opset(opset)
+    import_onnxruntime()  # fail early and clearly, before a long export
+    if any(p.device.type != "cpu" for p in spec.module.parameters()):
+        raise ConfigError("ONNX export runs on CPU; move the model there first (model.cpu())")
+    buf = io.BytesIO()
+    was_training = spec.module.training
+    spec.module.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes are expected
+            torch.onnx.export(spec.module, inputs, buf, input_names=list(spec.input_names),
+                              output_names=list(spec.output_names), dynamic_axes=spec.dynamic_axes,
+                              opset_version=opset, dynamo=False, do_constant_folding=True)
+    except CondenseError:
+        raise
+    except Exception as e:  # the exporter raises many types; say what to do
+        raise CondenseError(f"torch.onnx.export failed for {type(spec.module).__name__}: {e}; export the float "
+                            "model (before torch int8 quantization), with every layer a standard torch op") from None
+    finally:
+        spec.module.train(was_training)
+    return buf.getvalue()
+
+
+def parity(model: nn.Module, graph: Any, inputs: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    """Compare `model(*inputs)` with the ONNX graph (bytes, path or OrtModule): max abs diff and cosines.
+
+    Returns {"max_abs_diff", "cosine" (mean over samples), "min_cosine"}; outputs are flattened per sample.
+    """
+    from condense.export.runtime import OrtModule
+
+    ort_model = graph if isinstance(graph, OrtModule) else OrtModule(_read(graph))
+    with torch.inference_mode():
+        ref = _first(model(*inputs)).float()
+        got = _first(ort_model(*inputs)).float()
+    if ref.shape != got.shape:
+        raise CondenseError(f"ONNX output shape {tuple(got.shape)} differs from PyTorch's {tuple(ref.shape)}; "
+                            "the export lost a dynamic axis: check ExportSpec.dynamic_axes")
+    a, b = ref.reshape(ref.shape[0], -1), got.reshape(got.shape[0], -1)  # (B, D)
+    cos = F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)  # (B,)
+    return {"max_abs_diff": float((a - b).abs().max()), "cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _read(graph: Any) -> bytes:
+    if isinstance(graph, (bytes, bytearray)):
+        return bytes(graph)
+    with open(os.fspath(graph), "rb") as f:
+        return f.read()
+
+
+def export_onnx(model: nn.Module, task: Any, path: str | os.PathLike, *, opset: int = 17, batch_size: int = 2,
+                optimize: bool = False) -> dict[str, Any]:
+    """Export `model` to the ONNX file `path` (dynamic batch, and sequence for text) and check it against PyTorch.
+
+    Parity is measured on `task.batch(batch_size)` and on `task.batch(1)` (another shape, so the dynamic axes are
+    exercised). Returns {"path", "opset", "bytes", "inputs", "outputs", "fusions", "max_abs_diff", "cosine",
+    "min_cosine"}; the worst of the two checks is reported.
+
+    Example:
+        >>> import tempfile, condense
+        >>> task = condense.get_task("digits")
+        >>> r = export_onnx(task.build_model(), task, tempfile.mkdtemp() + "/digits.onnx")
+        >>> r["max_abs_diff"] < 1e-4
+        True
+    """
+    from condense.core.atomic import atomic_write_bytes
+
+    batch = task.batch(batch_size)
+    spec = export_spec(model, batch)
+    data = onnx_bytes(spec, spec.to_inputs(batch), opset=opset)
+    fusions: dict[str, int] = {}
+    if optimize:
+        data, fusions = fuse_transformer(data, spec.fusion)
+    atomic_write_bytes(path, data)
+    checks = [parity(model, data, spec.to_inputs(b)) for b in (batch, task.batch(1))]
+    return {"path": str(path), "opset": opset, "bytes": len(data), "inputs": list(spec.input_names),
+            "outputs": list(spec.output_names), "fusions": fusions,
+            "max_abs_diff": max(c["max_abs_diff"] for c in checks), "cosine": min(c["cosine"] for c in checks),
+            "min_cosine": min(c["min_cosine"] for c in checks)}
+
+
+# -- ONNX Runtime's transformer fusions ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_onnxruntime_tools() -> Iterator[None]:
+    """Silence ONNX Runtime's python tools (optimizer, quantizer), which log advice to the root logger."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(old)
+
+
+def fuse_transformer(data: bytes, fusion: dict[str, Any] | None) -> tuple[bytes, dict[str, int]]:
+    """Run ONNX Runtime's transformer optimizer (attention, SkipLayerNorm, GELU fusion) on a serialised model.
+
+    Returns (fused model bytes, {fused op: count}); a ConfigError if the model has no structure it can fuse.
+    """
+    if not fusion:
+        raise ConfigError("transformer fusion (optimize=True) needs a BERT-like model exported through an adapter "
+                          "that knows its heads (e.g. the minilm SentenceEncoder); use optimize=False")
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with quiet_onnxruntime_tools():
+        opt = optimize_model(onnx.load_from_string(data), model_type=fusion["model_type"],
+                             num_heads=fusion["num_heads"], hidden_size=fusion["hidden_size"], opt_level=1)
+    stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+    return opt.model.SerializeToString(), stats
+
+
+def onnx_weights(data: bytes) -> dict[str, np.ndarray]:
+    """The weight initializers of a serialised model (float and int8/uint8, no scales, zero points or scalars)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(data)
+    kinds = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.INT8,
+             onnx.TensorProto.UINT8}
+    out = {}
+    for t in model.graph.initializer:
+        if t.data_type in kinds and len(t.dims) >= 1 and not t.name.endswith(("_scale", "_zero_point")):
+            out[t.name] = numpy_helper.to_array(t)
+    return out
+
+
+_MATMULS = ("MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "Gemm")
+
+
+def onnx_macs(data: bytes, input_shapes: list[tuple[int, ...]]) -> tuple[int, list[str]]:
+    """Multiply-accumulates of one run of a serialised model on inputs of `input_shapes`, from shape inference.
+
+    Counts matmuls, Gemm, Conv/ConvInteger and (Q)Attention. Returns (MACs, names of nodes that could not be
+    counted because their shapes stayed unknown, e.g. contrib ops ONNX Runtime's shape inference lacks).
+    """
+    import onnx
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    model = onnx.load_from_string(data)
+    for vi, shape in zip(model.graph.input, input_shapes):
+        dims = vi.type.tensor_type.shape.dim
+        for d, n in zip(dims, shape):
+            d.ClearField("dim_param")
+            d.dim_value = int(n)
+    try:  # in a scratch folder: on incomplete inference ORT's tool writes a debug model into the cwd
+        with tempfile.TemporaryDirectory(prefix="condense-shapes-") as d, contextlib.chdir(d), \
+                quiet_onnxruntime_tools():
+            model = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True)
+    except Exception:  # incomplete inference (unknown contrib ops): count what the plain ONNX pass knows
+        model = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int | None]] = {t.name: list(t.dims) for t in model.graph.initializer}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None
+                           for d in vi.type.tensor_type.shape.dim]
+
+    def known(*names: str) -> list[list[int]] | None:
+        got = [shapes.get(n) for n in names]
+        return None if any(s is None or None in s or not s for s in got) else got  # type: ignore[return-value]
+
+    macs, missing = 0, []
+    for node in model.graph.node:
+        op = node.op_type
+        if op in _MATMULS and (s := known(node.input[0], node.output[0])):
+            a, out = s
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            macs += math.prod(out) * (a[-2] if trans_a else a[-1])
+        elif op in ("Conv", "ConvInteger") and (s := known(node.input[1], node.output[0])):
+            w, out = s
+            macs += math.prod(out) * math.prod(w[1:])
+        elif op in ("Attention", "QAttention") and (s := known(node.input[0], node.input[1])):
+            (b, t, h), w = s  # projections (h -> 3h'), then scores and context: 2 * t * t * h' per sample
+            macs += b * t * h * w[1] + 2 * b * t * t * (w[1] // 3)
+        elif op in _MATMULS + ("Conv", "ConvInteger", "Attention", "QAttention"):
+            missing.append(node.name or op)
+    return macs, missing

@@ -1,0 +1,293 @@
+"""ONNX Runtime as a torch module: `OrtModule` runs an ONNX graph (tensors in, tensors out), and
+`OrtSentenceEncoder` gives it the sentence encoder's `encode`/`tokenize` API, so tasks, `measure` and the pipeline
+use an ORT model exactly like the PyTorch one.
+
+Sessions run sequentially with every graph optimisation on, and with `intra_op_num_threads` equal to torch's
+thread count (ORT does not follow `torch.set_num_threads`): a session is created with torch's current count and
+rebuilt if that count has changed by the next call, so `measure(threads=N)` times ORT on N threads too.
+
+Saved artifacts hold the ONNX model bytes as one uint8 tensor (`OrtModuleCodec`); loading replays the transform
+on the task's skeleton (`REPLAY`) to get the wrapper back, then the codec restores the graph.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from condense.core import lineage
+from condense.core.artifact import CODECS, REPLAY, TensorCodec
+from condense.core.config import config
+from condense.core.registry import TypeRegistry
+from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.errors import CondenseError
+from condense.measurement.counts import PARAM_VIEWS
+from condense.measurement.macs import MAC_COUNTERS
+from condense.tasks.encoder import SentenceEncoder
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+             "tensor(double)": np.float64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
+
+
+def import_onnxruntime() -> Any:
+    """The `onnxruntime` module, or a CondenseError saying how to install it."""
+    try:
+        import onnx  # noqa: F401  (export, fusion and quantization all need it)
+        import onnxruntime
+    except ImportError:
+        raise CondenseError("running models in ONNX Runtime needs onnxruntime and onnx: "
+                            "pip install onnxruntime onnx") from None
+    return onnxruntime
+
+
+def make_session(data: bytes, threads: int | None = None) -> Any:
+    """An `onnxruntime.InferenceSession` on CPU: sequential, all graph optimisations, `threads` intra-op threads."""
+    ort = import_onnxruntime()
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise CondenseError(f"ONNX Runtime cannot load this model ({e}); re-export it with "
+                            "condense.export.export_onnx (opset 17 or 18)") from None
+
+
+class OrtModule(nn.Module):
+    """An ONNX model run by ONNX Runtime: `forward(*tensors)` returns torch tensors (one, or a tuple).
+
+    Args:
+        data: the serialised ONNX model; None makes an empty module (a skeleton the artifact loader fills).
+
+    Example:
+        >>> import io, torch
+        >>> buf = io.BytesIO(); torch.onnx.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), buf, dynamo=False)
+        >>> OrtModule(buf.getvalue())(torch.ones(1, 3)).shape
+        torch.Size([1, 2])
+    """
+
+    def __init__(self, data: bytes | None = None) -> None:
+        super().__init__()
+        self._data: bytes | None = None
+        self._session: Any = None
+        self._threads = 0
+        if data is not None:
+            self.set_model(data)
+
+    def set_model(self, data: bytes) -> None:
+        """Replace the ONNX graph (and its session)."""
+        self._data = bytes(data)
+        self._open()
+
+    @property
+    def onnx_model(self) -> bytes:
+        """The serialised ONNX model."""
+        if self._data is None:
+            raise CondenseError("this OrtModule holds no ONNX model yet; load it with condense.load or build it "
+                                "with condense.export")
+        return self._data
+
+    def _open(self) -> None:
+        self._threads = torch.get_num_threads()
+        self._session = make_session(self.onnx_model, self._threads)
+        self._inputs = [(i.name, _NP_TYPES.get(i.type)) for i in self._session.get_inputs()]
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Run the graph on `tensors` (positional, in the graph's input order); CPU torch tensors out."""
+        if self._session is None or self._threads != torch.get_num_threads():
+            self._open()
+        if len(tensors) != len(self._inputs):
+            raise CondenseError(f"the ONNX graph takes {len(self._inputs)} inputs "
+                                f"({[n for n, _ in self._inputs]}), got {len(tensors)}")
+        feeds = {}
+        for (name, np_type), t in zip(self._inputs, tensors):
+            a = t.detach().cpu().numpy()
+            feeds[name] = a.astype(np_type, copy=False) if np_type is not None else a
+        try:
+            outs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
+        except Exception as e:  # onnxruntime's own error types; shapes or dtypes the graph does not accept
+            raise CondenseError(f"ONNX Runtime rejected the inputs {[tuple(t.shape) for t in tensors]}: {e}; pass "
+                                "inputs shaped as at export (only axes exported as dynamic may change)") from None
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle or deep-copy: rebuilt on first use
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return "empty" if self._data is None else f"{len(self._data) / 2**20:.1f} MB ONNX graph"
+
+
+class OrtSentenceEncoder(nn.Module):
+    """A sentence encoder whose (input_ids, attention_mask) -> embeddings graph runs in ONNX Runtime.
+
+    Same API as `SentenceEncoder` (`encode`, `tokenize`, `forward`, `dim`); tokenisation stays in Python.
+    """
+
+    def __init__(self, graph: OrtModule, tokenizer: Any, max_seq_length: int, dim: int) -> None:
+        super().__init__()
+        self.graph = graph
+        self.tokenizer = tokenizer
+        self.max_seq_length = max_seq_length
+        self.dim = dim
+
+    @classmethod
+    def from_encoder(cls, encoder: SentenceEncoder, graph: OrtModule) -> "OrtSentenceEncoder":
+        """Wrap `graph` with a copy of `encoder`'s tokenizer (same truncation and padding)."""
+        import copy
+
+        return cls(graph, copy.deepcopy(encoder.tokenizer), encoder.max_seq_length, encoder.dim)
+
+    tokenize = SentenceEncoder.tokenize
+    encode = SentenceEncoder.encode
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, C) unit-length embeddings."""
+        return self.graph(input_ids, attention_mask)
+
+    def device(self) -> torch.device:
+        """Inputs go to the CPU (ONNX Runtime's CPU provider)."""
+        return torch.device("cpu")
+
+
+# source module type -> fn(source, graph) -> the module that replaces the source (default: the OrtModule).
+ORT_WRAPPERS: TypeRegistry[Callable[[nn.Module, OrtModule], nn.Module]] = TypeRegistry("ONNX Runtime wrapper")
+ORT_WRAPPERS.register(SentenceEncoder)(OrtSentenceEncoder.from_encoder)
+
+
+def wrap(source: nn.Module, graph: OrtModule) -> nn.Module:
+    """The module that runs `graph` in place of `source` (with the same user-facing API)."""
+    fn = ORT_WRAPPERS.find(source)
+    return graph if fn is None else fn(source, graph)
+
+
+class OrtModuleCodec(TensorCodec):
+    """The ONNX model bytes as one uint8 tensor."""
+
+    def export(self, m: OrtModule) -> dict[str, torch.Tensor]:
+        return {"onnx_model": torch.frombuffer(bytearray(m.onnx_model), dtype=torch.uint8)}
+
+    def load(self, m: OrtModule, t: dict[str, torch.Tensor]) -> None:
+        if "onnx_model" not in t:
+            raise CondenseError("the artifact has no ONNX model for this ONNX Runtime module; re-save it")
+        m.set_model(t["onnx_model"].numpy().tobytes())
+
+
+CODECS.register(OrtModule)(OrtModuleCodec())
+
+
+def _weights_view(m: OrtModule) -> dict[str, torch.Tensor]:
+    from condense.export.onnx import onnx_weights
+
+    return {k.replace(".", "_"): torch.from_numpy(v.copy()) for k, v in onnx_weights(m.onnx_model).items()}
+
+
+PARAM_VIEWS.register(OrtModule)(_weights_view)
+
+
+def _ort_macs(m: OrtModule, inputs: tuple, out: Any) -> int:
+    """MACs of one ORT call, counted from the graph with these input shapes (cached per shapes)."""
+    import warnings
+
+    from condense.export.onnx import onnx_macs
+
+    key = tuple(tuple(t.shape) for t in inputs)
+    cache = m.__dict__.setdefault("_macs_cache", {})
+    if key not in cache:
+        cache[key] = onnx_macs(m.onnx_model, list(key))
+    macs, missing = cache[key]
+    if missing:
+        warnings.warn(f"MACs of {len(missing)} ONNX node(s) could not be counted (shapes unknown after fusion): "
+                      f"{missing[:4]}; the MAC count is a lower bound", stacklevel=2)
+    return macs
+
+
+MAC_COUNTERS.register(OrtModule)(_ort_macs)
+
+
+# -- the transform: run a model on ONNX Runtime (fp32) -----------------------------------------------------------
+@config
+class OnnxRuntimeConfig:
+    """Run the model in ONNX Runtime (fp32): export to ONNX, optionally fuse transformer ops, swap it in.
+
+    Args:
+        opset: ONNX opset (17 or 18).
+        optimize: run ONNX Runtime's transformer fusions (attention, SkipLayerNorm, GELU) on BERT-like models.
+
+    Example:
+        >>> OnnxRuntimeConfig(opset=18).to_dict()["opset"]
+        18
+    """
+
+    opset: int = 17
+    optimize: bool = False
+
+    def __post_init__(self) -> None:
+        from condense.export.onnx import check_opset
+
+        check_opset(self.opset)
+
+
+def example_batch(ctx: TransformContext, what: str) -> Any:
+    """A small batch to trace with: the task's (2 samples), else the first calibration batch."""
+    if ctx.task is not None:
+        return ctx.task.batch(2)
+    return ctx.calibration_batches(1, what=what)[0]
+
+
+def build_ort(model: nn.Module, batch: Any, *, opset: int, optimize: bool,
+              post: Callable[[bytes, Any], tuple[bytes, dict]] | None = None,
+              fusion_hints: dict[str, Any] | None = None,
+              float_channels: dict[int, list[int]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Export `model`, optionally fuse, optionally post-process the bytes (e.g. quantize), and wrap for ORT.
+
+    `post(data, spec)` returns (new bytes, details); `fusion_hints` override the adapter's fuser hints
+    (num_heads, hidden_size); `float_channels` are passed to the export adapter (outliers kept in float).
+    Returns (the ORT-backed module, JSON-able details: opset, inputs, fusions, bytes, parity vs `model`).
+    """
+    from condense.export.onnx import export_spec, fuse_transformer, onnx_bytes, parity
+
+    spec = export_spec(model, batch, float_channels=float_channels)
+    inputs = spec.to_inputs(batch)
+    data = onnx_bytes(spec, inputs, opset=opset)
+    details: dict[str, Any] = {"opset": opset, "inputs": list(spec.input_names), "fusions": {}}
+    if optimize:
+        fusion = dict(spec.fusion, **fusion_hints) if spec.fusion and fusion_hints else spec.fusion
+        data, details["fusions"] = fuse_transformer(data, fusion)
+    if post is not None:
+        data, extra = post(data, spec)
+        details.update(extra)
+    graph = OrtModule(data)
+    details["parity_vs_torch"] = parity(model, graph, inputs)
+    details["onnx_bytes"] = len(data)
+    new = wrap(model, graph)
+    lineage.copy_lineage(model, new)
+    return new, details
+
+
+def replay_ort(model: nn.Module) -> nn.Module:
+    """The wrapper for `model` around an empty OrtModule; the artifact loader then fills in the graph."""
+    new = wrap(model, OrtModule())
+    lineage.copy_lineage(model, new)
+    return new
+
+
+@TRANSFORMS.register("OnnxRuntimeConfig")
+def to_onnx_runtime(model: nn.Module, cfg: OnnxRuntimeConfig, ctx: TransformContext) -> nn.Module:
+    """Export `model` and return the ORT-backed module that replaces it."""
+    new, details = build_ort(model, example_batch(ctx, "OnnxRuntimeConfig"), opset=cfg.opset,
+                             optimize=cfg.optimize)
+    lineage.record_transform(new, cfg, **details)
+    return new
+
+
+@REPLAY.register("OnnxRuntimeConfig")
+def _replay(model: nn.Module, cfg: OnnxRuntimeConfig, details: dict) -> nn.Module:
+    return replay_ort(model)

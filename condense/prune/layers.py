@@ -1,0 +1,241 @@
+"""Layer removal: drop whole transformer blocks (or identity-shape CNN stages) that change their input least.
+
+A block whose output is nearly its input (high cosine similarity on calibration data) adds little; removing it
+saves a whole block of compute. The "output" criterion measures instead how much the model's output moves when
+the block is skipped (one calibration pass per block). Kept indices go to the lineage, so `condense.load`
+removes the same blocks from a fresh model before loading tensors.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from condense.prune import prune_, LayerDropConfig
+    >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    >>> len(prune_(net, LayerDropConfig(keep=(0, 2), container=""), calibration=[torch.randn(2, 4)]))
+    2
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core import lineage
+from condense.core.artifact import REPLAY
+from condense.core.config import config
+from condense.core.transforms import TransformContext
+from condense.errors import CondenseError, ConfigError
+from condense.prune.api import register_pruner
+from condense.train.loop import FitConfig
+
+CRITERIA = ("importance", "output", "last")
+BLOCK_LIST_NAMES = ("layers", "blocks", "layer", "h")  # ModuleLists found without `container=`
+
+
+@config
+class LayerDropConfig:
+    """Remove whole blocks from a block list (transformer `layers`/`blocks`, or a Sequential of stages).
+
+    Args:
+        n_drop: how many blocks to remove (chosen by `criterion`); or
+        keep: exactly which block indices to keep (0-based, in the original numbering).
+        criterion: "importance" (1 - cosine between a block's input and output), "output" (how far the model's
+            output moves without the block), or "last" (drop the last blocks).
+        container: module name of the block list (e.g. "bert.layers"); default: the one ModuleList called
+            layers/blocks. A Sequential ("" for the model itself) may lose only blocks whose output shape
+            equals their input shape, checked on calibration data.
+        calibration_batches: batches used to score blocks and check shapes.
+        finetune: recovery training afterwards (see `condense.prune.recover`); None = none.
+
+    Example:
+        >>> LayerDropConfig(n_drop=2).criterion
+        'importance'
+    """
+
+    n_drop: int | None = None
+    keep: tuple[int, ...] | None = None
+    criterion: str = "importance"
+    container: str | None = None
+    calibration_batches: int = 4
+    finetune: FitConfig | None = None
+
+    def __post_init__(self) -> None:
+        if (self.n_drop is None) == (self.keep is None):
+            raise ConfigError("LayerDropConfig needs exactly one of n_drop (how many blocks to remove) or keep "
+                              "(which block indices to keep), e.g. LayerDropConfig(n_drop=2)")
+        if self.n_drop is not None and (isinstance(self.n_drop, bool) or not isinstance(self.n_drop, int)
+                                        or self.n_drop < 1):
+            raise ConfigError(f"n_drop must be a positive integer, got {self.n_drop!r}")
+        if self.keep is not None:
+            if not self.keep or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.keep) \
+                    or len(set(self.keep)) != len(self.keep):
+                raise ConfigError(f"keep must be distinct non-negative block indices, at least one, got {self.keep!r}")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
+        if self.calibration_batches < 1:
+            raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+
+
+def find_block_list(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """(name, module) of the block list to drop from: `name`, else the one ModuleList called layers/blocks."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        m = modules.get(name)
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)):
+            lists = [n for n, x in modules.items() if isinstance(x, (nn.ModuleList, nn.Sequential))]
+            raise ConfigError(f"container {name!r} is not a ModuleList or Sequential of the model; choose one of "
+                              f"{lists[:8]}")
+        return name, m
+    found = [n for n, m in modules.items() if isinstance(m, nn.ModuleList) and n.split(".")[-1] in BLOCK_LIST_NAMES]
+    if len(found) != 1:
+        lists = [n for n, x in modules.items() if isinstance(x, (nn.ModuleList, nn.Sequential))]
+        raise ConfigError(f"found {len(found)} block lists named {list(BLOCK_LIST_NAMES)} ({found}); pass "
+                          f"container=... naming one of {lists[:8]}")
+    return found[0], modules[found[0]]
+
+
+def _first_tensor(x: Any) -> torch.Tensor | None:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, (tuple, list)):
+        return next((t for t in map(_first_tensor, x) if t is not None), None)
+    return None
+
+
+def _tokens(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().float()
+    t = t.movedim(1, -1) if t.dim() == 4 else t  # CNN maps: compare channel vectors per position
+    return t.reshape(-1, t.shape[-1])  # (rows, features)
+
+
+def similarity_scores(model: nn.Module, blocks: nn.Module, batches: list[Any],
+                      run: Callable[[nn.Module, Any], Any]) -> tuple[list[float], list[bool]]:
+    """Per block: (1 - mean cosine between its input and output, whether output shape == input shape)."""
+    n = len(blocks)
+    total, count, same = [0.0] * n, [0] * n, [True] * n
+
+    def hook(i: int) -> Callable:
+        def post(m: nn.Module, args: tuple, out: Any) -> None:
+            x, y = _first_tensor(args), _first_tensor(out)
+            if x is None or y is None or x.shape != y.shape:
+                same[i] = False
+                return
+            total[i] += float(F.cosine_similarity(_tokens(x), _tokens(y), dim=-1).mean())
+            count[i] += 1
+        return post
+
+    handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+    try:
+        with torch.inference_mode():
+            for b in batches:
+                run(model, b)
+    finally:
+        for h in handles:
+            h.remove()
+    return [1 - total[i] / count[i] if count[i] else float("inf") for i in range(n)], same
+
+
+def _rows(out: Any) -> torch.Tensor:
+    t = _first_tensor(out)
+    if t is None:
+        t = torch.as_tensor(out[0] if isinstance(out, (tuple, list)) else out)
+    return t.detach().float().reshape(t.shape[0], -1)
+
+
+def output_scores(model: nn.Module, blocks: nn.Module, candidates: list[int], batches: list[Any],
+                  run: Callable[[nn.Module, Any], Any]) -> dict[int, float]:
+    """Per candidate block: 1 - mean cosine between the model's outputs with and without it."""
+    with torch.inference_mode():
+        ref = [_rows(run(model, b)) for b in batches]
+        out = {}
+        for i in candidates:
+            block = blocks[i]
+            del blocks[i]
+            try:
+                cos = [F.cosine_similarity(_rows(run(model, b)), r, dim=-1).mean() for b, r in zip(batches, ref)]
+            finally:
+                blocks.insert(i, block)
+            out[i] = 1 - float(torch.stack(cos).mean())
+    return out
+
+
+def drop_blocks_(model: nn.Module, container: str, keep: list[int]) -> nn.Module:
+    """Keep only blocks `keep` (original indices) of `container`, renumbered from 0; updates a parent config."""
+    name, blocks = find_block_list(model, container)
+    n = len(blocks)
+    if any(i >= n for i in keep):
+        raise ConfigError(f"keep={keep} names blocks past the {n} of {name or 'the model'}; indices are 0..{n - 1}")
+    for i in sorted(set(range(n)) - set(keep), reverse=True):
+        del blocks[i]
+    parent = dict(model.named_modules())[name.rpartition(".")[0]] if name else None
+    cfg = getattr(parent, "config", None)
+    if dataclasses.is_dataclass(cfg):
+        for field in ("num_layers", "n_layer"):
+            if hasattr(cfg, field) and getattr(cfg, field) == n:
+                object.__setattr__(parent, "config", dataclasses.replace(cfg, **{field: len(keep)}))
+    return model
+
+
+def plan_layer_drop(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext | None = None
+                    ) -> tuple[str, list[int], dict[int, float]]:
+    """(container name, block indices to keep, score per block) without changing the model."""
+    ctx = ctx or TransformContext()
+    name, blocks = find_block_list(model, cfg.container)
+    n = len(blocks)
+    where = name or "the model"
+    needs_data = cfg.criterion != "last" or isinstance(blocks, nn.Sequential)
+    batches = ctx.calibration_batches(cfg.calibration_batches, what=f"LayerDropConfig(criterion={cfg.criterion!r}) "
+                                      f"on {where}") if needs_data else []
+    scores: dict[int, float] = {}
+    candidates = list(range(n))
+    if batches:
+        sim, same = similarity_scores(model, blocks, batches, ctx.run_batch)
+        candidates = [i for i in range(n) if same[i]]
+        scores = {i: sim[i] for i in candidates}
+    if cfg.keep is not None:
+        keep = sorted(cfg.keep)
+        if any(i >= n for i in keep):
+            raise ConfigError(f"keep={list(cfg.keep)} names blocks past the {n} of {where}; indices are 0..{n - 1}")
+        bad = [i for i in range(n) if i not in keep and i not in candidates]
+        if bad:
+            raise ConfigError(f"blocks {bad} of {where} change the tensor shape, so they cannot be removed; keep them")
+        return name, keep, scores
+    if cfg.n_drop >= n or cfg.n_drop > len(candidates):
+        raise ConfigError(f"n_drop={cfg.n_drop} but {where} has {n} blocks, {len(candidates)} of them removable "
+                          f"(same output shape as input); use n_drop <= {min(n - 1, len(candidates))}")
+    if cfg.criterion == "last":
+        drop = candidates[-cfg.n_drop:]
+    else:
+        if cfg.criterion == "output":
+            scores = output_scores(model, blocks, candidates, batches, ctx.run_batch)
+        drop = sorted(candidates, key=lambda i: scores[i])[:cfg.n_drop]
+    return name, [i for i in range(n) if i not in drop], scores
+
+
+@register_pruner("LayerDropConfig")
+def prune_layers(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext) -> nn.Module:
+    """Choose blocks, remove them, record the kept indices, then recover if `cfg.finetune` says so."""
+    import copy
+
+    from condense.prune.recover import check_recovery, recover_
+
+    name, keep, scores = plan_layer_drop(model, cfg, ctx)
+    teacher = None
+    if cfg.finetune is not None and check_recovery(model, ctx) == "distill":
+        teacher = copy.deepcopy(model).eval()
+    n = len(find_block_list(model, name)[1])
+    drop_blocks_(model, name, keep)
+    lineage.record_transform(model, cfg, container=name, kept=keep, n_before=n,
+                             scores={str(i): round(s, 6) for i, s in scores.items()})
+    if cfg.finetune is not None:
+        recover_(model, teacher, ctx, cfg.finetune)
+    return model
+
+
+@REPLAY.register("LayerDropConfig")
+def _replay(model: nn.Module, cfg: LayerDropConfig, details: dict) -> nn.Module:
+    if "container" not in details:
+        raise CondenseError("the artifact's LayerDropConfig entry has no container; re-create the artifact")
+    return drop_blocks_(model, details["container"], list(details["kept"]))

@@ -1,0 +1,225 @@
+"""Recovery after structured pruning or layer removal: short training that wins back most of the lost quality.
+
+With labels (a task with `loss`, e.g. digits, tinygpt) recovery is ordinary fine-tuning through `ctx.finetune`.
+A sentence encoder has no labels, but its dense self is a perfect teacher: the pruned model learns to reproduce
+the dense model's sentence embeddings on unlabelled text (standard-library docstrings, outside the evaluation
+set), with `embedding_distillation_loss` in the shared `fit` loop.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core.transforms import TransformContext
+from condense.errors import ConfigError
+from condense.train.loop import FitConfig, fit
+
+
+def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = None, token_weight: float = 0.0,
+                                relation_weight: float = 1.0, temperature: float = 0.05
+                                ) -> Callable[[nn.Module, list[str]], torch.Tensor]:
+    """`loss(student, texts)`: 1 - cosine between student and teacher sentence embeddings, plus optional terms.
+
+    Both models get the same tokens (`student.tokenize`, cut to `max_tokens` to train faster).
+    `relation_weight` adds KL(teacher || student) between the softmax (at `temperature`) of each text's cosine
+    similarities to the other texts of the batch: retrieval depends on that ranking, which matching each vector
+    alone does not protect. `token_weight` adds the normalised MSE between last hidden states over real tokens.
+
+    Example:
+        >>> from condense.tasks.encoder import load_minilm
+        >>> enc = load_minilm()
+        >>> float(embedding_distillation_loss(enc)(enc, ["a cat sat on the mat"]))  # doctest: +SKIP
+        0.0
+    """
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(student: nn.Module, texts: list[str]) -> torch.Tensor:
+        ids, mask = student.tokenize(list(texts))  # (B, T) each
+        if max_tokens is not None:
+            ids, mask = ids[:, :max_tokens], mask[:, :max_tokens]
+        dev = next(student.parameters()).device
+        ids, mask = ids.to(dev), mask.to(dev)
+        with torch.no_grad():
+            t_hidden = teacher.bert(ids, mask)  # (B, T, C)
+        s_hidden = student.bert(ids, mask)  # (B, T, C)
+        t_emb, s_emb = _pool(t_hidden, mask), _pool(s_hidden, mask)  # (B, C)
+        out = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+        if relation_weight and len(texts) > 2:
+            off = ~torch.eye(len(texts), dtype=torch.bool, device=dev)  # a text's similarity to itself says nothing
+            t_rel = (t_emb @ t_emb.T)[off].view(len(texts), -1) / temperature  # (B, B - 1)
+            s_rel = (s_emb @ s_emb.T)[off].view(len(texts), -1) / temperature
+            kl = F.kl_div(s_rel.log_softmax(-1), t_rel.log_softmax(-1), log_target=True, reduction="batchmean")
+            out = out + relation_weight * kl
+        if token_weight:
+            m = mask.unsqueeze(-1).to(s_hidden.dtype)  # (B, T, 1)
+            err = ((s_hidden - t_hidden) ** 2 * m).sum() / (m.sum() * s_hidden.shape[-1])
+            out = out + token_weight * err / t_hidden.pow(2).mean().clamp_min(1e-12)
+        return out
+
+    return loss
+
+
+def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+    return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # (B, C)
+
+
+def distill_embeddings_(student: nn.Module, teacher: nn.Module, texts: Callable[[], Iterable[list[str]]],
+                        cfg: FitConfig, *, max_tokens: int | None = 64, token_weight: float = 0.0,
+                        relation_weight: float = 1.0, train_embeddings: bool = False) -> list[float]:
+    """Train `student` (a SentenceEncoder) to match `teacher`'s embeddings on batches of texts; returns losses.
+
+    The embedding tables (half of MiniLM's weights, never pruned) stay frozen unless `train_embeddings`: the
+    blocks are what pruning changed, and skipping the tables' gradients and optimizer state makes steps cheaper.
+    """
+    loss = embedding_distillation_loss(teacher, max_tokens=max_tokens, token_weight=token_weight,
+                                       relation_weight=relation_weight)
+    params = student.parameters() if train_embeddings else student.bert.layers.parameters()
+    losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
+    student.eval()
+    return losses
+
+
+class _Stop(Exception):
+    """Ends a calibration pass once the layer of interest has run."""
+
+
+def _capture(model: nn.Module, name: str, batches: list[Any], run: Callable[[nn.Module, Any], Any],
+             fn: Callable[[int, torch.Tensor, torch.Tensor], None]) -> None:
+    """Run each batch until layer `name` has run, calling fn(batch index, its input, its output)."""
+    layer = dict(model.named_modules())[name]
+    index = [0]
+
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        fn(index[0], args[0].detach(), out.detach())
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            for index[0], b in enumerate(batches):
+                try:
+                    run(model, b)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+
+
+def reconstruct_(pruned: nn.Module, dense: nn.Module, layers: dict[str, tuple[list[int], list[int] | None]],
+                 batches: list[Any], run: Callable[[nn.Module, Any], Any], *, inputs: str = "dense",
+                 damp: float = 0.01) -> None:
+    """Refit Linears of `pruned` by least squares so each reproduces the dense layer's output.
+
+    `layers` maps each Linear to (dense input features kept, dense output features kept or None for all).
+    Per layer: W', b' = argmin ||X W'^T + b' - Y_d||^2 over the calibration batches, damped by `damp` times the
+    mean diagonal of [X 1]^T [X 1]; Y_d is the dense layer's output. X is the dense layer's input at the kept
+    features (`inputs="dense"`: each layer approximates the dense function; best in residual networks, where
+    upstream errors travel around the layer anyway), or the pruned model's own input with earlier layers already
+    refitted (`inputs="pruned"`, in forward order: absorbs upstream errors in plain chains).
+    """
+    if inputs not in ("dense", "pruned"):
+        raise ConfigError(f"inputs must be 'dense' or 'pruned', got {inputs!r}")
+    order: list[str] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, n=n: order.append(n) if n not in order else None)
+             for n, m in dense.named_modules() if n in layers]
+    try:
+        with torch.inference_mode():
+            run(dense, batches[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    modules = dict(pruned.named_modules())
+    for name in order:
+        layer = modules[name]
+        in_cols, out_cols = layers[name]
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+
+        def dense_io(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
+            y = y.reshape(-1, y.shape[-1]).double()  # (rows, out)
+            ys.append(y if out_cols is None else y[:, out_cols])
+            if inputs == "dense":
+                xs.append(x.reshape(-1, x.shape[-1])[:, in_cols].double())  # (rows, k)
+
+        _capture(dense, name, batches, run, dense_io)
+        if inputs == "pruned":
+            _capture(pruned, name, batches, run, lambda i, x, y: xs.append(x.reshape(-1, x.shape[-1]).double()))
+        zz, zy = 0, 0
+        for x, y in zip(xs, ys):
+            z = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) if layer.bias is not None else x
+            zz, zy = zz + z.T @ z, zy + z.T @ y  # (k [+1], k [+1]), (k [+1], out)
+        a = zz + damp * zz.diagonal().mean() * torch.eye(zz.shape[0], dtype=zz.dtype)
+        sol = torch.linalg.solve(a, zy)  # (k [+1], out)
+        with torch.no_grad():
+            k = layer.in_features
+            layer.weight.copy_(sol[:k].T.to(layer.weight.dtype))
+            if layer.bias is not None:
+                layer.bias.copy_(sol[k].to(layer.bias.dtype))
+
+
+def obs_scores(layer: nn.Linear, gram: torch.Tensor, n_remove: int, unit: int = 1, damp: float = 0.01
+               ) -> torch.Tensor:
+    """Optimal Brain Surgeon order of `layer`'s input units: scores (n_units,), lower = removed earlier.
+
+    `gram` is [X 1]^T [X 1] / rows of the layer's calibration inputs (the last row/column is the intercept, so
+    the bias absorbs what it can). Repeatedly removes the unit (`unit` consecutive inputs, e.g. a head) whose
+    removal raises the layer's squared output error least once the remaining weights are re-optimised:
+    cost_u = tr(W_u [H^-1]_uu^-1 W_u^T), then W and H^-1 are updated as if u were gone (Hassibi & Stork 1993;
+    the block form as in ZipLM). Units never removed score `n_units`.
+    """
+    n_in = layer.in_features
+    n = n_in // unit
+    W = layer.weight.detach().double().cpu()  # (out, in)
+    if layer.bias is not None:
+        W = torch.cat([W, layer.bias.detach().double().cpu()[:, None]], 1)  # (out, in + 1)
+        H = gram
+    else:
+        H = gram[:n_in, :n_in]
+    H = H + damp * H.diagonal().mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    Hinv = torch.linalg.inv(H)
+    alive = torch.ones(n, dtype=torch.bool)
+    scores = torch.full((n,), float(n))
+    cols = torch.arange(n_in).view(n, unit)  # (n, unit)
+    eye = torch.eye(unit, dtype=H.dtype)
+    for step in range(n_remove):
+        blocks = Hinv[cols[:, :, None], cols[:, None, :]]  # (n, unit, unit)
+        blocks = torch.where(alive[:, None, None], blocks, eye)  # removed units: anything invertible
+        inv = torch.linalg.inv(blocks)  # (n, unit, unit)
+        Wu = W[:, cols].permute(1, 0, 2)  # (n, out, unit)
+        cost = ((Wu @ inv) * Wu).sum((1, 2))  # (n,)
+        cost[~alive] = float("inf")
+        u = int(torch.argmin(cost))
+        S = cols[u]
+        W = W - W[:, S] @ inv[u] @ Hinv[S, :]
+        Hinv = Hinv - Hinv[:, S] @ inv[u] @ Hinv[S, :]
+        alive[u] = False
+        scores[u] = float(step)
+    return scores
+
+
+def check_recovery(model: nn.Module, ctx: TransformContext) -> str:
+    """How `model` can recover: "finetune" (task loss), "distill" (sentence encoder, unlabelled text), or raise."""
+    task = ctx.task
+    if task is not None and task.train_data is not None and task.loss is not None:
+        return "finetune"
+    if hasattr(model, "tokenize") and hasattr(model, "bert") and task is not None and task.train_data is not None:
+        return "distill"
+    raise ConfigError("finetune=FitConfig(...) needs a task with train_data and loss (digits, tinygpt), or a "
+                      "sentence encoder task with unlabelled train_data (minilm); pass task=..., or finetune=None")
+
+
+def recover_(model: nn.Module, teacher: nn.Module | None, ctx: TransformContext, cfg: FitConfig) -> list[float]:
+    """Recover `model` after a cut: task fine-tuning, else embedding distillation from `teacher`."""
+    if check_recovery(model, ctx) == "finetune":
+        losses = ctx.finetune(model, cfg, description="recovery fine-tuning")
+        model.eval()
+        return losses
+    if teacher is None:
+        raise ConfigError("embedding distillation needs the dense model as teacher; keep a copy before pruning")
+    return distill_embeddings_(model, teacher, ctx.task.train_data, cfg)

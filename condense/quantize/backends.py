@@ -1,0 +1,222 @@
+"""`Int8Config`: int8 on whichever backend is fastest here, chosen by measuring, not by guessing.
+
+With `backend="auto"` every applicable int8 variant is built (torch dynamic, torch static, ONNX Runtime with its
+transformer fusions), each is timed on the task's own batch with `time_call` (interleaved rounds, so a busy
+machine slows them alike) and evaluated on the task's metric; the fastest one whose primary metric stays within
+`tolerance` of fp32 is kept. The lineage records the pick, the reason and every candidate's p50.
+
+The decision itself is `pick`, a pure function of the measured rows; measuring is `measure_candidates`. Note
+that the metric used to qualify candidates is the task's evaluation metric, as `measure` reports it.
+"""
+from __future__ import annotations
+
+import copy
+import enum
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from condense.core import lineage
+from condense.core.artifact import REPLAY
+from condense.core.config import config, config_from_dict
+from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.errors import CondenseError, ConfigError
+from condense.measurement.timing import time_call
+from condense.quantize.api import register_quantizer
+
+
+class Backend(str, enum.Enum):
+    """Where the int8 kernels come from."""
+
+    AUTO = "auto"
+    TORCH = "torch"  # torch.ao dynamic int8 (per-channel), x86 kernels
+    TORCH_STATIC = "torch-static"  # torch.ao FX static int8 with calibration
+    ORT = "ort"  # ONNX Runtime dynamic int8 (session-level fusions only)
+    ORT_FUSED = "ort-fused"  # ONNX Runtime dynamic int8 after its BERT transformer fusions
+
+
+@config
+class Int8Config:
+    """Int8 quantization on the backend you name, or on the fastest one that keeps quality (`"auto"`).
+
+    Args:
+        backend: "auto", "torch", "torch-static", "ort" or "ort-fused".
+        per_channel: per-output-channel weight scales.
+        float_channels: ORT backends on BERT encoders: FFN outlier channels per block kept in float (see
+            OrtInt8Config); other models get 0, recorded in the lineage's applied config.
+        tolerance: largest relative change of the task's primary metric vs fp32 a candidate may have (0.01 = 1%).
+        batch_size: batch size the candidates are timed at (0 = the task's largest).
+        min_time_s: seconds of timing per candidate.
+        include: module-name patterns to quantize (fnmatch); exclude: patterns to keep in float.
+
+    Example:
+        >>> Int8Config(backend="ort").to_dict()["backend"]
+        'ort'
+    """
+
+    backend: Backend = Backend.AUTO
+    per_channel: bool = True
+    float_channels: int = 4
+    tolerance: float = 0.01
+    batch_size: int = 0
+    min_time_s: float = 1.5
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "backend", Backend(self.backend))
+        except ValueError:
+            raise ConfigError(f"Int8Config.backend must be one of {[b.value for b in Backend]}, got "
+                              f"{self.backend!r}; 'auto' measures them and keeps the fastest") from None
+        if not isinstance(self.tolerance, (int, float)) or not 0 <= self.tolerance < 1:
+            raise ConfigError(f"Int8Config.tolerance is a relative metric change in [0, 1), got {self.tolerance!r}; "
+                              "e.g. 0.01 for 1%")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 0:
+            raise ConfigError(f"Int8Config.batch_size must be an integer >= 0 (0 = the task's largest), got "
+                              f"{self.batch_size!r}")
+        if isinstance(self.float_channels, bool) or not isinstance(self.float_channels, int) \
+                or self.float_channels < 0:
+            raise ConfigError(f"Int8Config.float_channels must be an integer >= 0, got {self.float_channels!r}")
+        if not isinstance(self.min_time_s, (int, float)) or self.min_time_s <= 0:
+            raise ConfigError(f"Int8Config.min_time_s must be > 0 seconds, got {self.min_time_s!r}; e.g. 1.5")
+
+
+def backend_config(backend: Backend, cfg: Int8Config, model: nn.Module) -> Any:
+    """The technique config that implements `backend` with `cfg`'s options."""
+    from condense.quantize.dynamic import DynamicInt8Config
+    from condense.quantize.ort import OrtInt8Config
+    from condense.quantize.static import StaticInt8Config
+
+    common = {"per_channel": cfg.per_channel, "include": cfg.include, "exclude": cfg.exclude}
+    if backend is Backend.TORCH:
+        return DynamicInt8Config(**common)
+    if backend is Backend.TORCH_STATIC:
+        return StaticInt8Config(**common)
+    if backend in (Backend.ORT, Backend.ORT_FUSED):
+        fused = backend is Backend.ORT_FUSED
+        if fused and not _fusable(model):
+            raise ConfigError(f"backend 'ort-fused' needs a BERT-like model ORT's fuser knows, not "
+                              f"{type(model).__name__}; use backend='ort'")
+        return OrtInt8Config(optimize=fused, float_channels=cfg.float_channels if _splittable(model) else 0,
+                             **common)
+    raise ConfigError(f"no technique for backend {backend.value!r}")
+
+
+def _splittable(model: nn.Module) -> bool:
+    from condense.export.onnx import ExportAdapter, adapter_for
+
+    return type(adapter_for(model)).outlier_channels is not ExportAdapter.outlier_channels
+
+
+def _fusable(model: nn.Module) -> bool:
+    from condense.export.onnx import EXPORT_ADAPTERS
+
+    adapter = EXPORT_ADAPTERS.find(model)
+    return adapter is not None and adapter.spec(model, None).fusion is not None
+
+
+# -- measuring and deciding -------------------------------------------------------------------------------------
+def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module], nn.Module]], task: Any, *,
+                       batch_size: int, min_time_s: float, rounds: int = 3
+                       ) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
+    """Build each candidate from a copy of `model`, time it on `task.batch(batch_size)`, evaluate it.
+
+    Returns (rows, built models); a row is {"backend", "p50_ms", "metric", "error"}. The fp32 model is timed too
+    (row "fp32"). A candidate whose build raises a CondenseError gets a row with the error and no timing.
+    """
+    built: dict[str, nn.Module] = {}
+    rows: dict[str, dict[str, Any]] = {"fp32": {"backend": "fp32", "p50_ms": None, "metric": None, "error": None}}
+    for name, build in builders.items():
+        rows[name] = {"backend": name, "p50_ms": None, "metric": None, "error": None}
+        try:
+            built[name] = build(copy.deepcopy(model))
+        except CondenseError as e:
+            rows[name]["error"] = str(e)
+    timed = {"fp32": model, **built}
+    batch = task.batch(batch_size)
+    samples: dict[str, list[float]] = {k: [] for k in timed}
+    with torch.inference_mode():
+        for _ in range(rounds):  # interleaved, so load from elsewhere hits every candidate alike
+            for name, m in timed.items():
+                s = time_call(lambda m=m: task.run_batch(m, batch), warmup=2, repeats=3,
+                              min_time_s=min_time_s / rounds)
+                samples[name].append(s.p50)
+    for name, m in timed.items():
+        rows[name]["p50_ms"] = round(sorted(samples[name])[len(samples[name]) // 2] * 1e3, 3)
+        rows[name]["metric"] = task.metrics(m)[task.primary_metric]
+    return list(rows.values()), built
+
+
+def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,
+         within: Callable[[float, float, float], bool]) -> tuple[str, str]:
+    """Name of the fastest row whose metric is `within(metric, baseline, tolerance)`, and why it won.
+
+    Example:
+        >>> rows = [{"backend": "a", "p50_ms": 9.0, "metric": 0.5, "error": None},
+        ...         {"backend": "b", "p50_ms": 5.0, "metric": 0.9, "error": None}]
+        >>> pick(rows, baseline=0.9, tolerance=0.01, within=lambda v, b, t: v >= b * (1 - t))[0]
+        'b'
+    """
+    ok = [r for r in rows if r["backend"] != "fp32" and r["error"] is None
+          and within(r["metric"], baseline, tolerance)]
+    if not ok:
+        summary = "; ".join(f"{r['backend']}: " + (r["error"] or f"metric {r['metric']:.4f}") for r in rows
+                            if r["backend"] != "fp32")
+        raise CondenseError(f"no int8 backend kept the metric within {tolerance:.1%} of fp32 ({baseline:.4f}): "
+                            f"{summary}; raise Int8Config.tolerance or exclude sensitive layers")
+    best = min(ok, key=lambda r: r["p50_ms"])
+    others = ", ".join(f"{r['backend']} {r['p50_ms']:.2f} ms" for r in rows if r is not best and r["p50_ms"])
+    return best["backend"], (f"fastest of {len(ok)} candidate(s) within {tolerance:.1%} of fp32's metric "
+                             f"({baseline:.4f}): {best['backend']} {best['p50_ms']:.2f} ms vs {others}")
+
+
+# -- the handler --------------------------------------------------------------------------------------------------
+def _apply(backend: Backend, cfg: Int8Config, model: nn.Module, ctx: TransformContext) -> tuple[nn.Module, dict]:
+    """Apply one backend; returns the model and the lineage entry the technique recorded (removed from it)."""
+    sub = backend_config(backend, cfg, model)
+    out = TRANSFORMS.get(type(sub).__name__)(model, sub, ctx)
+    rec = lineage.lineage(out)
+    entry = rec["transforms"].pop()
+    object.__setattr__(out, "_condense_lineage", rec)
+    return out, entry
+
+
+@register_quantizer("Int8Config")
+def quantize_int8(model: nn.Module, cfg: Int8Config, ctx: TransformContext) -> nn.Module:
+    """Int8 on `cfg.backend`, or on the measured fastest backend that keeps quality (`"auto"`)."""
+    if cfg.backend is not Backend.AUTO:
+        out, entry = _apply(cfg.backend, cfg, model, ctx)
+        lineage.record_transform(out, cfg, backend=cfg.backend.value, reason="asked for", candidates=[],
+                                 applied=entry)
+        return out
+    task = ctx.task
+    if task is None:
+        raise ConfigError("Int8Config(backend='auto') times the candidates on the task's batches: pass task=..., "
+                          "or name a backend ('torch', 'torch-static', 'ort', 'ort-fused')")
+    batch_size = cfg.batch_size or max(task.batch_sizes)
+    entries: dict[str, dict] = {}
+
+    def builder(b: Backend) -> Callable[[nn.Module], nn.Module]:
+        def build(m: nn.Module) -> nn.Module:
+            out, entries[b.value] = _apply(b, cfg, m, ctx)
+            return out
+        return build
+
+    backends = [b for b in Backend if b is not Backend.AUTO]
+    rows, built = measure_candidates(model, {b.value: builder(b) for b in backends}, task,
+                                     batch_size=batch_size, min_time_s=cfg.min_time_s)
+    baseline = next(r for r in rows if r["backend"] == "fp32")["metric"]
+    name, reason = pick(rows, baseline=baseline, tolerance=cfg.tolerance, within=task.within_budget)
+    out = built[name]
+    lineage.record_transform(out, cfg, backend=name, reason=reason, batch_size=batch_size,
+                             threads=torch.get_num_threads(), candidates=rows, applied=entries[name])
+    return out
+
+
+@REPLAY.register("Int8Config")
+def _replay(model: nn.Module, cfg: Int8Config, details: dict) -> nn.Module:
+    entry = details["applied"]
+    sub = config_from_dict(entry["config"])
+    return REPLAY.get(type(sub).__name__)(model, sub, entry.get("details", {}))

@@ -1,0 +1,115 @@
+"""ONNX Runtime int8 and the measured backend choice: close to fp32, exact reloads, decisions recorded."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import condense
+from condense.core.config import config_from_dict
+from condense.core.lineage import lineage
+from condense.errors import CondenseError, ConfigError
+from condense.export import OrtSentenceEncoder
+from condense.quantize.backends import Int8Config, pick
+from condense.quantize.ort import OrtInt8Config
+
+TEXTS = ["Return the number of items in a container.", "Open a file and return a stream.",
+         "Raise OSError upon failure.", "A man is eating food.", "The quick brown fox jumps over the lazy dog.",
+         "Convert a string to an integer, honouring the given base.", "short"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread (torch and ORT): on a shared 2-vCPU machine, spinning thread pools stall under load."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def minilm(_one_thread):
+    task = condense.get_task("minilm", n_pairs=20)
+    model = task.build_model()
+    return task, model, model.encode(TEXTS)
+
+
+@pytest.fixture(scope="module")
+def int8(minilm):
+    task, model, _ = minilm
+    return condense.quantize_(copy.deepcopy(model), OrtInt8Config(float_channels=4, calibration_batches=2),
+                              task=task)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.slow
+def test_ort_int8_stays_close_to_fp32(minilm, int8):
+    _, _, ref = minilm
+    assert isinstance(int8, OrtSentenceEncoder)
+    assert _cosines(int8.encode(TEXTS), ref).min() >= 0.98
+    d = lineage(int8)["transforms"][-1]["details"]
+    assert "MatMulInteger" in d["int8_ops"] and d["float_nodes"] == []
+    assert len(d["excluded_nodes"]) == 12  # the 6 blocks' float side paths (in and out), nothing else
+    assert d["onnx_bytes"] < 30e6  # int8 weights: ~4x smaller than the 90 MB fp32 graph
+
+
+@pytest.mark.slow
+def test_float_outlier_channels_beat_plain_int8(minilm, int8):
+    task, model, ref = minilm
+    plain = condense.quantize_(copy.deepcopy(model), OrtInt8Config(), task=task)
+    assert _cosines(int8.encode(TEXTS), ref).mean() > _cosines(plain.encode(TEXTS), ref).mean()
+
+
+@pytest.mark.slow
+def test_ort_int8_saves_and_loads_identically(int8, tmp_path):
+    loaded = condense.load(condense.save(int8, tmp_path / "int8"))
+    assert np.array_equal(loaded.encode(TEXTS), int8.encode(TEXTS))
+
+
+@pytest.mark.slow
+def test_excluding_a_fused_projection_is_refused(minilm):
+    task, model, _ = minilm
+    with pytest.raises(ConfigError, match="optimize=False"):
+        condense.quantize_(copy.deepcopy(model), OrtInt8Config(optimize=True, exclude=("bert.layers.0.attn.query",)),
+                           task=task)
+
+
+def test_configs_round_trip_and_validate():
+    for cfg in (OrtInt8Config(op_types=("MatMul",), exclude=("x",)), Int8Config(backend="ort-fused", tolerance=0.02)):
+        assert config_from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="op_types"):
+        OrtInt8Config(op_types=("Softmax",))
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        Int8Config(backend="tensorrt")
+
+
+def test_auto_backend_records_a_measured_choice(tmp_path):
+    task = condense.get_task("condense.testing:tiny_task")
+    model = task.build_model()
+    q = condense.quantize_(model, Int8Config(min_time_s=0.3, tolerance=0.05), task=task)
+    d = lineage(q)["transforms"][-1]["details"]
+    rows = {r["backend"]: r for r in d["candidates"]}
+    assert set(rows) == {"fp32", "torch", "torch-static", "ort", "ort-fused"}
+    assert "BERT" in rows["ort-fused"]["error"] and rows["ort-fused"]["p50_ms"] is None
+    ok = [r for r in rows.values() if r["backend"] != "fp32" and r["error"] is None and r["metric"] >= 0.95]
+    assert d["backend"] == min(ok, key=lambda r: r["p50_ms"])["backend"]
+    assert all(r["p50_ms"] > 0 for r in ok) and d["backend"] in d["reason"]
+    x = task.batch(8)
+    loaded = condense.load(condense.save(q, tmp_path / "auto"))
+    assert torch.equal(torch.as_tensor(loaded(x)), torch.as_tensor(q(x)))
+
+
+def test_pick_keeps_quality_first():
+    rows = [{"backend": "fp32", "p50_ms": 10.0, "metric": 0.90, "error": None},
+            {"backend": "fast", "p50_ms": 1.0, "metric": 0.80, "error": None},
+            {"backend": "good", "p50_ms": 4.0, "metric": 0.895, "error": None},
+            {"backend": "broken", "p50_ms": None, "metric": None, "error": "no kernel"}]
+    within = condense.get_task("condense.testing:tiny_task").within_budget
+    assert pick(rows, baseline=0.90, tolerance=0.01, within=within)[0] == "good"
+    with pytest.raises(CondenseError, match="no int8 backend kept the metric"):
+        pick(rows, baseline=0.95, tolerance=0.01, within=within)
+    with pytest.raises(ConfigError, match="pass task="):
+        condense.quantize_(torch.nn.Linear(2, 2), Int8Config())
