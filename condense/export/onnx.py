@@ -343,7 +343,8 @@ def fuse_transformer(data: bytes, fusion: dict[str, Any] | None) -> tuple[bytes,
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with quiet_onnxruntime_tools():
+    # the optimizer's shape inference writes scratch files into the current folder: keep them out of the user's
+    with tempfile.TemporaryDirectory(prefix="condense-fuse-") as d, contextlib.chdir(d), quiet_onnxruntime_tools():
         opt = optimize_model(onnx.load_from_string(data), model_type=fusion["model_type"],
                              num_heads=fusion["num_heads"], hidden_size=fusion["hidden_size"], opt_level=1)
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}

@@ -15,6 +15,7 @@ initializer equals an excluded layer's weight is left in float.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -141,7 +142,8 @@ def _quantize_bytes(data: bytes, cfg: OrtInt8Config, exclude_nodes: list[str]) -
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="condense-ort-") as d, quiet_onnxruntime_tools():
+    # chdir: onnxruntime's tools write scratch files (sym_shape_infer_temp.onnx, *.data) into the current folder
+    with tempfile.TemporaryDirectory(prefix="condense-ort-") as d, contextlib.chdir(d), quiet_onnxruntime_tools():
         src, dst = os.path.join(d, "float.onnx"), os.path.join(d, "int8.onnx")
         with open(src, "wb") as f:
             f.write(data)
