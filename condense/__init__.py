@@ -36,6 +36,9 @@ _LAZY = {
     "OrtInt8Config": "condense.quantize.ort",
     "QATConfig": "condense.quantize.qat",
     "WeightOnlyConfig": "condense.quantize.weight_only",
+    "MixedPrecisionConfig": "condense.quantize.sensitivity",
+    "layer_sensitivity": "condense.quantize.sensitivity",
+    "export_onnx": "condense.export.onnx",
     # pruning
     "prune_": "condense.prune.api",
     "UnstructuredConfig": "condense.prune.unstructured",
@@ -59,7 +62,7 @@ __all__ = [
     "save", "load",
     # quantization
     "quantize_", "Int8Config", "DynamicInt8Config", "StaticInt8Config", "OrtInt8Config", "QATConfig",
-    "WeightOnlyConfig",
+    "WeightOnlyConfig", "MixedPrecisionConfig", "layer_sensitivity", "export_onnx",
     # pruning
     "prune_", "UnstructuredConfig", "NMConfig", "GradualPruneConfig", "StructuredConfig", "LayerDropConfig",
     # training

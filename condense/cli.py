@@ -33,6 +33,7 @@ QUANT_SCHEMES: dict[str, str] = {
     "ort": "condense.quantize.ort:OrtInt8Config",             # ONNX Runtime int8
     "qat": "condense.quantize.qat:QATConfig",                 # quantization-aware training -> int8
     "weight-only": "condense.quantize.weight_only:WeightOnlyConfig",  # RTN / GPTQ, packed 8/4/3/2-bit
+    "mixed": "condense.quantize.sensitivity:MixedPrecisionConfig",  # keep the most sensitive layers precise
 }
 PRUNE_METHODS: dict[str, str] = {
     "unstructured": "condense.prune.unstructured:UnstructuredConfig",

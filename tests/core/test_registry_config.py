@@ -39,7 +39,7 @@ def test_type_registry_resolves_through_mro():
 
 
 # Configs that have no meaningful all-default instance, with a minimal valid example.
-_EXAMPLES = {"LayerDropConfig": {"n_drop": 1}}
+_EXAMPLES = {"LayerDropConfig": {"n_drop": 1}, "MixedPrecisionConfig": {"base": {"type": "DynamicInt8Config"}}}
 
 
 def test_every_registered_config_round_trips_through_json():
@@ -54,7 +54,7 @@ def test_every_registered_config_round_trips_through_json():
     for name, cls in registered_configs().items():
         if name.startswith("_"):
             continue
-        cfg = cls(**_EXAMPLES.get(name, {}))
+        cfg = config_from_dict({"type": name, **_EXAMPLES.get(name, {})})
         again = config_from_dict(json.loads(json.dumps(cfg.to_dict())))
         assert again == cfg, name
 
