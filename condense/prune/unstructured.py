@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import enum
 import math
-from fnmatch import fnmatchcase
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ from condense.core import lineage
 from condense.core.artifact import REPLAY
 from condense.core.config import config
 from condense.core.transforms import TransformContext
+from condense.quantize.select import select_modules
 from condense.errors import ConfigError
 from condense.prune.api import register_pruner
 from condense.prune.importance import IMPORTANCE, Scores, score
@@ -122,25 +122,8 @@ def check_sparsity(s: float, what: str) -> None:
 # -- choosing layers --------------------------------------------------------------------------------------------
 def select_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...], *, what: str,
                   types: tuple[type, ...] = PRUNABLE) -> list[str]:
-    """Names of Linear/Conv2d modules matching an `include` pattern and no `exclude` pattern.
-
-    A pattern that matches no such module is an error, never a silent no-op.
-    """
-    kinds = "/".join(t.__name__ for t in types)
-    candidates = [n for n, m in model.named_modules() if isinstance(m, types) and n]
-    if not candidates and isinstance(model, types):
-        candidates = [""]  # the model is itself one layer
-    for key, pats in (("include", include), ("exclude", exclude)):
-        for pat in pats:
-            if pat != "*" and not any(fnmatchcase(n, pat) for n in candidates):
-                raise ConfigError(f"{what}: {key} pattern {pat!r} matches no {kinds} module; module names look "
-                                  f"like {candidates[:4]}")
-    chosen = [n for n in candidates if any(fnmatchcase(n, p) for p in include)
-              and not any(fnmatchcase(n, p) for p in exclude)]
-    if not chosen:
-        raise ConfigError(f"{what}: no {kinds} module left to prune (include={list(include)}, "
-                          f"exclude={list(exclude)}); loosen the patterns")
-    return chosen
+    """Names of Linear/Conv2d modules matching an `include` pattern and no `exclude` pattern (both checked)."""
+    return select_modules(model, types, include, exclude, what=what, verb="prune", strict_exclude=True)
 
 
 # -- masks from scores (pure: nothing is changed) ---------------------------------------------------------------
