@@ -138,22 +138,29 @@ def reconstruct_(pruned: nn.Module, dense: nn.Module, layers: dict[str, tuple[li
     for name in order:
         layer = modules[name]
         in_cols, out_cols = layers[name]
-        xs: list[torch.Tensor] = []
         ys: list[torch.Tensor] = []
+        acc: dict[str, torch.Tensor] = {}
+
+        def add(x: torch.Tensor, y: torch.Tensor) -> None:
+            z = x.reshape(-1, x.shape[-1]).float()  # (rows, k)
+            if layer.bias is not None:
+                z = torch.cat([z, z.new_ones(z.shape[0], 1)], 1)  # the intercept
+            # products in float32 (fast), sums over batches in float64: (k [+1], k [+1]) and (k [+1], out)
+            acc["zz"] = acc.get("zz", 0) + (z.T @ z).double()
+            acc["zy"] = acc.get("zy", 0) + (z.T @ y).double()
 
         def dense_io(i: int, x: torch.Tensor, y: torch.Tensor) -> None:
-            y = y.reshape(-1, y.shape[-1]).double()  # (rows, out)
-            ys.append(y if out_cols is None else y[:, out_cols])
+            y = y.reshape(-1, y.shape[-1]).float()  # (rows, out)
+            y = y if out_cols is None else y[:, out_cols]
             if inputs == "dense":
-                xs.append(x.reshape(-1, x.shape[-1])[:, in_cols].double())  # (rows, k)
+                add(x.reshape(-1, x.shape[-1])[:, in_cols], y)
+            else:
+                ys.append(y)
 
         _capture(dense, name, batches, run, dense_io)
         if inputs == "pruned":
-            _capture(pruned, name, batches, run, lambda i, x, y: xs.append(x.reshape(-1, x.shape[-1]).double()))
-        zz, zy = 0, 0
-        for x, y in zip(xs, ys):
-            z = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) if layer.bias is not None else x
-            zz, zy = zz + z.T @ z, zy + z.T @ y  # (k [+1], k [+1]), (k [+1], out)
+            _capture(pruned, name, batches, run, lambda i, x, y: add(x, ys[i]))
+        zz, zy = acc["zz"], acc["zy"]
         a = zz + damp * zz.diagonal().mean() * torch.eye(zz.shape[0], dtype=zz.dtype)
         sol = torch.linalg.solve(a, zy)  # (k [+1], out)
         with torch.no_grad():
@@ -163,15 +170,17 @@ def reconstruct_(pruned: nn.Module, dense: nn.Module, layers: dict[str, tuple[li
                 layer.bias.copy_(sol[k].to(layer.bias.dtype))
 
 
-def obs_scores(layer: nn.Linear, gram: torch.Tensor, n_remove: int, unit: int = 1, damp: float = 0.01
-               ) -> torch.Tensor:
+def obs_scores(layer: nn.Linear, gram: torch.Tensor, n_remove: int, unit: int = 1, damp: float = 0.01,
+               steps: int = 64) -> torch.Tensor:
     """Optimal Brain Surgeon order of `layer`'s input units: scores (n_units,), lower = removed earlier.
 
     `gram` is [X 1]^T [X 1] / rows of the layer's calibration inputs (the last row/column is the intercept, so
-    the bias absorbs what it can). Repeatedly removes the unit (`unit` consecutive inputs, e.g. a head) whose
-    removal raises the layer's squared output error least once the remaining weights are re-optimised:
-    cost_u = tr(W_u [H^-1]_uu^-1 W_u^T), then W and H^-1 are updated as if u were gone (Hassibi & Stork 1993;
-    the block form as in ZipLM). Units never removed score `n_units`.
+    the bias absorbs what it can). Repeatedly removes the units (`unit` consecutive inputs each, e.g. a head)
+    whose removal raises the layer's squared output error least once the remaining weights are re-optimised:
+    cost_u = tr(W_u [H^-1]_uu^-1 W_u^T), then W and H^-1 are updated as if they were gone (Hassibi & Stork
+    1993; the block form as in ZipLM). To stay fast, each of at most `steps` rounds removes the ceil(n_remove /
+    steps) cheapest units together (exactly, as one block); with n_remove <= steps it is the one-at-a-time greedy.
+    Units never removed score `n_units`.
     """
     n_in = layer.in_features
     n = n_in // unit
@@ -187,19 +196,22 @@ def obs_scores(layer: nn.Linear, gram: torch.Tensor, n_remove: int, unit: int = 
     scores = torch.full((n,), float(n))
     cols = torch.arange(n_in).view(n, unit)  # (n, unit)
     eye = torch.eye(unit, dtype=H.dtype)
-    for step in range(n_remove):
+    per_round = -(-n_remove // steps)
+    removed = 0
+    while removed < n_remove:
         blocks = Hinv[cols[:, :, None], cols[:, None, :]]  # (n, unit, unit)
-        blocks = torch.where(alive[:, None, None], blocks, eye)  # removed units: anything invertible
-        inv = torch.linalg.inv(blocks)  # (n, unit, unit)
+        inv = torch.linalg.inv(torch.where(alive[:, None, None], blocks, eye))  # removed: anything invertible
         Wu = W[:, cols].permute(1, 0, 2)  # (n, out, unit)
         cost = ((Wu @ inv) * Wu).sum((1, 2))  # (n,)
         cost[~alive] = float("inf")
-        u = int(torch.argmin(cost))
-        S = cols[u]
-        W = W - W[:, S] @ inv[u] @ Hinv[S, :]
-        Hinv = Hinv - Hinv[:, S] @ inv[u] @ Hinv[S, :]
-        alive[u] = False
-        scores[u] = float(step)
+        chosen = torch.argsort(cost)[:min(per_round, n_remove - removed)]  # cheapest first
+        S = cols[chosen].reshape(-1)  # (m * unit,)
+        inv_s = torch.linalg.inv(Hinv[S[:, None], S[None, :]])  # (m * unit, m * unit)
+        W = W - W[:, S] @ inv_s @ Hinv[S, :]
+        Hinv = Hinv - Hinv[:, S] @ inv_s @ Hinv[S, :]
+        alive[chosen] = False
+        scores[chosen] = torch.arange(removed, removed + len(chosen), dtype=scores.dtype)
+        removed += len(chosen)
     return scores
 
 

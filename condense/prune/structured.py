@@ -236,9 +236,9 @@ def consumer_statistics(model: nn.Module, names: list[str], batches: list[Any], 
             a = acc[name]
             a["abs"] = a.get("abs", 0) + flat.abs().sum(0).cpu()
             a["rows"] = a.get("rows", 0) + flat.shape[0]
-            if name in gram:
-                z = torch.cat([flat.double(), flat.new_ones(flat.shape[0], 1, dtype=torch.float64)], 1)
-                a["gram"] = a.get("gram", 0) + (z.T @ z).cpu()  # (in + 1, in + 1)
+            if name in gram:  # products in float32 (fast), sums over batches in float64
+                z = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
+                a["gram"] = a.get("gram", 0) + (z.T @ z).double().cpu()  # (in + 1, in + 1)
         return pre
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
@@ -319,6 +319,25 @@ def _select(graph: DependencyGraph, cfg: StructuredConfig) -> list[Group]:
     return chosen
 
 
+def group_scores(model: nn.Module, groups: list[Group], importance: str, kept: dict[str, int],
+                 ctx: TransformContext, n_batches: int = 8) -> dict[str, torch.Tensor]:
+    """Every unit's importance (higher = keep) per group; "obs" needs the number `kept` of each group."""
+    if importance in ("l1", "l2"):
+        return {g.name: magnitude_scores(model, g, 1 if importance == "l1" else 2) for g in groups}
+    modules = dict(model.named_modules())
+    batches = ctx.calibration_batches(n_batches, what=f"importance={importance!r}")
+    consumers = sorted({mem.module for g in groups for mem in g.members if mem.dim == "in"})
+    solo = {g.name: _single_linear_consumer(g, modules) for g in groups} if importance == "obs" else {}
+    stats = consumer_statistics(model, consumers, batches, ctx.run_batch,
+                                gram=tuple(c for c in solo.values() if c is not None))
+    scores = activation_scores(model, groups, stats)
+    for g in groups:
+        if solo.get(g.name) is not None and kept[g.name] < g.size:
+            layer, unit = modules[solo[g.name]], g.members[0].unit
+            scores[g.name] = obs_scores(layer, stats[solo[g.name]]["gram"], g.size - kept[g.name], unit)
+    return scores
+
+
 def _single_linear_consumer(g: Group, modules: dict[str, nn.Module]) -> str | None:
     ins = [m for m in g.members if m.dim == "in"]
     if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit:
@@ -363,19 +382,7 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
             raise ConfigError(f"pruning {g.name} ({g.size} {g.kind}) at ratio {ratio} with round_to={cfg.round_to} "
                               f"would remove all of them; use a ratio below {1 - step / (2 * g.size):.3f} for it "
                               f"(layer_ratios=(('{g.name}', 0.5),)), a smaller round_to, or exclude=('{g.name}',)")
-    if cfg.importance in ("activation", "obs"):
-        batches = ctx.calibration_batches(cfg.calibration_batches, what=f"importance={cfg.importance!r}")
-        consumers = sorted({mem.module for g in groups for mem in g.members if mem.dim == "in"})
-        solo = {g.name: _single_linear_consumer(g, modules) for g in groups} if cfg.importance == "obs" else {}
-        stats = consumer_statistics(model, consumers, batches, ctx.run_batch,
-                                    gram=tuple(c for c in solo.values() if c is not None))
-        scores = activation_scores(model, groups, stats)
-        for g in groups:
-            if solo.get(g.name) is not None and kept[g.name] < g.size:
-                layer, unit = modules[solo[g.name]], g.members[0].unit
-                scores[g.name] = obs_scores(layer, stats[solo[g.name]]["gram"], g.size - kept[g.name], unit)
-    else:
-        scores = {g.name: magnitude_scores(model, g, 1 if cfg.importance == "l1" else 2) for g in groups}
+    scores = group_scores(model, groups, cfg.importance, kept, ctx, cfg.calibration_batches)
     keep: dict[str, list[int]] = {}
     for g in groups:
         if kept[g.name] < g.size:

@@ -222,6 +222,21 @@ def test_obs_removes_first_the_unit_least_squares_misses_least(unit):
     assert sorted(scores.tolist())[2:] == [12 // unit] * (12 // unit - 2)
 
 
+def test_obs_with_reconstruct_on_bert_heads_and_ffn_beats_plain_cut():
+    torch.manual_seed(0)
+    bert = Bert(BertConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)).eval()
+    ids = [torch.randint(0, 100, (8, 12)) for _ in range(4)]
+    errors = {}
+    for name, cfg in (("plain", StructuredConfig(ratio=0.5)),
+                      ("obs", StructuredConfig(ratio=0.5, importance="obs", reconstruct=True))):
+        m = copy.deepcopy(bert)
+        prune_(m, cfg, calibration=ids)
+        assert [b.attn.n_heads for b in m.layers] == [2, 2] and m.layers[1].ffn_in.out_features == 32
+        with torch.no_grad():
+            errors[name] = sum(float((m(x) - bert(x)).pow(2).mean()) for x in ids)
+    assert errors["obs"] < 0.5 * errors["plain"]
+
+
 def test_ratio_removing_a_whole_layer_is_an_error_and_model_unchanged():
     net = nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 1))
     before = copy.deepcopy(net.state_dict())
