@@ -1,7 +1,7 @@
 """Structured pruning that removes what it prunes: dense vs pruned (+ recovery), side by side in one process.
 
 Usage: .venv/bin/python bench/bench_structured.py [--part digits|minilm|all] [--threads 2] [--rounds 7]
-       [--digits-steps 150] [--minilm-steps 150] [--minilm-variant heads-ffn|drop-ffn] [--no-write]
+       [--digits-steps 150] [--minilm-steps 300] [--minilm-variant ffn70|heads25-ffn60|...] [--no-write]
 Writes the `structured-digits` and `structured-minilm` sections of BENCHMARKS.md. Latency: interleaved rounds,
 the p50 reported is the median of the rounds' medians.
 """
@@ -25,13 +25,23 @@ from condense.measurement.timing import time_call
 from condense.prune import LayerDropConfig, StructuredConfig, prune_
 from condense.train.loop import FitConfig
 
+def _minilm_fit(steps: int) -> FitConfig:
+    return FitConfig(steps=steps, lr=1e-4, schedule="cosine", warmup_steps=min(20, steps // 10))
+
+
 MINILM_VARIANTS: dict[str, Callable[[int], list[Any]]] = {
-    # 50% of every layer's heads and 50% of its FFN width, one cut, then embedding distillation
-    "heads-ffn": lambda steps: [StructuredConfig(ratio=0.5, finetune=FitConfig(steps=steps, lr=3e-4,
-                                                                               schedule="cosine", warmup_steps=10))],
+    # 70% of every FFN's width, chosen by OBS and compensated by least squares, then embedding distillation
+    "ffn70": lambda steps: [StructuredConfig(ratio=0.7, target="ffn", importance="obs", reconstruct=True,
+                                             finetune=_minilm_fit(steps))],
+    # 25% of the heads and 60% of the FFN width
+    "heads25-ffn60": lambda steps: [StructuredConfig(ratio=0.6, layer_ratios=(("*.attn", 0.25),), importance="obs",
+                                                     reconstruct=True, finetune=_minilm_fit(steps))],
+    # 50% of the heads and 50% of the FFN width
+    "heads50-ffn50": lambda steps: [StructuredConfig(ratio=0.5, importance="obs", reconstruct=True,
+                                                     finetune=_minilm_fit(steps))],
     # drop the 2 blocks that change their input least, halve the remaining FFNs, then distil
-    "drop-ffn": lambda steps: [LayerDropConfig(n_drop=2), StructuredConfig(
-        ratio=0.5, target="ffn", finetune=FitConfig(steps=steps, lr=3e-4, schedule="cosine", warmup_steps=10))],
+    "drop2-ffn50": lambda steps: [LayerDropConfig(n_drop=2), StructuredConfig(
+        ratio=0.5, target="ffn", importance="obs", reconstruct=True, finetune=_minilm_fit(steps))],
 }
 
 
@@ -131,9 +141,11 @@ def bench_minilm(args: argparse.Namespace) -> str:
 
     body, r = run_part("minilm", task, dense, configs, 32, args.rounds, quality,
                        "500 stdlib docstring retrieval pairs, inputs as the task runs them (tokenisation "
-                       "included). Recovery: embedding distillation from the dense model (1 - cosine of sentence "
-                       "embeddings + normalised MSE of last hidden states, 64 tokens) on unlabelled docstring "
-                       "paragraphs outside the evaluation set, batches of 32.", args.threads)
+                       "included). Units chosen by Optimal Brain Surgeon and the consuming Linears refitted by "
+                       "least squares on the task's 8 calibration batches of 32 texts; then embedding distillation "
+                       "from the dense model (1 - cosine of sentence embeddings + KL between in-batch similarity "
+                       "distributions at temperature 0.05; texts cut to 64 tokens; embedding tables frozen) on "
+                       "unlabelled docstring paragraphs outside the evaluation set, batches of 32.", args.threads)
     layers = r["model"].bert.layers
     att = [b.attn.n_heads for b in layers]
     ffn = [b.ffn_in.out_features for b in layers]
@@ -152,14 +164,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--digits-steps", type=int, default=150)
-    ap.add_argument("--minilm-steps", type=int, default=150)
-    ap.add_argument("--minilm-variant", default="heads-ffn", choices=sorted(MINILM_VARIANTS))
+    ap.add_argument("--minilm-steps", type=int, default=300)
+    ap.add_argument("--minilm-variant", default="ffn70", choices=sorted(MINILM_VARIANTS))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cmd = ("python bench/bench_structured.py " + " ".join(sys.argv[1:])).strip()
     parts = {"digits": ("Structured pruning: digits CNN, half the channels + fine-tuning", bench_digits),
-             "minilm": ("Structured pruning: minilm, heads + FFN + embedding distillation", bench_minilm)}
+             "minilm": (f"Structured pruning: minilm ({args.minilm_variant}) + embedding distillation", bench_minilm)}
     for key, (title, fn) in parts.items():
         if args.part not in (key, "all"):
             continue
