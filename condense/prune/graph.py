@@ -348,8 +348,11 @@ def _ffn_pairs(model: nn.Module) -> dict[str, str]:
 
 
 # -- public -------------------------------------------------------------------------------------------------------
-def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = None) -> DependencyGraph:
+def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = None, fx_first: bool = True
+                ) -> DependencyGraph:
     """Find the prunable groups of `model` (fx, else a recorded forward pass via `run(model)`, else patterns).
+
+    `fx_first=False` records the forward pass even where torch.fx could trace the model.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -365,6 +368,8 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
     nodes: list[_Node] | None = None
     method, why = "fx", ""
     try:
+        if not fx_first and run is not None:
+            raise RuntimeError("fx_first=False")
         nodes = _from_fx(model, owners)
     except Exception as e:  # fx raises many error types for untraceable code
         why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -66,6 +66,25 @@ def test_flatten_maps_each_channel_to_its_spatial_block_of_linear_inputs():
     assert members(g.group("4")) == [("4", "out", 1), ("6", "in", 1)]
 
 
+def test_mlp_with_batchnorm1d_is_one_group():
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    assert members(build_graph(net).group("0")) == [("0", "out", 1), ("1", "out", 1), ("3", "in", 1)]
+
+
+@pytest.mark.parametrize("name", ["digits", "flatten", "bn1d", "residual"])
+def test_recorded_forward_pass_finds_the_same_groups_as_fx(name):
+    nets = {"digits": (DigitsCNN(), torch.randn(2, 1, 8, 8)),
+            "flatten": (nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3)),
+                        torch.randn(2, 1, 8, 8)),
+            "bn1d": (nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(3, 4)),
+            "residual": (ResidualMLP(), torch.randn(3, 4))}
+    net, x = nets[name]
+    traced = build_graph(net.eval())
+    recorded = build_graph(net, run=lambda m: m(x), fx_first=False)
+    assert (traced.method, recorded.method) == ("fx", "recorded")
+    assert recorded.groups == traced.groups and recorded.blocked.keys() == traced.blocked.keys()
+
+
 def test_residual_stream_is_never_grouped():
     g = build_graph(ResidualMLP())
     assert [x.name for x in g.groups] == ["fc1"]
