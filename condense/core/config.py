@@ -96,13 +96,12 @@ def check_patterns(cfg: Any, *names: str, example: str = "('layers.*',)") -> Non
     """Each field in `names` (default include/exclude) must be a tuple of fnmatch patterns, not a bare string.
 
     Example:
-        >>> import dataclasses
         >>> @config
-        ... class C:
+        ... class PatternsExample:
         ...     include: tuple[str, ...] = ("*",)
-        >>> check_patterns(C(include="x*"), "include")
+        >>> check_patterns(PatternsExample(include="x*"), "include")
         Traceback (most recent call last):
-        condense.errors.ConfigError: C.include must be a tuple of patterns, e.g. ('layers.*',), got 'x*'
+        condense.errors.ConfigError: PatternsExample.include must be a tuple of patterns, e.g. ('layers.*',), got 'x*'
     """
     for name in names or ("include", "exclude"):
         v = getattr(cfg, name)
@@ -115,11 +114,11 @@ def check_positive_int(cfg: Any, name: str, *, example: int = 8) -> None:
 
     Example:
         >>> @config
-        ... class C:
+        ... class IntExample:
         ...     batches: int = 8
-        >>> check_positive_int(C(batches=0), "batches")
+        >>> check_positive_int(IntExample(batches=0), "batches")
         Traceback (most recent call last):
-        condense.errors.ConfigError: C.batches must be a positive integer, got 0; e.g. 8
+        condense.errors.ConfigError: IntExample.batches must be a positive integer, got 0; e.g. 8
     """
     v = getattr(cfg, name)
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
