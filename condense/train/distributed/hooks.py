@@ -116,9 +116,15 @@ def _fp16(cfg: Any) -> tuple[Any, Callable]:
     return None, default_hooks.fp16_compress_hook
 
 
+def bf16_hook(state, bucket):  # no annotations: DDP checks them at run time
+    """torch's bf16_compress_hook under another name: DDP refuses that name unless NCCL (CUDA), yet gloo
+    all-reduces bf16 on CPU too."""
+    return default_hooks.bf16_compress_hook(state, bucket)
+
+
 @COMM_HOOKS.register("bf16")
 def _bf16(cfg: Any) -> tuple[Any, Callable]:
-    return None, default_hooks.bf16_compress_hook
+    return None, bf16_hook
 
 
 @COMM_HOOKS.register("powersgd")
