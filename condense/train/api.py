@@ -37,7 +37,8 @@ class TrainConfig(FitConfig):
         patience, min_delta: early stopping after `patience` evaluations without an improvement > min_delta.
         checkpoint_every: write a checkpoint every N steps (and at the end); keep_checkpoints: how many (0: all).
         tensorboard: also write TensorBoard events to out/tb.
-        strategy: auto (DDP when several processes) | single | ddp | fsdp.
+        strategy: auto (DDP when several processes) | single | ddp | fsdp | pipeline (GPT models: blocks split
+            into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation).
         comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8.
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
 
@@ -59,11 +60,20 @@ class TrainConfig(FitConfig):
     comm_hook: str = "none"
     powersgd_rank: int = 2
     powersgd_start: int = 2
+    n_microbatches: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.strategy != "auto" and self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {['auto', *STRATEGIES]}")
+        if self.strategy not in ("auto", "pipeline") and self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
+                              f"{['auto', *STRATEGIES, 'pipeline']}")
+        if self.strategy == "pipeline" and (self.checkpoint_every or self.eval_every or self.patience or
+                                            self.comm_hook != "none" or self.grad_accum != 1 or
+                                            self.batch_schedule != "constant" or self.precision == "fp16"):
+            raise ConfigError("strategy='pipeline' supports plain training only: leave checkpoint_every, "
+                              "eval_every, patience, comm_hook, grad_accum, batch_schedule and fp16 at their defaults")
+        if self.n_microbatches < 1:
+            raise ConfigError(f"n_microbatches must be >= 1, got {self.n_microbatches}")
         if self.comm_hook not in COMM_HOOK_NAMES:
             raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(COMM_HOOK_NAMES)}")
         if self.comm_hook != "none" and self.strategy == "fsdp":
@@ -120,13 +130,49 @@ def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None
     model = model.to(device)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
+    if cfg.strategy == "pipeline":
+        if resume is not None:
+            raise ConfigError("--resume is not supported with strategy='pipeline'; use ddp or fsdp")
+        result = _pipeline(task, model, cfg, device)
+    else:
+        result = None
     evaluate = task.evaluate if (cfg.eval_every or cfg.target is not None or cfg.patience) else None
-    result = run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}", device=device,
+    result = result or run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}", device=device,
                       out=out, resume=resume, evaluate=evaluate, primary=task.primary_metric,
                       higher_is_better=task.higher_is_better)
     if out is not None:
         _write_outputs(task, model, cfg, result, Path(out))
     return model.eval(), result
+
+
+def _pipeline(task: Any, model: nn.Module, cfg: TrainConfig, device: Any) -> TrainResult:
+    """Pipeline-parallel training (every process a stage), then the stages' weights gathered on rank 0."""
+    import time
+
+    import torch.distributed as dist
+
+    from condense.train.distributed import init_from_env
+    from condense.train.distributed.pipeline import pipeline_fit
+
+    if not hasattr(model, "blocks"):
+        raise ConfigError(f"strategy='pipeline' splits a transformer's blocks; task {task.name!r} has none "
+                          "(use ddp or fsdp)")
+    world = init_from_env(device)
+    t0 = time.perf_counter()
+    stage, losses = pipeline_fit(model, task.train_data, cfg, n_microbatches=cfg.n_microbatches)
+    train_s = time.perf_counter() - t0
+    names = {id(p): n for n, p in model.named_parameters()}
+    mine = {names[id(p)]: p.detach().cpu() for p in stage.parameters()}
+    parts: list = [None] * world.size if world.is_main else None  # type: ignore[assignment]
+    dist.gather_object(mine, parts, dst=0)
+    if world.is_main:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for part in parts:
+                for n, v in part.items():
+                    params[n].copy_(v)
+    return TrainResult(losses=losses, steps=len(losses), train_s=train_s, wall_s=train_s, precision="fp32",
+                       world_size=world.size)
 
 
 def _write_outputs(task: Any, model: nn.Module, cfg: TrainConfig, result: TrainResult, out: Path) -> None:

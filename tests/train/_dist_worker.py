@@ -58,6 +58,22 @@ def mse1(m, b):
     return F.mse_loss(m(b[0]), b[1][:, :1])
 
 
+PP_CFG = dict(lr=0.05, optimizer="sgd", grad_clip=0.5, precision="fp32")
+
+
+def tiny_gpt():
+    from condense.tasks.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=8, n_layer=2, n_head=2, n_embd=16))
+
+
+def gpt_batches():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 8, 8), generator=g)  # 4 batches of (8, T=8)
+    return [(b, torch.roll(b, -1, 1)) for b in x]
+
+
 def worker(rank, world, port, out):
     from condense.train.api import TrainConfig
     from condense.train.trainer import run_loop
@@ -88,6 +104,12 @@ def worker(rank, world, port, out):
              out=out / "fsdp-ckpt")
     res["fsdp_resumed"] = run_loop(make_model("blocks"), rank_batches(), mse1, TrainConfig(strategy="fsdp", **cfg),
                                    resume=out / "fsdp-ckpt/checkpoints/step-00000003").losses
+    # 4. pipeline stages (GPipe, 4 micro-batches): rank 0 holds the embeddings + block 0, rank 1 block 1 + head
+    from condense.train.distributed.pipeline import pipeline_fit
+
+    gpt = tiny_gpt()
+    _, res["pp_losses"] = pipeline_fit(gpt, gpt_batches(), TrainConfig(steps=4, **PP_CFG), n_microbatches=4)
+    torch.save(gpt.state_dict(), out / f"pp-rank{rank}.pt")
     if rank == 0:
         (out / "results.json").write_text(json.dumps(res))
     dist.barrier()

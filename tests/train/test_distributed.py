@@ -60,3 +60,19 @@ def test_fsdp2_matches_ddp_and_resumes_exactly(session):
     assert res["fsdp_curve"] == pytest.approx(res["ddp_curve"], rel=1e-5)
     assert res["fsdp_curve"][-1] < res["fsdp_curve"][0]
     assert res["fsdp_resumed"] == res["fsdp_curve"]
+
+
+def test_pipeline_stages_match_one_process(session):
+    from condense.tasks.tinygpt import lm_loss
+
+    out, res = session
+    ref = w.tiny_gpt()
+    ref_losses = run_loop(ref, w.gpt_batches(), lm_loss, FitConfig(steps=4, **w.PP_CFG)).losses
+    assert res["pp_losses"] == pytest.approx(ref_losses, rel=1e-5)
+    ranks = [torch.load(out / f"pp-rank{r}.pt", weights_only=True) for r in (0, 1)]
+    owner = lambda k: 0 if k.startswith(("wte", "wpe", "blocks.0.")) else 1  # noqa: E731
+    init = w.tiny_gpt().state_dict()
+    for k, v in ref.state_dict().items():
+        assert torch.allclose(ranks[owner(k)][k], v, atol=1e-5), k
+        if k.startswith("lm_head"):
+            assert not torch.equal(v, init[k])  # trained
