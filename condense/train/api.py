@@ -145,6 +145,19 @@ def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None
     return model.eval(), result
 
 
+def train_task(task: Any, cfg: TrainConfig = TrainConfig(), **kwargs: Any) -> tuple[nn.Module, TrainResult]:
+    """`train` under the name `condense.train_task` (`condense.train` is this package, so it cannot be the function).
+
+    Example:
+        >>> import condense
+        >>> _, r = condense.train_task(condense.get_task("tinygpt", preset="tiny"),
+        ...                            condense.TrainConfig(steps=1, precision="fp32", tensorboard=False))
+        >>> r.steps
+        1
+    """
+    return train(task, cfg, **kwargs)
+
+
 def _pipeline(task: Any, model: nn.Module, cfg: TrainConfig, device: Any) -> TrainResult:
     """Pipeline-parallel training (every process a stage), then the stages' weights gathered on rank 0."""
     import time
