@@ -184,8 +184,13 @@ def _pipeline(task: Any, model: nn.Module, cfg: TrainConfig, device: Any) -> Tra
             for part in parts:
                 for n, v in part.items():
                     params[n].copy_(v)
+    from condense.train.trainer import _peak_memory_mb
+
+    x = next(iter(task.train_data()))[0]  # every process reads the same batches: the world trains on these
     return TrainResult(losses=losses, steps=len(losses), train_s=train_s, wall_s=train_s, precision="fp32",
-                       world_size=world.size)
+                       world_size=world.size, samples=len(losses) * x.shape[0],
+                       tokens=len(losses) * (x.numel() if not x.is_floating_point() else 0),
+                       peak_memory_mb=_peak_memory_mb(torch.device(device)))
 
 
 def _write_outputs(task: Any, model: nn.Module, cfg: TrainConfig, result: TrainResult, out: Path) -> None:

@@ -114,7 +114,7 @@ def pipeline_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterab
                 if p.grad is not None:
                     p.grad.mul_(scale)
         opt.step()
-        loss = torch.stack(mb).mean().reshape(1) if mb else torch.zeros(1, device=device)
+        loss = torch.stack([m.detach() for m in mb]).mean().reshape(1) if mb else torch.zeros(1, device=device)
         dist.broadcast(loss, src=world - 1)
         losses.append(float(loss))
     return stage_mod, losses
