@@ -210,7 +210,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
     fingerprint = ckpt.fingerprint(model.state_dict())
     wrapped = strategy.wrap(model)
     if params is not None:
-        if not isinstance(strategy, Single) or type(strategy) is not Single:
+        if type(strategy) is not Single:
             raise ConfigError("params= (training a subset) is only supported in a single process")
         params = [p for p in params if p.requires_grad]
     else:
@@ -331,7 +331,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
                            "train_s": result.train_s})
             if evaluate is not None and eval_every and (step % eval_every == 0 or step == cfg.steps):
                 wrapped.eval()
-                metrics = evaluate(strategy.unwrap(wrapped) if type(strategy).__name__ != "FSDP" else wrapped)
+                metrics = evaluate(strategy.unwrap(wrapped))  # FSDP: the sharded module, run collectively
                 wrapped.train()
                 row = {"step": step, "train_s": result.train_s, **metrics}
                 result.evals.append(row)
