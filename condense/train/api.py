@@ -41,6 +41,7 @@ class TrainConfig(FitConfig):
             into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation).
         comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8.
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
+        ddp_bucket_mb: DDP gradient bucket size (each bucket is one call of the communication hook).
 
     Example:
         >>> TrainConfig(steps=50, schedule="cosine", comm_hook="powersgd").precision
@@ -61,6 +62,7 @@ class TrainConfig(FitConfig):
     powersgd_rank: int = 2
     powersgd_start: int = 2
     n_microbatches: int = 4
+    ddp_bucket_mb: float = 25.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

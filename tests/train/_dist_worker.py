@@ -94,6 +94,10 @@ def worker(rank, world, port, out):
         r = run_loop(make_model(), rank_batches(), mse,
                      TrainConfig(steps=4, lr=0.05, strategy="ddp", comm_hook=hook, powersgd_rank=1, **base))
         res[hook] = {"bytes": r.bytes_per_step, "losses": r.losses}
+    # PowerSGD with one bucket per parameter (several collectives in flight per step)
+    r = run_loop(make_model("blocks"), rank_batches(), mse1, TrainConfig(
+        steps=4, lr=0.05, strategy="ddp", comm_hook="powersgd", powersgd_rank=1, ddp_bucket_mb=1e-6, **base))
+    res["powersgd_buckets"] = {"bytes": r.bytes_per_step, "losses": r.losses}
     # 3. FSDP2 vs DDP loss curves on a model with blocks; FSDP checkpoint + resume
     cfg = dict(steps=6, lr=0.01, optimizer="adamw", **base)
     res["ddp_curve"] = run_loop(make_model("blocks"), rank_batches(), mse1,

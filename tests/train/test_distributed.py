@@ -50,6 +50,10 @@ def test_comm_hook_bytes_are_exact(session):
     plain = sum(4 * s.numel() for s in shapes if not (len(s) == 2 and 2 * (s[0] + s[1]) < s[0] * s[1]))
     assert res["powersgd"]["bytes"][:2] == [4 * n] * 2
     assert res["powersgd"]["bytes"][2:] == [compressed + plain] * 2
+    shapes = [p.shape for p in w.make_model("blocks").parameters()]
+    small = lambda s: not (len(s) == 2 and 2 * (s[0] + s[1]) < s[0] * s[1])  # noqa: E731  (sent uncompressed)
+    assert res["powersgd_buckets"]["bytes"][2:] == [sum(4 * s.numel() if small(s) else 4 * (s[0] + s[1])
+                                                       for s in shapes)] * 2
     ref = res["allreduce"]["losses"]
     for hook in ("fp16", "bf16", "int8"):
         assert res[hook]["losses"] == pytest.approx(ref, rel=2e-2), hook

@@ -127,12 +127,22 @@ def _bf16(cfg: Any) -> tuple[Any, Callable]:
     return None, bf16_hook
 
 
+def serialized_powersgd_hook(state, bucket):  # no annotations: DDP checks them at run time
+    """PowerSGD, one bucket at a time. PowerSGD all-reduces Q from a callback thread once P's all-reduce is done;
+    with several buckets in flight the two processes can then issue their collectives in different orders, which
+    gloo (CPU) detects as a size mismatch and aborts on. Waiting for each bucket keeps every process's order the
+    same, at the cost of overlapping communication with the rest of the backward pass."""
+    fut = powerSGD_hook.powerSGD_hook(state, bucket)
+    fut.wait()
+    return fut
+
+
 @COMM_HOOKS.register("powersgd")
 def _powersgd(cfg: Any) -> tuple[Any, Callable]:
     state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=cfg.powersgd_rank,
                                         start_powerSGD_iter=max(2, cfg.powersgd_start), min_compression_rate=2,
                                         use_error_feedback=True, warm_start=True, random_seed=cfg.seed)
-    return state, powerSGD_hook.powerSGD_hook
+    return state, (powerSGD_hook.powerSGD_hook if dist.get_backend() == "nccl" else serialized_powersgd_hook)
 
 
 @COMM_HOOKS.register("int8")

@@ -67,7 +67,7 @@ class DDP(Single):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        ddp = DistributedDataParallel(model, device_ids=ids)
+        ddp = DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=getattr(self.cfg, "ddp_bucket_mb", 25.0))
         if self.cfg.comm_hook != "none":
             state, hook = COMM_HOOKS.get(self.cfg.comm_hook)(self.cfg)
             self.hook_state = state
