@@ -182,8 +182,8 @@ def bench_ttt(args: argparse.Namespace) -> None:
                              "(digits) / 20 (tinygpt) steps, stopping at the target. Time to target = training "
                              "time until the first evaluation at or past the target (evaluation time excluded). "
                              "The batch-size schedule averages 1, 2, then 4 of the task's batches per step "
-                             f"(digits 64, tinygpt 16 sequences each) at a constant LR. Machine {load} at the "
-                             "start.")
+                             f"(digits 64, tinygpt 16 sequences each) at a constant LR. Steps and samples to target do "
+                             "not depend on machine load; the times do. Machine {load} at the start.")
             + "\n\n" + "\n".join(lines) + "\n")
     _common.write_section("train-ttt", body)
     print(body)
