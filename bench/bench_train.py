@@ -79,7 +79,8 @@ def bench_comm(args: argparse.Namespace) -> None:
              "train loss (last 10) | train time |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = r["hook"] + (f" rank {r['powersgd_rank']}" if "powersgd_rank" in r else "")
-        lines.append(f"| {name} | {r['bytes_steady'] / 1e3:,.1f} kB | {base['bytes_steady'] / r['bytes_steady']:.1f}x | "
+        cut = base["bytes_steady"] / r["bytes_steady"]
+        lines.append(f"| {name} | {r['bytes_steady'] / 1e3:,.1f} kB | {cut:.1f}x | "
                      f"{r['val']:.4f} | {100 * (r['val'] / base['val'] - 1):+.2f}% | {r['final_loss10']:.4f} | "
                      f"{r['train_s']:.0f} s |")
     p = get_preset(args.comm_preset)
@@ -182,8 +183,8 @@ def bench_ttt(args: argparse.Namespace) -> None:
                              "(digits) / 20 (tinygpt) steps, stopping at the target. Time to target = training "
                              "time until the first evaluation at or past the target (evaluation time excluded). "
                              "The batch-size schedule averages 1, 2, then 4 of the task's batches per step "
-                             f"(digits 64, tinygpt 16 sequences each) at a constant LR. Steps and samples to target do "
-                             "not depend on machine load; the times do. Machine {load} at the start.")
+                             "(digits 64, tinygpt 16 sequences each) at a constant LR. Steps and samples to target do "
+                             f"not depend on machine load; the times do. Machine {load} at the start.")
             + "\n\n" + "\n".join(lines) + "\n")
     _common.write_section("train-ttt", body)
     print(body)

@@ -291,9 +291,10 @@ TRAIN_EPILOG = """examples:
   condense train --task digits --resume runs/d --out runs/d            # continue from the latest checkpoint
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/g
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=fsdp --out runs/g-fsdp
-  condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=pipeline --out runs/g-pp
+  condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=pipeline --out runs/pp
   # two nodes (run on each, --node-rank 0 / 1; the address of node 0):
-  condense train --task digits --nproc 1 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 --out runs/mn
+  condense train --task digits --nproc 1 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 \\
+      --out runs/mn
 Any TrainConfig field: --set FIELD=VALUE (optimizer, lr, schedule, batch_schedule, precision, grad_accum, ...).
 Outputs: OUT/metrics.jsonl, OUT/tb (tensorboard --logdir OUT/tb), OUT/checkpoints, OUT/model, OUT/train.json.
 """

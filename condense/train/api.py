@@ -137,11 +137,10 @@ def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None
             raise ConfigError("--resume is not supported with strategy='pipeline'; use ddp or fsdp")
         result = _pipeline(task, model, cfg, device)
     else:
-        result = None
-    evaluate = task.evaluate if (cfg.eval_every or cfg.target is not None or cfg.patience) else None
-    result = result or run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}", device=device,
-                      out=out, resume=resume, evaluate=evaluate, primary=task.primary_metric,
-                      higher_is_better=task.higher_is_better)
+        evaluate = task.evaluate if (cfg.eval_every or cfg.target is not None or cfg.patience) else None
+        result = run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}",
+                          device=device, out=out, resume=resume, evaluate=evaluate, primary=task.primary_metric,
+                          higher_is_better=task.higher_is_better)
     if out is not None:
         _write_outputs(task, model, cfg, result, Path(out))
     return model.eval(), result

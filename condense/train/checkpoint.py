@@ -4,8 +4,8 @@ and only then does the `latest` pointer (a one-line text file, itself written at
 Layout of `ROOT/` (a run's `checkpoints/` folder):
     step-00000100/  model.safetensors (full model; absent for sharded runs)  dcp/ (sharded runs: torch.distributed
                     .checkpoint of model + optimizer)  optim.pt (optimizer state: tensors and numbers only, loads
-                    with weights_only=True)  scaler.pt (fp16 only)  rng-rank{R}.pt (each process's RNG)  meta.json (step, data
-                    position, losses so far, model fingerprint, config)
+                    with weights_only=True)  scaler.pt (fp16 only)  rng-rank{R}.pt (each process's RNG)
+                    meta.json (step, data position, losses so far, model fingerprint, config)
     latest          "step-00000100"
 A run killed mid-write leaves at most a `.step-*.tmp` folder, which nothing reads; `latest` still names the
 previous complete checkpoint.

@@ -16,7 +16,9 @@ from condense.core.config import config
 from condense.errors import ConfigError
 from condense.train.optim import OPTIMIZERS
 from condense.train.precision import PRECISIONS
-from condense.train.schedules import BATCH_SCHEDULES, LR_SCHEDULES, lr_factor  # noqa: F401  (lr_factor: public)
+from condense.train.schedules import BATCH_SCHEDULES, LR_SCHEDULES, lr_factor
+
+__all__ = ["FitConfig", "fit", "lr_factor", "SCHEDULES"]
 
 SCHEDULES = tuple(LR_SCHEDULES)
 

@@ -57,7 +57,8 @@ def lr_factor(step: int, cfg: Any) -> float:
 
     Example:
         >>> from condense.train.loop import FitConfig
-        >>> lr_factor(0, FitConfig(steps=10, warmup_steps=2)), lr_factor(9, FitConfig(steps=10, schedule="cosine")) > 0.1
+        >>> cfg = FitConfig(steps=10, warmup_steps=2, schedule="cosine")
+        >>> lr_factor(0, cfg), lr_factor(9, cfg) > 0.1
         (0.5, True)
     """
     if cfg.warmup_steps and step < cfg.warmup_steps:
