@@ -49,6 +49,8 @@ _LAZY = {
     # training
     "fit": "condense.train.loop",
     "FitConfig": "condense.train.loop",
+    "TrainConfig": "condense.train.api",
+    "train_task": "condense.train.api",
     # errors
     "CondenseError": "condense.errors",
 }
@@ -66,7 +68,7 @@ __all__ = [
     # pruning
     "prune_", "UnstructuredConfig", "NMConfig", "GradualPruneConfig", "StructuredConfig", "LayerDropConfig",
     # training
-    "fit", "FitConfig",
+    "fit", "FitConfig", "TrainConfig", "train_task",
     # errors
     "CondenseError",
 ]
