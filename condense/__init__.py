@@ -51,6 +51,9 @@ _LAZY = {
     "FitConfig": "condense.train.loop",
     # errors
     "CondenseError": "condense.errors",
+    # search
+    "search": "condense.searching.api",
+    "SearchConfig": "condense.searching.config",
 }
 
 __all__ = [
@@ -69,6 +72,8 @@ __all__ = [
     "fit", "FitConfig",
     # errors
     "CondenseError",
+    # search
+    "search", "SearchConfig",
 ]
 
 

@@ -22,6 +22,8 @@ EPILOG = """examples:
   condense quantize --task digits --model runs/digits-half --out runs/digits-half-int8
   condense measure --model runs/digits-int8 --json runs/digits-int8/measure.json
   condense prepare tinygpt                        # train and cache the built-in language model once
+  condense search --task digits --budget 1% --trials 20 --out runs/digits-search
+  condense search --task minilm --budget 1% --storage postgresql://u:pw@db/condense --study s1 --workers 2 --out runs/s1
 """
 
 
@@ -272,6 +274,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from condense.searching.api import BudgetNotMet, search
+
+    over: dict[str, Any] = {"budget": args.budget, "trials": args.trials, "batch_size": args.batch_size}
+    if args.knobs:
+        over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
+    if args.threads:
+        over["threads"] = args.threads
+    over.update(_task_options(args.set) if args.set else {})
+    cfg = _build_config("condense.searching.config:SearchConfig", over)
+    task = _task(args)
+    out = Path(args.out)
+    try:
+        res = search(task, cfg, storage=args.storage, study_name=args.study, out_dir=out, workers=args.workers)
+    except BudgetNotMet:
+        print(f"report:   {out / 'report.html'}")
+        raise
+    print(res.message)
+    sp = ", ".join(f"batch {b}: {v:.2f}x" for b, v in res.final.get("speedup", {}).items())
+    print(f"re-measured side by side with the baseline: {sp}\nPareto frontier: trials {res.pareto}")
+    print(f"artifact: {res.artifact}\nreport:   {out / 'report.html'}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tasks": (cmd_tasks, "list the built-in tasks"),
     "prepare": (cmd_prepare, "build (train if needed) and cache a built-in task's model"),
@@ -280,6 +306,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "prune": (cmd_prune, "prune a task's model (or an artifact) and save the artifact and report"),
     "demo": (cmd_demo, "the main job: measure fp32, quantize to int8, measure again, save, report"),
     "info": (cmd_info, "describe a saved artifact"),
+    "search": (cmd_search, "search compression steps for the fastest model within a quality budget (optuna)"),
 }
 
 
@@ -334,6 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = subs["info"]
     p.add_argument("artifact", help="artifact or run folder")
+
+    p = subs["search"]
+    _add_task_args(p)
+    p.add_argument("--budget", required=True, help="allowed loss of the primary metric vs the baseline, e.g. 1%%")
+    p.add_argument("--trials", type=_positive_int, default=20, help="total trials of the study (default: 20)")
+    p.add_argument("--storage", metavar="URL", help="trial history: a SQLite file or URL, or postgresql://... to "
+                   "share one search between workers (default: DIR/search.db)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: condense-TASK); the same name resumes")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes sharing the study")
+    p.add_argument("--knobs", metavar="K1,K2", help="knobs to search (default: every available one), e.g. "
+                   "prune,quantize")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size whose latency is minimised")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while timing")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any SearchConfig field, e.g. --set recovery_steps=200")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder: report.json, report.html, the chosen model in DIR/model, search.db")
     return parser
 
 
