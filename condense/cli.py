@@ -274,6 +274,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate_as_interrupt() -> None:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: still stop cleanly
+        signal.signal(signal.SIGINT, handler)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from condense.searching.api import BudgetNotMet, search
 
@@ -286,6 +297,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _build_config("condense.searching.config:SearchConfig", over)
     task = _task(args)
     out = Path(args.out)
+    _terminate_as_interrupt()  # `kill` ends the running trial cleanly (marked failed), the history stays resumable
     try:
         res = search(task, cfg, storage=args.storage, study_name=args.study, out_dir=out, workers=args.workers)
     except BudgetNotMet:

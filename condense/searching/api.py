@@ -152,6 +152,10 @@ def search(task: Task | str, config: SearchConfig = SearchConfig(), *, storage: 
     procs = _spawn_workers(task, config, url, study_name, workers)
     try:
         run_worker(task, config, url, study_name, worker=0, storage=st)
+    except BaseException:  # interrupted or failed: stop the local workers too (each ends its trial cleanly)
+        for p in procs:
+            p.terminate()
+        raise
     finally:
         for p in procs:
             p.wait()
@@ -179,7 +183,7 @@ def _result(task: Task, cfg: SearchConfig, study: Any, url: str | None, name: st
     for r in done:
         r["within_budget"] = task.within_budget(r["metric"], base["metric"], cfg.budget)
         r["drop"] = _relative_drop(task, r["metric"], base["metric"])
-    ok = [r for r in done if r["within_budget"]]
+    ok = [r for r in done if r["within_budget"] and r["steps"]]  # the untouched model is the baseline, not a pick
     chosen = min(ok, key=lambda r: r["latency_s"]) if ok else None
     pareto = pareto_front(done, task.higher_is_better) if done else []
     if chosen is not None:

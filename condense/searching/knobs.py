@@ -92,7 +92,7 @@ PRUNE = {"structured": "condense.prune.structured:StructuredConfig",
 def suggest_prune(trial: Any, space: Space) -> Any:
     kind = trial.suggest_categorical("prune.kind", ["none", *space.prune_kinds])
     if kind == "structured":
-        hi = max(0.1, round(space.max_prune_ratio / 0.05) * 0.05)
+        hi = max(0.1, round(round(space.max_prune_ratio / 0.05) * 0.05, 2))
         ratio = trial.suggest_float("prune.ratio", 0.1, hi, step=0.05)
         importance = trial.suggest_categorical("prune.importance", ["l2", "obs"])
         return build(PRUNE[kind], ratio=round(ratio, 4), importance=importance, reconstruct=importance == "obs",

@@ -35,8 +35,9 @@ def _try(model: nn.Module, task: Any, cfg: Any) -> tuple[float | None, str | Non
         return None, f"{type(e).__name__}: {str(e)[:200]}"
 
 
-def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, max_groups: int = 32) -> dict[str, Any]:
-    """Per-group structured-pruning sensitivity and which pruning kinds apply."""
+def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, per_group: bool = True,
+                max_groups: int = 32) -> dict[str, Any]:
+    """Which pruning kinds apply, and (`per_group`) each structured group's sensitivity."""
     from condense.prune.structured import _graph_for
 
     out: dict[str, Any] = {"threshold": threshold, "groups": [], "kinds": {}, "exclude": []}
@@ -44,13 +45,17 @@ def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, max_
         groups = [g for g in _graph_for(model, TransformContext(task=task)).groups][:max_groups]
     except Exception as e:  # noqa: BLE001
         groups, out["kinds"]["structured"] = [], f"no prunable groups ({type(e).__name__}: {str(e)[:160]})"
+    if not per_group and groups:
+        groups = groups[:1]  # only check that structured pruning applies at all
     for g in groups:
         metric, err = _try(model, task, build(PRUNE["structured"], ratio=0.5, include=(g.name,)))
         drop = None if metric is None else _rel_drop(task, metric, base)
         out["groups"].append({"name": g.name, "kind": g.kind, "metric": metric, "drop": drop, "error": err})
-        if drop is None or drop > threshold:
+        if per_group and (drop is None or drop > threshold):
             out["exclude"].append(g.name)
-    if groups:
+        elif err is not None:
+            out["kinds"]["structured"] = err
+    if groups and "structured" not in out["kinds"]:
         usable = len(groups) - len(out["exclude"])
         out["kinds"]["structured"] = "ok" if usable else "every group alone breaks the budget"
     metric, err = _try(model, task, build(PRUNE["layer-drop"], n_drop=1))
@@ -94,10 +99,7 @@ def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float)
     with progress.steps("sensitivity probes", 2) as bar:
         if "prune" in names:
             bar.start("pruning")
-            if cfg.sensitivity:
-                p = prune_probe(model, task, base, prune_threshold)
-            else:
-                p = {"kinds": {"structured": "ok", "layer-drop": "ok"}, "exclude": []}
+            p = prune_probe(model, task, base, prune_threshold, per_group=cfg.sensitivity)
             record["prune"] = p
             space.prune_kinds = tuple(k for k, v in p["kinds"].items() if v == "ok")
             space.prune_exclude = tuple(p["exclude"])

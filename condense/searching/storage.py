@@ -6,6 +6,7 @@ resumes after an interruption and several workers (processes or machines) can ad
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,14 @@ def open_storage(url: str | None, heartbeat_s: int) -> Any:
     if url is None:
         return optuna.storages.InMemoryStorage()
     check_reachable(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=heartbeat_s,
-                                          grace_period=3 * heartbeat_s)
+    for attempt in range(3):  # workers starting together on a fresh database race to create its tables
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url),
+                                                  heartbeat_interval=heartbeat_s, grace_period=3 * heartbeat_s)
+        except Exception:  # noqa: BLE001  (sqlalchemy IntegrityError / ProgrammingError from the race)
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")

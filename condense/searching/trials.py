@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
+import socket
 from collections import OrderedDict
 from typing import Any
 
@@ -68,7 +70,7 @@ class StageCache:
 def open_study(cfg: Any, task: Any, url: str | None, study_name: str, storage: Any = None) -> Any:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by the objective, in one line
     storage = storage if storage is not None else open_storage(url, cfg.heartbeat_s)
     direction = "maximize" if task.higher_is_better else "minimize"
     return optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
@@ -126,12 +128,19 @@ def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker:
         ran[0] += 1
         steps = [c for c in (k.suggest(trial, space) for k in knobs) if c is not None]
         trial.set_user_attr("steps", [s.to_dict() for s in steps])
-        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:{worker}")
+        if not steps:  # the untouched model: the baseline, already measured; don't spend a measurement on it
+            for k, v in baseline.items():
+                trial.set_user_attr(k, v)
+            trial.set_user_attr("within_budget", True)
+            trial.set_user_attr("speedup", 1.0)
+            return baseline["latency_s"], float(baseline["size_bytes"] or 0), baseline["metric"]
         try:
             model = cache.build(base_model, steps, task)
             m = measure(model, task, mcfg, label=f"trial {trial.number}")
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e)[:300]}")
+            progress.note(f"trial {trial.number} failed: {type(e).__name__}: {str(e)[:200]}")
             raise
         s = summary(m, cfg.batch_size)
         ok = task.within_budget(s["metric"], baseline["metric"], cfg.budget)
@@ -140,7 +149,7 @@ def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker:
         trial.set_user_attr("within_budget", bool(ok))
         trial.set_user_attr("speedup", baseline["latency_s"] / s["latency_s"])
         progress.note(f"trial {trial.number}: {', '.join(type(c).__name__ for c in steps) or 'baseline'} -> "
-                      f"{s['latency_s'] * 1e3:.1f} ms, {task.primary_metric} {s['metric']:.4f}"
+                      f"{s['latency_s'] * 1e3:.3g} ms, {task.primary_metric} {s['metric']:.4f}"
                       f"{'' if ok else ' (over budget)'}")
         metric = s["metric"] if math.isfinite(s["metric"]) else float("nan")
         return s["latency_s"], float(s["size_bytes"] or 0), metric

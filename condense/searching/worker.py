@@ -13,6 +13,12 @@ def main(argv: list[str] | None = None) -> int:
     from condense.searching.trials import run_worker
     from condense.tasks import get_task
 
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # optuna marks the running trial failed; the study stays consistent
+
+    signal.signal(signal.SIGTERM, stop)
     args = json.loads((argv or sys.argv[1:])[0])
     task = get_task(args["task"])
     cfg = config_from_dict(args["config"])
@@ -22,4 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+
