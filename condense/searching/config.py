@@ -43,6 +43,10 @@ class SearchConfig:
         recovery_steps: fine-tuning steps after structured pruning or layer drop (0: none).
         recovery_lr: learning rate of that recovery.
         sensitivity: run per-layer probes (quantization and pruning) first and use them to narrow the knobs.
+        prune_importance: structured-pruning importances to try ("l2" is cheapest; "activation" and "obs" use
+            calibration data and refit the consumers by least squares; "obs" is the most accurate and slowest).
+        max_probes: at most this many probes per kind: with more layers, layers are probed in groups by name
+            prefix (e.g. one transformer block at a time).
         max_prune_ratio: upper end of the structured-pruning ratio range (narrowed further by the probe).
         seed: sampler seed.
         heartbeat_s: workers report liveness this often (database storage); a trial whose worker died is
@@ -66,6 +70,8 @@ class SearchConfig:
     recovery_lr: float = 2e-4
     sensitivity: bool = True
     max_prune_ratio: float = 0.7
+    prune_importance: tuple[str, ...] = ("l2", "obs")
+    max_probes: int = 12
     seed: int = 0
     heartbeat_s: int = 30
 
@@ -82,6 +88,9 @@ class SearchConfig:
             raise ConfigError(f"recovery_steps must be >= 0, got {self.recovery_steps}")
         if not 0 < self.max_prune_ratio < 1:
             raise ConfigError(f"max_prune_ratio must be in (0, 1), got {self.max_prune_ratio}")
+        object.__setattr__(self, "prune_importance", tuple(self.prune_importance))
+        if not self.prune_importance or self.max_probes < 1:
+            raise ConfigError("prune_importance needs at least one of 'l2', 'activation', 'obs' and max_probes >= 1")
         if self.heartbeat_s < 1:
             raise ConfigError(f"heartbeat_s must be >= 1, got {self.heartbeat_s}")
         if not self.knobs:

@@ -38,20 +38,25 @@ class Knob:
         order: position of its step in a trial's pipeline (lower first).
         configs: the config classes it may build, {short name: "module:Class"} (resolved lazily).
         suggest: `suggest(trial, space) -> config or None` (None: no step this trial).
+        examples: {short name: fields} of one config per class, built before a search to check that the
+            technique is installed and takes the fields this knob sets.
     """
 
     name: str
     order: int
     configs: dict[str, str]
     suggest: Callable[[Any, Space], Any]
+    examples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def available(self) -> tuple[bool, str]:
-        """Whether every config class it needs can be imported (a technique not installed: False, why)."""
-        for path in self.configs.values():
+        """Whether every config class it needs imports and accepts the knob's fields (if not: False, why)."""
+        for short, path in self.configs.items():
             try:
-                resolve(path)
+                build(path, **self.examples.get(short, {}))
             except (ImportError, AttributeError) as e:
                 return False, f"{path} is not available ({type(e).__name__}: {e})"
+            except Exception as e:  # noqa: BLE001  (installed but its fields differ from what the knob sets)
+                return False, str(e)
         return True, ""
 
 
@@ -94,8 +99,8 @@ def suggest_prune(trial: Any, space: Space) -> Any:
     if kind == "structured":
         hi = max(0.1, round(round(space.max_prune_ratio / 0.05) * 0.05, 2))
         ratio = trial.suggest_float("prune.ratio", 0.1, hi, step=0.05)
-        importance = trial.suggest_categorical("prune.importance", ["l2", "obs"])
-        return build(PRUNE[kind], ratio=round(ratio, 4), importance=importance, reconstruct=importance == "obs",
+        importance = trial.suggest_categorical("prune.importance", list(space.cfg.prune_importance))
+        return build(PRUNE[kind], ratio=round(ratio, 4), importance=importance, reconstruct=importance != "l2",
                      exclude=tuple(space.prune_exclude), finetune=_recovery(space))
     if kind == "layer-drop":
         n = trial.suggest_int("prune.n_drop", 1, max(1, space.max_layer_drop))
@@ -146,11 +151,17 @@ FACTORIZE = "condense.factorize:FactorizeConfig"
 DISTILL = "condense.distillation:DistillConfig"
 EARLY_EXIT = "condense.early_exit:EarlyExitConfig"
 
-KNOBS.register("distill", Knob("distill", 0, {"distill": DISTILL}, suggest_distill))
-KNOBS.register("prune", Knob("prune", 10, PRUNE, suggest_prune))
-KNOBS.register("factorize", Knob("factorize", 20, {"factorize": FACTORIZE}, suggest_factorize))
-KNOBS.register("early_exit", Knob("early_exit", 30, {"early_exit": EARLY_EXIT}, suggest_early_exit))
-KNOBS.register("quantize", Knob("quantize", 40, QUANT, suggest_quantize))
+KNOBS.register("distill", Knob("distill", 0, {"distill": DISTILL}, suggest_distill,
+                               {"distill": {"student_layers": 2}}))
+KNOBS.register("prune", Knob("prune", 10, PRUNE, suggest_prune,
+                             {"structured": {"ratio": 0.5, "exclude": ()}, "layer-drop": {"n_drop": 1},
+                              "unstructured": {"sparsity": 0.5}}))
+KNOBS.register("factorize", Knob("factorize", 20, {"factorize": FACTORIZE}, suggest_factorize,
+                                 {"factorize": {"rank_ratio": 0.5}}))
+KNOBS.register("early_exit", Knob("early_exit", 30, {"early_exit": EARLY_EXIT}, suggest_early_exit,
+                                  {"early_exit": {"threshold": 0.9}}))
+KNOBS.register("quantize", Knob("quantize", 40, QUANT, suggest_quantize,
+                                {"dynamic": {"exclude": ()}, "ort": {"float_channels": 0, "exclude": ()}}))
 
 
 def select_knobs(names: tuple[str, ...]) -> tuple[list[Knob], dict[str, str]]:

@@ -83,7 +83,7 @@ def render_search_html(rep: dict[str, Any]) -> str:
     sens = rep.get("sensitivity") or {}
     sens_html = ""
     for key, title, items in (("quantize", "Per-layer int8 sensitivity (one layer quantized at a time)", "layers"),
-                              ("prune", "Per-group pruning sensitivity (half of one group removed, no recovery)",
+                              ("prune", "Per-group pruning sensitivity (30% of one group removed, no recovery)",
                                "groups")):
         entries = (sens.get(key) or {}).get(items) or []
         excl = set((sens.get(key) or {}).get("exclude") or [])

@@ -2,8 +2,8 @@
 
 Quantization: `condense.quantize.sensitivity.layer_sensitivity` quantizes one layer at a time; a layer whose
 quantization alone costs more than the budget is offered to the search as "keep in float".
-Pruning: the same idea for structured pruning: each prunable group (heads, FFN width, neurons, channels) loses half
-its units alone, without recovery; groups that alone break the (recovery-adjusted) budget are never pruned.
+Pruning: the same idea for structured pruning: each prunable group (heads, FFN width, neurons, channels) loses 30%
+of its units alone, without recovery; groups that alone break the (recovery-adjusted) budget are never pruned.
 Applicability: each pruning kind and quantization scheme is tried once on a copy; one that fails on this task is
 left out of the search space instead of failing trial after trial.
 """
@@ -18,6 +18,9 @@ from torch import nn
 from condense import progress
 from condense.core.transforms import TransformContext, apply_
 from condense.searching.knobs import PRUNE, QUANT, Knob, Space, build
+
+
+PROBE_RATIO = 0.3  # fraction of one group's units removed by the pruning probe
 
 
 def _rel_drop(task: Any, value: float, base: float) -> float:
@@ -48,7 +51,7 @@ def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
     if not per_group and groups:
         groups = groups[:1]  # only check that structured pruning applies at all
     for g in groups:
-        metric, err = _try(model, task, build(PRUNE["structured"], ratio=0.5, include=(g.name,)))
+        metric, err = _try(model, task, build(PRUNE["structured"], ratio=PROBE_RATIO, include=(g.name,)))
         drop = None if metric is None else _rel_drop(task, metric, base)
         out["groups"].append({"name": g.name, "kind": g.kind, "metric": metric, "drop": drop, "error": err})
         if per_group and (drop is None or drop > threshold):
@@ -66,7 +69,8 @@ def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
     return out
 
 
-def quant_probe(model: nn.Module, task: Any, base: float, threshold: float, per_layer: bool) -> dict[str, Any]:
+def quant_probe(model: nn.Module, task: Any, base: float, threshold: float, per_layer: bool,
+                max_probes: int = 12) -> dict[str, Any]:
     """Which schemes apply, and per-layer int8 sensitivity (dynamic int8, one layer at a time)."""
     out: dict[str, Any] = {"threshold": threshold, "layers": [], "kinds": {}, "exclude": []}
     for scheme, path in QUANT.items():
@@ -77,15 +81,41 @@ def quant_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
         metric, err = _try(model, task, build(QUANT["ort"], float_channels=4))
         out["ort_outliers"] = err is None
     if per_layer and out["kinds"].get("dynamic") == "ok":
-        from condense.quantize.sensitivity import layer_sensitivity
+        from condense.quantize.sensitivity import _layers_of, layer_sensitivity
 
-        _, sens = layer_sensitivity(model, task, build(QUANT["dynamic"]))
-        for s in sens:
-            drop = _rel_drop(task, s.metric, base)
-            out["layers"].append({"name": s.name, "metric": s.metric, "drop": drop})
-            if drop > threshold:
-                out["exclude"].append(s.name)
+        layers = _layers_of(model, build(QUANT["dynamic"]))
+        if len(layers) <= max_probes:
+            _, sens = layer_sensitivity(model, task, build(QUANT["dynamic"]))
+            probes = [(s.name, [s.name], s.metric) for s in sens]
+        else:  # too many layers to probe one by one: one group of layers (by name prefix) at a time
+            probes = []
+            for prefix, names in group_by_prefix(layers, max_probes).items():
+                metric, err = _try(model, task, build(QUANT["dynamic"], include=tuple(names)))
+                probes.append((prefix + ".*", names, metric if err is None else None))
+        for name, names, metric in probes:
+            drop = None if metric is None else _rel_drop(task, metric, base)
+            out["layers"].append({"name": name, "metric": metric, "drop": drop})
+            if drop is None or drop > threshold:
+                out["exclude"].extend(names)
     return out
+
+
+def group_by_prefix(names: list[str], max_groups: int) -> dict[str, list[str]]:
+    """Group dotted module names by their longest prefix that still gives at most `max_groups` groups.
+
+    Example:
+        >>> group_by_prefix(["l.0.q", "l.0.k", "l.1.q", "l.1.k", "head"], 3)
+        {'l.0': ['l.0.q', 'l.0.k'], 'l.1': ['l.1.q', 'l.1.k'], 'head': ['head']}
+    """
+    best: dict[str, list[str]] = {"": list(names)}
+    for depth in range(1, max((n.count(".") for n in names), default=0) + 2):
+        groups: dict[str, list[str]] = {}
+        for n in names:
+            groups.setdefault(".".join(n.split(".")[:depth]), []).append(n)
+        if len(groups) > max_groups:
+            break
+        best = groups
+    return best
 
 
 def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float) -> tuple[Space, dict[str, Any]]:
@@ -99,14 +129,15 @@ def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float)
     with progress.steps("sensitivity probes", 2) as bar:
         if "prune" in names:
             bar.start("pruning")
-            p = prune_probe(model, task, base, prune_threshold, per_group=cfg.sensitivity)
+            p = prune_probe(model, task, base, prune_threshold, per_group=cfg.sensitivity,
+                            max_groups=cfg.max_probes)
             record["prune"] = p
             space.prune_kinds = tuple(k for k, v in p["kinds"].items() if v == "ok")
             space.prune_exclude = tuple(p["exclude"])
         bar.advance()
         if "quantize" in names:
             bar.start("quantization")
-            q = quant_probe(model, task, base, cfg.budget, cfg.sensitivity)
+            q = quant_probe(model, task, base, cfg.budget, cfg.sensitivity, cfg.max_probes)
             record["quantize"] = q
             space.quant_schemes = tuple(k for k, v in q["kinds"].items() if v == "ok")
             space.quant_exclude = tuple(q["exclude"])

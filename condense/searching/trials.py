@@ -10,6 +10,7 @@ import json
 import math
 import os
 import socket
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -115,8 +116,10 @@ def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker:
     base_model = task.build_model()
     knobs, space = prepare(study, cfg, task, base_model)
     baseline = study.user_attrs["baseline"]
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True,
-                                               n_startup_trials=min(8, cfg.trials // 3 + 1))
+    with warnings.catch_warnings():  # multivariate/group TPE (conditional knobs) are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True, group=True,
+                                                   n_startup_trials=min(8, cfg.trials // 3 + 1))
     cache = StageCache()
     mcfg = trial_measure_config(cfg)
     remaining = cfg.trials - finished_count(study)
