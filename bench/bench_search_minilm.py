@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--recovery-steps", type=int, default=60, help="embedding-distillation steps after pruning")
     ap.add_argument("--importance", default="l2,activation",
                     help="structured-pruning importances to search (obs is the most accurate and far slowest)")
+    ap.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer/per-group probes (faster)")
     ap.add_argument("--out", default=str(_common.ROOT / "runs" / "bench-search-minilm"))
     ap.add_argument("--fresh", action="store_true", help="delete the earlier study and start over")
     args = ap.parse_args()
@@ -48,7 +49,7 @@ def main() -> None:
     cfg = SearchConfig(budget=0.01, trials=args.trials, knobs=("prune", "quantize"), batch_size=32,
                        threads=args.threads, timing_repeats=3, timing_min_s=0.5, recovery_steps=args.recovery_steps,
                        max_prune_ratio=0.6, final_repeats=5, final_min_s=0.5,
-                       prune_importance=tuple(args.importance.split(",")))
+                       prune_importance=tuple(args.importance.split(",")), sensitivity=not args.no_sensitivity)
     try:
         res = search(task, cfg, out_dir=args.out, study_name="bench-search-minilm")
         missed = None

@@ -274,15 +274,18 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate_as_interrupt() -> None:
+def _terminate_as_interrupt() -> Callable[[], None]:
+    """SIGTERM (and an ignored SIGINT) raise KeyboardInterrupt until the returned function restores them."""
     import signal
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     signal.signal(signal.SIGTERM, handler)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: still stop cleanly
+    if old[signal.SIGINT] is signal.SIG_IGN:  # started in the background: still stop cleanly
         signal.signal(signal.SIGINT, handler)
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()] and None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -297,12 +300,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _build_config("condense.searching.config:SearchConfig", over)
     task = _task(args)
     out = Path(args.out)
-    _terminate_as_interrupt()  # `kill` ends the running trial cleanly (marked failed), the history stays resumable
+    restore = _terminate_as_interrupt()  # `kill` ends the running trial cleanly (marked failed): resumable
     try:
         res = search(task, cfg, storage=args.storage, study_name=args.study, out_dir=out, workers=args.workers)
     except BudgetNotMet:
         print(f"report:   {out / 'report.html'}")
         raise
+    finally:
+        restore()
     print(res.message)
     sp = ", ".join(f"batch {b}: {v:.2f}x" for b, v in res.final.get("speedup", {}).items())
     print(f"re-measured side by side with the baseline: {sp}\nPareto frontier: trials {res.pareto}")
@@ -375,6 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="artifact or run folder")
 
     p = subs["search"]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """examples:
+  condense search --task digits --budget 1% --trials 20 --out runs/digits-search
+  condense search --task digits --budget 1% --trials 40 --out runs/digits-search    # resumes: 20 more trials
+  condense search --task minilm --budget 1% --knobs prune,quantize --set recovery_steps=60 --out runs/minilm
+  condense search --task minilm --budget 1% --storage postgresql://user:pw@db:5432/condense --study s1 \\
+      --workers 2 --out runs/s1           # run the same command on other machines to add workers
+exit codes: 0 found a model within budget; 2 bad input, unreachable database or no trial within budget
+(the closest trial is named and the history is kept: rerun with more --trials to resume)"""
     _add_task_args(p)
     p.add_argument("--budget", required=True, help="allowed loss of the primary metric vs the baseline, e.g. 1%%")
     p.add_argument("--trials", type=_positive_int, default=20, help="total trials of the study (default: 20)")

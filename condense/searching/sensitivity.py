@@ -83,15 +83,19 @@ def quant_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
     if per_layer and out["kinds"].get("dynamic") == "ok":
         from condense.quantize.sensitivity import _layers_of, layer_sensitivity
 
-        layers = _layers_of(model, build(QUANT["dynamic"]))
-        if len(layers) <= max_probes:
+        candidates = _layers_of(model, build(QUANT["dynamic"]))
+        modules = dict(model.named_modules())
+        layers = [n for n in candidates if isinstance(modules[n], nn.Linear)]  # what dynamic int8 quantizes
+        if len(layers) == len(candidates) and len(layers) <= max_probes:
             _, sens = layer_sensitivity(model, task, build(QUANT["dynamic"]))
             probes = [(s.name, [s.name], s.metric) for s in sens]
-        else:  # too many layers to probe one by one: one group of layers (by name prefix) at a time
+        else:  # one layer, or with many layers one group (by name prefix, e.g. a block) at a time
             probes = []
-            for prefix, names in group_by_prefix(layers, max_probes).items():
+            groups = ({n: [n] for n in layers} if len(layers) <= max_probes
+                      else {p + ".*": v for p, v in group_by_prefix(layers, max_probes).items()})
+            for name, names in groups.items():
                 metric, err = _try(model, task, build(QUANT["dynamic"], include=tuple(names)))
-                probes.append((prefix + ".*", names, metric if err is None else None))
+                probes.append((name, names, metric if err is None else None))
         for name, names, metric in probes:
             drop = None if metric is None else _rel_drop(task, metric, base)
             out["layers"].append({"name": name, "metric": metric, "drop": drop})
@@ -129,6 +133,8 @@ def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float)
     with progress.steps("sensitivity probes", 2) as bar:
         if "prune" in names:
             bar.start("pruning")
+            progress.note("probing pruning: which kinds apply" + (", each group's sensitivity" if cfg.sensitivity
+                                                                   else ""))
             p = prune_probe(model, task, base, prune_threshold, per_group=cfg.sensitivity,
                             max_groups=cfg.max_probes)
             record["prune"] = p
@@ -137,6 +143,8 @@ def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float)
         bar.advance()
         if "quantize" in names:
             bar.start("quantization")
+            progress.note("probing quantization: which schemes apply" + (", per-layer sensitivity"
+                                                                           if cfg.sensitivity else ""))
             q = quant_probe(model, task, base, cfg.budget, cfg.sensitivity, cfg.max_probes)
             record["quantize"] = q
             space.quant_schemes = tuple(k for k, v in q["kinds"].items() if v == "ok")

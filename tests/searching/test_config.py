@@ -53,3 +53,22 @@ def test_storage_urls_and_masking(tmp_path):
     assert storage_url(None, None) is None
     assert storage_url("postgres://u:pw@h/db", None).startswith("postgresql+psycopg")
     assert masked("postgresql+psycopg2://u:secret@h:5432/db") == "postgresql+psycopg2://u:***@h:5432/db"
+
+
+def test_probe_groups_by_name_prefix():
+    from condense.searching.sensitivity import group_by_prefix
+
+    names = [f"bert.layers.{i}.{n}" for i in range(6) for n in ("attn.query", "attn.key", "ffn_in", "ffn_out")]
+    groups = group_by_prefix(names, 12)
+    assert list(groups) == [f"bert.layers.{i}" for i in range(6)]  # one block at a time; deeper gives 24 groups
+    assert all(len(v) == 4 for v in groups.values())
+    assert group_by_prefix(names, 100) == {n: [n] for n in names}
+
+
+def test_import_condense_does_not_import_optuna():
+    import subprocess
+    import sys
+
+    code = "import condense, sys; condense.SearchConfig; print('optuna' in sys.modules, 'sqlalchemy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

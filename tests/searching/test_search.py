@@ -16,7 +16,7 @@ from condense.searching import BudgetNotMet, SearchConfig, search
 from condense.searching.trials import StageCache
 from condense.testing import tiny_task
 
-from .conftest import cli_env, run_cli
+from .conftest import cli_env
 
 FAST = dict(batch_size=8, timing_repeats=2, timing_min_s=0.0, final_repeats=3, final_min_s=0.0)
 
@@ -56,23 +56,27 @@ def test_budget_no_trial_meets_keeps_history(tmp_path):
     assert len(study.trials) == 3  # the history is in the database
 
 
-def test_cli_budget_miss_and_bad_storage_are_one_line_errors(tmp_path):
-    r = run_cli("search", "--task", "tests.searching.search_tasks:fidelity_task", "--budget", "0%", "--trials", "2",
-                "--knobs", "quantize", "--batch-size", "8", "--set", "timing_min_s=0", "--set", "sensitivity=false",
-                "--out", str(tmp_path / "miss"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "no trial met the 0.00% budget" in r.stderr and "missing the budget by" in r.stderr
+def test_cli_budget_miss_and_bad_storage_are_one_line_errors(tmp_path, capsys):
+    from condense.cli import main
+
+    rc = main(["search", "--task", "tests.searching.search_tasks:fidelity_task", "--budget", "0%", "--trials", "2",
+               "--knobs", "quantize", "--batch-size", "8", "--set", "timing_min_s=0", "--set", "sensitivity=false",
+               "--out", str(tmp_path / "miss")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "no trial met the 0.00% budget" in err and "missing the budget by" in err
     assert (tmp_path / "miss" / "report.html").exists()
-    r = run_cli("search", "--task", "condense.testing:tiny_task", "--budget", "1%", "--storage",
-                "postgresql://u:pw@127.0.0.1:1/nope", "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "cannot reach the search database" in r.stderr and "pw" not in r.stderr
+    rc = main(["search", "--task", "condense.testing:tiny_task", "--budget", "1%", "--storage",
+               "postgresql://u:pw@127.0.0.1:1/nope", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "cannot reach the search database" in err and "pw" not in err
 
 
 def test_interrupted_search_resumes_and_the_trial_count_continues(tmp_path):
     db = tmp_path / "search.db"
     args = [sys.executable, "-m", "condense.cli", "search", "--task", "condense.testing:tiny_task", "--budget", "20%",
-            "--trials", "30", "--knobs", "prune,quantize", "--batch-size", "8", "--set", "timing_min_s=0.3",
+            "--trials", "30", "--knobs", "prune,quantize", "--batch-size", "8", "--set", "timing_min_s=0.1",
             "--set", "sensitivity=false", "--out", str(tmp_path)]
     # SIGTERM, as a scheduler or `kill` sends it (SIGINT may be ignored in a background job's children)
     proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
