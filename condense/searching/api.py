@@ -190,13 +190,17 @@ def _result(task: Task, cfg: SearchConfig, study: Any, url: str | None, name: st
         msg = (f"trial {chosen['number']} is the fastest within {cfg.budget:.2%} of the baseline's "
                f"{task.primary_metric}: {chosen['speedup']:.2f}x faster at batch {cfg.batch_size} (search timing), "
                f"{task.primary_metric} {chosen['metric']:.4f} vs {base['metric']:.4f}")
-    elif done:
-        best = min(done, key=lambda r: r["drop"])
+    elif [r for r in done if r["steps"]]:
+        best = min((r for r in done if r["steps"]), key=lambda r: r["drop"])
         msg = (f"no trial met the {cfg.budget:.2%} budget on {task.primary_metric} ({len(done)} trials); the "
-               f"closest, trial {best['number']} ({', '.join(s['type'] for s in best['steps']) or 'no steps'}), "
+               f"closest, trial {best['number']} ({', '.join(s['type'] for s in best['steps'])}), "
                f"reached {best['metric']:.4f} vs baseline {base['metric']:.4f}: a {best['drop']:.2%} loss, missing "
                f"the budget by {best['drop'] - cfg.budget:.2%}. The history is kept in {masked(url)} (study "
                f"{name!r}): resume with more trials or a larger --budget")
+    elif done:
+        msg = (f"no compression step can meet the {cfg.budget:.2%} budget on {task.primary_metric}: the sensitivity "
+               f"probes ruled every step out for this task (see 'sensitivity' in the report), so all {len(done)} "
+               f"trials left the model unchanged; try a larger --budget or --set sensitivity=false")
     else:
         errors = sorted({r['error'] for r in rows if r.get("error")})[:3]
         msg = (f"no trial finished successfully ({len(rows)} failed: {'; '.join(errors) or 'unknown'}); the "

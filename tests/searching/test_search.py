@@ -117,3 +117,15 @@ def test_stage_cache_reuses_shared_prefix_and_matches_direct_application():
     torch.testing.assert_close(a(x), ref(x))
     torch.testing.assert_close(b(x), ref(x))
     assert base.fc1.out_features == 16  # the base model is never modified
+
+
+def test_probes_keep_out_steps_that_alone_break_the_budget(tmp_path):
+    # removing 30% of tiny_task's hidden neurons alone changes > 0.5% of its predictions: the probe rules
+    # structured pruning out, so no trial prunes, and the search says why instead of naming a "closest" trial
+    cfg = SearchConfig(budget="0.5%", trials=3, knobs=("prune",), **FAST)
+    with pytest.raises(BudgetNotMet, match="probes ruled every step out") as e:
+        search("condense.testing:tiny_task", cfg, out_dir=tmp_path)
+    res = e.value.result
+    assert res.sensitivity["prune"]["exclude"] == ["fc1"]
+    assert res.sensitivity["prune"]["groups"][0]["drop"] > 0.005
+    assert all(r["steps"] == [] for r in res.trials) and len(res.trials) == 3
