@@ -112,6 +112,12 @@ def main() -> None:
              f"rounds, {args.threads} threads. Load average (1/5/15 min) before: "
              f"{' / '.join(f'{x:.2f}' for x in load_before)}, after: {' / '.join(f'{x:.2f}' for x in load_after)} "
              f"(shared machine; {time.time() - t0:.0f} s in all).")
+    if max(load_before[0], load_after[0]) > (os.cpu_count() or 1):
+        verdict += (f" **Caveat: the machine was overloaded (load average above its {os.cpu_count()} vCPUs); fp32 "
+                    "PyTorch eager suffers far more from CPU contention than ONNX Runtime, so these ratios overstate "
+                    "the speedup: re-run on a quiet machine before quoting them.**")
+    if args.trials < 40:
+        verdict += f" This run was bounded to {args.trials} trials, not the target's 40."
     cmd = "python bench/bench_search_minilm.py " + " ".join(sys.argv[1:])
     body = (f"## Search on MiniLM: fastest within 1% MRR@10\n\n" + _common.header(cmd.strip(), args.threads, notes)
             + "\n\n" + "\n".join(lines) + "\n\n" + verdict + "\n\nFastest trials within budget (search timing):\n\n"
