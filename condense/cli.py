@@ -274,20 +274,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _terminate_as_interrupt() -> Callable[[], None]:
-    """SIGTERM (and an ignored SIGINT) raise KeyboardInterrupt until the returned function restores them."""
-    import signal
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, handler)
-    if old[signal.SIGINT] is signal.SIG_IGN:  # started in the background: still stop cleanly
-        signal.signal(signal.SIGINT, handler)
-    return lambda: [signal.signal(sig, h) for sig, h in old.items()] and None
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from condense.searching.api import BudgetNotMet, search
 
@@ -300,7 +286,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = _build_config("condense.searching.config:SearchConfig", over)
     task = _task(args)
     out = Path(args.out)
-    restore = _terminate_as_interrupt()  # `kill` ends the running trial cleanly (marked failed): resumable
+    from condense.searching.trials import install_stop_handler
+
+    restore = install_stop_handler()  # Ctrl-C or `kill` end the running trial cleanly (marked failed): resumable
     try:
         res = search(task, cfg, storage=args.storage, study_name=args.study, out_dir=out, workers=args.workers)
     except BudgetNotMet:

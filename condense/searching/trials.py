@@ -12,7 +12,8 @@ import os
 import socket
 import warnings
 from collections import OrderedDict
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -24,6 +25,43 @@ from condense.searching.sensitivity import probe, space_from_dict, space_to_dict
 from condense.searching.storage import open_storage
 
 FINISHED = ("COMPLETE", "FAIL", "PRUNED")
+
+
+class _Stop:
+    """Stop requests (SIGTERM, Ctrl-C) raise KeyboardInterrupt only while the worker runs models, never inside a
+    database write: an interrupted write can leave a SQLite lock held and the next write waiting on it."""
+
+    safe = True  # outside run_worker nothing writes to the study
+    pending = False
+
+
+def request_stop(signum: int, frame: Any) -> None:
+    if _Stop.safe:
+        raise KeyboardInterrupt
+    _Stop.pending = True  # raised at the next safe point (the start of model work, or after the trial is stored)
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Model work (building, measuring, probing): a stop request may interrupt it right away."""
+    if _Stop.pending:
+        raise KeyboardInterrupt
+    old, _Stop.safe = _Stop.safe, True
+    try:
+        yield
+    finally:
+        _Stop.safe = old
+
+
+def install_stop_handler() -> Callable[[], None]:
+    """SIGTERM and SIGINT stop a search cleanly (the running trial is marked failed); returns a function that
+    restores the previous handlers. Main thread only."""
+    import signal
+
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in old:
+        signal.signal(sig, request_stop)
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()] and None
 
 
 def trial_measure_config(cfg: Any) -> MeasureConfig:
@@ -84,14 +122,16 @@ def prepare(study: Any, cfg: Any, task: Any, base_model: nn.Module) -> tuple[lis
     knobs, skipped = select_knobs(cfg.knobs)
     if "baseline" not in attrs:
         progress.note("measuring the baseline")
-        m = measure(base_model, task, trial_measure_config(cfg), label="baseline")
+        with interruptible():
+            m = measure(base_model, task, trial_measure_config(cfg), label="baseline")
         study.set_user_attr("baseline", summary(m, cfg.batch_size))
         study.set_user_attr("config", cfg.to_dict())
         study.set_user_attr("task", task.spec or {"name": task.name})
         study.set_user_attr("skipped_knobs", skipped)
     if "space" not in attrs:
         base = study.user_attrs["baseline"]["metric"]
-        space, record = probe(base_model, task, cfg, knobs, base)
+        with interruptible():
+            space, record = probe(base_model, task, cfg, knobs, base)
         study.set_user_attr("sensitivity", record)
         study.set_user_attr("space", space_to_dict(space))
         if not study.trials:
@@ -110,10 +150,22 @@ def finished_count(study: Any) -> int:
 def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker: int = 0,
                storage: Any = None) -> int:
     """Run trials until the study has `cfg.trials` finished trials; returns how many this worker ran."""
+    _Stop.safe, _Stop.pending = False, False
+    try:
+        return _run(task, cfg, url, study_name, worker, storage)
+    finally:
+        _Stop.safe = True
+        if _Stop.pending:
+            _Stop.pending = False
+            raise KeyboardInterrupt
+
+
+def _run(task: Any, cfg: Any, url: str | None, study_name: str, worker: int, storage: Any) -> int:
     import optuna
 
     study = open_study(cfg, task, url, study_name, storage)
-    base_model = task.build_model()
+    with interruptible():
+        base_model = task.build_model()
     knobs, space = prepare(study, cfg, task, base_model)
     baseline = study.user_attrs["baseline"]
     with warnings.catch_warnings():  # multivariate/group TPE (conditional knobs) are marked experimental
@@ -139,8 +191,9 @@ def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker:
             trial.set_user_attr("speedup", 1.0)
             return baseline["latency_s"], float(baseline["size_bytes"] or 0), baseline["metric"]
         try:
-            model = cache.build(base_model, steps, task)
-            m = measure(model, task, mcfg, label=f"trial {trial.number}")
+            with interruptible():
+                model = cache.build(base_model, steps, task)
+                m = measure(model, task, mcfg, label=f"trial {trial.number}")
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e)[:300]}")
             progress.note(f"trial {trial.number} failed: {type(e).__name__}: {str(e)[:200]}")
@@ -159,5 +212,11 @@ def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker:
 
     stop = optuna.study.MaxTrialsCallback(cfg.trials, states=tuple(getattr(optuna.trial.TrialState, n)
                                                                    for n in FINISHED))
-    study.optimize(objective, n_trials=remaining, callbacks=[stop], catch=(Exception,), gc_after_trial=True)
+    def stop_if_asked(study: Any, trial: Any) -> None:  # the trial is stored: a safe point to stop
+        if _Stop.pending:
+            _Stop.pending = False
+            raise KeyboardInterrupt
+
+    study.optimize(objective, n_trials=remaining, callbacks=[stop, stop_if_asked], catch=(Exception,),
+                   gc_after_trial=True)
     return ran[0]

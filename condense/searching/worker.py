@@ -13,12 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     from condense.searching.trials import run_worker
     from condense.tasks import get_task
 
-    import signal
+    from condense.searching.trials import install_stop_handler
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # optuna marks the running trial failed; the study stays consistent
-
-    signal.signal(signal.SIGTERM, stop)
+    install_stop_handler()  # the parent's terminate(): the running trial is marked failed, the study stays consistent
     args = json.loads((argv or sys.argv[1:])[0])
     task = get_task(args["task"])
     cfg = config_from_dict(args["config"])

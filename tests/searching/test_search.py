@@ -86,7 +86,11 @@ def test_interrupted_search_resumes_and_the_trial_count_continues(tmp_path):
         if line.startswith("trial 1:"):
             break
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
     assert proc.returncode == 130, "".join(seen) + err  # interrupted, not finished  # interrupted, not finished
     study = optuna.load_study(study_name="condense-tiny", storage=f"sqlite:///{db}")
     before = {t.number: t.params for t in study.trials}
