@@ -53,6 +53,9 @@ _LAZY = {
     "train_task": "condense.train.api",
     # errors
     "CondenseError": "condense.errors",
+    # search
+    "search": "condense.searching.api",
+    "SearchConfig": "condense.searching.config",
 }
 
 __all__ = [
@@ -71,6 +74,8 @@ __all__ = [
     "fit", "FitConfig", "TrainConfig", "train_task",
     # errors
     "CondenseError",
+    # search
+    "search", "SearchConfig",
 ]
 
 

@@ -24,6 +24,8 @@ EPILOG = """examples:
   condense prepare tinygpt                        # train and cache the built-in language model once
   condense train --task digits --steps 300 --set schedule=cosine --out runs/train-digits
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/gpt-ddp
+  condense search --task digits --budget 1% --trials 20 --out runs/digits-search
+  condense search --task minilm --budget 1% --storage postgresql://u:pw@db/condense --study s1 --workers 2 --out runs/s1
 """
 
 
@@ -274,6 +276,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from condense.searching.api import BudgetNotMet, search
+
+    over: dict[str, Any] = {"budget": args.budget, "trials": args.trials, "batch_size": args.batch_size}
+    if args.knobs:
+        over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
+    if args.threads:
+        over["threads"] = args.threads
+    over.update(_task_options(args.set) if args.set else {})
+    cfg = _build_config("condense.searching.config:SearchConfig", over)
+    task = _task(args)
+    out = Path(args.out)
+    from condense.searching.trials import install_stop_handler
+
+    restore = install_stop_handler()  # Ctrl-C or `kill` end the running trial cleanly (marked failed): resumable
+    try:
+        res = search(task, cfg, storage=args.storage, study_name=args.study, out_dir=out, workers=args.workers)
+    except BudgetNotMet:
+        print(f"report:   {out / 'report.html'}")
+        raise
+    finally:
+        restore()
+    print(res.message)
+    sp = ", ".join(f"batch {b}: {v:.2f}x" for b, v in res.final.get("speedup", {}).items())
+    print(f"re-measured side by side with the baseline: {sp}\nPareto frontier: trials {res.pareto}")
+    print(f"artifact: {res.artifact}\nreport:   {out / 'report.html'}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tasks": (cmd_tasks, "list the built-in tasks"),
     "prepare": (cmd_prepare, "build (train if needed) and cache a built-in task's model"),
@@ -282,6 +313,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "prune": (cmd_prune, "prune a task's model (or an artifact) and save the artifact and report"),
     "demo": (cmd_demo, "the main job: measure fp32, quantize to int8, measure again, save, report"),
     "info": (cmd_info, "describe a saved artifact"),
+    "search": (cmd_search, "search compression steps for the fastest model within a quality budget (optuna)"),
 }
 
 
@@ -422,6 +454,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0..nnodes-1")
     p.add_argument("--master-addr", default=None, help="address of node 0 (multi-node)")
     p.add_argument("--master-port", type=int, default=None, help="port on node 0 (multi-node; default 29500)")
+    p = subs["search"]
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = """examples:
+  condense search --task digits --budget 1% --trials 20 --out runs/digits-search
+  condense search --task digits --budget 1% --trials 40 --out runs/digits-search    # resumes: 20 more trials
+  condense search --task minilm --budget 1% --knobs prune,quantize --set recovery_steps=60 --out runs/minilm
+  condense search --task minilm --budget 1% --storage postgresql://user:pw@db:5432/condense --study s1 \\
+      --workers 2 --out runs/s1           # run the same command on other machines to add workers
+exit codes: 0 found a model within budget; 2 bad input, unreachable database or no trial within budget
+(the closest trial is named and the history is kept: rerun with more --trials to resume)"""
+    _add_task_args(p)
+    p.add_argument("--budget", required=True, help="allowed loss of the primary metric vs the baseline, e.g. 1%%")
+    p.add_argument("--trials", type=_positive_int, default=20, help="total trials of the study (default: 20)")
+    p.add_argument("--storage", metavar="URL", help="trial history: a SQLite file or URL, or postgresql://... to "
+                   "share one search between workers (default: DIR/search.db)")
+    p.add_argument("--study", metavar="NAME", help="study name (default: condense-TASK); the same name resumes")
+    p.add_argument("--workers", type=_positive_int, default=1, help="local worker processes sharing the study")
+    p.add_argument("--knobs", metavar="K1,K2", help="knobs to search (default: every available one), e.g. "
+                   "prune,quantize")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="batch size whose latency is minimised")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while timing")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="any SearchConfig field, e.g. --set recovery_steps=200")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder: report.json, report.html, the chosen model in DIR/model, search.db")
     return parser
 
 

@@ -1,0 +1,135 @@
+"""Small real searches on tiny tasks: the pick is within budget, the report and artifact exist, the history
+survives an interrupted run and a budget no trial meets."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+
+import condense
+from condense.searching import BudgetNotMet, SearchConfig, search
+from condense.searching.trials import StageCache
+from condense.testing import tiny_task
+
+from .conftest import cli_env
+
+FAST = dict(batch_size=8, timing_repeats=2, timing_min_s=0.0, final_repeats=3, final_min_s=0.0)
+
+
+def test_search_picks_fastest_within_budget_and_saves_it(tmp_path):
+    cfg = SearchConfig(budget="15%", trials=6, knobs=("prune", "quantize"), **FAST)
+    res = search("condense.testing:tiny_task", cfg, out_dir=tmp_path)
+    base = res.baseline["metric"]
+    done = [r for r in res.trials if r["state"] == "COMPLETE"]
+    assert len(done) == 6
+    ok = [r for r in done if r["metric"] >= base * (1 - 0.15) and r["steps"]]
+    assert res.chosen["number"] == min(ok, key=lambda r: r["latency_s"])["number"]
+    assert set(res.pareto) <= {r["number"] for r in done} and res.pareto
+    # the report records the probes: tiny_task's one prunable group was probed, both int8 schemes apply
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["met_budget"] and rep["chosen"]["number"] == res.chosen["number"]
+    assert [g["name"] for g in rep["sensitivity"]["prune"]["groups"]] == ["fc1"]
+    assert sorted(x["name"] for x in rep["sensitivity"]["quantize"]["layers"]) == ["fc1", "fc2"]
+    html = (tmp_path / "report.html").read_text()
+    assert "<svg" in html and "Pareto" in html and f"trial {res.chosen['number']}" in html
+    # the saved artifact is the chosen model
+    again = condense.load(tmp_path / "model")
+    x = tiny_task().batch(8)
+    torch.testing.assert_close(again(x), res.model(x))
+    assert res.final["within_budget"] is True
+
+
+def test_budget_no_trial_meets_keeps_history(tmp_path):
+    cfg = SearchConfig(budget=0.0, trials=3, knobs=("quantize",), sensitivity=False, **FAST)
+    with pytest.raises(BudgetNotMet, match=r"no trial met the 0\.00% budget.*closest, trial \d+.*missing the budget "
+                       r"by \d\.\d+%") as e:
+        search("tests.searching.search_tasks:fidelity_task", cfg, out_dir=tmp_path)
+    assert e.value.result.chosen is None
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["met_budget"] is False and len(rep["trials"]) == 3
+    study = optuna.load_study(study_name="condense-fidelity", storage=f"sqlite:///{tmp_path}/search.db")
+    assert len(study.trials) == 3  # the history is in the database
+
+
+def test_cli_budget_miss_and_bad_storage_are_one_line_errors(tmp_path, capsys):
+    from condense.cli import main
+
+    rc = main(["search", "--task", "tests.searching.search_tasks:fidelity_task", "--budget", "0%", "--trials", "2",
+               "--knobs", "quantize", "--batch-size", "8", "--set", "timing_min_s=0", "--set", "sensitivity=false",
+               "--out", str(tmp_path / "miss")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "no trial met the 0.00% budget" in err and "missing the budget by" in err
+    assert (tmp_path / "miss" / "report.html").exists()
+    rc = main(["search", "--task", "condense.testing:tiny_task", "--budget", "1%", "--storage",
+               "postgresql://u:pw@127.0.0.1:1/nope", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "cannot reach the search database" in err and "pw" not in err
+
+
+def test_interrupted_search_resumes_and_the_trial_count_continues(tmp_path):
+    db = tmp_path / "search.db"
+    args = [sys.executable, "-m", "condense.cli", "search", "--task", "condense.testing:tiny_task", "--budget", "20%",
+            "--trials", "30", "--knobs", "prune,quantize", "--batch-size", "8", "--set", "timing_min_s=0.1",
+            "--set", "sensitivity=false", "--out", str(tmp_path)]
+    # SIGTERM, as a scheduler or `kill` sends it (SIGINT may be ignored in a background job's children)
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stderr:  # one line per trial; interrupt once two trials are in the history
+        seen.append(line)
+        if line.startswith("trial 1:"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    assert proc.returncode == 130, "".join(seen) + err  # interrupted, not finished  # interrupted, not finished
+    study = optuna.load_study(study_name="condense-tiny", storage=f"sqlite:///{db}")
+    before = {t.number: t.params for t in study.trials}
+    assert 2 <= len(before) < 30 and all(t.state.name != "RUNNING" for t in study.trials)
+    cfg = SearchConfig(budget="20%", trials=len(before) + 3, knobs=("prune", "quantize"), sensitivity=False, **FAST)
+    res = search("condense.testing:tiny_task", cfg, out_dir=tmp_path)
+    study = optuna.load_study(study_name="condense-tiny", storage=f"sqlite:///{db}")
+    numbers = [t.number for t in study.trials]
+    assert numbers == list(range(len(before) + 3))  # the count continued where the interrupted run stopped
+    assert {t.number: t.params for t in study.trials if t.number in before} == before  # nothing lost
+    assert len(res.trials) == len(before) + 3
+
+
+def test_stage_cache_reuses_shared_prefix_and_matches_direct_application():
+    from condense.core.transforms import apply_
+    from condense.prune.structured import StructuredConfig
+    from condense.quantize.dynamic import DynamicInt8Config
+
+    task = tiny_task()
+    base = task.build_model()
+    cache = StageCache()
+    steps = [StructuredConfig(ratio=0.25), DynamicInt8Config()]
+    a = cache.build(base, steps, task)
+    b = cache.build(base, steps, task)
+    assert cache.hits == 1  # the pruned model was built once
+    ref = apply_(apply_(task.build_model(), steps[0], task=task), steps[1], task=task)
+    x = task.batch(8)
+    torch.testing.assert_close(a(x), ref(x))
+    torch.testing.assert_close(b(x), ref(x))
+    assert base.fc1.out_features == 16  # the base model is never modified
+
+
+def test_probes_keep_out_steps_that_alone_break_the_budget(tmp_path):
+    # removing 30% of tiny_task's hidden neurons alone changes > 0.5% of its predictions: the probe rules
+    # structured pruning out, so no trial prunes, and the search says why instead of naming a "closest" trial
+    cfg = SearchConfig(budget="0.5%", trials=3, knobs=("prune",), **FAST)
+    with pytest.raises(BudgetNotMet, match="probes ruled every step out") as e:
+        search("condense.testing:tiny_task", cfg, out_dir=tmp_path)
+    res = e.value.result
+    assert res.sensitivity["prune"]["exclude"] == ["fc1"]
+    assert res.sensitivity["prune"]["groups"][0]["drop"] > 0.005
+    assert all(r["steps"] == [] for r in res.trials) and len(res.trials) == 3
