@@ -51,6 +51,9 @@ _LAZY = {
     "FitConfig": "condense.train.loop",
     # errors
     "CondenseError": "condense.errors",
+    # reports
+    "pareto_front": "condense.report.pareto",
+    "pareto_svg": "condense.report.pareto",
 }
 
 __all__ = [
@@ -69,6 +72,8 @@ __all__ = [
     "fit", "FitConfig",
     # errors
     "CondenseError",
+    # reports
+    "pareto_front", "pareto_svg",
 ]
 
 
