@@ -63,6 +63,7 @@ def main() -> None:
     rows = []
     for label, m, secs in variants:
         met = task.metrics(m)
+        print(f"evaluated {label}: {met['bits_per_byte']:.4f} bits/byte", file=sys.stderr)
         rows.append({"label": label, "bpb": met["bits_per_byte"], "ppl": met["perplexity"], "size": artifact_bytes(m),
                      "secs": secs, "blocks": len(m.blocks), "p50s": []})
     with torch.inference_mode():

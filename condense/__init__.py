@@ -54,6 +54,13 @@ _LAZY = {
     # reports
     "pareto_front": "condense.report.pareto",
     "pareto_svg": "condense.report.pareto",
+    # recipes
+    "load_recipe": "condense.recipes.recipe",
+    "run_recipe": "condense.recipes.run",
+    "FineTuneConfig": "condense.train.finetune",
+    "FuseConfig": "condense.fusion.api",
+    "export_model": "condense.export.files",
+    "load_exported": "condense.export.files",
 }
 
 __all__ = [
@@ -74,6 +81,8 @@ __all__ = [
     "CondenseError",
     # reports
     "pareto_front", "pareto_svg",
+    # recipes
+    "load_recipe", "run_recipe", "FineTuneConfig", "FuseConfig", "export_model", "load_exported",
 ]
 
 

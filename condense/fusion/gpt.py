@@ -60,9 +60,9 @@ class FusedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         """(B, T, C) -> (B, T, C); with `cache`, attends to the `layer`'s cached keys and values too."""
-        B, T, C = x.shape
+        B, T, _ = x.shape
         H, D = self.n_heads, self.head_dim
-        h = F.layer_norm(x, (C,), self.ln_1.weight, self.ln_1.bias, self.ln_1.eps)
+        h = F.layer_norm(x, self.ln_1.normalized_shape, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps)
         qkv = _linear(self.qkv, h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]
         past = 0
@@ -77,5 +77,5 @@ class FusedBlock(nn.Module):
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         x = x + _linear(self.o_proj, y.transpose(1, 2).reshape(B, T, H * D))
-        h = F.layer_norm(x, (C,), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+        h = F.layer_norm(x, self.ln_2.normalized_shape, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
         return x + _linear(self.fc_out, F.gelu(_linear(self.fc_in, h)))

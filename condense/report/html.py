@@ -84,7 +84,7 @@ def _pareto(report: dict[str, Any]) -> str:
     y_dir = "max" if report["higher_is_better"] else "min"
     sized = all(isinstance(p["size"], (int, float)) for p in points)
     return pareto_svg(points, x="ms", y="q", size="size" if sized else None, y_dir=y_dir, x_label=label,
-                      y_label=pm, title=f"{pm} vs {label} (marker size: size on disk)")
+                      y_label=pm, title=f"{pm} vs speed, one point per step")
 
 
 def _sensitivity(report: dict[str, Any]) -> str:

@@ -111,12 +111,14 @@ def pareto_svg(points: Sequence[Mapping[str, Any]], *, x: str, y: str, size: str
     xl, yl = x_label or x, y_label or y
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart pareto" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title or yl + " vs " + xl)}">',
-             f'<text x="{width / 2}" y="22" text-anchor="middle" font-weight="bold">{escape(title)}</text>',
+             f'<text x="{width / 2}" y="22" text-anchor="middle" font-weight="bold" font-size="14">{escape(title)}'
+             '</text>',
              f'<rect x="{pad_l}" y="{pad_t}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>',
              f'<text x="{pad_l + pw / 2}" y="{pad_t + ph + 34}" text-anchor="middle" font-size="12">'
              f'{escape(xl)} ({"lower" if x_dir == "min" else "higher"} is better)</text>',
              f'<text x="16" y="{pad_t + ph / 2}" text-anchor="middle" font-size="12" '
-             f'transform="rotate(-90 16 {pad_t + ph / 2})">{escape(yl)}</text>']
+             f'transform="rotate(-90 16 {pad_t + ph / 2})">{escape(yl)} '
+             f'({"lower" if y_dir == "min" else "higher"} is better)</text>']
     for k in range(5):
         xv, yv = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
         parts.append(f'<text x="{sx(xv):.1f}" y="{pad_t + ph + 16}" text-anchor="middle" font-size="10">{xv:.3g}'
