@@ -80,9 +80,9 @@ def main() -> None:
     lines = ["| variant | blocks | bits/byte | perplexity | vs fp32 | size on disk | decode tokens/s @ batch 1 | "
              "vs fp32 | step time |", "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['blocks']} | {r['bpb']:.4f} | {r['ppl']:.4f} | {r['ppl'] / base['ppl']:.3f}x "
-                     f"| {r['size'] / 2**20:.3f} MiB | {r['tok_s']:.0f} | {r['tok_s'] / base['tok_s']:.2f}x | "
-                     f"{r['secs']:.0f} s |")
+        lines.append(f"| {r['label']} | {r['blocks']} | {r['bpb']:.4f} | {r['ppl']:.4f} | "
+                     f"{r['ppl'] / base['ppl']:.3f}x | {r['size'] / 2**20:.3f} MiB | {r['tok_s']:.0f} | "
+                     f"{r['tok_s'] / base['tok_s']:.2f}x | {r['secs']:.0f} s |")
     speed, ppl = final["tok_s"] / base["tok_s"], final["ppl"] / base["ppl"]
     checks = [f"- decode tokens/s at batch 1: {speed:.2f}x fp32 (target >= 2x): {'met' if speed >= 2 else 'MISSED'}",
               f"- perplexity: {ppl:.3f}x fp32 (target <= 1.10x): {'met' if ppl <= 1.10 else 'MISSED'}"]

@@ -14,7 +14,8 @@ A recipe file:
 Each step is a one-key mapping `KIND: {params}`; the params are the fields of the config its method selects
 (`STEP_KINDS`), plus an optional `label`. Every problem (malformed YAML, unknown step, unknown field, wrong type,
 a value the config rejects) is reported before anything runs, naming the step (`steps[2] (prune)`, 0-based like
-`--set` paths), the field and the fix. `--set`-style overrides (`steps.0.prune.finetune.steps=5`) scale a recipe down for a quick run.
+`--set` paths), the field and the fix. `--set`-style overrides (`steps.0.prune.finetune.steps=5`) scale a
+recipe down for a quick run.
 """
 from __future__ import annotations
 
@@ -169,8 +170,8 @@ def parse_recipe(doc: Any, *, overrides: dict[str, Any] | None = None) -> Recipe
                            ("task_options", doc.get("task_options", {}), dict),
                            ("measure", doc.get("measure", {}), (dict, type(None)))):
         if not isinstance(val, kind):
-            raise ConfigError(f"recipe key {key!r} must be a {'mapping' if kind in (dict, (dict, type(None))) else 'string'}"
-                              f", got {val!r}")
+            what = "mapping" if kind in (dict, (dict, type(None))) else "string"
+            raise ConfigError(f"recipe key {key!r} must be a {what}, got {val!r}")
     measure = build_config(MeasureConfig, doc.get("measure") or {}, where="measure")
     built = tuple(_step(i, raw) for i, raw in enumerate(steps))
     seen: dict[str, int] = {}
