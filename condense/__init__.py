@@ -56,6 +56,16 @@ _LAZY = {
     # search
     "search": "condense.searching.api",
     "SearchConfig": "condense.searching.config",
+    # reports
+    "pareto_front": "condense.report.pareto",
+    "pareto_svg": "condense.report.pareto",
+    # recipes
+    "load_recipe": "condense.recipes.recipe",
+    "run_recipe": "condense.recipes.run",
+    "FineTuneConfig": "condense.train.finetune",
+    "FuseConfig": "condense.fusion.api",
+    "export_model": "condense.export.files",
+    "load_exported": "condense.export.files",
 }
 
 __all__ = [
@@ -76,6 +86,10 @@ __all__ = [
     "CondenseError",
     # search
     "search", "SearchConfig",
+    # reports
+    "pareto_front", "pareto_svg",
+    # recipes
+    "load_recipe", "run_recipe", "FineTuneConfig", "FuseConfig", "export_model", "load_exported",
 ]
 
 

@@ -26,6 +26,8 @@ EPILOG = """examples:
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/gpt-ddp
   condense search --task digits --budget 1% --trials 20 --out runs/digits-search
   condense search --task minilm --budget 1% --storage postgresql://u:pw@db/condense --study s1 --workers 2 --out runs/s1
+  condense run recipes/digits.yaml --out runs/digits-recipe        # a YAML recipe: steps in order, measured
+  condense export --model runs/digits-recipe --out runs/digits.onnx --int8   # ONNX file + parity check
 """
 
 
@@ -302,6 +304,60 @@ def cmd_search(args: argparse.Namespace) -> int:
     sp = ", ".join(f"batch {b}: {v:.2f}x" for b, v in res.final.get("speedup", {}).items())
     print(f"re-measured side by side with the baseline: {sp}\nPareto frontier: trials {res.pareto}")
     print(f"artifact: {res.artifact}\nreport:   {out / 'report.html'}")
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from condense.measurement.table import comparison_table
+    from condense.recipes import load_recipe, parse_overrides, run_recipe
+
+    recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))  # validated whole before any work
+    task = None
+    if args.task:
+        from condense.tasks import get_task
+
+        opts = {**(recipe.task_options if args.task == recipe.task else {}), **_task_options(args.task_option)}
+        task = get_task(args.task, **opts)
+    elif args.task_option:
+        from condense.tasks import get_task
+
+        if recipe.task is None:
+            raise CondenseError("--task-option needs a task: pass --task NAME or name one in the recipe")
+        task = get_task(recipe.task, **{**recipe.task_options, **_task_options(args.task_option)})
+    over = {k: v for k, v in (("batch_sizes", args.batch_sizes), ("threads", args.threads),
+                              ("repeats", args.repeats), ("device", args.device)) if v is not None}
+    if args.no_quality:
+        over["quality"] = False
+    mcfg = dataclasses.replace(recipe.measure, **over)
+    out = Path(args.out)
+    res = run_recipe(recipe, out, task=task, measure_config=mcfg, name=out.name)
+    _print(comparison_table(res.measurements, title=f"recipe {recipe.name}"))
+    for w in res.report["warnings"]:
+        print(f"warning: {w}")
+    print(f"artifact: {res.artifact}\nreport:   {out / 'report.json'}\n          {out / 'report.html'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from condense.core.artifact import load, read_metadata
+    from condense.export.files import export_model
+
+    if args.format != "onnx":
+        raise CondenseError(f"unknown export format {args.format!r}; use --format onnx")
+    d = _artifact_dir(args.model)
+    meta = read_metadata(d)
+    task = _task(args) if args.task else _task_from_meta(meta)
+    model = load(d, task=task)
+    rec = export_model(model, task, args.out, int8=args.int8, opset=args.opset)
+    p = rec["parity"]
+    kind = "int8" if rec["int8"] else "fp32"
+    print(f"wrote {rec['path']} ({kind}, {rec['bytes'] / 2**20:.2f} MB, opset {rec['opset']}); record: "
+          f"{Path(rec['path']).with_suffix('.json')}")
+    print(f"parity vs {rec['parity_against']} (ONNX Runtime, batch sizes 2 and 1): max abs diff "
+          f"{p['max_abs_diff']:.3g}, cosine {p['cosine']:.6f} (min {p['min_cosine']:.6f})")
+    if rec["recorded_parity_vs_torch"]:
+        r = rec["recorded_parity_vs_torch"]
+        print(f"parity vs PyTorch recorded when the model was converted: max abs diff {r['max_abs_diff']:.3g}, "
+              f"cosine {r['cosine']:.6f}")
     return 0
 
 
@@ -314,6 +370,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "demo": (cmd_demo, "the main job: measure fp32, quantize to int8, measure again, save, report"),
     "info": (cmd_info, "describe a saved artifact"),
     "search": (cmd_search, "search compression steps for the fastest model within a quality budget (optuna)"),
+    "run": (cmd_run, "run a YAML recipe: every step in order, measured after each; artifact and report"),
+    "export": (cmd_export, "write an artifact as an ONNX file (fp32 or int8) with a parity check in ONNX Runtime"),
 }
 
 
@@ -479,6 +537,38 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
                    help="any SearchConfig field, e.g. --set recovery_steps=200")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="run folder: report.json, report.html, the chosen model in DIR/model, search.db")
+    p = subs["run"]
+    p.epilog = ("examples:\n  condense run recipes/digits.yaml --out runs/digits-recipe\n"
+                "  condense run recipes/tinygpt.yaml --out runs/gpt --set steps.0.prune.finetune.steps=20\n"
+                "  condense run recipes/minilm.yaml --task minilm --task-option n_pairs=100 --out runs/m "
+                "--set measure.repeats=3")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("recipe", help="YAML recipe file (see recipes/ for one per built-in task)")
+    p.add_argument("--task", metavar="NAME|MODULE:FACTORY", help="the task (default: the recipe's `task`)")
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option passed to the task factory (repeatable), e.g. preset=tiny")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder: DIR/model, report.json, report.html")
+    p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a recipe value by dotted path (repeatable), e.g. steps.0.prune.n_drop=1 or "
+                        "measure.repeats=3 (step indices are 0-based)")
+    p.add_argument("--batch-sizes", type=_batch_sizes, default=None, metavar="B1,B2",
+                   help="batch sizes to time (default: the recipe's, else the task's)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while measuring")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="minimum timed runs per batch size")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's, else cpu)")
+    p.add_argument("--no-quality", action="store_true", help="skip evaluating the task's metrics")
+
+    p = subs["export"]
+    p.epilog = ("examples:\n  condense export --model runs/digits-recipe --out runs/digits.onnx\n"
+                "  condense export --model runs/minilm-recipe --out runs/minilm-onnx --int8")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--model", required=True, metavar="ARTIFACT", help="artifact or run folder (e.g. a recipe's)")
+    p.add_argument("--format", default="onnx", help="export format (onnx)")
+    p.add_argument("--out", required=True, metavar="FILE_OR_DIR",
+                   help="a .onnx file, or a folder to write model.onnx into (a .json record goes beside it)")
+    p.add_argument("--int8", action="store_true", help="quantize to int8 with ONNX Runtime's dynamic quantization")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or 18)")
+    _add_task_args(p, required=False)
     return parser
 
 

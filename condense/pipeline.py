@@ -12,6 +12,7 @@ from typing import Any
 from condense import progress
 from condense.core.artifact import save
 from condense.core.atomic import atomic_write_json, atomic_write_text
+from condense.core.lineage import lineage
 from condense.core.task import Task
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
@@ -46,12 +47,13 @@ def check_run_name(name: str) -> str:
 
 def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: str,
                  measure_config: MeasureConfig = MeasureConfig(), save_artifact: bool = True,
-                 base_model: Any = None) -> RunResult:
+                 base_model: Any = None, extra: dict[str, Any] | None = None) -> RunResult:
     """Build the task's model, apply `steps` in order measuring after each, save the result and the report.
 
     Writes `out_dir/report.json`, `out_dir/report.html` and (if `save_artifact`) the final model to
     `out_dir/model/`. Files are written atomically; a failure leaves earlier results in `out_dir` intact.
-    `base_model` starts from a given model (e.g. a loaded artifact) instead of the task's own.
+    `base_model` starts from a given model (e.g. a loaded artifact) instead of the task's own. `extra` adds
+    top-level keys to report.json (e.g. the recipe that was run).
     """
     if not steps:
         raise CondenseError("a pipeline needs at least one step; start with Step('baseline')")
@@ -62,18 +64,21 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
     ms: list[Measurement] = []
     rows: list[dict[str, Any]] = []
     for step in steps:
+        recorded = len(lineage(model)["transforms"])
         if step.config is not None:
             progress.note(f"applying {step.label}: {type(step.config).__name__}")
             model = apply_(model, step.config, task=task)
         m = measure(model, task, measure_config, label=step.label)
         ms.append(m)
+        details = [e.get("details", {}) for e in lineage(model)["transforms"][recorded:]]
         rows.append({"label": step.label, "transforms": [] if step.config is None else [step.config.to_dict()],
-                     "measurement": m})
+                     "measurement": m, "details": details})
     artifact = None
     if save_artifact:
         artifact = save(model, out_dir / "model", measurements=ms[-1].to_dict())
         rows[-1]["artifact"] = str(artifact)
     report = build_report(name, task.name, rows)
+    report.update(extra or {})
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(out_dir / "report.html", render_html(report))
     return RunResult(out_dir=out_dir, measurements=ms, report=report, artifact=artifact)

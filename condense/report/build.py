@@ -34,11 +34,26 @@ def step_verdicts(prev: Measurement, cur: Measurement) -> dict[str, Any]:
     return {"speedup": speedups, "size_ratio": size_ratio, "quality_delta": quality_delta, "warnings": warnings}
 
 
-def build_report(name: str, task_name: str, steps: list[dict[str, Any]], *, baseline: int = 0) -> dict[str, Any]:
+def find_sensitivity(steps: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Per-layer sensitivity recorded by a step (e.g. MixedPrecisionConfig's details), or None.
+
+    Returns {"step": label, "layers": [{"name", "metric", "drop"}, ...]} (most sensitive first).
+    """
+    for st in steps:
+        for d in st.get("details") or []:
+            if isinstance(d, dict) and isinstance(d.get("sensitivity"), list) and d["sensitivity"]:
+                return {"step": st["label"], "float_metric": d.get("float_metric"), "layers": d["sensitivity"]}
+    return None
+
+
+def build_report(name: str, task_name: str, steps: list[dict[str, Any]], *, baseline: int = 0,
+                 sensitivity: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report dict written as report.json.
 
     Args:
-        steps: [{"label", "transforms": [config dicts], "measurement": Measurement, "artifact": path | None}]
+        steps: [{"label", "transforms": [config dicts], "measurement": Measurement, "artifact": path | None,
+            "details": [JSON-able details each transform recorded] (optional)}]
+        sensitivity: {"layers": [{"name", "drop", ...}], ...} to chart; default: found in the steps' details.
     """
     base: Measurement = steps[baseline]["measurement"]
     out_steps = []
@@ -47,6 +62,8 @@ def build_report(name: str, task_name: str, steps: list[dict[str, Any]], *, base
         m: Measurement = st["measurement"]
         entry = {"label": st["label"], "transforms": st.get("transforms", []), "artifact": st.get("artifact"),
                  "measurement": m.to_dict()}
+        if st.get("details"):
+            entry["details"] = st["details"]
         if i != baseline:
             entry["vs_previous"] = step_verdicts(steps[i - 1]["measurement"], m)
             entry["vs_baseline"] = step_verdicts(base, m)
@@ -62,4 +79,5 @@ def build_report(name: str, task_name: str, steps: list[dict[str, Any]], *, base
         "machine": base.machine,
         "steps": out_steps,
         "warnings": warnings,
+        "sensitivity": sensitivity if sensitivity is not None else find_sensitivity(steps),
     }

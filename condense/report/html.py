@@ -5,7 +5,8 @@ import json
 from html import escape
 from typing import Any
 
-from condense.report.svg import bar_chart, scatter_chart
+from condense.report.pareto import pareto_svg
+from condense.report.svg import bar_chart
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1000px;color:#222}
@@ -52,6 +53,71 @@ def _table(report: dict[str, Any]) -> str:
     return f"<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _speed_axis(report: dict[str, Any]) -> tuple[str, Any]:
+    """(axis label, fn(measurement) -> ms or None): decode ms/token at batch 1 for generative tasks, else p50
+    latency at the largest batch size."""
+    m0 = report["steps"][0]["measurement"]
+    if m0.get("tokens_per_s"):
+        bs = next(iter(m0["tokens_per_s"]))
+        return (f"decode ms per token @ batch {bs}",
+                lambda m: 1e3 / v if (v := m.get("tokens_per_s", {}).get(bs)) else None)
+    bss = list(m0["latency"])
+    if not bss:
+        return "latency (ms)", lambda m: None
+    b = bss[-1]
+    return (f"latency p50 @ batch {b} (ms)",
+            lambda m: None if (v := m["latency"].get(b, {}).get("p50_s")) is None else v * 1e3)
+
+
+def _pareto(report: dict[str, Any]) -> str:
+    """Quality against speed, marker size = size on disk, the (speed, quality) frontier highlighted."""
+    pm = report["primary_metric"]
+    label, speed = _speed_axis(report)
+    points = []
+    for s in report["steps"]:
+        m = s["measurement"]
+        x, y = speed(m), m["quality"].get(pm)
+        if x is not None and y is not None:
+            points.append({"label": s["label"], "ms": x, "q": y, "size": m["size_bytes"]})
+    if not points:
+        return '<p class="muted">No Pareto plot: the steps have no quality or no timing to compare.</p>'
+    y_dir = "max" if report["higher_is_better"] else "min"
+    sized = all(isinstance(p["size"], (int, float)) for p in points)
+    return pareto_svg(points, x="ms", y="q", size="size" if sized else None, y_dir=y_dir, x_label=label,
+                      y_label=pm, title=f"{pm} vs speed, one point per step")
+
+
+def _sensitivity(report: dict[str, Any]) -> str:
+    sens = report.get("sensitivity")
+    if not sens or not sens.get("layers"):
+        return ""
+    layers = sens["layers"][:24]
+    return bar_chart(f"Per-layer sensitivity: {report['primary_metric']} lost when only this layer is quantized",
+                     [str(x["name"]) for x in layers], {"drop": [float(x["drop"]) for x in layers]},
+                     width=max(640, 40 * len(layers)), height=340)
+
+
+def _step_table(report: dict[str, Any]) -> str:
+    """Per step vs the one before: speedups, size, quality change (what it bought and what it cost)."""
+    pm = report["primary_metric"]
+    rows = []
+    for prev, s in zip(report["steps"], report["steps"][1:]):
+        v = s["vs_previous"]
+        speed = ", ".join(f"batch {b}: {x:.2f}x" for b, x in v["speedup"].items() if x is not None) or "n/a"
+        tp, tc = prev["measurement"].get("tokens_per_s", {}), s["measurement"].get("tokens_per_s", {})
+        dec = ", ".join(f"batch {b}: {tc[b] / tp[b]:.2f}x" for b in tc if tp.get(b)) or "n/a"
+        size = "n/a" if v["size_ratio"] is None else f"{v['size_ratio']:.2f}x"
+        dq = v["quality_delta"].get(pm)
+        q = "n/a" if dq is None else f"{dq:+.4f}"
+        rows.append(f"<tr><td>{escape(s['label'])}</td><td>{escape(speed)}</td><td>{escape(dec)}</td>"
+                    f"<td>{size}</td><td>{q}</td></tr>")
+    if not rows:
+        return '<p class="muted">Only the baseline was measured.</p>'
+    return ("<table class=\"steps\"><thead><tr><th>step (vs the step before)</th><th>speedup</th>"
+            f"<th>decode tokens/s</th><th>size</th><th>{escape(pm)} change</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole page as a string (write it with an atomic write)."""
     steps = report["steps"]
@@ -64,15 +130,8 @@ def render_html(report: dict[str, Any]) -> str:
     size = bar_chart("Size on disk (MB)", ["artifact"],
                      {lab: [None if m["size_bytes"] is None else m["size_bytes"] / 2**20] for lab, m in zip(labels, ms)},
                      unit=" MB")
-    pm = report["primary_metric"]
-    b_last = bss[-1] if bss else None
-    sizes = [m["size_bytes"] or 0 for m in ms]
-    smax = max(sizes) or 1
-    pareto = scatter_chart(
-        f"{pm} vs latency @ batch {b_last} (marker size: size on disk)",
-        [{"x": m["latency"][b_last]["p50_s"] * 1e3, "y": m["quality"].get(pm, 0.0), "label": lab,
-          "size": (m["size_bytes"] or 0) / smax} for lab, m in zip(labels, ms) if b_last and pm in m["quality"]],
-        x_label=f"latency p50 @ batch {b_last} (ms)", y_label=pm)
+    pareto = _pareto(report)
+    sens = _sensitivity(report)
     warnings = "".join(f'<div class="warn">{escape(w)}</div>' for w in report["warnings"]) or \
         '<p class="muted">No warnings: every step that made the model smaller also made it faster.</p>'
     mach = report["machine"]
@@ -88,8 +147,10 @@ Every figure below was measured on this machine: {escape(str(mach.get('cpu', '')
 {mach.get('torch_threads')} torch threads; {escape(versions)}. Latencies are medians (p50) and 95th percentiles.
 Peak memory is the whole process's resident high-water mark during one call (weights included).</p>
 <h2>Before / after</h2>{_table(report)}
+<h2>What each step bought and cost</h2>{_step_table(report)}
 <h2>Warnings</h2>{warnings}
-<h2>Charts</h2>{lat}{size}{pareto}
+<h2>Quality vs speed (Pareto)</h2>{pareto}
+<h2>Charts</h2>{lat}{size}{sens}
 <h2>Steps applied</h2><ol>{steps_list}</ol>
 <p class="muted">The full data is in report.json next to this page.</p>
 </body></html>

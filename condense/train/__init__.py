@@ -1,10 +1,12 @@
 """Training: one engine used by every technique that trains (fine-tuning, QAT, distillation, the built-in tasks).
 
 `fit` (a loss per step, for techniques), `train` (a Task, with evaluation, checkpoints, metrics, distribution).
+Importing this package registers the `FineTuneConfig` pipeline step.
 """
+from condense.train.finetune import FineTuneConfig
 from condense.train.loop import FitConfig, fit
 
-__all__ = ["FitConfig", "fit", "TrainConfig", "train"]
+__all__ = ["FitConfig", "fit", "FineTuneConfig", "TrainConfig", "train"]
 
 
 def __getattr__(name: str):  # TrainConfig/train pull in the distributed helpers: import them on use

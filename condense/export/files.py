@@ -1,0 +1,165 @@
+"""`condense export`: write any model or recipe result as an ONNX file, fp32 or int8, checked in ONNX Runtime.
+
+Why a file next to the artifact format: ONNX Runtime (and every other ONNX consumer) runs it without condense.
+The parity check runs the written file in a fresh ONNX Runtime session and compares it with the model it came
+from, through the task's own `run_batch` (so minilm compares `encode` embeddings, tinygpt logits), on two batch
+sizes. A sidecar `<file>.json` records the task, the parity and the source lineage, so `load_exported` can give a
+minilm export its `encode` back.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core import lineage
+from condense.core.atomic import atomic_write_bytes, atomic_write_json
+from condense.core.transforms import apply_
+from condense.errors import CondenseError
+from condense.export.runtime import OrtModule, OnnxRuntimeConfig, wrap
+
+INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "ConvInteger",
+            "DynamicQuantizeLinear")
+
+
+def ort_graph(model: nn.Module) -> OrtModule | None:
+    """The OrtModule that runs `model` (the model itself, or e.g. OrtSentenceEncoder.graph); None for PyTorch."""
+    if isinstance(model, OrtModule):
+        return model
+    g = getattr(model, "graph", None)
+    return g if isinstance(g, OrtModule) else None
+
+
+def is_int8(data: bytes) -> bool:
+    """Whether a serialised ONNX model computes with int8 operators."""
+    import onnx
+
+    return any(n.op_type in INT8_OPS for n in onnx.load_from_string(data).graph.node)
+
+
+def target_path(out: str | os.PathLike) -> Path:
+    """`out` if it names a .onnx file, else `out/model.onnx`."""
+    p = Path(out)
+    return p if p.suffix == ".onnx" else p / "model.onnx"
+
+
+def _as_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return torch.as_tensor(out).detach().float()
+
+
+def task_parity(task: Any, reference: nn.Module, candidate: nn.Module, batch: Any) -> dict[str, float]:
+    """Max abs difference and cosine (mean and min over samples) between two models' task outputs on `batch`."""
+    with torch.inference_mode():
+        a, b = _as_tensor(task.run_batch(reference, batch)), _as_tensor(task.run_batch(candidate, batch))
+    if a.shape != b.shape:
+        raise CondenseError(f"the ONNX model's output shape {tuple(b.shape)} differs from the source's "
+                            f"{tuple(a.shape)}; re-export it")
+    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)  # (B, D)
+    cos = F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)  # (B,)
+    return {"max_abs_diff": float((a - b).abs().max()), "cosine": float(cos.mean()), "min_cosine": float(cos.min())}
+
+
+def _quantize(data: bytes, opset: int) -> bytes:
+    from condense.quantize.ort import OrtInt8Config, _quantize_bytes
+
+    return _quantize_bytes(data, OrtInt8Config(opset=opset), [])[0]
+
+
+def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: bool = False,
+                 opset: int = 17) -> dict[str, Any]:
+    """Write `model` to ONNX (int8 via ONNX Runtime's dynamic quantization if `int8`) and check it.
+
+    Args:
+        model: a PyTorch model (e.g. a loaded recipe result) or one already running in ONNX Runtime.
+        task: the task the model belongs to (gives example batches and how to run them).
+        out: a .onnx file path, or a folder (the file is then `out/model.onnx`).
+
+    Returns the record also written to `<file>.json`: path, bytes, int8, opset, "parity" against the source
+    (max_abs_diff, cosine, min_cosine; the worse of batch sizes 2 and 1), "parity_against" ("pytorch" or, for a
+    model that was already an ONNX Runtime module, "onnxruntime") and, then, "recorded_parity_vs_torch" from
+    when that model left PyTorch.
+
+    Example:
+        >>> import tempfile, condense
+        >>> task = condense.get_task("digits")
+        >>> rec = export_model(task.build_model(), task, tempfile.mkdtemp())  # doctest: +SKIP
+        >>> rec["parity"]["cosine"] > 0.9999  # doctest: +SKIP
+        True
+    """
+    from condense.quantize.ort import OrtInt8Config
+
+    path = target_path(out)
+    graph = ort_graph(model)
+    recorded = None
+    if graph is None:
+        cfg = OrtInt8Config(opset=opset) if int8 else OnnxRuntimeConfig(opset=opset)
+        ported = apply_(copy.deepcopy(model), cfg, task=task)
+        data = ort_graph(ported).onnx_model
+        against = "pytorch"
+    else:
+        data = graph.onnx_model
+        if int8 and not is_int8(data):
+            data = _quantize(data, opset)
+        against = "onnxruntime"
+        recorded = next((t.get("details", {}).get("parity_vs_torch") for t in reversed(lineage.lineage(model)
+                         ["transforms"]) if "parity_vs_torch" in t.get("details", {})), None)
+    atomic_write_bytes(path, data)
+    exported = wrap(model, OrtModule(path.read_bytes())) if graph is None else _rewrap(model, path.read_bytes())
+    checks = [task_parity(task, model, exported, task.batch(b)) for b in (2, 1)]
+    parity = {"max_abs_diff": max(c["max_abs_diff"] for c in checks), "cosine": min(c["cosine"] for c in checks),
+              "min_cosine": min(c["min_cosine"] for c in checks)}
+    rec = {"path": str(path), "bytes": len(data), "int8": is_int8(data), "opset": opset,
+           "task": getattr(task, "spec", None) or {"name": task.name}, "parity": parity, "parity_against": against,
+           "recorded_parity_vs_torch": recorded, "source_transforms": lineage.lineage(model)["transforms"]}
+    atomic_write_json(path.with_suffix(".json"), json.loads(json.dumps(rec, default=str)))
+    return rec
+
+
+def _rewrap(model: nn.Module, data: bytes) -> nn.Module:
+    """A copy of an ORT-backed `model` running `data` instead of its own graph."""
+    if isinstance(model, OrtModule):
+        return OrtModule(data)
+    new = copy.copy(model)
+    new._modules = dict(model._modules)
+    new._modules["graph"] = OrtModule(data)
+    return new
+
+
+def load_exported(path: str | os.PathLike, *, task: Any = None) -> nn.Module:
+    """An exported ONNX file as a module run by ONNX Runtime; a sentence encoder gets `encode` back.
+
+    `task` (default: the one recorded in the sidecar JSON) supplies the tokenizer for text models.
+
+    Example:
+        >>> enc = load_exported("runs/minilm-onnx/model.onnx")  # doctest: +SKIP
+        >>> enc.encode(["hello"]).shape  # doctest: +SKIP
+        torch.Size([1, 384])
+    """
+    from condense.tasks import get_task
+
+    path = target_path(path)
+    if not path.is_file():
+        raise CondenseError(f"{path} does not exist; create it with `condense export --model ARTIFACT --out {path}`")
+    graph = OrtModule(path.read_bytes())
+    side = path.with_suffix(".json")
+    if task is None and side.is_file():
+        spec = json.loads(side.read_text()).get("task")
+        if spec and spec.get("name"):
+            task = get_task(spec)
+    elif isinstance(task, str):
+        task = get_task(task)
+    if task is None:
+        return graph
+    from condense.export.runtime import ORT_WRAPPERS
+
+    # the wrapper (e.g. the encoder's tokenizer) comes from the task's architecture, or its model if it has none
+    like = task.build_skeleton() if task.skeleton is not None else task.build_model()
+    return graph if ORT_WRAPPERS.find(like) is None else wrap(like, graph)

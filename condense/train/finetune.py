@@ -1,0 +1,61 @@
+"""`FineTuneConfig`: plain fine-tuning on the task's own data and loss, as a pipeline step.
+
+Why a transform: a recipe may prune or quantize and then train a little to win quality back; the pipeline
+measures after every step, so training is a step like any other. It changes weights only, so loading an artifact
+replays it as nothing (the weights already hold its effect).
+
+Example:
+    >>> from condense.train.finetune import FineTuneConfig
+    >>> from condense.train.loop import FitConfig
+    >>> FineTuneConfig(fit=FitConfig(steps=50, lr=1e-4)).to_dict()["fit"]["steps"]
+    50
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from condense.core import lineage
+from condense.core.artifact import REPLAY
+from condense.core.config import config
+from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.errors import ConfigError
+from condense.train.loop import FitConfig
+
+
+@config
+class FineTuneConfig:
+    """Train the model on the task's `train_data` with the task's `loss` (the shared `fit` loop).
+
+    Args:
+        fit: steps, learning rate, optimizer and schedule (`condense.train.loop.FitConfig`).
+
+    Example:
+        >>> FineTuneConfig().fit.steps
+        100
+    """
+
+    fit: FitConfig = FitConfig()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fit, FitConfig):
+            raise ConfigError(f"FineTuneConfig.fit must be a FitConfig (in a recipe: a mapping such as "
+                              f"{{steps: 100, lr: 1e-4}}), got {self.fit!r}")
+
+
+@TRANSFORMS.register("FineTuneConfig")
+def finetune_transform(model: nn.Module, cfg: FineTuneConfig, ctx: TransformContext) -> nn.Module:
+    """Fine-tune `model` in place; the first and last losses go to the lineage."""
+    losses = ctx.finetune(model, cfg.fit, description="fine-tuning")
+    model.eval()
+    tail = losses[-10:]
+    lineage.record_transform(model, cfg, steps=len(losses),
+                             first_loss=round(losses[0], 6) if losses else None,
+                             last_loss_mean10=round(sum(tail) / len(tail), 6) if tail else None)
+    return model
+
+
+@REPLAY.register("FineTuneConfig")
+def _replay(model: nn.Module, cfg: FineTuneConfig, details: dict[str, Any]) -> nn.Module:
+    return model  # weights only: the saved tensors already hold the fine-tuned values
