@@ -138,7 +138,7 @@ def suggest_factorize(trial: Any, space: Space) -> Any:
 def suggest_distill(trial: Any, space: Space) -> Any:
     if not trial.suggest_categorical("distill.use", [False, True]):
         return None
-    return build(DISTILL, student_layers=trial.suggest_int("distill.student_layers", 2, 4))
+    return build(DISTILL, layers=trial.suggest_int("distill.layers", 2, 4))
 
 
 def suggest_early_exit(trial: Any, space: Space) -> Any:
@@ -152,7 +152,7 @@ DISTILL = "condense.distillation:DistillConfig"
 EARLY_EXIT = "condense.early_exit:EarlyExitConfig"
 
 KNOBS.register("distill", Knob("distill", 0, {"distill": DISTILL}, suggest_distill,
-                               {"distill": {"student_layers": 2}}))
+                               {"distill": {"layers": 2}}))
 KNOBS.register("prune", Knob("prune", 10, PRUNE, suggest_prune,
                              {"structured": {"ratio": 0.5, "exclude": ()}, "layer-drop": {"n_drop": 1},
                               "unstructured": {"sparsity": 0.5}}))
