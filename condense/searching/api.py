@@ -68,13 +68,10 @@ def pareto_front(rows: list[dict[str, Any]], higher_is_better: bool = True) -> l
         >>> pareto_front(rows)
         [0]
     """
-    s = 1.0 if higher_is_better else -1.0
-    keys = [(r["latency_s"], r["size_bytes"], -s * r["metric"]) for r in rows]
-    out = []
-    for i, a in enumerate(keys):
-        if not any(all(b[j] <= a[j] for j in range(3)) and b != a for b in keys):
-            out.append(rows[i]["number"])
-    return out
+    from condense.report.pareto import pareto_front as front
+
+    objectives = {"latency_s": "min", "size_bytes": "min", "metric": "max" if higher_is_better else "min"}
+    return [rows[i]["number"] for i in front(rows, objectives)]
 
 
 def _rows(study: Any) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ def _steps_text(steps: list[dict[str, Any]]) -> str:
     parts = []
     for s in steps:
         keys = [k for k in ("ratio", "importance", "n_drop", "sparsity", "float_channels", "rank_ratio",
-                            "student_layers", "threshold") if k in s]
+                            "layers", "threshold") if k in s]
         parts.append(s["type"] + "(" + ", ".join(f"{k}={s[k]}" for k in keys)
                      + (", exclude=…" if s.get("exclude") else "") + ")")
     return " → ".join(parts)
