@@ -20,7 +20,8 @@ from condense.errors import CondenseError
 TRANSFORMS: Registry[Callable[[nn.Module, Any, "TransformContext"], nn.Module]] = Registry("transformation config")
 
 # Packages that register transforms when imported (imported on demand).
-TECHNIQUE_PACKAGES = ("condense.quantize", "condense.prune", "condense.export")
+TECHNIQUE_PACKAGES = ("condense.quantize", "condense.prune", "condense.export", "condense.distillation",
+                      "condense.factorize", "condense.early_exit")
 
 
 @dataclass
