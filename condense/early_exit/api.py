@@ -82,10 +82,11 @@ class EarlyExitConfig:
 def exit_loss(model: EarlyExitModel, batch: tuple[torch.Tensor, torch.Tensor], *, frozen: bool) -> torch.Tensor:
     """Mean cross-entropy over the exits (with the final head too unless `frozen`) on one (x, y) batch."""
     x, y = batch
+    if frozen:
+        model.backbone.eval()  # frozen means frozen: no batch-norm statistics drift either (fit set train mode)
     outs = model.all_exits(x, frozen=frozen)
     if frozen:
         outs = outs[:-1]
-        model.backbone.eval()  # frozen means frozen: no batch-norm statistics drift either
     return sum(F.cross_entropy(o.reshape(-1, o.shape[-1]).float(), y.reshape(-1)) for o in outs) / len(outs)
 
 
