@@ -149,9 +149,7 @@ class EarlyExitModel(nn.Module):
             raise ConfigError(f"no early-exit splitter for {type(backbone).__name__}; built in: DigitsCNN, GPT "
                               "(register one in condense.early_exit.model.SPLITTERS)")
         self.backbone = backbone
-        s = split(backbone)
-        object.__setattr__(self, "_stages", s.stages)  # modules owned by the backbone: not registered twice
-        object.__setattr__(self, "_final", s.final)
+        s = self._split
         n = len(s.stages)
         exits = tuple(range(n - 1)) if exits is None else tuple(sorted(exits))
         if not exits or any(not 0 <= i < n - 1 for i in exits):
@@ -167,6 +165,25 @@ class EarlyExitModel(nn.Module):
         dev = next(backbone.parameters()).device
         self.heads.to(dev)
         self.exit_counts = [0] * (len(exits) + 1)
+
+    @property
+    def _split(self) -> Split:
+        """The backbone's stages and final head, rebuilt whenever the backbone object changes (e.g. after
+        `copy.deepcopy`, whose copied closures would still point at the original's layers)."""
+        backbone = self._modules["backbone"]
+        cached = self.__dict__.get("_split_cache")
+        if cached is None or cached[0] != id(backbone):
+            cached = (id(backbone), SPLITTERS.find(backbone)(backbone))
+            self.__dict__["_split_cache"] = cached  # a plain attribute: the stages are the backbone's modules
+        return cached[1]
+
+    @property
+    def _stages(self) -> list[nn.Module]:
+        return self._split.stages
+
+    @property
+    def _final(self) -> nn.Module:
+        return self._split.final
 
     @torch.no_grad()
     def _hidden_states(self, x: Any) -> list[torch.Tensor]:

@@ -107,3 +107,26 @@ def test_pipeline_step_builds_student_and_artifact_reloads(tmp_path):
     x = task.batch(2)
     with torch.no_grad():
         assert torch.equal(loaded(x), student(x))
+
+
+def test_sentence_encoder_student_learns_teacher_embeddings_with_attention_maps():
+    from tokenizers import Tokenizer
+
+    from condense.tasks.bert import Bert, BertConfig
+    from condense.tasks.encoder import SentenceEncoder, minilm_path
+
+    torch.manual_seed(0)
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    teacher = SentenceEncoder(Bert(BertConfig(hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64)),
+                              tok, max_seq_length=32).eval()
+    texts = ["return the sum of two numbers", "open a file for reading", "sort a list in place",
+             "parse a date from a string", "join path components", "compute a hash of bytes"]
+    cfg = DistillConfig(layers=2, attention_weight=0.5, fit=FitConfig(steps=15, lr=5e-3))
+    untrained, _ = student_from_teacher(teacher, cfg)
+
+    def cos(s) -> float:
+        return float((torch.tensor(s.encode(texts)) * torch.tensor(teacher.encode(texts))).sum(-1).mean())
+
+    student = distill(teacher, None, cfg, [texts])
+    assert len(student.bert.layers) == 2 and len(teacher.bert.layers) == 4
+    assert 1 - cos(student) < 0.5 * (1 - cos(untrained))

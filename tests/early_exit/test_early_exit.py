@@ -128,3 +128,14 @@ def test_pipeline_step_records_curve_and_artifact_reloads(tmp_path):
     x = task.batch(5)
     with torch.no_grad():
         assert isinstance(loaded, EarlyExitModel) and loaded.threshold == m.threshold and torch.equal(loaded(x), m(x))
+
+
+def test_a_deep_copy_runs_its_own_layers():
+    torch.manual_seed(0)
+    m = EarlyExitModel(DigitsCNN(CH).eval(), threshold=1.0).eval()
+    c = copy.deepcopy(m)
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        ref = m(x).clone()
+        c.backbone.classifier.bias.add_(1.0)
+        assert torch.equal(m(x), ref) and torch.allclose(c(x), ref + 1.0)
