@@ -257,21 +257,27 @@ def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
     _print(comparison_table(res.measurements))
     for w in res.report["warnings"]:
         print(f"warning: {w}")
-    _print_exit_curve(res.artifact)
+    _print_exit_curve(res.artifact, out)
     print(f"artifact: {res.artifact}\nreport:   {out / 'report.html'}")
     return 0
 
 
-def _print_exit_curve(artifact: Any) -> None:
-    """After an early-exit sweep: the quality vs latency curve recorded in the artifact, and the chosen point."""
+def _print_exit_curve(artifact: Any, out: Path) -> None:
+    """After an early-exit sweep: print the quality vs latency curve recorded in the artifact and the chosen
+    point, and write it beside the report (early-exit-curve.json and .svg)."""
     if artifact is None:
         return
     from condense.core.artifact import read_metadata
+    from condense.core.atomic import atomic_write_json, atomic_write_text
 
     for t in read_metadata(artifact).get("transforms", []):
         curve = t.get("details", {}).get("curve")
         if not curve:
             continue
+        from condense.early_exit.sweep import curve_svg
+
+        atomic_write_json(out / "early-exit-curve.json", curve)
+        atomic_write_text(out / "early-exit-curve.svg", curve_svg(curve))
         m, base = curve["metric"], curve["baseline"]
         print(f"early exit: {m} and mean latency per sample (batch 1) by threshold")
         print(f"  no early exit: {m} {base['quality'][m]:.4f}, {base['latency_s'] * 1e6:.0f} us")
