@@ -139,3 +139,11 @@ def test_a_deep_copy_runs_its_own_layers():
         ref = m(x).clone()
         c.backbone.classifier.bias.add_(1.0)
         assert torch.equal(m(x), ref) and torch.allclose(c(x), ref + 1.0)
+
+
+def test_joint_training_also_trains_the_backbone():
+    task = digits_like_task()
+    model = task.build_model()
+    w0 = model.features[0][0].weight.detach().clone()
+    m = early_exit_(model, EarlyExitConfig(mode="joint", fit=FitConfig(steps=3, lr=1e-2)), task=task)
+    assert not torch.equal(m.backbone.features[0][0].weight, w0) and not m.training
