@@ -11,7 +11,9 @@ paragraphs outside the evaluation set. Speed: tokenize + embed a batch of 32 (th
 rounds, medians. Quality: MRR@10 of the task's retrieval evaluation.
 tinygpt: the student keeps 2 of 4 blocks and 85% of their MLP width (about half the parameters), initialised
 from the teacher; one copy trains on the task loss only (alpha=0), the other with token-level distillation,
-same data, steps and optimizer. Quality: val perplexity per byte.
+same data, steps and optimizer. Quality: val perplexity per byte. T=1 (the teacher's own next-byte distribution):
+on 2026-11-22 a 200-step run with T=2, alpha=0.9 reached perplexity 10.05, worse than without distillation (9.55),
+while T=1 reached 9.35 (alpha=0.5) and 9.28 (alpha=1.0).
 """
 from __future__ import annotations
 
@@ -126,11 +128,11 @@ def main() -> None:
     ap.add_argument("--minilm-layers", type=int, default=3)
     ap.add_argument("--minilm-steps", type=int, default=400)
     ap.add_argument("--minilm-lr", type=float, default=2e-4)
-    ap.add_argument("--gpt-steps", type=int, default=300)
+    ap.add_argument("--gpt-steps", type=int, default=200)
     ap.add_argument("--gpt-lr", type=float, default=1e-3)
     ap.add_argument("--gpt-width", type=float, default=0.85, help="fraction of the student's MLP width kept")
-    ap.add_argument("--alpha", type=float, default=0.9)
-    ap.add_argument("--temperature", type=float, default=2.0)
+    ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
