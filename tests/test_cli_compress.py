@@ -23,7 +23,7 @@ def test_bad_config_is_one_clear_line(args, needle, tmp_path):
     assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr + r.stdout
 
 
-def test_factorize_run_saves_an_artifact_that_measures_and_rejects_too_large_rank(tmp_path):
+def test_factorize_run_saves_an_artifact_that_reloads_and_measures(tmp_path):
     (tmp_path / "mytasks.py").write_text("from condense.testing import tiny_task\n\ndef make():\n"
                                          "    return tiny_task(seed=1)\n")
     out = tmp_path / "svd"
@@ -34,6 +34,3 @@ def test_factorize_run_saves_an_artifact_that_measures_and_rejects_too_large_ran
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout[r.stdout.index("{\n"):].rsplit("}", 1)[0] + "}")
     assert m["params_total"] == 2 * (8 + 16) + 16 + 16 * 4 + 4  # fc1 as rank-2 factors, fc2 dense
-    r = run("factorize", "--task", "mytasks:make", "--set", "rank=99", "--out", str(tmp_path / "bad"),
-            "--batch-sizes", "1", "--repeats", "1", "--no-quality", cwd=tmp_path)
-    assert r.returncode == 2 and "rank 99 is larger than" in r.stderr and "Traceback" not in r.stderr
