@@ -57,6 +57,8 @@ _LAZY = {
     # training
     "fit": "condense.train.loop",
     "FitConfig": "condense.train.loop",
+    "TrainConfig": "condense.train.api",
+    "train_task": "condense.train.api",
     # errors
     "CondenseError": "condense.errors",
 }
@@ -76,7 +78,7 @@ __all__ = [
     # distillation, factorization, early exit
     "distill", "DistillConfig", "factorize_", "FactorizeConfig", "early_exit_", "EarlyExitConfig", "sweep_thresholds",
     # training
-    "fit", "FitConfig",
+    "fit", "FitConfig", "TrainConfig", "train_task",
     # errors
     "CondenseError",
 ]

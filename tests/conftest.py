@@ -15,3 +15,14 @@ def _isolated_cache(tmp_path_factory):
         os.environ.pop("CONDENSE_CACHE", None)
     else:
         os.environ["CONDENSE_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread (torch and ORT sessions opened meanwhile) for a module of tiny-model tests: on a shared
+    2-vCPU machine, spinning thread pools under load make them up to 100x slower. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

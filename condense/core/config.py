@@ -89,3 +89,37 @@ def config_from_dict(d: dict[str, Any]) -> Any:
 
 def registered_configs() -> dict[str, type]:
     return dict(_CONFIGS)
+
+
+# -- validators configs share (each names the config, the field and an example of a valid value) -----------------
+def check_patterns(cfg: Any, *names: str, example: str = "('layers.*',)") -> None:
+    """Each field in `names` (default include/exclude) must be a tuple of fnmatch patterns, not a bare string.
+
+    Example:
+        >>> @config
+        ... class PatternsExample:
+        ...     include: tuple[str, ...] = ("*",)
+        >>> check_patterns(PatternsExample(include="x*"), "include")
+        Traceback (most recent call last):
+        condense.errors.ConfigError: PatternsExample.include must be a tuple of patterns, e.g. ('layers.*',), got 'x*'
+    """
+    for name in names or ("include", "exclude"):
+        v = getattr(cfg, name)
+        if isinstance(v, str) or not all(isinstance(p, str) for p in v):
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be a tuple of patterns, e.g. {example}, got {v!r}")
+
+
+def check_positive_int(cfg: Any, name: str, *, example: int = 8) -> None:
+    """`cfg.name` must be an int >= 1 (bools refused).
+
+    Example:
+        >>> @config
+        ... class IntExample:
+        ...     batches: int = 8
+        >>> check_positive_int(IntExample(batches=0), "batches")
+        Traceback (most recent call last):
+        condense.errors.ConfigError: IntExample.batches must be a positive integer, got 0; e.g. 8
+    """
+    v = getattr(cfg, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{type(cfg).__name__}.{name} must be a positive integer, got {v!r}; e.g. {example}")

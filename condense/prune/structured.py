@@ -28,7 +28,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
 from condense.prune.api import register_pruner
@@ -91,10 +91,7 @@ class StructuredConfig:
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be a positive integer (1 = no rounding, 8 for fast kernels), "
                               f"got {self.round_to!r}")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"StructuredConfig.{name} must be a tuple of patterns, e.g. ('layers.*',), got {v!r}")
+        check_patterns(self, example="('layers.*',)")
         if self.calibration_batches < 1:
             raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
 

@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.quantize.select import select_modules
 from condense.errors import ConfigError
@@ -52,10 +52,7 @@ class Scope(str, enum.Enum):
 def check_common(cfg: Any, what: str) -> None:
     """Validate the fields pruning configs share (include/exclude, criterion, scope, calibration_batches);
     a scope given as a string becomes a `Scope`."""
-    for name in ("include", "exclude"):
-        v = getattr(cfg, name)
-        if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-            raise ConfigError(f"{what}.{name} must be a tuple of patterns, e.g. ('blocks.*',), got {v!r}")
+    check_patterns(cfg, example="('blocks.*',)")
     if cfg.criterion not in IMPORTANCE:
         raise ConfigError(f"{what}: unknown criterion {cfg.criterion!r}; choose one of: {', '.join(IMPORTANCE)}")
     if hasattr(cfg, "scope") and not isinstance(cfg.scope, Scope):

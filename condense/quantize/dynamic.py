@@ -14,7 +14,7 @@ from torch.ao.nn.quantized import dynamic as nnqd
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY, TensorCodec
-from condense.core.config import config
+from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.measurement.counts import PARAM_VIEWS
@@ -42,11 +42,7 @@ class DynamicInt8Config:
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"DynamicInt8Config.{name} must be a tuple of patterns, e.g. ('layers.*',), "
-                                  f"got {v!r}")
+        check_patterns(self, example="('layers.*',)")
 
 
 def _quantize_layers(model: nn.Module, names: list[str], per_channel: bool) -> nn.Module:

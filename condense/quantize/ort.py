@@ -27,7 +27,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_patterns, check_positive_int, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.export.onnx import check_opset, quiet_onnxruntime_tools
@@ -87,15 +87,8 @@ class OrtInt8Config:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"OrtInt8Config.{name} must be an integer >= 0, got {v!r}; 0 = "
                                   + ("none" if name == "float_channels" else "read from the model"))
-        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
-                or self.calibration_batches < 1:
-            raise ConfigError(f"OrtInt8Config.calibration_batches must be a positive integer, got "
-                              f"{self.calibration_batches!r}; e.g. 4")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"OrtInt8Config.{name} must be a tuple of patterns, e.g. ('bert.layers.*',), "
-                                  f"got {v!r}")
+        check_positive_int(self, "calibration_batches", example=4)
+        check_patterns(self, example="('bert.layers.*',)")
 
 
 def _digest(a: np.ndarray) -> str:

@@ -28,7 +28,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY
-from condense.core.config import config
+from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.quantize.api import register_quantizer
@@ -85,10 +85,7 @@ class QATConfig:
             raise ConfigError(f"steps must be an int >= 0, got {self.steps!r}; e.g. steps=100")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}; e.g. lr=1e-4")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"QATConfig.{name} must be a tuple of patterns, e.g. ('features.*',), got {v!r}")
+        check_patterns(self, example="('features.*',)")
 
     def weight_spec(self) -> QuantSpec:
         """The weights' `QuantSpec` (symmetric, per channel or per tensor)."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY, TensorCodec
-from condense.core.config import config
+from condense.core.config import check_patterns, check_positive_int, config
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
 from condense.measurement.counts import PARAM_VIEWS
@@ -71,15 +71,8 @@ class StaticInt8Config:
         except ValueError:
             raise ConfigError(f"StaticInt8Config.observer must be one of {[o.value for o in Observer]}, got "
                               f"{self.observer!r}; 'histogram' is torch's x86 default") from None
-        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) \
-                or self.calibration_batches < 1:
-            raise ConfigError(f"StaticInt8Config.calibration_batches must be a positive integer, got "
-                              f"{self.calibration_batches!r}; e.g. 8")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"StaticInt8Config.{name} must be a tuple of patterns, e.g. ('features.*',), "
-                                  f"got {v!r}")
+        check_positive_int(self, "calibration_batches", example=8)
+        check_patterns(self, example="('features.*',)")
 
 
 def _activation_observer(kind: Observer, reduce_range: bool) -> Any:

@@ -156,6 +156,7 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         calibration_data=calibration_data,
         train_data=train_data,
         loss=loss,
+        skeleton=lambda: DigitsCNN(cfg.channels),
         batch_sizes=(1, 256),
         description="small CNN on scikit-learn's 8x8 digits; test accuracy",
     )

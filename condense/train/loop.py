@@ -1,31 +1,45 @@
-"""The training loop every technique shares: optimizer, LR warm-up + schedule, gradient clipping, progress.
+"""The training loop every technique shares (`fit`) and its config (`FitConfig`).
 
-Deliberately small: `fit(model, batches, loss_fn, cfg)` cycles through batches for `cfg.steps` optimizer steps and
-returns the loss of every step. Techniques supply the loss (task loss, distillation loss, ...).
+`fit(model, batches, loss_fn, cfg)` cycles through batches for `cfg.steps` optimizer steps and returns the loss of
+every step. Techniques supply the loss (task loss, distillation loss, ...). The machinery (optimizers, schedules,
+mixed precision, gradient accumulation, checkpoints, distributed wrappers) lives in the sibling modules; the
+engine is `condense.train.trainer.run_loop`, which `fit` calls with no checkpoints or evaluation.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from condense import progress
 from condense.core.config import config
 from condense.errors import ConfigError
+from condense.train.optim import OPTIMIZERS
+from condense.train.precision import PRECISIONS
+from condense.train.schedules import BATCH_SCHEDULES, LR_SCHEDULES, lr_factor
 
-OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": lambda params, lr, weight_decay: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay),
-}
-SCHEDULES = ("constant", "cosine", "linear")
+__all__ = ["FitConfig", "fit", "lr_factor", "SCHEDULES"]
+
+SCHEDULES = tuple(LR_SCHEDULES)
 
 
 @config
 class FitConfig:
-    """How to train.
+    """How to train. The first eight fields keep their historical meaning and defaults.
+
+    Args:
+        steps: optimizer steps. lr: base learning rate. optimizer: sgd | adam | adamw | adagrad | rmsprop.
+        weight_decay, grad_clip (max gradient norm; None: off), warmup_steps (linear warm-up), seed.
+        schedule: LR schedule after warm-up: constant | cosine | linear | step | exponential | onecycle;
+            decaying schedules are clipped to [min_lr_ratio, max_lr_ratio] x lr; step/exponential use lr_gamma
+            (every lr_step_size steps for "step").
+        momentum, nesterov: SGD (momentum also RMSprop). betas, eps: Adam/AdamW. decay_matrices_only: weight
+            decay on parameters with dim >= 2 only.
+        grad_accum: data batches whose gradients are averaged per step.
+        batch_schedule: constant | step | exponential: the number of data batches per step grows by
+            batch_growth every batch_every steps (step) or continuously (exponential), capped at batch_max.
+        precision: fp32 | bf16 (autocast) | fp16 (CUDA, with gradient scaling) | auto (bf16 only where measured
+            faster on this machine).
 
     Example:
         >>> FitConfig(steps=200, lr=1e-3, schedule="cosine").warmup_steps
@@ -40,6 +54,21 @@ class FitConfig:
     warmup_steps: int = 0
     schedule: str = "constant"
     seed: int = 0
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decay_matrices_only: bool = False
+    min_lr_ratio: float = 0.1
+    max_lr_ratio: float = 1.0
+    lr_gamma: float = 0.5
+    lr_step_size: int = 100
+    grad_accum: int = 1
+    batch_schedule: str = "constant"
+    batch_growth: float = 2.0
+    batch_every: int = 100
+    batch_max: int = 8
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -48,31 +77,22 @@ class FitConfig:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {list(SCHEDULES)}")
-
-
-def lr_factor(step: int, cfg: FitConfig) -> float:
-    """Multiplier of the base LR at `step` (0-based): linear warm-up, then the schedule down to 0.1x."""
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
-    if cfg.schedule == "cosine":
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
-    if cfg.schedule == "linear":
-        return 1.0 - 0.9 * t
-    return 1.0
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
+        if self.schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {list(LR_SCHEDULES)}")
+        if self.batch_schedule not in BATCH_SCHEDULES:
+            raise ConfigError(f"unknown batch_schedule {self.batch_schedule!r}; choose one of "
+                              f"{list(BATCH_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}")
+        if not 0 <= self.min_lr_ratio <= self.max_lr_ratio:
+            raise ConfigError(f"need 0 <= min_lr_ratio <= max_lr_ratio, got {self.min_lr_ratio}, "
+                              f"{self.max_lr_ratio}")
+        if self.grad_accum < 1 or self.batch_max < 1:
+            raise ConfigError(f"grad_accum and batch_max must be >= 1, got {self.grad_accum}, {self.batch_max}")
+        if self.batch_growth < 1:
+            raise ConfigError(f"batch_growth must be >= 1 (batch sizes only grow), got {self.batch_growth}")
+        if self.warmup_steps < 0 or self.batch_every < 1 or self.lr_step_size < 1:
+            raise ConfigError("warmup_steps must be >= 0, batch_every and lr_step_size >= 1")
 
 
 def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
@@ -92,37 +112,6 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
         >>> len(losses)
         5
     """
-    torch.manual_seed(cfg.seed)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    if not params:
-        raise ConfigError("nothing to train: no parameter requires grad")
-    opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    make = batches if callable(batches) else (lambda: batches)
-    losses: list[float] = []
-    was_training = model.training
-    model.train()
-    it = iter(make())
-    with progress.steps(description, cfg.steps) as bar:
-        while len(losses) < cfg.steps:
-            try:
-                batch = next(it)
-            except StopIteration:
-                it = iter(make())
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    raise ConfigError("the training data yielded no batches") from None
-            loss = loss_fn(model, _to(batch, device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            bar.start(f"loss {losses[-1]:.4f}")
-            bar.advance()
-    model.train(was_training)
-    return losses
+    from condense.train.trainer import run_loop
+
+    return run_loop(model, batches, loss_fn, cfg, params=params, description=description).losses

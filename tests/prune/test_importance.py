@@ -10,13 +10,7 @@ from condense.prune.unstructured import apply_masks
 from condense.testing import TinyMLP
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spinning on a shared, busy machine (up to 100x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ConvNet(nn.Module):

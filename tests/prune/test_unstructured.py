@@ -20,13 +20,7 @@ from condense.testing import TinyMLP
 from condense.train.loop import FitConfig, fit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP spinning on a shared, busy machine (up to 100x slower)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def known_linear(values: torch.Tensor) -> nn.Linear:

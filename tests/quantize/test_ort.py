@@ -18,17 +18,11 @@ TEXTS = ["Return the number of items in a container.", "Open a file and return a
          "Convert a string to an integer, honouring the given base.", "short"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread (torch and ORT): on a shared 2-vCPU machine, spinning thread pools stall under load."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def minilm(_one_thread):
+def minilm(one_thread):
     task = condense.get_task("minilm", n_pairs=20)
     model = task.build_model()
     return task, model, model.encode(TEXTS)

@@ -15,17 +15,11 @@ from condense.quantize.static import StaticInt8Config
 from condense.testing import TinyMLP
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-vCPU machine, 2 spinning threads under load are up to 30x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def digits(_one_thread):
+def digits(one_thread):
     task = condense.get_task("digits", channels=(16, 32, 64), epochs=8)  # trains in seconds (isolated cache)
     fp32 = task.build_model()
     q = condense.quantize_(task.build_model(), StaticInt8Config(), task=task)

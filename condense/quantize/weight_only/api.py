@@ -13,7 +13,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.quantize.api import register_quantizer
@@ -99,11 +99,7 @@ class WeightOnlyConfig:
         if self.scale_dtype not in SCALE_DTYPES:
             raise ConfigError(f"WeightOnlyConfig.scale_dtype must be one of {list(SCALE_DTYPES)}, "
                               f"got {self.scale_dtype!r}")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"WeightOnlyConfig.{name} must be a tuple of patterns, e.g. ('blocks.*',), "
-                                  f"got {v!r}")
+        check_patterns(self, example="('blocks.*',)")
 
 
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:

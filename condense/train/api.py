@@ -1,0 +1,216 @@
+"""`train(task, TrainConfig)`: train a task's model from scratch (or fine-tune it) through the shared engine.
+
+The same config drives the Python API and `condense train` (`--set FIELD=VALUE` sets any TrainConfig field).
+Under torchrun (`condense train --nproc N`) every process runs this function; rank 0 writes the outputs.
+
+Outputs in `out/`: metrics.jsonl (one row per step and per evaluation), tb/ (TensorBoard events),
+checkpoints/ (crash-safe, resumable), model/ (the trained model as a condense artifact), train.json (summary).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from condense.core.atomic import atomic_write_json
+from condense.core.config import config
+from condense.errors import ConfigError
+from condense.train.distributed.hooks import COMM_HOOKS
+from condense.train.distributed.strategy import STRATEGIES
+from condense.train.loop import FitConfig
+from condense.train.trainer import TrainResult, run_loop
+
+COMM_HOOK_NAMES = ("none", *COMM_HOOKS)
+
+
+@config
+class TrainConfig(FitConfig):
+    """FitConfig plus what a whole training run needs. precision defaults to "auto" here (bf16 only where measured
+    faster on this machine).
+
+    Args:
+        eval_every: evaluate the task every N steps (0: only at the end when a target or patience is set).
+        target: a value of the task's primary metric; the first time it is reached is the time-to-target.
+        stop_at_target: stop training once the target is reached.
+        patience, min_delta: early stopping after `patience` evaluations without an improvement > min_delta.
+        checkpoint_every: write a checkpoint every N steps (and at the end); keep_checkpoints: how many (0: all).
+        tensorboard: also write TensorBoard events to out/tb.
+        strategy: auto (DDP when several processes) | single | ddp | fsdp | pipeline (GPT models: blocks split
+            into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation).
+        comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8.
+        powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
+        ddp_bucket_mb: DDP gradient bucket size (each bucket is one call of the communication hook).
+
+    Example:
+        >>> TrainConfig(steps=50, schedule="cosine", comm_hook="powersgd").precision
+        'auto'
+    """
+
+    precision: str = "auto"
+    eval_every: int = 0
+    target: float | None = None
+    stop_at_target: bool = False
+    patience: int = 0
+    min_delta: float = 0.0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 0
+    tensorboard: bool = True
+    strategy: str = "auto"
+    comm_hook: str = "none"
+    powersgd_rank: int = 2
+    powersgd_start: int = 2
+    n_microbatches: int = 4
+    ddp_bucket_mb: float = 25.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.strategy not in ("auto", "pipeline") and self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
+                              f"{['auto', *STRATEGIES, 'pipeline']}")
+        if self.strategy == "pipeline" and (self.checkpoint_every or self.eval_every or self.patience or
+                                            self.comm_hook != "none" or self.grad_accum != 1 or
+                                            self.batch_schedule != "constant" or self.precision == "fp16"):
+            raise ConfigError("strategy='pipeline' supports plain training only: leave checkpoint_every, "
+                              "eval_every, patience, comm_hook, grad_accum, batch_schedule and fp16 at their defaults")
+        if self.n_microbatches < 1:
+            raise ConfigError(f"n_microbatches must be >= 1, got {self.n_microbatches}")
+        if self.comm_hook not in COMM_HOOK_NAMES:
+            raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(COMM_HOOK_NAMES)}")
+        if self.comm_hook != "none" and self.strategy == "fsdp":
+            raise ConfigError("comm_hook applies to DDP only; use strategy='ddp' or comm_hook='none'")
+        if min(self.eval_every, self.patience, self.checkpoint_every, self.keep_checkpoints) < 0:
+            raise ConfigError("eval_every, patience, checkpoint_every and keep_checkpoints must be >= 0")
+        if not 1 <= self.powersgd_rank <= 64:
+            raise ConfigError(f"powersgd_rank must be in 1..64, got {self.powersgd_rank}")
+
+
+def fresh_model(task: Any, seed: int) -> nn.Module:
+    """The task's architecture with freshly initialised weights (seeded): its skeleton, or its model with every
+    module's `reset_parameters()` called when the task has no skeleton.
+
+    Example:
+        >>> from condense.tasks.tinygpt import make_task
+        >>> fresh_model(make_task("tiny"), 0).config.n_layer
+        2
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if task.skeleton is not None:
+            model = task.build_skeleton()
+        else:
+            model = task.build_model()
+            for m in model.modules():
+                if hasattr(m, "reset_parameters") and m is not model:
+                    m.reset_parameters()
+    return model.train()
+
+
+def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None = None,
+          resume: str | Path | None = None, device: str | torch.device = "cpu", from_scratch: bool = True,
+          model: nn.Module | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train the task's model on its `train_data` with its `loss`; returns (model, TrainResult).
+
+    Args:
+        out: run folder for metrics, checkpoints, the trained model and train.json (None: write nothing).
+        resume: a run folder or checkpoint to continue from (the same task and model options).
+        from_scratch: start from fresh weights (default) rather than the task's trained model.
+        model: train this model instead.
+
+    Example:
+        >>> from condense.tasks.tinygpt import make_task
+        >>> m, r = train(make_task("tiny"), TrainConfig(steps=2, precision="fp32", tensorboard=False))
+        >>> len(r.losses)
+        2
+    """
+    if task.train_data is None or task.loss is None:
+        raise ConfigError(f"task {task.name!r} has no train_data/loss to train on; give the Task train_data= and "
+                          "loss= (see condense.Task)")
+    if model is None:
+        model = fresh_model(task, cfg.seed) if from_scratch else task.build_model().train()
+    model = model.to(device)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    if cfg.strategy == "pipeline":
+        if resume is not None:
+            raise ConfigError("--resume is not supported with strategy='pipeline'; use ddp or fsdp")
+        result = _pipeline(task, model, cfg, device)
+    else:
+        evaluate = task.evaluate if (cfg.eval_every or cfg.target is not None or cfg.patience) else None
+        result = run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}",
+                          device=device, out=out, resume=resume, evaluate=evaluate, primary=task.primary_metric,
+                          higher_is_better=task.higher_is_better)
+    if out is not None:
+        _write_outputs(task, model, cfg, result, Path(out))
+    return model.eval(), result
+
+
+def train_task(task: Any, cfg: TrainConfig = TrainConfig(), **kwargs: Any) -> tuple[nn.Module, TrainResult]:
+    """`train` under the name `condense.train_task` (`condense.train` is this package, so it cannot be the function).
+
+    Example:
+        >>> import condense
+        >>> _, r = condense.train_task(condense.get_task("tinygpt", preset="tiny"),
+        ...                            condense.TrainConfig(steps=1, precision="fp32", tensorboard=False))
+        >>> r.steps
+        1
+    """
+    return train(task, cfg, **kwargs)
+
+
+def _pipeline(task: Any, model: nn.Module, cfg: TrainConfig, device: Any) -> TrainResult:
+    """Pipeline-parallel training (every process a stage), then the stages' weights gathered on rank 0."""
+    import time
+
+    import torch.distributed as dist
+
+    from condense.train.distributed import init_from_env
+    from condense.train.distributed.pipeline import pipeline_fit
+
+    if not hasattr(model, "blocks"):
+        raise ConfigError(f"strategy='pipeline' splits a transformer's blocks; task {task.name!r} has none "
+                          "(use ddp or fsdp)")
+    world = init_from_env(device)
+    t0 = time.perf_counter()
+    stage, losses = pipeline_fit(model, task.train_data, cfg, n_microbatches=cfg.n_microbatches)
+    train_s = time.perf_counter() - t0
+    names = {id(p): n for n, p in model.named_parameters()}
+    mine = {names[id(p)]: p.detach().cpu() for p in stage.parameters()}
+    parts: list = [None] * world.size if world.is_main else None  # type: ignore[assignment]
+    dist.gather_object(mine, parts, dst=0)
+    if world.is_main:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for part in parts:
+                for n, v in part.items():
+                    params[n].copy_(v)
+    from condense.train.trainer import _peak_memory_mb
+
+    x = next(iter(task.train_data()))[0]  # every process reads the same batches: the world trains on these
+    return TrainResult(losses=losses, steps=len(losses), train_s=train_s, wall_s=train_s, precision="fp32",
+                       world_size=world.size, samples=len(losses) * x.shape[0],
+                       tokens=len(losses) * (x.numel() if not x.is_floating_point() else 0),
+                       peak_memory_mb=_peak_memory_mb(torch.device(device)))
+
+
+def _write_outputs(task: Any, model: nn.Module, cfg: TrainConfig, result: TrainResult, out: Path) -> None:
+    import torch.distributed as dist
+
+    from condense.core.artifact import save
+
+    sharded = dist.is_initialized() and any(type(p).__name__ == "DTensor" for p in model.parameters())
+    state = None
+    if sharded:  # FSDP: gather the full weights (a collective) and save them from a plain copy on rank 0
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    plain = model
+    if state is not None:
+        plain = fresh_model(task, cfg.seed)
+        plain.load_state_dict(state)
+    save(plain.cpu() if not sharded else plain, out / "model",
+         metadata={"train": {"config": cfg.to_dict(), "steps": result.steps}})
+    atomic_write_json(out / "train.json", {"task": task.name, "config": cfg.to_dict(), **result.summary()})
