@@ -22,8 +22,7 @@ EPILOG = """examples:
   condense quantize --task digits --model runs/digits-half --out runs/digits-half-int8
   condense measure --model runs/digits-int8 --json runs/digits-int8/measure.json
   condense distill --task tinygpt --set layers=2 --set temperature=1 --set fit='{"steps": 300}' --out runs/gpt-2l
-  condense factorize --task tinygpt --set rank_ratio=0.5 --set activation_aware=true --include 'blocks.*.mlp.*' \
-      --out runs/gpt-svd
+  condense factorize --task tinygpt --set activation_aware=true --include 'blocks.*.mlp.*' --out runs/gpt-svd
   condense early-exit --task digits --set thresholds='[0.9, 0.99, 0.999]' --out runs/digits-exit
   condense prepare tinygpt                        # train and cache the built-in language model once
   condense train --task digits --steps 300 --set schedule=cosine --out runs/train-digits
