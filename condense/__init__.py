@@ -46,6 +46,14 @@ _LAZY = {
     "GradualPruneConfig": "condense.prune.schedule",
     "StructuredConfig": "condense.prune.structured",
     "LayerDropConfig": "condense.prune.layers",
+    # distillation, factorization, early exit
+    "distill": "condense.distillation.api",
+    "DistillConfig": "condense.distillation.api",
+    "factorize_": "condense.factorize.api",
+    "FactorizeConfig": "condense.factorize.api",
+    "early_exit_": "condense.early_exit.api",
+    "EarlyExitConfig": "condense.early_exit.api",
+    "sweep_thresholds": "condense.early_exit.sweep",
     # training
     "fit": "condense.train.loop",
     "FitConfig": "condense.train.loop",
@@ -80,6 +88,8 @@ __all__ = [
     "WeightOnlyConfig", "MixedPrecisionConfig", "layer_sensitivity", "export_onnx",
     # pruning
     "prune_", "UnstructuredConfig", "NMConfig", "GradualPruneConfig", "StructuredConfig", "LayerDropConfig",
+    # distillation, factorization, early exit
+    "distill", "DistillConfig", "factorize_", "FactorizeConfig", "early_exit_", "EarlyExitConfig", "sweep_thresholds",
     # training
     "fit", "FitConfig", "TrainConfig", "train_task",
     # errors

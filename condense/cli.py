@@ -21,6 +21,9 @@ EPILOG = """examples:
   condense prune --task digits --method structured --ratio 0.5 --out runs/digits-half
   condense quantize --task digits --model runs/digits-half --out runs/digits-half-int8
   condense measure --model runs/digits-int8 --json runs/digits-int8/measure.json
+  condense distill --task tinygpt --set layers=2 --set temperature=1 --set fit='{"steps": 300}' --out runs/gpt-2l
+  condense factorize --task tinygpt --set activation_aware=true --include 'blocks.*.mlp.*' --out runs/gpt-svd
+  condense early-exit --task digits --set thresholds='[0.9, 0.99, 0.999]' --out runs/digits-exit
   condense prepare tinygpt                        # train and cache the built-in language model once
   condense train --task digits --steps 300 --set schedule=cosine --out runs/train-digits
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/gpt-ddp
@@ -47,6 +50,14 @@ PRUNE_METHODS: dict[str, str] = {
     "gradual": "condense.prune.schedule:GradualPruneConfig",
     "structured": "condense.prune.structured:StructuredConfig",
     "layer-drop": "condense.prune.layers:LayerDropConfig",
+}
+
+
+# one config each; `--set FIELD=VALUE` reaches every field
+TECHNIQUES: dict[str, str] = {
+    "distill": "condense.distillation.api:DistillConfig",
+    "factorize": "condense.factorize.api:FactorizeConfig",
+    "early-exit": "condense.early_exit.api:EarlyExitConfig",
 }
 
 
@@ -229,6 +240,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return _run_two_step(args, cfg, args.method)
 
 
+def cmd_technique(args: argparse.Namespace) -> int:
+    """distill / factorize / early-exit: one config, built from --set (and --include/--exclude)."""
+    cfg = _build_config(TECHNIQUES[args.command], _overrides(args))
+    return _run_two_step(args, cfg, args.command)
+
+
 def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
     from condense.measurement.table import comparison_table
     from condense.pipeline import Step, check_run_name, run_pipeline
@@ -245,8 +262,34 @@ def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
     _print(comparison_table(res.measurements))
     for w in res.report["warnings"]:
         print(f"warning: {w}")
+    _print_exit_curve(res.artifact, out)
     print(f"artifact: {res.artifact}\nreport:   {out / 'report.html'}")
     return 0
+
+
+def _print_exit_curve(artifact: Any, out: Path) -> None:
+    """After an early-exit sweep: print the quality vs latency curve recorded in the artifact and the chosen
+    point, and write it beside the report (early-exit-curve.json and .svg)."""
+    if artifact is None:
+        return
+    from condense.core.artifact import read_metadata
+    from condense.core.atomic import atomic_write_json, atomic_write_text
+
+    for t in read_metadata(artifact).get("transforms", []):
+        curve = t.get("details", {}).get("curve")
+        if not curve:
+            continue
+        from condense.early_exit.sweep import curve_svg
+
+        atomic_write_json(out / "early-exit-curve.json", curve)
+        atomic_write_text(out / "early-exit-curve.svg", curve_svg(curve))
+        m, base = curve["metric"], curve["baseline"]
+        print(f"early exit: {m} and mean latency per sample (batch 1) by threshold")
+        print(f"  no early exit: {m} {base['quality'][m]:.4f}, {base['latency_s'] * 1e6:.0f} us")
+        for p in curve["points"]:
+            mark = "  <- chosen" if curve["chosen"] and p["threshold"] == curve["chosen"]["threshold"] else ""
+            print(f"  threshold {p['threshold']:<6g}: {m} {p['quality'][m]:.4f}, {p['latency_s'] * 1e6:.0f} us "
+                  f"({p['speedup']:.2f}x), exits {[round(f, 2) for f in p['exit_fractions']]}{mark}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -367,6 +410,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "measure": (cmd_measure, "measure a task's model or a saved artifact"),
     "quantize": (cmd_quantize, "quantize a task's model (or an artifact) and save the artifact and report"),
     "prune": (cmd_prune, "prune a task's model (or an artifact) and save the artifact and report"),
+    "distill": (cmd_technique, "distil a task's model (the teacher) into a smaller student; save artifact and report"),
+    "factorize": (cmd_technique, "factorize Linear/Conv2d layers by truncated SVD; save artifact and report"),
+    "early-exit": (cmd_technique, "attach and train early-exit heads, sweep thresholds; save artifact and report"),
     "demo": (cmd_demo, "the main job: measure fp32, quantize to int8, measure again, save, report"),
     "info": (cmd_info, "describe a saved artifact"),
     "search": (cmd_search, "search compression steps for the fastest model within a quality budget (optuna)"),
@@ -486,6 +532,19 @@ def build_parser() -> argparse.ArgumentParser:
         _add_measure_args(p)
     subs["prune"].add_argument("--sparsity", type=float, help="fraction of weights to remove, in [0, 1)")
     subs["prune"].add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
+
+    for name in TECHNIQUES:
+        p = subs[name]
+        _add_task_args(p)
+        p.add_argument("--model", metavar="ARTIFACT", help="start from a saved artifact instead of the task's model")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="run folder: artifact in DIR/model, report.json and report.html beside it")
+        p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="any field of the config (repeatable), e.g. --set layers=3 --set fit='{\"steps\": 200}'")
+        if name == "factorize":
+            p.add_argument("--include", action="append", metavar="PATTERN", help="module-name pattern to include")
+            p.add_argument("--exclude", action="append", metavar="PATTERN", help="module-name pattern to leave alone")
+        _add_measure_args(p)
 
     p = subs["demo"]
     p.add_argument("--task", default="minilm", help="built-in task (default: minilm)")

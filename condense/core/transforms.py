@@ -21,7 +21,7 @@ TRANSFORMS: Registry[Callable[[nn.Module, Any, "TransformContext"], nn.Module]] 
 
 # Packages that register transforms when imported (imported on demand).
 TECHNIQUE_PACKAGES = ("condense.quantize", "condense.prune", "condense.export", "condense.train",
-                      "condense.fusion")
+                      "condense.fusion", "condense.distillation", "condense.factorize", "condense.early_exit")
 
 
 @dataclass

@@ -3,86 +3,19 @@
 With labels (a task with `loss`, e.g. digits, tinygpt) recovery is ordinary fine-tuning through `ctx.finetune`.
 A sentence encoder has no labels, but its dense self is a perfect teacher: the pruned model learns to reproduce
 the dense model's sentence embeddings on unlabelled text (standard-library docstrings, outside the evaluation
-set), with `embedding_distillation_loss` in the shared `fit` loop.
+set), with `condense.distillation.losses.embedding_distillation_loss` in the shared `fit` loop.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from condense.core.transforms import TransformContext
+from condense.distillation.losses import distill_embeddings_, embedding_distillation_loss  # noqa: F401  (moved there)
 from condense.errors import ConfigError
-from condense.train.loop import FitConfig, fit
-
-
-def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = None, token_weight: float = 0.0,
-                                relation_weight: float = 1.0, temperature: float = 0.05
-                                ) -> Callable[[nn.Module, list[str]], torch.Tensor]:
-    """`loss(student, texts)`: 1 - cosine between student and teacher sentence embeddings, plus optional terms.
-
-    Both models get the same tokens (`student.tokenize`, cut to `max_tokens` to train faster).
-    `relation_weight` adds KL(teacher || student) between the softmax (at `temperature`) of each text's cosine
-    similarities to the other texts of the batch: retrieval depends on that ranking, which matching each vector
-    alone does not protect. `token_weight` adds the normalised MSE between last hidden states over real tokens.
-
-    Example:
-        >>> from condense.tasks.encoder import load_minilm
-        >>> enc = load_minilm()
-        >>> float(embedding_distillation_loss(enc)(enc, ["a cat sat on the mat"]))  # doctest: +SKIP
-        0.0
-    """
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-
-    def loss(student: nn.Module, texts: list[str]) -> torch.Tensor:
-        ids, mask = student.tokenize(list(texts))  # (B, T) each
-        if max_tokens is not None:
-            ids, mask = ids[:, :max_tokens], mask[:, :max_tokens]
-        dev = next(student.parameters()).device
-        ids, mask = ids.to(dev), mask.to(dev)
-        with torch.no_grad():
-            t_hidden = teacher.bert(ids, mask)  # (B, T, C)
-        s_hidden = student.bert(ids, mask)  # (B, T, C)
-        t_emb, s_emb = _pool(t_hidden, mask), _pool(s_hidden, mask)  # (B, C)
-        out = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
-        if relation_weight and len(texts) > 2:
-            off = ~torch.eye(len(texts), dtype=torch.bool, device=dev)  # a text's similarity to itself says nothing
-            t_rel = (t_emb @ t_emb.T)[off].view(len(texts), -1) / temperature  # (B, B - 1)
-            s_rel = (s_emb @ s_emb.T)[off].view(len(texts), -1) / temperature
-            kl = F.kl_div(s_rel.log_softmax(-1), t_rel.log_softmax(-1), log_target=True, reduction="batchmean")
-            out = out + relation_weight * kl
-        if token_weight:
-            m = mask.unsqueeze(-1).to(s_hidden.dtype)  # (B, T, 1)
-            err = ((s_hidden - t_hidden) ** 2 * m).sum() / (m.sum() * s_hidden.shape[-1])
-            out = out + token_weight * err / t_hidden.pow(2).mean().clamp_min(1e-12)
-        return out
-
-    return loss
-
-
-def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-    return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # (B, C)
-
-
-def distill_embeddings_(student: nn.Module, teacher: nn.Module, texts: Callable[[], Iterable[list[str]]],
-                        cfg: FitConfig, *, max_tokens: int | None = 64, token_weight: float = 0.0,
-                        relation_weight: float = 1.0, train_embeddings: bool = False) -> list[float]:
-    """Train `student` (a SentenceEncoder) to match `teacher`'s embeddings on batches of texts; returns losses.
-
-    The embedding tables (half of MiniLM's weights, never pruned) stay frozen unless `train_embeddings`: the
-    blocks are what pruning changed, and skipping the tables' gradients and optimizer state makes steps cheaper.
-    """
-    loss = embedding_distillation_loss(teacher, max_tokens=max_tokens, token_weight=token_weight,
-                                       relation_weight=relation_weight)
-    params = student.parameters() if train_embeddings else student.bert.layers.parameters()
-    losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
-    student.eval()
-    return losses
+from condense.train.loop import FitConfig
 
 
 class _Stop(Exception):

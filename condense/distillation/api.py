@@ -1,0 +1,241 @@
+"""`distill(teacher, student, config, data)`: train a student to behave like its teacher.
+
+The loss follows the model: models with logits (classifiers, language models) get temperature-scaled logit
+distillation (token-level for LMs) plus the task loss when batches carry labels, optionally per-layer hidden
+states; sentence encoders (no labels, no logits) get embedding distillation on unlabelled text. Training runs in
+the shared loop (`condense.train.loop.fit`). In a pipeline the incoming model is the teacher and the student is
+built from it (`students.student_from_teacher`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from condense.core.artifact import REPLAY
+from condense.core.config import config
+from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
+from condense.distillation.students import paired_layers, student_from_teacher
+from condense.errors import CondenseError, ConfigError
+from condense.train.loop import FitConfig, fit
+
+LOSSES = ("auto", "logits", "embedding")
+WIDTH_TARGETS = ("ffn", "heads", "auto")
+
+
+@config
+class DistillConfig:
+    """How to build a student and distil the teacher into it.
+
+    Args:
+        layers: teacher blocks the student keeps: a number (spread evenly, the last kept) or exact indices;
+            None keeps all.
+        width_ratio: fraction of the width (of `width_target`: "ffn", "heads" or "auto") the student keeps,
+            removed by structured pruning (L2 norm); 1.0 keeps the full width.
+        temperature: softmax temperature T of logit distillation (> 0; the KL term is scaled by T^2). For a
+            language model T=1 (its actual next-token distribution) did better than T=2 in bench/bench_distill.py.
+        alpha: weight of the distillation term in [0, 1]; 1 - alpha weighs the task loss on labelled batches.
+        fit: the training run (steps, lr, schedule, ...).
+        loss: "logits", "embedding" (sentence encoders), or "auto" (embedding for encoders, else logits).
+        hidden_weight: weight of per-layer hidden-state distillation (learned projection when widths differ);
+            for encoders, of the last hidden states over tokens.
+        attention_weight: weight of attention-map distillation (encoders: the last layer's maps).
+        width_target: which groups `width_ratio` narrows.
+        container: module name of the block list (default: the one ModuleList called layers/blocks).
+        max_tokens: encoders: texts are cut to this many tokens while distilling (faster).
+
+    Example:
+        >>> DistillConfig(layers=3, temperature=4.0).fit.steps
+        200
+    """
+
+    layers: int | tuple[int, ...] | None = None
+    width_ratio: float = 1.0
+    temperature: float = 2.0
+    alpha: float = 0.5
+    fit: FitConfig = FitConfig(steps=200, lr=1e-3, schedule="cosine")
+    loss: str = "auto"
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    width_target: str = "ffn"
+    container: str | None = None
+    max_tokens: int | None = 64
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if isinstance(self.fit, dict):
+            object.__setattr__(self, "fit", FitConfig(**self.fit))
+        if not isinstance(self.fit, FitConfig):
+            raise ConfigError(f"fit must be a FitConfig (e.g. --set fit='{{\"steps\": 100}}'), got {self.fit!r}")
+        ly = self.layers
+        if isinstance(ly, bool) or (isinstance(ly, int) and ly < 1) or (
+                isinstance(ly, tuple) and (not ly or len(set(ly)) != len(ly) or any(
+                    isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ly))) or not (
+                ly is None or isinstance(ly, (int, tuple))):
+            raise ConfigError(f"layers must be a positive number of blocks or distinct block indices, got {ly!r}; "
+                              "e.g. layers=3 or layers=(1, 3, 5)")
+        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}; 1 is the plain softmax, 2-4 is "
+                              "usual for distillation")
+        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha must be in [0, 1] (the distillation term's weight), got {self.alpha!r}")
+        if not isinstance(self.width_ratio, (int, float)) or not 0 < self.width_ratio <= 1:
+            raise ConfigError(f"width_ratio must be in (0, 1] (fraction of the width kept), got {self.width_ratio!r}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if self.width_target not in WIDTH_TARGETS:
+            raise ConfigError(f"width_target must be one of {list(WIDTH_TARGETS)}, got {self.width_target!r}")
+        for name in ("hidden_weight", "attention_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise ConfigError(f"max_tokens must be >= 2 or None, got {self.max_tokens!r}")
+
+
+def _is_encoder(model: nn.Module) -> bool:
+    return hasattr(model, "tokenize") and hasattr(model, "bert")
+
+
+def _logits(out: Any) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    if not isinstance(out, torch.Tensor):
+        raise CondenseError(f"logit distillation needs a model returning logits, got {type(out).__name__}")
+    return out
+
+
+def _split(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """(inputs, integer targets or None): labelled batches are (x, y) with integer y."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
+            and not batch[1].is_floating_point():
+        return batch[0], batch[1]
+    return batch, None
+
+
+def _first_batch(data: Callable[[], Iterable[Any]] | Iterable[Any]) -> Any:
+    src = data() if callable(data) else data
+    for b in src:
+        return b
+    raise ConfigError("the distillation data yielded no batches; pass data=[batches] or a task with train_data")
+
+
+def _block_outputs(model: nn.Module, container: str | None) -> tuple[list[torch.Tensor], list]:
+    """Hooks storing each block's output (first tensor) into a list, in block order; returns (list, handles)."""
+    from condense.prune.layers import find_block_list
+
+    _, blocks = find_block_list(model, container)
+    store: list[torch.Tensor] = [None] * len(blocks)  # type: ignore[list-item]
+
+    def hook(i: int) -> Callable:
+        def post(m: nn.Module, args: tuple, out: Any) -> None:
+            store[i] = _logits(out)
+        return post
+
+    return store, [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
+
+
+def _distill_logits(teacher: nn.Module, student: nn.Module, cfg: DistillConfig, data: Any,
+                    ctx: TransformContext, kept: list[int] | None) -> list[float]:
+    run = ctx.run_batch
+    dev = next(student.parameters()).device
+    first, _ = _split(_first_batch(data))
+    with torch.no_grad():
+        t_out, s_out = _logits(run(teacher, first)), _logits(run(student, first))
+    if t_out.shape != s_out.shape:
+        raise ConfigError(f"teacher and student outputs cannot be matched: teacher gives {tuple(t_out.shape)}, "
+                          f"student {tuple(s_out.shape)}; a student must predict the same classes/vocabulary: "
+                          "build it from the teacher (student=None, DistillConfig(layers=...)) or give it the "
+                          "teacher's output layer")
+    projections = nn.ModuleList()
+    handles: list = []
+    if cfg.hidden_weight:
+        t_store, h1 = _block_outputs(teacher, cfg.container)
+        s_store, h2 = _block_outputs(student, cfg.container)
+        handles = h1 + h2
+        pairs = paired_layers(len(t_store), len(s_store), kept)
+        with torch.no_grad():
+            run(teacher, first), run(student, first)
+        projections = nn.ModuleList(Projection(s_store[j].shape[-1], t_store[pairs[j]].shape[-1])
+                                    for j in range(len(s_store))).to(dev)
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        x, y = _split(batch)
+        with torch.no_grad():
+            t = _logits(run(teacher, x))
+        s = _logits(run(model, x))
+        loss = logit_kd_loss(s, t, temperature=cfg.temperature, alpha=cfg.alpha, targets=y)
+        if cfg.hidden_weight:
+            loss = loss + cfg.hidden_weight * hidden_state_loss(s_store, [t_store[i] for i in pairs], projections)
+        return loss
+
+    params = list(student.parameters()) + list(projections.parameters())
+    try:
+        return fit(student, data, loss_fn, cfg.fit, params=params, description="distillation")
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def distill(teacher: nn.Module, student: nn.Module | None = None, config: DistillConfig = DistillConfig(),
+            data: Callable[[], Iterable[Any]] | Iterable[Any] | None = None, *, task: Any = None) -> nn.Module:
+    """Train `student` (or one built from `teacher` per `config`) to imitate `teacher`; returns the student.
+
+    Args:
+        data: training batches (an iterable or a zero-argument callable); default: the task's `train_data`.
+            Labelled `(x, y)` batches add the task loss; unlabelled ones (or texts for encoders) need no labels.
+        task: runs the models on batches (`task.run_batch`) and supplies data.
+
+    Example:
+        >>> import torch
+        >>> from condense.testing import TinyMLP
+        >>> teacher, x = TinyMLP(), torch.randn(16, 8)
+        >>> student = distill(teacher, TinyMLP(), DistillConfig(fit=FitConfig(steps=3)), [x])
+        >>> student(x).shape
+        torch.Size([16, 4])
+    """
+    ctx = TransformContext(task=task)
+    kept = None
+    if student is None:
+        student, details = student_from_teacher(teacher, config, ctx)
+        kept = details["kept"]
+    if data is None:
+        if task is None or task.train_data is None:
+            raise ConfigError("distill needs data: pass data=[batches] or task=... with train_data")
+        data = task.train_data
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    kind = config.loss if config.loss != "auto" else ("embedding" if _is_encoder(teacher) else "logits")
+    if kind == "embedding":
+        if not (_is_encoder(teacher) and _is_encoder(student)):
+            raise ConfigError("loss='embedding' needs sentence encoders (with .tokenize and .bert) as teacher and "
+                              "student; use loss='logits' for models returning logits")
+        if teacher.dim != student.dim:
+            raise ConfigError(f"teacher and student embeddings cannot be matched: {teacher.dim} vs {student.dim} "
+                              "dimensions; keep the hidden size (narrow only heads/FFN: width_target='ffn')")
+        distill_embeddings_(student, teacher, data, config.fit, max_tokens=config.max_tokens,
+                            token_weight=config.hidden_weight, attention_weight=config.attention_weight)
+    else:
+        _distill_logits(teacher, student, config, data, ctx, kept)
+    return student.eval()
+
+
+@TRANSFORMS.register("DistillConfig")
+def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -> nn.Module:
+    """Pipeline step: the incoming model is the teacher; the student is built from it and trained on task data."""
+    if ctx.task is None or ctx.task.train_data is None:
+        raise ConfigError("a DistillConfig step needs a task with train_data (digits, tinygpt, minilm have it)")
+    student, details = student_from_teacher(model, cfg, ctx)
+    return distill(model, student, cfg, ctx.task.train_data, task=ctx.task) if cfg.fit.steps else student
+
+
+@REPLAY.register("DistillConfig")
+def _replay(model: nn.Module, cfg: DistillConfig, details: dict) -> nn.Module:
+    from condense.prune.layers import drop_blocks_
+
+    if details.get("kept") is not None:
+        drop_blocks_(model, details["container"], list(details["kept"]))
+    return model

@@ -1,0 +1,183 @@
+"""Distillation losses: what "behave like the teacher" means, one function per signal.
+
+- `logit_kd_loss`: Hinton et al. 2015, `alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * task`;
+  logits of any shape (..., K) are compared per row, so for a language model it is token-level distillation
+  (every position's next-token distribution).
+- `hidden_state_loss` (with `Projection` when the student is narrower): per-layer MSE between hidden states,
+  normalised by the teacher's mean square so layers of any scale weigh alike (TinyBERT, MiniLM).
+- `attention_map_loss`: KL between attention distributions (MiniLM / TinyBERT style).
+- `embedding_distillation_loss`: sentence encoders, which have no labels: cosine between sentence embeddings, plus
+  the in-batch similarity ranking that retrieval depends on.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.train.loop import FitConfig, fit
+
+
+def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 2.0,
+                  alpha: float = 0.5, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """`alpha * T^2 * KL(p_t || p_s) + (1 - alpha) * cross_entropy(student, targets)`, averaged over rows.
+
+    Logits are (..., K); every leading position is one row (tokens of an LM count one each). Without `targets`
+    only the distillation term is returned (unscaled by alpha), as on unlabelled data.
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0]])
+        >>> float(logit_kd_loss(z, z, temperature=2.0, alpha=1.0))
+        0.0
+    """
+    k = student_logits.shape[-1]
+    s = student_logits.reshape(-1, k).float()  # (rows, K)
+    t = teacher_logits.reshape(-1, k).float().detach()
+    kl = F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1), log_target=True,
+                  reduction="batchmean")
+    kd = kl * temperature ** 2
+    if targets is None:
+        return kd
+    ce = F.cross_entropy(s, targets.reshape(-1))
+    return alpha * kd + (1 - alpha) * ce
+
+
+class Projection(nn.Module):
+    """A learned Linear from the student's width to the teacher's, one per distilled layer (identity if equal)."""
+
+    def __init__(self, student_width: int, teacher_width: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(student_width, teacher_width, bias=False) if student_width != teacher_width else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.proj is None else self.proj(h)
+
+
+def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                      projections: Sequence[nn.Module] | None = None) -> torch.Tensor:
+    """Mean over paired layers of MSE(proj(h_s), h_t) / mean(h_t^2); hidden states (..., C_s) and (..., C_t).
+
+    Example:
+        >>> h = [torch.ones(2, 3, 4)]
+        >>> float(hidden_state_loss(h, h))
+        0.0
+    """
+    total = 0.0
+    for i, (hs, ht) in enumerate(zip(student, teacher)):
+        p = projections[i](hs) if projections is not None else hs
+        ht = ht.detach().float()
+        total = total + F.mse_loss(p.float(), ht) / ht.pow(2).mean().clamp_min(1e-12)
+    return total / max(len(student), 1)
+
+
+def attention_map_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over paired layers of KL(A_t || A_s) per query row; maps (B, H, T, T), rows sum to 1.
+
+    When the head counts differ, each side's maps are averaged over heads first. `mask` (B, T) marks real
+    query tokens (padding rows are ignored).
+
+    Example:
+        >>> a = [torch.full((1, 2, 3, 3), 1 / 3)]
+        >>> float(attention_map_loss(a, a))
+        0.0
+    """
+    total = 0.0
+    for a_s, a_t in zip(student, teacher):
+        a_t = a_t.detach().float()
+        a_s = a_s.float()
+        if a_s.shape[1] != a_t.shape[1]:
+            a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+        # KL per row: sum_j t_j (log t_j - log s_j); 0 * log 0 counts as 0 (masked keys)
+        kl = torch.where(a_t > 0, a_t * (a_t.clamp_min(1e-30).log() - a_s.clamp_min(1e-30).log()), 0.0).sum(-1)
+        if mask is not None:
+            m = mask[:, None, :].to(kl.dtype).expand_as(kl)  # (B, H, T)
+            total = total + (kl * m).sum() / m.sum().clamp_min(1)
+        else:
+            total = total + kl.mean()
+    return total / max(len(student), 1)
+
+
+def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = None, token_weight: float = 0.0,
+                                relation_weight: float = 1.0, temperature: float = 0.05,
+                                attention_weight: float = 0.0
+                                ) -> Callable[[nn.Module, list[str]], torch.Tensor]:
+    """`loss(student, texts)`: 1 - cosine between student and teacher sentence embeddings, plus optional terms.
+
+    Both models get the same tokens (`student.tokenize`, cut to `max_tokens` to train faster).
+    `relation_weight` adds KL(teacher || student) between the softmax (at `temperature`) of each text's cosine
+    similarities to the other texts of the batch: retrieval depends on that ranking, which matching each vector
+    alone does not protect. `token_weight` adds the normalised MSE between last hidden states over real tokens.
+    `attention_weight` adds `attention_map_loss` between the student's last attention maps and the teacher's.
+
+    Example:
+        >>> from condense.tasks.encoder import load_minilm
+        >>> enc = load_minilm()
+        >>> float(embedding_distillation_loss(enc)(enc, ["a cat sat on the mat"]))  # doctest: +SKIP
+        0.0
+    """
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(student: nn.Module, texts: list[str]) -> torch.Tensor:
+        ids, mask = student.tokenize(list(texts))  # (B, T) each
+        if max_tokens is not None:
+            ids, mask = ids[:, :max_tokens], mask[:, :max_tokens]
+        dev = next(student.parameters()).device
+        ids, mask = ids.to(dev), mask.to(dev)
+        if attention_weight:
+            with torch.no_grad():
+                t_out = teacher.bert(ids, mask, output_attentions=True)
+            s_out = student.bert(ids, mask, output_attentions=True)
+            t_hidden, s_hidden = t_out.last_hidden_state, s_out.last_hidden_state  # (B, T, C)
+        else:
+            with torch.no_grad():
+                t_hidden = teacher.bert(ids, mask)  # (B, T, C)
+            s_hidden = student.bert(ids, mask)  # (B, T, C)
+        t_emb, s_emb = _pool(t_hidden, mask), _pool(s_hidden, mask)  # (B, C)
+        out = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+        if relation_weight and len(texts) > 2:
+            off = ~torch.eye(len(texts), dtype=torch.bool, device=dev)  # a text's similarity to itself says nothing
+            t_rel = (t_emb @ t_emb.T)[off].view(len(texts), -1) / temperature  # (B, B - 1)
+            s_rel = (s_emb @ s_emb.T)[off].view(len(texts), -1) / temperature
+            kl = F.kl_div(s_rel.log_softmax(-1), t_rel.log_softmax(-1), log_target=True, reduction="batchmean")
+            out = out + relation_weight * kl
+        if token_weight:
+            m = mask.unsqueeze(-1).to(s_hidden.dtype)  # (B, T, 1)
+            err = ((s_hidden - t_hidden) ** 2 * m).sum() / (m.sum() * s_hidden.shape[-1])
+            out = out + token_weight * err / t_hidden.pow(2).mean().clamp_min(1e-12)
+        if attention_weight:
+            out = out + attention_weight * attention_map_loss(s_out.attentions[-1:], t_out.attentions[-1:], mask)
+        return out
+
+    return loss
+
+
+def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+    return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # (B, C)
+
+
+def distill_embeddings_(student: nn.Module, teacher: nn.Module, texts: Callable[[], Iterable[list[str]]],
+                        cfg: FitConfig, *, max_tokens: int | None = 64, token_weight: float = 0.0,
+                        relation_weight: float = 1.0, train_embeddings: bool = False,
+                        attention_weight: float = 0.0) -> list[float]:
+    """Train `student` (a SentenceEncoder) to match `teacher`'s embeddings on batches of texts; returns losses.
+
+    The embedding tables (half of MiniLM's weights, never pruned) stay frozen unless `train_embeddings`: the
+    blocks are what compression changed, and skipping the tables' gradients and optimizer state makes steps cheaper.
+
+    Example:
+        >>> from condense.tasks.encoder import load_minilm  # doctest: +SKIP
+        >>> enc = load_minilm(); small = copy.deepcopy(enc)  # doctest: +SKIP
+        >>> distill_embeddings_(small, enc, lambda: [["some text", "more"]], FitConfig(steps=2))  # doctest: +SKIP
+    """
+    loss = embedding_distillation_loss(teacher, max_tokens=max_tokens, token_weight=token_weight,
+                                       relation_weight=relation_weight, attention_weight=attention_weight)
+    params = student.parameters() if train_embeddings else student.bert.layers.parameters()
+    losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
+    student.eval()
+    return losses

@@ -1,0 +1,78 @@
+"""Students built from their teacher: a subset of its blocks, optionally narrowed by structured pruning.
+
+Starting from the teacher's own weights (rather than random ones) is what makes a few hundred distillation steps
+enough: DistilBERT keeps every other layer, MiniLM/TinyBERT students are likewise initialised from the teacher.
+The kept block indices go to the lineage (as a `DistillConfig` entry), and a narrower width as the pruning step's
+own `StructuredConfig` entry, so `condense.load` rebuilds the student's architecture.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from condense.core import lineage
+from condense.core.transforms import TransformContext
+from condense.errors import ConfigError
+
+
+def spread(n: int, k: int) -> list[int]:
+    """`k` of `n` block indices spread evenly, the last block always kept (its output feeds the head).
+
+    Example:
+        >>> spread(6, 3), spread(4, 2), spread(4, 4)
+        ([1, 3, 5], [1, 3], [0, 1, 2, 3])
+    """
+    if not 1 <= k <= n:
+        raise ConfigError(f"a student keeps between 1 and {n} of the teacher's {n} blocks, got layers={k}")
+    return [round((i + 1) * n / k) - 1 for i in range(k)]
+
+
+def kept_layers(n: int, layers: int | tuple[int, ...] | None) -> list[int]:
+    """Which of `n` teacher blocks a student keeps: all (None), `layers` spread evenly (int), or exactly those."""
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, int):
+        return spread(n, layers)
+    bad = [i for i in layers if i >= n]
+    if bad:
+        raise ConfigError(f"layers={tuple(layers)} names blocks {bad} but the teacher has {n} (indices 0..{n - 1})")
+    return sorted(layers)
+
+
+def student_from_teacher(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = None
+                         ) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of `teacher` keeping `cfg.layers` blocks and `cfg.width_ratio` of its width; returns (student, details).
+
+    Example:
+        >>> from condense.distillation import DistillConfig
+        >>> from condense.tasks.gpt import GPT, GPTConfig
+        >>> s, d = student_from_teacher(GPT(GPTConfig(block_size=8, n_layer=4, n_head=2, n_embd=8)),
+        ...                             DistillConfig(layers=2))
+        >>> len(s.blocks), d["kept"]
+        (2, [1, 3])
+    """
+    from condense.prune import prune_
+    from condense.prune.layers import drop_blocks_, find_block_list
+    from condense.prune.structured import StructuredConfig
+
+    student = copy.deepcopy(teacher)
+    details: dict[str, Any] = {"container": None, "kept": None, "n_before": None}
+    if cfg.layers is not None:
+        name, blocks = find_block_list(student, cfg.container)
+        keep = kept_layers(len(blocks), cfg.layers)
+        details = {"container": name, "kept": keep, "n_before": len(blocks)}
+        drop_blocks_(student, name, keep)
+    lineage.record_transform(student, cfg, **details)
+    if cfg.width_ratio < 1:
+        prune_(student, StructuredConfig(ratio=1 - cfg.width_ratio, target=cfg.width_target),
+               task=ctx.task if ctx is not None else None)
+    return student, details
+
+
+def paired_layers(n_teacher: int, n_student: int, kept: list[int] | None) -> list[int]:
+    """For each student block, the teacher block it imitates: its origin if built from the teacher, else spread."""
+    if kept is not None and len(kept) == n_student:
+        return list(kept)
+    return spread(n_teacher, n_student)

@@ -1,0 +1,136 @@
+"""`early_exit_(model, EarlyExitConfig(...))`: attach exit heads, train them, and stop early at inference.
+
+Heads train on the task's labelled data (`train_data`), by default on a frozen backbone (`mode="frozen"`: the
+model's own predictions stay exactly as they were, only the added exits learn); `mode="joint"` trains heads and
+backbone together on the sum of every exit's loss. With `thresholds` set, the pipeline step sweeps them (see
+`condense.early_exit.sweep`), keeps the fastest whose quality stays within `quality_budget` of the model
+without early exit, and records the whole curve in the artifact's lineage.
+
+Example:
+    >>> from condense.tasks.digits import DigitsCNN
+    >>> m = early_exit_(DigitsCNN((8, 16, 32)), EarlyExitConfig(fit=FitConfig(steps=2)),
+    ...                 data=[(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))])
+    >>> len(m.heads)
+    2
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.core import lineage
+from condense.core.artifact import REPLAY
+from condense.core.config import config
+from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.early_exit.model import CRITERIA, EarlyExitModel, with_exits
+from condense.errors import ConfigError
+from condense.train.loop import FitConfig, fit
+
+MODES = ("frozen", "joint")
+
+
+@config
+class EarlyExitConfig:
+    """Exit heads, how to train them, and when a sample may leave.
+
+    Args:
+        threshold: a sample leaves at the first exit whose confidence is above this, in [0, 1] (0: always the
+            first exit; 1: never early).
+        criterion: "max_prob" (largest softmax probability) or "entropy" (1 - normalised entropy).
+        fit: training of the heads (and, with mode="joint", of the backbone).
+        mode: "frozen" (only the heads learn; the model's own output is unchanged) or "joint".
+        exits: stage indices that get a head (digits: 0, 1; tinygpt: 0..n_layer-2); None: all of them.
+        thresholds: if given, the pipeline step sweeps these and keeps the fastest within `quality_budget`.
+        quality_budget: largest drop of the task's primary metric accepted when choosing (metric units).
+
+    Example:
+        >>> EarlyExitConfig(threshold=0.95, criterion="entropy").mode
+        'frozen'
+    """
+
+    threshold: float = 0.9
+    criterion: str = "max_prob"
+    fit: FitConfig = FitConfig(steps=300, lr=3e-3, schedule="cosine")
+    mode: str = "frozen"
+    exits: tuple[int, ...] | None = None
+    thresholds: tuple[float, ...] = ()
+    quality_budget: float = 0.005
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fit, dict):
+            object.__setattr__(self, "fit", FitConfig(**self.fit))
+        for name in ("exits", "thresholds"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        for t in (self.threshold, *self.thresholds):
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+                raise ConfigError(f"thresholds are confidences in [0, 1], got {t!r}; e.g. threshold=0.9")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.exits is not None and (not self.exits or any(
+                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.exits)):
+            raise ConfigError(f"exits must be non-negative stage indices (or None for all), got {self.exits!r}")
+        if not self.quality_budget >= 0:
+            raise ConfigError(f"quality_budget must be >= 0, got {self.quality_budget!r}")
+
+
+def exit_loss(model: EarlyExitModel, batch: tuple[torch.Tensor, torch.Tensor], *, frozen: bool) -> torch.Tensor:
+    """Mean cross-entropy over the exits (with the final head too unless `frozen`) on one (x, y) batch."""
+    x, y = batch
+    if frozen:
+        model.backbone.eval()  # frozen means frozen: no batch-norm statistics drift either (fit set train mode)
+    outs = model.all_exits(x, frozen=frozen)
+    if frozen:
+        outs = outs[:-1]
+    return sum(F.cross_entropy(o.reshape(-1, o.shape[-1]).float(), y.reshape(-1)) for o in outs) / len(outs)
+
+
+def early_exit_(model: nn.Module, config: EarlyExitConfig, *, task: Any = None,
+                data: Callable[[], Iterable[Any]] | Iterable[Any] | None = None) -> EarlyExitModel:
+    """Attach exit heads to `model` and train them; returns the `EarlyExitModel` (it owns `model`).
+
+    Args:
+        task: supplies labelled `train_data` (digits, tinygpt) when `data` is not given.
+        data: labelled `(x, y)` batches (an iterable or a zero-argument callable).
+    """
+    if data is None:
+        if task is None or task.train_data is None:
+            raise ConfigError("early exit trains its heads on labelled data: pass data=[(x, y), ...] or a task "
+                              "with train_data (digits, tinygpt)")
+        data = task.train_data
+    wrapped = model if isinstance(model, EarlyExitModel) else with_exits(model, config.exits, config.threshold,
+                                                                          config.criterion)
+    wrapped.threshold, wrapped.criterion = config.threshold, config.criterion
+    frozen = config.mode == "frozen"
+    params = wrapped.heads.parameters() if frozen else wrapped.parameters()
+    if config.fit.steps:
+        fit(wrapped, data, lambda m, b: exit_loss(m, b, frozen=frozen), config.fit, params=params,
+            description="training exit heads")
+    return wrapped.eval()
+
+
+@TRANSFORMS.register("EarlyExitConfig")
+def _early_exit_step(model: nn.Module, cfg: EarlyExitConfig, ctx: TransformContext) -> nn.Module:
+    from condense.early_exit.sweep import sweep_thresholds
+
+    wrapped = early_exit_(model, cfg, task=ctx.task)
+    details: dict[str, Any] = {"exits": list(wrapped.exits), "threshold": cfg.threshold}
+    if cfg.thresholds:
+        curve = sweep_thresholds(wrapped, ctx.task, cfg.thresholds, quality_budget=cfg.quality_budget)
+        if curve.chosen is not None:
+            wrapped.threshold = curve.chosen.threshold
+        details.update(threshold=wrapped.threshold, curve=curve.to_dict())
+    lineage.record_transform(wrapped, cfg, **details)
+    wrapped.exit_counts = [0] * len(wrapped.exit_counts)
+    return wrapped
+
+
+@REPLAY.register("EarlyExitConfig")
+def _replay(model: nn.Module, cfg: EarlyExitConfig, details: dict) -> nn.Module:
+    exits = tuple(details.get("exits") or ()) or cfg.exits
+    return with_exits(model, exits, float(details.get("threshold", cfg.threshold)), cfg.criterion)

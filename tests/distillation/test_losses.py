@@ -1,0 +1,53 @@
+"""Distillation losses against hand-computed values."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from condense.distillation import attention_map_loss, hidden_state_loss, logit_kd_loss
+from condense.distillation.losses import Projection
+
+
+def test_logit_kd_equals_hand_computed_value():
+    zs = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    zt = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    y = torch.tensor([0, 2])
+    T, alpha = 2.0, 0.7
+    kl = 0.0
+    for s, t in zip(zs.tolist(), zt.tolist()):  # KL(p_t || p_s) at temperature T, by hand
+        ps = [math.exp(v / T) for v in s]
+        pt = [math.exp(v / T) for v in t]
+        ps = [v / sum(ps) for v in ps]
+        pt = [v / sum(pt) for v in pt]
+        kl += sum(a * math.log(a / b) for a, b in zip(pt, ps))
+    kl /= 2
+    ce = -(math.log(math.exp(1) / (math.exp(1) + 1 + math.exp(-1))) +
+           math.log(math.exp(2) / (2 * math.exp(0.5) + math.exp(2)))) / 2
+    expected = alpha * T * T * kl + (1 - alpha) * ce
+    got = logit_kd_loss(zs, zt, temperature=T, alpha=alpha, targets=y)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert logit_kd_loss(zs, zt, temperature=T).item() == pytest.approx(T * T * kl, rel=1e-5)  # unlabelled
+
+
+def test_token_level_kd_averages_every_position():
+    zs, zt = torch.randn(2, 5, 7), torch.randn(2, 5, 7)  # (B, T, V)
+    per_row = [logit_kd_loss(zs[b, t][None], zt[b, t][None], temperature=1.5) for b in range(2) for t in range(5)]
+    assert logit_kd_loss(zs, zt, temperature=1.5).item() == pytest.approx(float(torch.stack(per_row).mean()),
+                                                                          rel=1e-5)
+    assert logit_kd_loss(zt, zt, temperature=1.5).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hidden_state_loss_with_projection_and_attention_maps():
+    hs, ht = torch.randn(2, 3, 4), torch.randn(2, 3, 8)
+    proj = Projection(4, 8)
+    expected = F.mse_loss(proj(hs), ht) / ht.pow(2).mean()
+    assert hidden_state_loss([hs], [ht], [proj]).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert Projection(8, 8).proj is None and hidden_state_loss([ht], [ht]).item() == 0.0
+    a_t = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])  # (B=1, H=1, T=2, T=2)
+    a_s = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])
+    row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    row1 = 1.0 * math.log(1.0 / 0.5)
+    assert attention_map_loss([a_s], [a_t]).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    mask = torch.tensor([[1, 0]])  # the second query is padding
+    assert attention_map_loss([a_s], [a_t], mask).item() == pytest.approx(row0, rel=1e-6)
