@@ -70,12 +70,20 @@ def test_a_technique_missing_from_this_version_fails_validation_cleanly():
     with pytest.raises(ConfigError, match=r"steps\[0\] \(test-missing\), method 'x': condense.not_a_module:XConfig "
                                           "is not available in this version of condense"):
         parse_recipe(_doc({"test-missing": {}}))
-    for kind in ("distill", "factorize", "early-exit"):  # issue-5 entries are registered, resolved lazily
-        assert kind in STEP_KINDS
-        try:
-            parse_recipe(_doc({kind: {}}))
-        except ConfigError as e:  # absent in this version, or present and needing parameters: never a crash
-            assert f"steps[0] ({kind})" in str(e)
+
+
+def test_distill_factorize_and_early_exit_steps_build_their_configs():
+    from condense.distillation import DistillConfig
+    from condense.early_exit import EarlyExitConfig
+    from condense.factorize import FactorizeConfig
+
+    recipe = parse_recipe(_doc({"factorize": {"rank_ratio": 0.5, "activation_aware": True}},
+                               {"distill": {"layers": 2, "fit": {"steps": 5}}},
+                               {"early-exit": {"threshold": 0.9}}))
+    assert [type(s.config) for s in recipe.steps] == [FactorizeConfig, DistillConfig, EarlyExitConfig]
+    assert recipe.steps[0].config.activation_aware and recipe.steps[1].config.fit.steps == 5
+    with pytest.raises(ConfigError, match=r"steps\[0\] \(factorize\): unknown field 'rank_ratoi'"):
+        parse_recipe(_doc({"factorize": {"rank_ratoi": 0.5}}))
 
 
 def test_overrides_set_dotted_paths_and_reject_bad_ones():
