@@ -22,6 +22,7 @@ from torch import nn
 from condense.core import lineage
 from condense.core.artifact import REPLAY
 from condense.core.config import config
+from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import ConfigError
 from condense.factorize.svd import factor, factorized, layer_inputs, low_rank_module, max_rank, rank_for_ratio, \
@@ -103,13 +104,7 @@ def input_grams(model: nn.Module, names: list[str], batches: list[Any], run: Cal
         return pre
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.inference_mode():
-            for b in batches:
-                run(model, b)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, batches, run, handles)
     missing = [n for n in names if n not in grams]
     if missing:
         raise ConfigError(f"layers {missing[:4]} never ran on the calibration data, so they cannot be factorized "

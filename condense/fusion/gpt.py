@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.errors import ConfigError
-from condense.tasks.gpt import Block, KVCache
+from condense.tasks.gpt import Block, KVCache, causal_attention
 
 
 def _linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,17 +65,7 @@ class FusedBlock(nn.Module):
         h = F.layer_norm(x, self.ln_1.normalized_shape, self.ln_1.weight, self.ln_1.bias, self.ln_1.eps)
         qkv = _linear(self.qkv, h).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        past = 0
-        if cache is not None:
-            past = cache.layer_length(layer)
-            k, v = cache.update(layer, k, v)  # (B, H, past+T, D)
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = causal_attention(q, k, v, cache, layer)  # (B, H, T, D)
         x = x + _linear(self.o_proj, y.transpose(1, 2).reshape(B, T, H * D))
         h = F.layer_norm(x, self.ln_2.normalized_shape, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
         return x + _linear(self.fc_out, F.gelu(_linear(self.fc_in, h)))

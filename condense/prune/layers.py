@@ -25,6 +25,7 @@ from torch import nn
 from condense.core import lineage
 from condense.core.artifact import REPLAY
 from condense.core.config import config
+from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
 from condense.prune.api import register_pruner
@@ -127,13 +128,7 @@ def similarity_scores(model: nn.Module, blocks: nn.Module, batches: list[Any],
         return post
 
     handles = [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
-    try:
-        with torch.inference_mode():
-            for b in batches:
-                run(model, b)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, batches, run, handles)
     return [1 - total[i] / count[i] if count[i] else float("inf") for i in range(n)], same
 
 

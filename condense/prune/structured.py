@@ -29,6 +29,7 @@ from torch import nn
 from condense.core import lineage
 from condense.core.artifact import REPLAY
 from condense.core.config import check_patterns, config
+from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
 from condense.prune.api import register_pruner
@@ -239,13 +240,7 @@ def consumer_statistics(model: nn.Module, names: list[str], batches: list[Any], 
         return pre
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
-    try:
-        with torch.inference_mode():
-            for b in batches:
-                run(model, b)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, batches, run, handles)
     return {n: {k: a[k] / a["rows"] for k in ("abs", "gram") if k in a} for n, a in acc.items() if a}
 
 

@@ -128,19 +128,30 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, H, D).transpose(1, 2)
         v = v.view(B, T, H, D).transpose(1, 2)
-        past = 0
-        if cache is not None:
-            past = cache.layer_length(layer)
-            k, v = cache.update(layer, k, v)  # (B, H, past+T, D)
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif T == 1:  # one new token attends to everything cached
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # a chunk after a cached prefix: query i sees keys up to past+i
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
+        y = causal_attention(q, k, v, cache, layer).transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         return self.o_proj(y)  # (B, T, C)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: "KVCache | None" = None,
+                     layer: int = 0) -> torch.Tensor:
+    """Causal attention of (B, H, T, D) queries over keys/values, the `layer`'s cached ones first -> (B, H, T, D).
+
+    Example:
+        >>> q = torch.randn(1, 2, 3, 4)
+        >>> torch.allclose(causal_attention(q, q, q), F.scaled_dot_product_attention(q, q, q, is_causal=True))
+        True
+    """
+    T, past = q.shape[2], 0
+    if cache is not None:
+        past = cache.layer_length(layer)
+        k, v = cache.update(layer, k, v)  # (B, H, past+T, D)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if T == 1:  # one new token attends to everything cached
+        return F.scaled_dot_product_attention(q, k, v)
+    # a chunk after a cached prefix: query i sees keys up to past+i
+    mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class MLP(nn.Module):

@@ -17,6 +17,9 @@ from condense.tasks.gpt import GPT, GPTConfig
 from condense.testing import TinyMLP
 from condense.train.loop import FitConfig
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
+
 CFG = GPTConfig(block_size=16, n_layer=4, n_head=2, n_embd=16)
 
 

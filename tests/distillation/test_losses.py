@@ -9,6 +9,9 @@ from condense.distillation import attention_map_loss, hidden_state_loss, logit_k
 from condense.distillation.losses import Projection
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
+
+
 def test_logit_kd_equals_hand_computed_value():
     zs = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
     zt = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 1.0]])

@@ -15,6 +15,9 @@ from condense.tasks.digits import DigitsCNN
 from condense.tasks.gpt import GPT, GPTConfig
 from condense.train.loop import FitConfig
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
+
 CH = (4, 8, 16)
 
 

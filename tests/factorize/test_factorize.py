@@ -16,6 +16,9 @@ from condense.tasks.gpt import GPT, GPTConfig
 from condense.testing import tiny_task
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (tests/conftest.py)
+
+
 def test_config_round_trips_and_validates():
     assert FactorizeConfig().rank_ratio == 0.5
     for cfg in (FactorizeConfig(energy=0.9, activation_aware=True, include=("*.mlp.*",)), FactorizeConfig(rank=3)):
