@@ -52,6 +52,22 @@ def interleaved_p50(fns: dict, *, rounds: int = 15, warmup: int = 2) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
+def interleaved_rounds_p50(fns: dict, *, rounds: int, **time_call_kw) -> dict:
+    """Median over `rounds` round-robin rounds of each fn's per-round p50 seconds, each round one
+    `condense.measurement.timing.time_call(fn, **time_call_kw)` (under inference_mode)."""
+    import numpy as np
+    import torch
+
+    from condense.measurement.timing import time_call
+
+    samples: dict = {k: [] for k in fns}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                samples[k].append(time_call(fn, **time_call_kw).p50)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
 def load_average() -> str:
     import os
 

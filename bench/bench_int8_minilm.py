@@ -17,8 +17,7 @@ import tempfile
 import time
 import warnings
 
-import _common  # noqa: F401  (sets sys.path)
-import numpy as np
+import _common  # also sets sys.path
 import torch
 
 import condense
@@ -27,7 +26,6 @@ from condense.core.transforms import apply_
 from condense.export import OnnxRuntimeConfig, OrtModule, OrtSentenceEncoder
 from condense.export.onnx import quiet_onnxruntime_tools
 from condense.measurement.api import MeasureConfig
-from condense.measurement.timing import time_call
 from condense.quantize.backends import Int8Config
 
 
@@ -74,16 +72,12 @@ def main() -> None:
     }
     bss = (32, 1)
     p50: dict[str, dict[int, float]] = {k: {} for k in variants}
-    with torch.inference_mode():
-        for bs in bss:
-            batch = task.batch(bs)
-            samples: dict[str, list[float]] = {k: [] for k in variants}
-            for _ in range(args.rounds):
-                for name, m in variants.items():
-                    s = time_call(lambda: task.run_batch(m, batch), warmup=2, repeats=5 if bs > 1 else 20)
-                    samples[name].append(s.p50)
-            for name in variants:
-                p50[name][bs] = float(np.median(samples[name]))
+    for bs in bss:
+        batch = task.batch(bs)
+        fns = {name: (lambda m=m: task.run_batch(m, batch)) for name, m in variants.items()}
+        r = _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=2, repeats=5 if bs > 1 else 20)
+        for name in variants:
+            p50[name][bs] = r[name]
     qcfg = MeasureConfig(batch_sizes=(1,), warmup=0, repeats=1, min_time_s=0, memory=False, macs=False)
     ms = {name: condense.measure(m, task, qcfg, label=name) for name, m in variants.items()}
     load_after = os.getloadavg()

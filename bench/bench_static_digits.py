@@ -12,13 +12,11 @@ import os
 import sys
 import time
 
-import _common  # noqa: F401  (sets sys.path)
-import numpy as np
+import _common  # also sets sys.path
 import torch
 
 import condense
 from condense.measurement.api import MeasureConfig
-from condense.measurement.timing import time_call
 from condense.quantize.static import StaticInt8Config
 
 
@@ -41,15 +39,12 @@ def main() -> None:
     }
     bss = (256, 1)
     p50: dict[str, dict[int, float]] = {k: {} for k in variants}
-    with torch.inference_mode():
-        for bs in bss:
-            x = task.batch(bs)
-            samples: dict[str, list[float]] = {k: [] for k in variants}
-            for _ in range(args.rounds):
-                for name, m in variants.items():
-                    samples[name].append(time_call(lambda: m(x), warmup=3, repeats=20, min_time_s=0.2).p50)
-            for name in variants:
-                p50[name][bs] = float(np.median(samples[name]))
+    for bs in bss:
+        x = task.batch(bs)
+        r = _common.interleaved_rounds_p50({name: (lambda m=m: m(x)) for name, m in variants.items()},
+                                           rounds=args.rounds, warmup=3, repeats=20, min_time_s=0.2)
+        for name in variants:
+            p50[name][bs] = r[name]
     qcfg = MeasureConfig(batch_sizes=(1,), warmup=0, repeats=1, min_time_s=0, memory=False)
     ms = {name: condense.measure(m, task, qcfg, label=name) for name, m in variants.items()}
     load_after = os.getloadavg()

@@ -15,13 +15,11 @@ import sys
 import time
 from typing import Any, Callable
 
-import _common  # noqa: F401  (sets sys.path)
-import numpy as np
+import _common  # also sets sys.path
 import torch
 
 import condense
 from condense.measurement.api import MeasureConfig
-from condense.measurement.timing import time_call
 from condense.prune import LayerDropConfig, StructuredConfig, prune_
 from condense.train.loop import FitConfig
 
@@ -45,16 +43,6 @@ MINILM_VARIANTS: dict[str, Callable[[int], list[Any]]] = {
 }
 
 
-def interleaved_p50(variants: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median over `rounds` round-robin rounds of each variant's per-round median latency (seconds)."""
-    samples: dict[str, list[float]] = {k: [] for k in variants}
-    with torch.inference_mode():
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                samples[name].append(time_call(fn, warmup=2, repeats=5, min_time_s=0.5).p50)
-    return {k: float(np.median(v)) for k, v in samples.items()}
-
-
 def _load() -> str:
     return " / ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -75,8 +63,9 @@ def run_part(name: str, task: Any, dense: torch.nn.Module, configs: list[Any], b
         prune_(pruned, cfg, task=task)
     prune_s = time.perf_counter() - t0
     x = task.batch(batch)
-    p50 = interleaved_p50({"dense": lambda: task.run_batch(dense, x), "pruned": lambda: task.run_batch(pruned, x)},
-                          rounds)
+    p50 = _common.interleaved_rounds_p50({"dense": lambda: task.run_batch(dense, x),
+                                          "pruned": lambda: task.run_batch(pruned, x)},
+                                         rounds=rounds, warmup=2, repeats=5, min_time_s=0.5)
     mcfg = MeasureConfig(batch_sizes=(1,), warmup=0, repeats=1, min_time_s=0, memory=False, threads=threads)
     ms = {k: condense.measure(m, task, mcfg, label=k) for k, m in (("dense", dense), ("pruned", pruned))}
     load_after = _load()

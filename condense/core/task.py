@@ -135,6 +135,20 @@ class Task:
         return value <= baseline * (1 + budget) if baseline >= 0 else value <= baseline * (1 - budget)
 
 
+def batch_tensors(batch: Any, fix: str) -> tuple[torch.Tensor, ...]:
+    """A tensor batch (a tensor, or a non-empty tuple/list of tensors) as a tuple; else CondenseError ending in `fix`.
+
+    Example:
+        >>> [t.shape for t in batch_tensors((torch.zeros(2, 3), torch.ones(2)), "")]
+        [torch.Size([2, 3]), torch.Size([2])]
+    """
+    if isinstance(batch, torch.Tensor):
+        return (batch,)
+    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
+        return tuple(batch)
+    raise CondenseError(fix.format(type=type(batch).__name__))
+
+
 def check_batch_size(b: Any) -> int:
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise CondenseError(f"batch size must be a positive integer, got {b!r}; e.g. --batch-sizes 1,32")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.registry import TypeRegistry
+from condense.core.task import batch_tensors
 from condense.errors import CondenseError, ConfigError
 
 OPSETS = (17, 18)
@@ -48,13 +49,9 @@ class ExportSpec:
 
 
 def _batch_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
-        return tuple(batch)
-    raise CondenseError(f"ONNX export needs tensor batches (a tensor or a tuple of tensors), got "
-                        f"{type(batch).__name__}; register an ExportAdapter in condense.export.onnx.EXPORT_ADAPTERS "
-                        "that turns this model's batches into tensors")
+    return batch_tensors(batch, "ONNX export needs tensor batches (a tensor or a tuple of tensors), got {type}; "
+                         "register an ExportAdapter in condense.export.onnx.EXPORT_ADAPTERS that turns this model's "
+                         "batches into tensors")
 
 
 class ExportAdapter:

@@ -115,26 +115,24 @@ def _slice(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
         module._buffers[name] = new
 
 
-def cut_linear(m: nn.Linear, dim: str, idx: torch.Tensor) -> None:
-    """Keep output rows (`dim="out"`, with the bias) or input columns (`dim="in"`) `idx` of a Linear."""
+def _cut_weight(m: nn.Module, dim: str, idx: torch.Tensor, size_attrs: tuple[str, str]) -> None:
+    """Keep output units `idx` (weight dim 0, with the bias) or input units (weight dim 1); update the size attr."""
     if dim == "out":
         _slice(m, "weight", 0, idx)
         _slice(m, "bias", 0, idx)
-        m.out_features = len(idx)
     else:
         _slice(m, "weight", 1, idx)
-        m.in_features = len(idx)
+    setattr(m, size_attrs[dim == "in"], len(idx))
+
+
+def cut_linear(m: nn.Linear, dim: str, idx: torch.Tensor) -> None:
+    """Keep output rows (`dim="out"`, with the bias) or input columns (`dim="in"`) `idx` of a Linear."""
+    _cut_weight(m, dim, idx, ("out_features", "in_features"))
 
 
 def cut_conv2d(m: nn.Conv2d, dim: str, idx: torch.Tensor) -> None:
     """Keep output channels (with the bias) or input channels `idx` of an ungrouped Conv2d."""
-    if dim == "out":
-        _slice(m, "weight", 0, idx)
-        _slice(m, "bias", 0, idx)
-        m.out_channels = len(idx)
-    else:
-        _slice(m, "weight", 1, idx)
-        m.in_channels = len(idx)
+    _cut_weight(m, dim, idx, ("out_channels", "in_channels"))
 
 
 def cut_batchnorm(m: nn.modules.batchnorm._BatchNorm, dim: str, idx: torch.Tensor) -> None:

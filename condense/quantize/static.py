@@ -23,6 +23,7 @@ from torch import nn
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY, TensorCodec
 from condense.core.config import check_patterns, check_positive_int, config
+from condense.core.task import batch_tensors
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
 from condense.measurement.counts import PARAM_VIEWS
@@ -102,16 +103,6 @@ def _qconfig_mapping(cfg: StaticInt8Config, activation: Any, float_names: list[s
     return mapping
 
 
-def _example_inputs(batch: Any) -> tuple[torch.Tensor, ...]:
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)) and batch and all(isinstance(b, torch.Tensor) for b in batch):
-        return tuple(batch)
-    raise CondenseError(f"StaticInt8Config traces the model on tensor batches, but the calibration batches are "
-                        f"{type(batch).__name__}; for text models (e.g. minilm) use DynamicInt8Config or "
-                        "OrtInt8Config, which need no traced calibration")
-
-
 def _convert(model: nn.Module, cfg: StaticInt8Config, activation: Any, float_names: list[str],
              example: tuple[torch.Tensor, ...], calibrate: Any = None) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -147,7 +138,9 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: Transform
     names = select_modules(model, _LAYERS, cfg.include, cfg.exclude, what="StaticInt8Config")
     kept_float = [n for n, m in model.named_modules() if isinstance(m, _LAYERS) and n and n not in names]
     batches = ctx.calibration_batches(cfg.calibration_batches, what="StaticInt8Config")
-    example = _example_inputs(batches[0])
+    example = batch_tensors(batches[0], "StaticInt8Config traces the model on tensor batches, but the calibration "
+                            "batches are {type}; for text models (e.g. minilm) use DynamicInt8Config or "
+                            "OrtInt8Config, which need no traced calibration")
     was_training = model.training
     model.eval()
 
