@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 
@@ -37,6 +36,12 @@ def params(m: torch.nn.Module) -> int:
 
 def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
+
+
+def _section(title: str, args: argparse.Namespace, notes: str, lines: list[str], checks: list[str]) -> str:
+    cmd = ("python bench/bench_distill.py " + " ".join(sys.argv[1:])).strip()
+    return (f"## {title}\n\n" + _common.header(cmd, args.threads, notes) + "\n\n" + "\n".join(lines) + "\n\n"
+            + "\n".join(checks) + "\n")
 
 
 def bench_minilm(args: argparse.Namespace) -> str:
@@ -67,15 +72,13 @@ def bench_minilm(args: argparse.Namespace) -> str:
                      f"{q['recall@1']:.4f} | {q['cosine_to_fp32']:.4f} |")
     checks = [f"- speed at batch 32: {speed:.2f}x the teacher (target >= 1.8x): {_verdict(speed >= 1.8)}",
               f"- MRR@10: {rel:.1%} of the teacher's (target >= 97%): {_verdict(rel >= 0.97)}"]
-    cmd = "python bench/bench_distill.py " + " ".join(sys.argv[1:])
     notes = (f"Baseline: the 6-block teacher. Student: blocks {student_from_teacher_blocks(args.minilm_layers)} "
              f"of the teacher, embedding tables frozen, {args.minilm_steps} steps of 32 unlabelled texts (cut to 64 "
              f"tokens), AdamW lr {args.minilm_lr} cosine, loss 1 - cos + in-batch relation KL; distillation took "
              f"{secs:.0f} s. Latency: median of {args.rounds} interleaved rounds. {load0} at start, {load1} after "
              "timing.")
-    return (f"## Distillation: minilm, 6-block teacher -> 3-block student on unlabelled text\n\n"
-            + _common.header(cmd.strip(), args.threads, notes) + "\n\n" + "\n".join(lines) + "\n\n"
-            + "\n".join(checks) + "\n")
+    return _section("Distillation: minilm, 6-block teacher -> 3-block student on unlabelled text", args, notes,
+                    lines, checks)
 
 
 def student_from_teacher_blocks(layers: int) -> str:
@@ -110,15 +113,13 @@ def bench_tinygpt(args: argparse.Namespace) -> str:
     checks = [f"- student parameters: {params(student0) / params(teacher):.1%} of the teacher's (target: half)",
               f"- perplexity with distillation {kd:.4f} vs without {plain:.4f} after {args.gpt_steps} steps each "
               f"(target: lower): {_verdict(kd < plain)}"]
-    cmd = "python bench/bench_distill.py " + " ".join(sys.argv[1:])
     notes = (f"Baseline: the same student trained without distillation. Teacher: tinygpt `default` (4 blocks, width "
              f"160). Student: blocks 1 and 3 of the teacher, MLP width kept {args.gpt_width:.0%} (L2 structured "
              f"pruning). Both: {args.gpt_steps} steps on the task's train batches (16 x 128 bytes), AdamW lr "
              f"{args.gpt_lr} cosine, warm-up 20, seed 0. Perplexity per byte on the val split. {load0} at start, "
              f"{load1} at the end.")
-    return (f"## Distillation: tinygpt, half-size student with vs without distillation\n\n"
-            + _common.header(cmd.strip(), args.threads, notes) + "\n\n" + "\n".join(lines) + "\n\n"
-            + "\n".join(checks) + "\n")
+    return _section("Distillation: tinygpt, half-size student with vs without distillation", args, notes, lines,
+                    checks)
 
 
 def main() -> None:

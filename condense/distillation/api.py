@@ -201,6 +201,12 @@ def distill(teacher: nn.Module, student: nn.Module | None = None, config: Distil
     if student is None:
         student, details = student_from_teacher(teacher, config, ctx)
         kept = details["kept"]
+    return _train(teacher, student, config, data, ctx, kept, task=task)
+
+
+def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: Any, ctx: TransformContext,
+           kept: list[int] | None, *, task: Any) -> nn.Module:
+    """Train `student` to imitate `teacher`; `kept`: the teacher block each student block came from (or None)."""
     if data is None:
         if task is None or task.train_data is None:
             raise ConfigError("distill needs data: pass data=[batches] or task=... with train_data")
@@ -229,7 +235,10 @@ def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -
     if ctx.task is None or ctx.task.train_data is None:
         raise ConfigError("a DistillConfig step needs a task with train_data (digits, tinygpt, minilm have it)")
     student, details = student_from_teacher(model, cfg, ctx)
-    return distill(model, student, cfg, ctx.task.train_data, task=ctx.task) if cfg.fit.steps else student
+    if not cfg.fit.steps:
+        return student
+    # the kept block indices pair each student block with its origin for the hidden-state loss
+    return _train(model, student, cfg, ctx.task.train_data, ctx, details["kept"], task=ctx.task)
 
 
 @REPLAY.register("DistillConfig")

@@ -124,7 +124,7 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 def plan_ranks(model: nn.Module, cfg: FactorizeConfig) -> list[str]:
     """The selected layer names; raises before anything changes if a fixed rank is too large."""
     names = select_modules(model, LAYER_TYPES, cfg.include, cfg.exclude, what="FactorizeConfig", verb="factorize")
-    modules = dict(model.named_modules()) if names != [""] else {"": model}
+    modules = dict(model.named_modules())
     if cfg.rank is not None:
         for n in names:
             if cfg.rank > max_rank(modules[n]):
@@ -154,7 +154,7 @@ def factorize_(model: nn.Module, config: FactorizeConfig, *, task: Any = None, c
 @TRANSFORMS.register("FactorizeConfig")
 def _factorize(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext) -> nn.Module:
     names = plan_ranks(model, cfg)
-    modules = dict(model.named_modules()) if names != [""] else {"": model}
+    modules = dict(model.named_modules())
     grams: dict[str, torch.Tensor] = {}
     if cfg.activation_aware:
         batches = ctx.calibration_batches(cfg.calibration_batches, what="FactorizeConfig(activation_aware=True)")

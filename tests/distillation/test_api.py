@@ -133,3 +133,15 @@ def test_sentence_encoder_student_learns_teacher_embeddings_with_attention_maps(
     student = distill(teacher, None, cfg, [texts])
     assert len(student.bert.layers) == 2 and len(teacher.bert.layers) == 4
     assert 1 - cos(student) < 0.5 * (1 - cos(untrained))
+
+
+def test_pipeline_step_pairs_hidden_states_with_the_blocks_the_student_kept(monkeypatch):
+    from condense.distillation import api
+
+    seen = []
+    real = api.paired_layers
+    monkeypatch.setattr(api, "paired_layers", lambda *a: seen.append(a) or real(*a))
+    task = gpt_task()
+    apply_(copy.deepcopy(task.build_model()), DistillConfig(layers=(0, 1), hidden_weight=1.0, fit=FitConfig(steps=1)),
+           task=task)
+    assert seen == [(4, 2, [0, 1])]  # not spread(4, 2) == [1, 3]

@@ -117,6 +117,9 @@ def test_sweep_curve_and_chosen_point_follow_the_rules():
         assert curve.baseline.quality["accuracy"] - curve.chosen.quality["accuracy"] <= 0.05 + 1e-12
         assert curve.chosen.latency_s == min(p.latency_s for p in curve.points if p.speedup > 1 and
                                              curve.baseline.quality["accuracy"] - p.quality["accuracy"] <= 0.05 + 1e-12)
+    else:  # None only when no point is both faster and within the budget
+        assert not any(p.speedup > 1 and curve.baseline.quality["accuracy"] - p.quality["accuracy"] <= 0.05 + 1e-12
+                       for p in curve.points)
     json.dumps(curve.to_dict())
 
 
