@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from condense.tasks.encoder import mean_pool
 from condense.train.loop import FitConfig, fit
 
 
@@ -137,7 +138,7 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
             with torch.no_grad():
                 t_hidden = teacher.bert(ids, mask)  # (B, T, C)
             s_hidden = student.bert(ids, mask)  # (B, T, C)
-        t_emb, s_emb = _pool(t_hidden, mask), _pool(s_hidden, mask)  # (B, C)
+        t_emb, s_emb = mean_pool(t_hidden, mask), mean_pool(s_hidden, mask)  # (B, C)
         out = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
         if relation_weight and len(texts) > 2:
             off = ~torch.eye(len(texts), dtype=torch.bool, device=dev)  # a text's similarity to itself says nothing
@@ -154,11 +155,6 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
         return out
 
     return loss
-
-
-def _pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-    return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)  # (B, C)
 
 
 def distill_embeddings_(student: nn.Module, teacher: nn.Module, texts: Callable[[], Iterable[list[str]]],

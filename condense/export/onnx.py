@@ -27,6 +27,7 @@ from torch import nn
 from condense.core.registry import TypeRegistry
 from condense.core.task import batch_tensors
 from condense.errors import CondenseError, ConfigError
+from condense.tasks.encoder import mean_pool
 
 OPSETS = (17, 18)
 
@@ -166,9 +167,7 @@ class _EncoderGraph(nn.Module):
             if i in self.split:
                 y = y + self.side_out[i](F.gelu(self.side_in[i](x)))  # (B, T, C): the float outlier channels
             x = block.ffn_norm(x + y)  # (B, T, C)
-        m = attention_mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-        pooled = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (B, C)
-        return F.normalize(pooled, p=2, dim=1)  # (B, C)
+        return mean_pool(x, attention_mask)  # (B, C)
 
 
 class EncoderAdapter(ExportAdapter):

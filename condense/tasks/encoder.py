@@ -17,6 +17,19 @@ from condense.errors import CondenseError
 from condense.tasks.bert import Bert, BertConfig, load_pretrained_weights
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, C) hidden states, (B, T) mask -> (B, C) L2-normalised mean over the real tokens (sentence-transformers).
+
+    Example:
+        >>> h, m = torch.ones(1, 3, 2), torch.tensor([[1, 1, 0]])
+        >>> mean_pool(h, m)
+        tensor([[0.7071, 0.7071]])
+    """
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (B, C)
+    return F.normalize(pooled, p=2, dim=1)  # (B, C)
+
+
 class SentenceEncoder(nn.Module):
     """Texts -> unit-length sentence embeddings (B, C): BERT hidden states mean-pooled over real tokens.
 
@@ -67,10 +80,7 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, C) L2-normalised mean-pooled embeddings."""
-        h = self.bert(input_ids, attention_mask)  # (B, T, C)
-        m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        pooled = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (B, C)
-        return F.normalize(pooled, p=2, dim=1)  # (B, C)
+        return mean_pool(self.bert(input_ids, attention_mask), attention_mask)  # (B, C)
 
     def device(self) -> torch.device:
         """Where inputs go: the device of the first floating-point parameter (cpu if none, e.g. quantized)."""
