@@ -190,15 +190,13 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    world = env_world() if opt_get("strategy", "single") != "single" else World()
+    single = opt_get("strategy", "single") == "single"
+    world = World() if single else env_world()
     if world.size > 1:
         from condense.train.distributed import init_from_env
 
         world = init_from_env(device)
-    if opt_get("strategy", "single") == "single" and world.size == 1:
-        strategy: Single = Single(cfg, world, device)
-    else:
-        strategy = strategy_for(cfg, world, device)
+    strategy = Single(cfg, world, device) if single else strategy_for(cfg, world, device)
     if world.size > 1 and not world.is_main:
         barrier()  # rank 0 measures "auto" precision first; the others read its cached answer
     precision = resolve_precision(cfg.precision, device)
@@ -252,7 +250,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
     eval_every, ckpt_every = opt_get("eval_every", 0), opt_get("checkpoint_every", 0)
     target, patience = opt_get("target"), opt_get("patience", 0)
     counter = ByteCounter()
-    counting = count_bytes(counter) if opt_get("comm_hook", "none") != "none" else contextlib.nullcontext()
+    hooked = opt_get("comm_hook", "none") != "none"
+    counting = count_bytes(counter) if hooked else contextlib.nullcontext()
 
     def save(step: int) -> None:
         if ckpt_root is None:
@@ -319,7 +318,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             dt = time.perf_counter() - t0
             result.train_s += dt
             result.losses.append(loss_value)
-            if opt_get("comm_hook", "none") != "none":
+            if hooked:
                 result.bytes_per_step.append(counter.bytes - bytes0)
             step += 1
             rate = f"{n * k * world.size / dt:,.0f} samples/s" if dt > 0 else ""

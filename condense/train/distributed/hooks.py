@@ -131,7 +131,8 @@ def serialized_powersgd_hook(state, bucket):  # no annotations: DDP checks them 
     """PowerSGD, one bucket at a time. PowerSGD all-reduces Q from a callback thread once P's all-reduce is done;
     with several buckets in flight the two processes can then issue their collectives in different orders, which
     gloo (CPU) detects as a size mismatch and aborts on. Waiting for each bucket keeps every process's order the
-    same, at the cost of overlapping communication with the rest of the backward pass."""
+    same, at the cost of no longer overlapping communication with the rest of the backward pass. NCCL needs
+    none of this: its futures complete as the work is enqueued, so the callback runs in order on the hook's thread."""
     fut = powerSGD_hook.powerSGD_hook(state, bucket)
     fut.wait()
     return fut

@@ -74,7 +74,9 @@ def pipeline_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterab
     from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
 
     from condense.train.optim import build_optimizer
+    from condense.train.distributed import World
     from condense.train.schedules import lr_factor
+    from condense.train.trainer import _Batches
 
     if not dist.is_initialized():
         raise ConfigError("pipeline parallelism needs several processes: launch with `condense train --nproc N`")
@@ -87,15 +89,10 @@ def pipeline_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterab
     params = [p for p in stage_mod.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg)
     base = [g["lr"] for g in opt.param_groups]
-    make = batches if callable(batches) else (lambda: batches)
-    it = iter(make())
+    data = _Batches(batches, World())  # a world of one: every process reads every batch
     losses: list[float] = []
     for step in range(cfg.steps):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(make())
-            x, y = next(it)
+        x, y = data.next()
         for g, b in zip(opt.param_groups, base):
             g["lr"] = b * lr_factor(step, cfg)
         opt.zero_grad(set_to_none=True)

@@ -29,7 +29,6 @@ class Single:
 
     def __init__(self, cfg: Any, world: World, device: torch.device):
         self.cfg, self.world, self.device = cfg, world, device
-        self.hook_state: Any = None
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
@@ -54,9 +53,6 @@ class Single:
         self.unwrap(wrapped).load_state_dict(load_file(str(folder / "model.safetensors"), device=str(self.device)))
         opt.load_state_dict(load_tensors(folder / "optim.pt"))
 
-    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.unwrap(wrapped).state_dict().items()}
-
 
 STRATEGIES.register("single", Single)
 
@@ -69,9 +65,7 @@ class DDP(Single):
         ids = [self.device.index] if self.device.type == "cuda" else None
         ddp = DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=getattr(self.cfg, "ddp_bucket_mb", 25.0))
         if self.cfg.comm_hook != "none":
-            state, hook = COMM_HOOKS.get(self.cfg.comm_hook)(self.cfg)
-            self.hook_state = state
-            ddp.register_comm_hook(state, hook)
+            ddp.register_comm_hook(*COMM_HOOKS.get(self.cfg.comm_hook)(self.cfg))
         return ddp
 
     def unwrap(self, wrapped: nn.Module) -> nn.Module:
@@ -119,12 +113,6 @@ class FSDP(Single):
         state = {"model": msd, "optim": osd}
         dcp.load(state, checkpoint_id=str(folder / "dcp"))
         set_state_dict(wrapped, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-
-    def full_state_dict(self, wrapped: nn.Module) -> dict[str, torch.Tensor]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return sd
 
 
 def strategy_for(cfg: Any, world: World, device: torch.device) -> Single:
