@@ -168,3 +168,20 @@ def _tile(example: Any, n: int) -> Any:
         return example
     raise CondenseError(f"cannot tile inputs of type {type(example).__name__} to a batch size; "
                         "pass Task(inputs=callable(batch_size) -> batch) instead")
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` with every tensor in it (nested in tuples, lists, dicts) moved to `device`; other values kept.
+
+    Example:
+        >>> to_device({"x": torch.zeros(1), "texts": ["a"]}, torch.device("cpu"))
+        {'x': tensor([0.]), 'texts': ['a']}
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        moved = [to_device(v, device) for v in batch]
+        return type(batch)(*moved) if hasattr(batch, "_fields") else type(batch)(moved)  # namedtuples too
+    return batch

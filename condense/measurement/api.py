@@ -17,7 +17,7 @@ from torch import nn
 
 from condense import progress
 from condense.core.config import config
-from condense.core.task import Task, check_batch_size
+from condense.core.task import Task, check_batch_size, to_device
 from condense.errors import ConfigError
 from condense.measurement.counts import count_parameters
 from condense.measurement.machine import machine_info
@@ -123,18 +123,6 @@ def torch_threads(n: int | None) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(old)
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(to_device(v, device) for v in batch)
-    if isinstance(batch, list) and batch and isinstance(batch[0], torch.Tensor):
-        return [to_device(v, device) for v in batch]
-    return batch
 
 
 def artifact_bytes(model: nn.Module) -> int:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from condense import progress
+from condense.core.task import to_device
 from condense.errors import ConfigError
 from condense.train import checkpoint as ckpt
 from condense.train.distributed import World, barrier, env_world
@@ -115,16 +116,6 @@ class _Batches:
 
     def restore(self, state: dict[str, int]) -> None:
         self.epoch, self.pos, self._it = int(state["epoch"]), int(state["pos"]), None
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device)
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _to(v, device) for k, v in batch.items()}
-    return batch
 
 
 def _count(batch: Any) -> tuple[int, int]:
@@ -288,7 +279,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             opt.zero_grad(set_to_none=True)
             total = torch.zeros((), device=device)
             for i in range(k):
-                batch = _to(data.next(), device)
+                batch = to_device(data.next(), device)
                 n, t = _count(batch)
                 result.samples += n * world.size
                 result.tokens += t * world.size
