@@ -27,7 +27,7 @@ from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import ConfigError
 from condense.factorize.svd import factor, factorized, layer_inputs, low_rank_module, max_rank, rank_for_ratio, \
     weight_matrix
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 from condense.train.loop import FitConfig
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d)

@@ -33,7 +33,7 @@ from condense.core import lineage
 from condense.core.artifact import REPLAY
 from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 from condense.errors import ConfigError
 from condense.prune.api import register_pruner
 from condense.prune.importance import IMPORTANCE, Scores, score

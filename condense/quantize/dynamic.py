@@ -20,7 +20,7 @@ from condense.errors import ConfigError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
 from condense.quantize.api import register_quantizer
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 
 
 @config

@@ -33,7 +33,7 @@ from condense.errors import ConfigError
 from condense.export.onnx import check_opset, quiet_onnxruntime_tools
 from condense.export.runtime import build_ort, example_batch, replay_ort
 from condense.quantize.api import register_quantizer
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 
 # Op types ORT's dynamic quantizer handles (see onnxruntime.quantization.registry.IntegerOpsRegistry).
 QUANTIZABLE_OPS = ("MatMul", "Attention", "Gather", "Gemm", "Conv", "EmbedLayerNormalization")

@@ -35,7 +35,7 @@ from condense.quantize.api import register_quantizer
 from condense.quantize import static as _static  # noqa: F401  (registers the int8 layer codecs QAT output uses)
 from condense.quantize.fake import ActivationFakeQuantize, WeightFakeQuantize
 from condense.quantize.primitives import Granularity, QuantSpec
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 
 INT8_LAYERS = (nnq.Conv2d, nnq.Linear)  # fused ConvReLU2d / LinearReLU are subclasses
 

@@ -30,7 +30,7 @@ class LayerSensitivity:
 
 
 def _layers_of(model: nn.Module, cfg: Any) -> list[str]:
-    from condense.quantize.select import select_modules
+    from condense.core.select import select_modules
 
     types = (nn.Linear, nn.Conv2d)
     return select_modules(model, types, tuple(getattr(cfg, "include", ("*",))), tuple(getattr(cfg, "exclude", ())),

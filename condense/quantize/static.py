@@ -30,7 +30,7 @@ from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
 from condense.quantize.api import register_quantizer
 from condense.quantize.dynamic import DynamicLinearCodec
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 

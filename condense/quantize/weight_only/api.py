@@ -17,7 +17,7 @@ from condense.core.config import check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.quantize.api import register_quantizer
-from condense.quantize.select import select_modules
+from condense.core.select import select_modules
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
 from condense.quantize.weight_only.linear import WeightOnlyLinear
 from condense.quantize.weight_only.rtn import effective_group_size, rtn_quantize
