@@ -363,17 +363,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))  # validated whole before any work
     task = None
-    if args.task:
+    if args.task or args.task_option:
         from condense.tasks import get_task
 
-        opts = {**(recipe.task_options if args.task == recipe.task else {}), **_task_options(args.task_option)}
-        task = get_task(args.task, **opts)
-    elif args.task_option:
-        from condense.tasks import get_task
-
-        if recipe.task is None:
+        task_name = args.task or recipe.task
+        if task_name is None:
             raise CondenseError("--task-option needs a task: pass --task NAME or name one in the recipe")
-        task = get_task(recipe.task, **{**recipe.task_options, **_task_options(args.task_option)})
+        opts = recipe.task_options if task_name == recipe.task else {}
+        task = get_task(task_name, **{**opts, **_task_options(args.task_option)})
     over = {k: v for k, v in (("batch_sizes", args.batch_sizes), ("threads", args.threads),
                               ("repeats", args.repeats), ("device", args.device)) if v is not None}
     if args.no_quality:
