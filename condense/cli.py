@@ -292,8 +292,17 @@ def _print_exit_curve(artifact: Any, out: Path) -> None:
                   f"({p['speedup']:.2f}x), exits {[round(f, 2) for f in p['exit_fractions']]}{mark}")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _print_run(res: Any, out: Path, *, title: str) -> None:
+    """The comparison table, the run's warnings and where its artifact and reports landed."""
     from condense.measurement.table import comparison_table
+
+    _print(comparison_table(res.measurements, title=title))
+    for w in res.report["warnings"]:
+        print(f"warning: {w}")
+    print(f"artifact: {res.artifact}\nreport:   {out / 'report.json'}\n          {out / 'report.html'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     from condense.pipeline import Step, check_run_name, run_pipeline
     from condense.quantize.dynamic import DynamicInt8Config
 
@@ -302,10 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.runs_dir) / name
     res = run_pipeline(task, [Step("fp32"), Step("int8-dynamic", DynamicInt8Config())], out, name=name,
                        measure_config=_measure_config(args))
-    _print(comparison_table(res.measurements, title=f"condense demo: {task.name}, fp32 vs int8 (x86 int8 kernels)"))
-    for w in res.report["warnings"]:
-        print(f"warning: {w}")
-    print(f"artifact: {res.artifact}\nreport:   {out / 'report.json'}\n          {out / 'report.html'}")
+    _print_run(res, out, title=f"condense demo: {task.name}, fp32 vs int8 (x86 int8 kernels)")
     return 0
 
 
@@ -347,25 +353,24 @@ def cmd_search(args: argparse.Namespace) -> int:
     sp = ", ".join(f"batch {b}: {v:.2f}x" for b, v in res.final.get("speedup", {}).items())
     print(f"re-measured side by side with the baseline: {sp}\nPareto frontier: trials {res.pareto}")
     print(f"artifact: {res.artifact}\nreport:   {out / 'report.html'}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from condense.measurement.table import comparison_table
     from condense.recipes import load_recipe, parse_overrides, run_recipe
 
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))  # validated whole before any work
     task = None
-    if args.task:
+    if args.task or args.task_option:
         from condense.tasks import get_task
 
-        opts = {**(recipe.task_options if args.task == recipe.task else {}), **_task_options(args.task_option)}
-        task = get_task(args.task, **opts)
-    elif args.task_option:
-        from condense.tasks import get_task
-
-        if recipe.task is None:
+        task_name = args.task or recipe.task
+        if task_name is None:
             raise CondenseError("--task-option needs a task: pass --task NAME or name one in the recipe")
-        task = get_task(recipe.task, **{**recipe.task_options, **_task_options(args.task_option)})
+        opts = recipe.task_options if task_name == recipe.task else {}
+        task = get_task(task_name, **{**opts, **_task_options(args.task_option)})
     over = {k: v for k, v in (("batch_sizes", args.batch_sizes), ("threads", args.threads),
                               ("repeats", args.repeats), ("device", args.device)) if v is not None}
     if args.no_quality:
@@ -373,10 +378,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mcfg = dataclasses.replace(recipe.measure, **over)
     out = Path(args.out)
     res = run_recipe(recipe, out, task=task, measure_config=mcfg, name=out.name)
-    _print(comparison_table(res.measurements, title=f"recipe {recipe.name}"))
-    for w in res.report["warnings"]:
-        print(f"warning: {w}")
-    print(f"artifact: {res.artifact}\nreport:   {out / 'report.json'}\n          {out / 'report.html'}")
+    _print_run(res, out, title=f"recipe {recipe.name}")
     return 0
 
 

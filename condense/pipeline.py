@@ -58,9 +58,10 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
     if not steps:
         raise CondenseError("a pipeline needs at least one step; start with Step('baseline')")
     out_dir = Path(out_dir)
-    if base_model is None:
+    model = base_model
+    if model is None:
         progress.note(f"building the {task.name} model")
-    model = task.build_model() if base_model is None else base_model
+        model = task.build_model()
     ms: list[Measurement] = []
     rows: list[dict[str, Any]] = []
     for step in steps:

@@ -22,6 +22,7 @@ from condense.core.task import Task
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
 from condense.searching.config import SearchConfig
+from condense.searching.sensitivity import relative_drop
 from condense.searching.storage import masked, open_storage, storage_url
 from condense.searching.trials import open_study, run_worker
 
@@ -105,11 +106,6 @@ def _spawn_workers(task: Task, cfg: SearchConfig, url: str, study_name: str, n: 
     return procs
 
 
-def _relative_drop(task: Task, value: float, base: float) -> float:
-    sign = 1.0 if task.higher_is_better else -1.0
-    return sign * (base - value) / max(abs(base), 1e-12)
-
-
 def rebuild(task: Task, steps: list[dict[str, Any]]) -> nn.Module:
     """A fresh model with a trial's steps applied (configs as recorded in the study)."""
     model = task.build_model()
@@ -179,7 +175,7 @@ def _result(task: Task, cfg: SearchConfig, study: Any, url: str | None, name: st
     done = [r for r in rows if r["state"] == "COMPLETE" and r["metric"] is not None]
     for r in done:
         r["within_budget"] = task.within_budget(r["metric"], base["metric"], cfg.budget)
-        r["drop"] = _relative_drop(task, r["metric"], base["metric"])
+        r["drop"] = relative_drop(task, r["metric"], base["metric"])
     ok = [r for r in done if r["within_budget"] and r["steps"]]  # the untouched model is the baseline, not a pick
     chosen = min(ok, key=lambda r: r["latency_s"]) if ok else None
     pareto = pareto_front(done, task.higher_is_better) if done else []

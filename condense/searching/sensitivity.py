@@ -23,7 +23,7 @@ from condense.searching.knobs import PRUNE, QUANT, Knob, Space, build
 PROBE_RATIO = 0.3  # fraction of one group's units removed by the pruning probe
 
 
-def _rel_drop(task: Any, value: float, base: float) -> float:
+def relative_drop(task: Any, value: float, base: float) -> float:
     """Relative loss of quality (> 0 is worse), in the metric's direction."""
     sign = 1.0 if task.higher_is_better else -1.0
     return sign * (base - value) / max(abs(base), 1e-12)
@@ -52,7 +52,7 @@ def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
         groups = groups[:1]  # only check that structured pruning applies at all
     for g in groups:
         metric, err = _try(model, task, build(PRUNE["structured"], ratio=PROBE_RATIO, include=(g.name,)))
-        drop = None if metric is None else _rel_drop(task, metric, base)
+        drop = None if metric is None else relative_drop(task, metric, base)
         out["groups"].append({"name": g.name, "kind": g.kind, "metric": metric, "drop": drop, "error": err})
         if per_group and (drop is None or drop > threshold):
             out["exclude"].append(g.name)
@@ -62,7 +62,7 @@ def prune_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
         usable = len(groups) - len(out["exclude"])
         out["kinds"]["structured"] = "ok" if usable else "every group alone breaks the budget"
     metric, err = _try(model, task, build(PRUNE["layer-drop"], n_drop=1))
-    drop = None if metric is None else _rel_drop(task, metric, base)
+    drop = None if metric is None else relative_drop(task, metric, base)
     out["layer_drop_1"] = {"metric": metric, "drop": drop, "error": err}
     out["kinds"]["layer-drop"] = err or ("ok" if drop <= max(threshold * 10, 0.1) else
                                          f"dropping one block alone loses {drop:.1%}")
@@ -97,7 +97,7 @@ def quant_probe(model: nn.Module, task: Any, base: float, threshold: float, per_
                 metric, err = _try(model, task, build(QUANT["dynamic"], include=tuple(names)))
                 probes.append((name, names, metric if err is None else None))
         for name, names, metric in probes:
-            drop = None if metric is None else _rel_drop(task, metric, base)
+            drop = None if metric is None else relative_drop(task, metric, base)
             out["layers"].append({"name": name, "metric": metric, "drop": drop})
             if drop is None or drop > threshold:
                 out["exclude"].extend(names)
