@@ -108,7 +108,7 @@ def main() -> None:
              f"sequential, all graph optimisations. Load average (1/5/15 min) before: "
              f"{' / '.join(f'{x:.2f}' for x in load_before)}, after: {' / '.join(f'{x:.2f}' for x in load_after)} "
              f"(the machine is shared; {time.time() - t_start:.0f} s in all).")
-    body = (f"## int8 on MiniLM: torch vs ONNX Runtime\n\n" + _common.header(cmd.strip(), args.threads, notes)
+    body = ("## int8 on MiniLM: torch vs ONNX Runtime\n\n" + _common.header(cmd.strip(), args.threads, notes)
             + "\n\n" + "\n".join(lines) + "\n\n" + verdict + "\n\n"
             + f"`Int8Config(backend='auto')` picked **{choice['backend']}**: {choice['reason']}. Candidates, "
             f"timed at batch {choice['batch_size']} on {choice['threads']} threads:\n\n" + "\n".join(cand) + "\n")

@@ -16,14 +16,12 @@ import shutil
 import sys
 import time
 
-import _common  # noqa: F401  (sets sys.path)
-import numpy as np
+import _common  # (also sets sys.path)
 import torch
 from bench_int8_minilm import ort_own_quantize_dynamic
 
 import condense
 from condense.measurement.api import MeasureConfig
-from condense.measurement.timing import time_call
 from condense.searching import BudgetNotMet, SearchConfig, search
 from condense.searching.api import rebuild
 
@@ -65,16 +63,12 @@ def main() -> None:
         pick = f"search pick: trial {res.chosen['number']}"
         variants[pick] = res.model if res.model is not None else rebuild(task, res.chosen["steps"])
     p50: dict[str, dict[int, float]] = {k: {} for k in variants}
-    with torch.inference_mode():
-        for bs in (32, 1):
-            batch = task.batch(bs)
-            samples: dict[str, list[float]] = {k: [] for k in variants}
-            for _ in range(args.rounds):
-                for name, m in variants.items():
-                    samples[name].append(time_call(lambda: task.run_batch(m, batch), warmup=2,
-                                                   repeats=5 if bs > 1 else 20).p50)
-            for name in variants:
-                p50[name][bs] = float(np.median(samples[name]))
+    for bs in (32, 1):
+        batch = task.batch(bs)
+        fns = {name: (lambda m=m: task.run_batch(m, batch)) for name, m in variants.items()}
+        for name, t in _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=2,
+                                                      repeats=5 if bs > 1 else 20).items():
+            p50[name][bs] = t
     qcfg = MeasureConfig(batch_sizes=(1,), warmup=0, repeats=1, min_time_s=0, memory=False, macs=False)
     ms = {name: condense.measure(m, task, qcfg, label=name) for name, m in variants.items()}
     load_after = os.getloadavg()
@@ -119,7 +113,7 @@ def main() -> None:
     if args.trials < 40:
         verdict += f" This run was bounded to {args.trials} trials, not the target's 40."
     cmd = "python bench/bench_search_minilm.py " + " ".join(sys.argv[1:])
-    body = (f"## Search on MiniLM: fastest within 1% MRR@10\n\n" + _common.header(cmd.strip(), args.threads, notes)
+    body = ("## Search on MiniLM: fastest within 1% MRR@10\n\n" + _common.header(cmd.strip(), args.threads, notes)
             + "\n\n" + "\n".join(lines) + "\n\n" + verdict + "\n\nFastest trials within budget (search timing):\n\n"
             + "\n".join(trials_tbl) + "\n")
     _common.write_section("search-minilm", body)

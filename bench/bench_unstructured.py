@@ -179,7 +179,7 @@ def bench_digits(args: argparse.Namespace) -> str:
              f"noisier than 1-thread ones. Pruning and fine-tuning ran at {args.train_threads} thread(s) "
              f"(2 OpenMP threads made small-model training ~10x slower on this shared, busy machine). The variants "
              f"shown are every configuration tried; the global-scope one was picked after seeing these results.")
-    return (f"## Unstructured pruning: digits, gradual 90% with fine-tuning\n\n"
+    return ("## Unstructured pruning: digits, gradual 90% with fine-tuning\n\n"
             + _common.header(cmd.strip(), args.threads, notes) + "\n\n" + "\n".join(lines) + "\n\n"
             + "\n".join(checks) + "\n")
 
@@ -224,7 +224,7 @@ def bench_tinygpt(args: argparse.Namespace) -> str:
              "(train split), one pass on the dense model. 'all but lm_head' follows the Wanda paper's protocol; "
              "the library's default prunes lm_head too. Embeddings are never pruned. bits/byte and perplexity "
              "(2^bpb) on the val split, 256 windows of 128 bytes.")
-    return (f"## Unstructured pruning: tinygpt 50%, wanda vs magnitude (no fine-tuning)\n\n"
+    return ("## Unstructured pruning: tinygpt 50%, wanda vs magnitude (no fine-tuning)\n\n"
             + _common.header(cmd.strip(), args.train_threads, notes) + "\n\n" + "\n".join(lines) + "\n\n"
             + "\n".join(checks) + "\n")
 

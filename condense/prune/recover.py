@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from condense.core.transforms import TransformContext
-from condense.distillation.losses import distill_embeddings_, embedding_distillation_loss  # noqa: F401  (moved there)
+from condense.distillation.losses import distill_embeddings_
 from condense.errors import ConfigError
 from condense.train.loop import FitConfig
 

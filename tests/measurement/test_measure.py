@@ -6,7 +6,6 @@ import pytest
 import condense
 from condense.errors import ConfigError, CondenseError
 from condense.measurement.api import MeasureConfig, Measurement
-from condense.measurement.memory import peak_memory
 from condense.measurement.timing import time_call
 from condense.tasks import get_task
 

@@ -77,6 +77,8 @@ def test_distill_factorize_and_early_exit_steps_build_their_configs():
     from condense.early_exit import EarlyExitConfig
     from condense.factorize import FactorizeConfig
 
+    for kind in ("distill", "factorize", "early-exit"):  # registered, resolved lazily
+        assert kind in STEP_KINDS
     recipe = parse_recipe(_doc({"factorize": {"rank_ratio": 0.5, "activation_aware": True}},
                                {"distill": {"layers": 2, "fit": {"steps": 5}}},
                                {"early-exit": {"threshold": 0.9}}))
