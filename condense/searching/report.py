@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from condense.core.atomic import atomic_write_json, atomic_write_text
-from condense.report.svg import scatter_chart
+from condense.report.pareto import pareto_svg
 
 
 def build_search_report(result: Any, task: Any, cfg: Any) -> dict[str, Any]:
@@ -53,15 +53,16 @@ def _fmt(v: Any, spec: str, scale: float = 1.0) -> str:
 def render_search_html(rep: dict[str, Any]) -> str:
     pm = rep["primary_metric"]
     done = [r for r in rep["trials"] if r["state"] == "COMPLETE" and r["latency_s"] is not None]
-    sizes = [r["size_bytes"] or 0 for r in done] or [1]
-    smax = max(sizes) or 1
-    points = [{"x": r["latency_s"] * 1e3, "y": r["metric"], "size": (r["size_bytes"] or 0) / smax,
-               "label": f"#{r['number']}{' ★' if r['number'] in rep['pareto'] else ''}"} for r in done]
+    points = [{"ms": r["latency_s"] * 1e3, "metric": r["metric"], "size": r["size_bytes"] or 0,
+               "label": f"#{r['number']}"} for r in done]
     b = rep["baseline"]
-    points.append({"x": b["latency_s"] * 1e3, "y": b["metric"], "size": (b["size_bytes"] or 0) / smax,
+    points.append({"ms": b["latency_s"] * 1e3, "metric": b["metric"], "size": b["size_bytes"] or 0,
                    "label": "baseline"})
-    chart = scatter_chart(f"{pm} vs latency @ batch {rep['config']['batch_size']} (marker: size on disk; "
-                          "★ Pareto)", points, x_label="latency p50 (ms)", y_label=pm)
+    front = [i for i, r in enumerate(done) if r["number"] in rep["pareto"]]  # over latency, size and quality
+    chart = pareto_svg(points, x="ms", y="metric", size="size", front=front,
+                       y_dir="max" if rep["higher_is_better"] else "min", x_label="latency p50 (ms)", y_label=pm,
+                       title=f"{pm} vs latency @ batch {rep['config']['batch_size']} (marker: size on disk; "
+                             "highlighted: Pareto over latency, size and quality)")
     rows = []
     for r in rep["trials"]:
         cls = ' style="background:#eef7ee"' if rep["chosen"] and r["number"] == rep["chosen"]["number"] else ""

@@ -37,6 +37,8 @@ def test_search_picks_fastest_within_budget_and_saves_it(tmp_path):
     assert sorted(x["name"] for x in rep["sensitivity"]["quantize"]["layers"]) == ["fc1", "fc2"]
     html = (tmp_path / "report.html").read_text()
     assert "<svg" in html and "Pareto" in html and f"trial {res.chosen['number']}" in html
+    # one marker per completed trial plus the baseline; the search's Pareto trials are the highlighted ones
+    assert html.count('class="point') == len(done) + 1 and html.count('class="point front"') == len(res.pareto)
     # the saved artifact is the chosen model
     again = condense.load(tmp_path / "model")
     x = tiny_task().batch(8)
