@@ -1,7 +1,7 @@
 """Structured pruning that removes what it prunes: dense vs pruned (+ recovery), side by side in one process.
 
 Usage: .venv/bin/python bench/bench_structured.py [--part digits|minilm|all] [--threads 2] [--rounds 7]
-       [--digits-steps 150] [--minilm-steps 400] [--minilm-variant ffn70|heads25-ffn60|...] [--no-write]
+       [--digits-steps 150] [--minilm-steps 400] [--minilm-variant heads25-ffn60|ffn70|...] [--no-write]
 Writes the `structured-digits` and `structured-minilm` sections of BENCHMARKS.md. Latency: interleaved rounds,
 the p50 reported is the median of the rounds' medians.
 """
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--digits-steps", type=int, default=150)
     ap.add_argument("--minilm-steps", type=int, default=400)
-    ap.add_argument("--minilm-variant", default="ffn70", choices=sorted(MINILM_VARIANTS))
+    ap.add_argument("--minilm-variant", default="heads25-ffn60", choices=sorted(MINILM_VARIANTS))
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

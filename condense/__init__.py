@@ -16,6 +16,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+# Every public name -> the module defining it, grouped; `__all__` is these names in this order.
 _LAZY = {
     # tasks
     "Task": "condense.core.task",
@@ -38,7 +39,6 @@ _LAZY = {
     "WeightOnlyConfig": "condense.quantize.weight_only",
     "MixedPrecisionConfig": "condense.quantize.sensitivity",
     "layer_sensitivity": "condense.quantize.sensitivity",
-    "export_onnx": "condense.export.onnx",
     # pruning
     "prune_": "condense.prune.api",
     "UnstructuredConfig": "condense.prune.unstructured",
@@ -46,7 +46,7 @@ _LAZY = {
     "GradualPruneConfig": "condense.prune.schedule",
     "StructuredConfig": "condense.prune.structured",
     "LayerDropConfig": "condense.prune.layers",
-    # distillation, factorization, early exit
+    # distillation, factorization, early exit, fusion
     "distill": "condense.distillation.api",
     "DistillConfig": "condense.distillation.api",
     "factorize_": "condense.factorize.api",
@@ -54,53 +54,29 @@ _LAZY = {
     "early_exit_": "condense.early_exit.api",
     "EarlyExitConfig": "condense.early_exit.api",
     "sweep_thresholds": "condense.early_exit.sweep",
+    "FuseConfig": "condense.fusion.api",
     # training
     "fit": "condense.train.loop",
     "FitConfig": "condense.train.loop",
+    "FineTuneConfig": "condense.train.finetune",
     "TrainConfig": "condense.train.api",
     "train_task": "condense.train.api",
-    # errors
-    "CondenseError": "condense.errors",
-    # search
-    "search": "condense.searching.api",
-    "SearchConfig": "condense.searching.config",
-    # reports
-    "pareto_front": "condense.report.pareto",
-    "pareto_svg": "condense.report.pareto",
-    # recipes
-    "load_recipe": "condense.recipes.recipe",
-    "run_recipe": "condense.recipes.run",
-    "FineTuneConfig": "condense.train.finetune",
-    "FuseConfig": "condense.fusion.api",
+    # export
+    "export_onnx": "condense.export.onnx",
     "export_model": "condense.export.files",
     "load_exported": "condense.export.files",
+    # recipes, search, reports
+    "load_recipe": "condense.recipes.recipe",
+    "run_recipe": "condense.recipes.run",
+    "search": "condense.searching.api",
+    "SearchConfig": "condense.searching.config",
+    "pareto_front": "condense.report.pareto",
+    "pareto_svg": "condense.report.pareto",
+    # errors
+    "CondenseError": "condense.errors",
 }
 
-__all__ = [
-    # tasks
-    "Task", "get_task", "list_tasks",
-    # measurement
-    "measure", "MeasureConfig", "Measurement",
-    # artifacts
-    "save", "load",
-    # quantization
-    "quantize_", "Int8Config", "DynamicInt8Config", "StaticInt8Config", "OrtInt8Config", "QATConfig",
-    "WeightOnlyConfig", "MixedPrecisionConfig", "layer_sensitivity", "export_onnx",
-    # pruning
-    "prune_", "UnstructuredConfig", "NMConfig", "GradualPruneConfig", "StructuredConfig", "LayerDropConfig",
-    # distillation, factorization, early exit
-    "distill", "DistillConfig", "factorize_", "FactorizeConfig", "early_exit_", "EarlyExitConfig", "sweep_thresholds",
-    # training
-    "fit", "FitConfig", "TrainConfig", "train_task",
-    # errors
-    "CondenseError",
-    # search
-    "search", "SearchConfig",
-    # reports
-    "pareto_front", "pareto_svg",
-    # recipes
-    "load_recipe", "run_recipe", "FineTuneConfig", "FuseConfig", "export_model", "load_exported",
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
