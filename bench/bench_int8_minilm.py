@@ -103,9 +103,16 @@ def main() -> None:
                f"{ms[ours].quality['cosine_to_fp32']:.4f}; MRR@10 >= 99% of fp32: "
                f"{ms[ours].quality['mrr@10'] / base.quality['mrr@10']:.1%}.")
     cmd = "python bench/bench_int8_minilm.py " + " ".join(sys.argv[1:])
+    applied = choice["applied"]["details"]
+    session = ("condense's pick disables " + ", ".join(applied["disabled_optimizers"])
+               if applied.get("disabled_optimizers") else "condense's pick keeps all")
+    if applied.get("session_timings_ms"):
+        session += "; its session tuning measured " + ", ".join(f"{k} {v:.1f} ms" for k, v in
+                                                               applied["session_timings_ms"].items())
     notes = (f"Baseline: fp32 PyTorch eager. {args.rounds} interleaved rounds per batch size, tokenisation included, "
              f"the task's texts (batch 32 = 32 docstring summaries). ORT sessions: {args.threads} intra-op threads, "
-             f"sequential, all graph optimisations. Load average (1/5/15 min) before: "
+             f"sequential, all graph optimisations except those a graph's metadata disables ({session}). "
+             f"Load average (1/5/15 min) before: "
              f"{' / '.join(f'{x:.2f}' for x in load_before)}, after: {' / '.join(f'{x:.2f}' for x in load_after)} "
              f"(the machine is shared; {time.time() - t_start:.0f} s in all).")
     body = ("## int8 on MiniLM: torch vs ONNX Runtime\n\n" + _common.header(cmd.strip(), args.threads, notes)

@@ -167,11 +167,14 @@ def retrieval_pairs(n: int = 500) -> RetrievalSet:
 
 
 @lru_cache(maxsize=8)
-def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None) -> tuple[str, ...]:
+def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None, *,
+                     summaries: bool = False) -> tuple[str, ...]:
     """`n` docstring paragraphs (all if None) from docstrings outside `exclude`; deterministic, no repeats.
 
     Paragraphs are capped to ~600 characters and need at least 5 words. Docstrings in `exclude.sources` are left
     out, and so is any paragraph elsewhere with the same text as one of theirs or as a query or document.
+    `summaries` adds, for each of those docstrings, its summary sentence and its body split as the retrieval
+    pairs are: texts shaped like the queries and documents a retrieval model will see (still no labels).
 
     Example:
         >>> ev = retrieval_pairs(50)
@@ -188,10 +191,14 @@ def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None) 
     for doc in docs:
         if doc.source in banned_sources:
             continue
-        for i, para in enumerate(doc.paragraphs):
+        parts = list(enumerate(doc.paragraphs))
+        if summaries and (pair := _split_summary(doc)) is not None:
+            parts += [("summary", pair[0]), ("body", pair[1])]
+        for i, para in parts:
             text = _cap(para)
             key = text.lower()
-            if len(text.split()) < MIN_TEXT_WORDS or key in seen or key in banned:
+            least = MIN_QUERY_WORDS if i == "summary" else MIN_TEXT_WORDS
+            if len(text.split()) < least or key in seen or key in banned:
                 continue
             seen.add(key)
             keyed.append((_stable_key(f"{doc.source}#{i}"), text))

@@ -19,10 +19,12 @@ from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
 from condense.distillation.students import paired_layers, student_from_teacher
 from condense.errors import CondenseError, ConfigError
+from condense.prune.layers import CRITERIA
 from condense.train.loop import FitConfig, fit
 
 LOSSES = ("auto", "logits", "embedding")
 WIDTH_TARGETS = ("ffn", "heads", "auto")
+LAYER_CRITERIA = ("spread",) + CRITERIA
 
 
 @config
@@ -30,8 +32,12 @@ class DistillConfig:
     """How to build a student and distil the teacher into it.
 
     Args:
-        layers: teacher blocks the student keeps: a number (spread evenly, the last kept) or exact indices;
+        layers: teacher blocks the student keeps: a number (chosen by `layer_criterion`) or exact indices;
             None keeps all.
+        layer_criterion: how a number of `layers` is chosen: "spread" (evenly, the last kept) or a
+            `LayerDropConfig` criterion measured on the task's calibration data: "subset" (the set of blocks
+            whose output is closest to the teacher's; all-MiniLM-L6-v2 -> 3 blocks: (0, 4, 5), MRR@10 0.535
+            before training vs 0.355 for the spread (1, 3, 5)), "output", "importance" or "last".
         width_ratio: fraction of the width (of `width_target`: "ffn", "heads" or "auto") the student keeps,
             removed by structured pruning (L2 norm); 1.0 keeps the full width.
         temperature: softmax temperature T of logit distillation (> 0; the KL term is scaled by T^2). For a
@@ -52,6 +58,7 @@ class DistillConfig:
     """
 
     layers: int | tuple[int, ...] | None = None
+    layer_criterion: str = "spread"
     width_ratio: float = 1.0
     temperature: float = 2.0
     alpha: float = 0.5
@@ -77,6 +84,8 @@ class DistillConfig:
                 ly is None or isinstance(ly, (int, tuple))):
             raise ConfigError(f"layers must be a positive number of blocks or distinct block indices, got {ly!r}; "
                               "e.g. layers=3 or layers=(1, 3, 5)")
+        if self.layer_criterion not in LAYER_CRITERIA:
+            raise ConfigError(f"layer_criterion must be one of {list(LAYER_CRITERIA)}, got {self.layer_criterion!r}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature!r}; 1 is the plain softmax, 2-4 is "
                               "usual for distillation")

@@ -62,6 +62,11 @@ def student_from_teacher(teacher: nn.Module, cfg: Any, ctx: TransformContext | N
     if cfg.layers is not None:
         name, blocks = find_block_list(student, cfg.container)
         keep = kept_layers(len(blocks), cfg.layers)
+        if isinstance(cfg.layers, int) and cfg.layer_criterion != "spread" and len(keep) < len(blocks):
+            from condense.prune.layers import LayerDropConfig, plan_layer_drop
+
+            drop = LayerDropConfig(n_drop=len(blocks) - len(keep), criterion=cfg.layer_criterion, container=name)
+            _, keep, _ = plan_layer_drop(teacher, drop, ctx)
         details = {"container": name, "kept": keep, "n_before": len(blocks)}
         drop_blocks_(student, name, keep)
     lineage.record_transform(student, cfg, **details)

@@ -42,18 +42,52 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def make_session(data: bytes, threads: int | None = None) -> Any:
-    """An `onnxruntime.InferenceSession` on CPU: sequential, all graph optimisations, `threads` intra-op threads."""
+DISABLED_OPTIMIZERS_KEY = "condense.ort.disabled_optimizers"  # ONNX metadata: comma-separated ORT optimizer names
+
+
+def disabled_optimizers(data: bytes) -> tuple[str, ...]:
+    """The ONNX Runtime graph optimizers a graph asks to skip (its `condense.ort.disabled_optimizers` metadata)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
+    return tuple(x for x in props.get(DISABLED_OPTIMIZERS_KEY, "").split(",") if x)
+
+
+def with_disabled_optimizers(data: bytes, names: tuple[str, ...]) -> bytes:
+    """`data` with its metadata saying which ORT graph optimizers to skip (read by `make_session`), so the choice
+    travels with the graph: artifacts and exported .onnx files open the same way."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    keep = [p for p in model.metadata_props if p.key != DISABLED_OPTIMIZERS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    if names:
+        model.metadata_props.add(key=DISABLED_OPTIMIZERS_KEY, value=",".join(names))
+    return model.SerializeToString()
+
+
+def make_session(data: bytes, threads: int | None = None, disabled: tuple[str, ...] | None = None,
+                 optimized_model_path: str | None = None) -> Any:
+    """An `onnxruntime.InferenceSession` on CPU: sequential, all graph optimisations but `disabled` (default: those
+    the graph's metadata names, see `with_disabled_optimizers`), `threads` intra-op threads.
+
+    `optimized_model_path`: also write the graph as ONNX Runtime optimised it (to see which fusions applied).
+    """
     ort = import_onnxruntime()
 
+    if disabled is None:
+        disabled = disabled_optimizers(data)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or torch.get_num_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = optimized_model_path
     try:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
     except Exception as e:  # onnxruntime raises its own exception types
         raise CondenseError(f"ONNX Runtime cannot load this model ({e}); re-export it with "
                             "condense.export.export_onnx (opset 17 or 18)") from None

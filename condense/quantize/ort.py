@@ -31,7 +31,7 @@ from condense.core.config import check_patterns, check_positive_int, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.export.onnx import check_opset, quiet_onnxruntime_tools
-from condense.export.runtime import build_ort, example_batch, replay_ort
+from condense.export.runtime import build_ort, example_batch, replay_ort, with_disabled_optimizers
 from condense.quantize.api import register_quantizer
 from condense.core.select import select_modules
 
@@ -58,6 +58,11 @@ class OrtInt8Config:
         op_types: ONNX op types to quantize ("Gather" = embedding tables).
         include: module-name patterns to quantize (fnmatch); exclude: patterns to keep in float.
         opset: ONNX opset of the export (17 or 18).
+        tune_session: time the int8 graph with each of ONNX Runtime's optional fusions in `SESSION_VARIANTS`
+            on and off (interleaved rounds on a batch of 32 from the task, else the example batch) and keep the
+            fastest; the choice is stored in the graph's metadata, so saved and exported models open the same
+            way. On the reference machine ORT's SkipLayerNormalization kernel ran ~10% slower than the plain
+            Add + LayerNormalization it replaces in MiniLM's int8 graph (see BENCHMARKS.md).
 
     Example:
         >>> OrtInt8Config(float_channels=4).to_dict()["optimize"]
@@ -75,6 +80,7 @@ class OrtInt8Config:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     opset: int = 17
+    tune_session: bool = True
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
@@ -156,6 +162,35 @@ def _quantize_bytes(data: bytes, cfg: OrtInt8Config, exclude_nodes: list[str]) -
     return out, {"int8_ops": int_ops, "float_nodes": float_left, "excluded_nodes": exclude_nodes}
 
 
+# optional ORT graph fusions tuned per model: each variant is a tuple of optimizers to disable ("" = all on)
+SESSION_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("SkipLayerNormFusion",))
+SESSION_MARGIN = 0.03  # a variant must beat ORT's defaults by this fraction to be kept (else timing noise decides)
+
+
+def fastest_session(data: bytes, inputs: tuple, rounds: int = 5) -> tuple[tuple[str, ...], dict[str, float]]:
+    """(optimizers to disable, p50 ms per variant): the fastest of `SESSION_VARIANTS` on `inputs`.
+
+    Variants are timed in interleaved rounds, so load from elsewhere hits each alike; ORT's defaults (all fusions)
+    are kept unless another variant is at least `SESSION_MARGIN` faster.
+    """
+    import torch
+
+    from condense.export.runtime import OrtModule
+    from condense.measurement.timing import time_call
+
+    graphs = {v: OrtModule(with_disabled_optimizers(data, v)) for v in SESSION_VARIANTS}
+    samples: dict[tuple[str, ...], list[float]] = {v: [] for v in graphs}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for v, g in graphs.items():
+                samples[v].append(time_call(lambda g=g: g(*inputs), warmup=1, repeats=3).p50)
+    p50 = {v: sorted(x)[len(x) // 2] for v, x in samples.items()}
+    best = min(p50, key=p50.get)
+    if p50[best] > (1 - SESSION_MARGIN) * p50[()]:
+        best = ()
+    return best, {("without " + ", ".join(v) if v else "defaults"): round(t * 1e3, 3) for v, t in p50.items()}
+
+
 _INT8_OPS = {"MatMulInteger", "QAttention", "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat",
              "DynamicQuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"}
 
@@ -169,7 +204,14 @@ def quantize_ort_int8(model: nn.Module, cfg: OrtInt8Config, ctx: TransformContex
     outliers = _outlier_channels(model, cfg, ctx) if cfg.float_channels else {}
 
     def post(data: bytes, spec: Any) -> tuple[bytes, dict[str, Any]]:
-        return _quantize_bytes(data, cfg, _excluded_nodes(data, model, excluded, cfg.op_types, spec.float_weights))
+        data, details = _quantize_bytes(data, cfg, _excluded_nodes(data, model, excluded, cfg.op_types,
+                                                                    spec.float_weights))
+        if cfg.tune_session:
+            timing_batch = ctx.task.batch(32) if ctx.task is not None else batch
+            disabled, details["session_timings_ms"] = fastest_session(data, spec.to_inputs(timing_batch))
+            data = with_disabled_optimizers(data, disabled)
+            details["disabled_optimizers"] = list(disabled)
+        return data, details
 
     hints = {k: v for k, v in (("num_heads", cfg.num_heads), ("hidden_size", cfg.hidden_size)) if v}
     new, details = build_ort(model, batch, opset=cfg.opset, optimize=cfg.optimize, post=post, fusion_hints=hints,

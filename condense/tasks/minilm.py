@@ -137,10 +137,11 @@ def _calibration_data(*, n_pairs: int) -> Iterator[list[str]]:
 
 
 def _train_data(*, n_pairs: int) -> Iterator[list[str]]:
-    """Every docstring paragraph outside the evaluation set, 32 texts per batch (for distillation)."""
+    """Every docstring paragraph, summary sentence and body outside the evaluation set, 32 texts per batch
+    (for distillation: unlabelled, the teacher supplies the targets)."""
     from condense.data.stdlib_docs import retrieval_pairs, unlabelled_texts
 
-    return _batches(unlabelled_texts(None, exclude=retrieval_pairs(n_pairs)))
+    return _batches(unlabelled_texts(None, exclude=retrieval_pairs(n_pairs), summaries=True))
 
 
 def make_task(n_pairs: int = 500, max_seq_length: int = 128) -> Task:

@@ -102,3 +102,14 @@ def test_unlabelled_texts_exclude_the_eval_set():
         assert len(t.split()) >= sd.MIN_TEXT_WORDS and len(t) <= sd.MAX_BODY_CHARS
     ev_paragraphs = {p for doc in sd._docstrings() if doc.source in set(ev.sources) for p in doc.paragraphs}
     assert not set(every) & {sd._cap(p) for p in ev_paragraphs}
+
+
+def test_summaries_add_query_and_body_shaped_texts_outside_the_eval_set():
+    ev = retrieval_pairs(300)
+    plain = unlabelled_texts(None, exclude=ev)
+    more = unlabelled_texts(None, exclude=ev, summaries=True)
+    assert set(plain) < set(more) and len(set(more)) == len(more)
+    assert not set(more) & set(ev.queries + ev.documents)
+    others = retrieval_pairs(available_pairs())
+    outside = [q for q, src in zip(others.queries, others.sources) if src not in set(ev.sources)]
+    assert outside and set(outside) <= set(more)  # every other docstring's summary sentence is there

@@ -40,7 +40,7 @@ def test_config_round_trips_and_rejects_bad_values():
         assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert DistillConfig(fit={"steps": 7}).fit == FitConfig(steps=7)
     for bad in (dict(temperature=0), dict(temperature=-1.0), dict(alpha=1.5), dict(alpha=-0.1), dict(layers=0),
-                dict(layers=(1, 1)), dict(width_ratio=0), dict(loss="mse")):
+                dict(layers=(1, 1)), dict(width_ratio=0), dict(loss="mse"), dict(layer_criterion="random")):
         with pytest.raises(ConfigError):
             DistillConfig(**bad)
 
@@ -56,6 +56,24 @@ def test_student_keeps_spread_layers_and_their_weights():
     assert [b.mlp.fc_in.out_features for b in narrow.blocks] == [32, 32]  # 64 -> 32
     with pytest.raises(ConfigError, match="names blocks"):
         student_from_teacher(teacher, DistillConfig(layers=(0, 9)))
+
+
+def test_measured_layer_choice_keeps_the_blocks_that_matter():
+    from condense.core.transforms import TransformContext
+
+    torch.manual_seed(0)
+    teacher = GPT(CFG).eval()
+    with torch.no_grad():  # blocks 1 and 3 add nothing to the residual stream
+        for b in (teacher.blocks[1], teacher.blocks[3]):
+            for lin in (b.attn.o_proj, b.mlp.fc_out):
+                lin.weight.zero_()
+                lin.bias.zero_()
+    ctx = TransformContext(calibration=[torch.randint(0, 256, (4, 12))])
+    student, details = student_from_teacher(teacher, DistillConfig(layers=2, layer_criterion="subset"), ctx)
+    assert details["kept"] == [0, 2]  # the spread default would keep [1, 3], the two that do nothing
+    x = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        assert torch.allclose(student(x), teacher(x), atol=1e-5)
 
 
 def test_distillation_moves_the_student_towards_the_teacher():

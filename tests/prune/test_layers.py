@@ -60,6 +60,49 @@ def test_identity_block_is_the_one_dropped_and_outputs_equal_reference(criterion
         assert torch.equal(model(idx), ref(idx))
 
 
+def cancelling_stages() -> nn.Sequential:
+    """Four square stages: 0 rotates, 1 undoes that rotation, 2 and 3 are small perturbations of the identity.
+
+    Alone, removing 0 or 1 moves the output most; together they cancel, so keeping (2, 3) reproduces the model
+    exactly, which only a search over sets of blocks (not one block at a time) can see.
+    """
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(8, 8))  # orthogonal
+    stages = [nn.Linear(8, 8, bias=False) for _ in range(4)]
+    with torch.no_grad():
+        stages[0].weight.copy_(q)
+        stages[1].weight.copy_(q.T)
+        for s in stages[2:]:
+            s.weight.copy_(torch.eye(8) + 0.05 * torch.randn(8, 8))
+    return nn.Sequential(*stages).eval()
+
+
+def test_subset_finds_the_pair_that_cancels_where_one_at_a_time_does_not():
+    x = torch.randn(32, 8)
+    picked = {}
+    for criterion in ("subset", "output"):
+        model = cancelling_stages()
+        ref = copy.deepcopy(model)
+        prune_(model, LayerDropConfig(n_drop=2, criterion=criterion, container=""), calibration=[x])
+        picked[criterion] = lineage(model)["transforms"][-1]["details"]["kept"]
+        err = (model(x) - ref(x)).abs().max().item()
+        if criterion == "subset":
+            assert err < 1e-5  # q.T @ q = I up to rounding
+    assert picked == {"subset": [2, 3], "output": [0, 1]}
+
+
+def test_subset_falls_back_to_greedy_removal_past_the_subset_limit():
+    from condense.prune.layers import subset_scores
+
+    model, x = cancelling_stages(), torch.randn(32, 8)
+    keep, err = subset_scores(model, model, 3, [0, 1, 2, 3], [x], lambda m, b: m(b), max_subsets=1)
+    exhaustive, best = subset_scores(model, model, 3, [0, 1, 2, 3], [x], lambda m, b: m(b))
+    assert keep == exhaustive and err == pytest.approx(best)  # one block to drop: greedy is exhaustive
+    greedy, _ = subset_scores(model, model, 2, [0, 1, 2, 3], [x], lambda m, b: m(b), max_subsets=1)
+    assert greedy == [0, 1]  # removing 2, then 3, each the least harmful alone: greedy misses the cancelling pair
+    assert len(model) == 4  # the blocks are back in place
+
+
 def test_last_needs_no_data_and_keep_is_exact():
     model = gpt_with_identity_block(0)
     prune_(model, LayerDropConfig(n_drop=2, criterion="last"))

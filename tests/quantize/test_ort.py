@@ -59,8 +59,13 @@ def test_float_outlier_channels_beat_plain_int8(minilm, int8):
 
 @pytest.mark.slow
 def test_ort_int8_saves_and_loads_identically(int8, tmp_path):
+    from condense.export.runtime import disabled_optimizers
+
     loaded = condense.load(condense.save(int8, tmp_path / "int8"))
     assert np.array_equal(loaded.encode(TEXTS), int8.encode(TEXTS))
+    d = lineage(int8)["transforms"][-1]["details"]  # the measured session choice is kept with the graph
+    assert set(d["session_timings_ms"]) == {"defaults", "without SkipLayerNormFusion"}
+    assert list(disabled_optimizers(loaded.graph.onnx_model)) == d["disabled_optimizers"]
 
 
 @pytest.mark.slow
@@ -107,3 +112,80 @@ def test_pick_keeps_quality_first():
         pick(rows, baseline=0.95, tolerance=0.01, within=within)
     with pytest.raises(ConfigError, match="pass task="):
         condense.quantize_(torch.nn.Linear(2, 2), Int8Config())
+
+
+class _AddNorm(torch.nn.Module):
+    """LayerNorm(x + y): the pattern ONNX Runtime fuses into SkipLayerNormalization."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + y)
+
+
+def _ops_as_run(data: bytes, tmp_path, name: str) -> set[str]:
+    import onnx
+
+    from condense.export.runtime import make_session
+
+    path = str(tmp_path / f"{name}.onnx")
+    make_session(data, 1, optimized_model_path=path)
+    return {n.op_type for n in onnx.load(path).graph.node}
+
+
+def test_disabled_optimizers_travel_in_the_graph_metadata(tmp_path):
+    import io
+
+    from condense.export.runtime import OrtModule, disabled_optimizers, with_disabled_optimizers
+
+    x, y = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    buf = io.BytesIO()
+    torch.onnx.export(_AddNorm().eval(), (x, y), buf, dynamo=False, opset_version=17)
+    data = buf.getvalue()
+    tuned = with_disabled_optimizers(data, ("SkipLayerNormFusion",))
+    assert disabled_optimizers(data) == () and disabled_optimizers(tuned) == ("SkipLayerNormFusion",)
+    assert disabled_optimizers(with_disabled_optimizers(tuned, ())) == ()
+    assert "SkipLayerNormalization" in _ops_as_run(data, tmp_path, "default")
+    ops = _ops_as_run(tuned, tmp_path, "tuned")
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    torch.testing.assert_close(OrtModule(tuned)(x, y), OrtModule(data)(x, y), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gain, kept", [(0.01, ()), (0.10, ("SkipLayerNormFusion",))])
+def test_session_tuning_keeps_ort_defaults_unless_clearly_faster(monkeypatch, gain, kept):
+    import condense.measurement.timing as timing
+    from condense.export.runtime import disabled_optimizers
+    from condense.quantize import ort
+
+    opened = []
+
+    class FakeGraph:
+        def __init__(self, data: bytes) -> None:
+            self.disabled = disabled_optimizers(data)
+            opened.append(self.disabled)
+
+        def __call__(self, *inputs):
+            return None
+
+    class Stats:
+        def __init__(self, p50: float) -> None:
+            self.p50 = p50
+
+    calls = []
+
+    def fake_time_call(fn, **kw):  # defaults 10 ms, the variant `gain` faster
+        calls.append(fn)
+        graph = fn.__defaults__[0]
+        return Stats(0.010 * (1 - gain) if graph.disabled else 0.010)
+
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(_AddNorm().eval(), (torch.randn(1, 2, 16), torch.randn(1, 2, 16)), buf, dynamo=False)
+    monkeypatch.setattr(timing, "time_call", fake_time_call)
+    monkeypatch.setattr("condense.export.runtime.OrtModule", FakeGraph)
+    best, ms = ort.fastest_session(buf.getvalue(), (), rounds=3)
+    assert best == kept and len(calls) == 3 * len(ort.SESSION_VARIANTS)
+    assert ms == {"defaults": 10.0, "without SkipLayerNormFusion": round(10.0 * (1 - gain), 3)}
