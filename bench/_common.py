@@ -53,19 +53,13 @@ def interleaved_p50(fns: dict, *, rounds: int = 15, warmup: int = 2) -> dict:
 
 
 def interleaved_rounds_p50(fns: dict, *, rounds: int, **time_call_kw) -> dict:
-    """Median over `rounds` round-robin rounds of each fn's per-round p50 seconds, each round one
-    `condense.measurement.timing.time_call(fn, **time_call_kw)` (under inference_mode)."""
-    import numpy as np
+    """`condense.measurement.timing.interleaved_p50` under inference_mode."""
     import torch
 
-    from condense.measurement.timing import time_call
+    from condense.measurement.timing import interleaved_p50
 
-    samples: dict = {k: [] for k in fns}
     with torch.inference_mode():
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                samples[k].append(time_call(fn, **time_call_kw).p50)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+        return interleaved_p50(fns, rounds=rounds, **time_call_kw)
 
 
 def load_average() -> str:

@@ -93,6 +93,19 @@ def make_session(data: bytes, threads: int | None = None, disabled: tuple[str, .
                             "condense.export.export_onnx (opset 17 or 18)") from None
 
 
+def session_feeds(session: Any, tensors: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """`tensors` (positional, in the graph's input order) as the {input name: array} `session.run` takes."""
+    inputs = session.get_inputs()
+    if len(tensors) != len(inputs):
+        raise CondenseError(f"the ONNX graph takes {len(inputs)} inputs ({[i.name for i in inputs]}), got "
+                            f"{len(tensors)}")
+    feeds = {}
+    for i, t in zip(inputs, tensors):
+        a, np_type = t.detach().cpu().numpy(), _NP_TYPES.get(i.type)
+        feeds[i.name] = a.astype(np_type, copy=False) if np_type is not None else a
+    return feeds
+
+
 class OrtModule(nn.Module):
     """An ONNX model run by ONNX Runtime: `forward(*tensors)` returns torch tensors (one, or a tuple).
 
@@ -109,6 +122,7 @@ class OrtModule(nn.Module):
     def __init__(self, data: bytes | None = None) -> None:
         super().__init__()
         self._data: bytes | None = None
+        self._disabled: tuple[str, ...] = ()
         self._session: Any = None
         self._threads = 0
         if data is not None:
@@ -117,6 +131,7 @@ class OrtModule(nn.Module):
     def set_model(self, data: bytes) -> None:
         """Replace the ONNX graph (and its session)."""
         self._data = bytes(data)
+        self._disabled = disabled_optimizers(self._data)  # read once: sessions reopen when the thread count changes
         self._open()
 
     @property
@@ -129,20 +144,13 @@ class OrtModule(nn.Module):
 
     def _open(self) -> None:
         self._threads = torch.get_num_threads()
-        self._session = make_session(self.onnx_model, self._threads)
-        self._inputs = [(i.name, _NP_TYPES.get(i.type)) for i in self._session.get_inputs()]
+        self._session = make_session(self.onnx_model, self._threads, self._disabled)
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the graph on `tensors` (positional, in the graph's input order); CPU torch tensors out."""
         if self._session is None or self._threads != torch.get_num_threads():
             self._open()
-        if len(tensors) != len(self._inputs):
-            raise CondenseError(f"the ONNX graph takes {len(self._inputs)} inputs "
-                                f"({[n for n, _ in self._inputs]}), got {len(tensors)}")
-        feeds = {}
-        for (name, np_type), t in zip(self._inputs, tensors):
-            a = t.detach().cpu().numpy()
-            feeds[name] = a.astype(np_type, copy=False) if np_type is not None else a
+        feeds = session_feeds(self._session, tensors)
         try:
             outs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
         except Exception as e:  # onnxruntime's own error types; shapes or dtypes the graph does not accept

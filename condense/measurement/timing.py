@@ -59,3 +59,20 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 20, min_
     arr = np.asarray(times)
     return TimingStats(p50=float(np.median(arr)), p95=float(np.percentile(arr, 95)), mean=float(arr.mean()),
                        min=float(arr.min()), n=len(times), cpu_cores_busy=float(cpu / wall) if wall > 0 else 0.0)
+
+
+def interleaved_p50(fns: dict[Any, Callable[[], Any]], *, rounds: int, **time_call_kw: Any) -> dict[Any, float]:
+    """Median over `rounds` round-robin rounds (A B C A B C ...) of each fn's per-round `time_call` p50, in seconds.
+
+    Load that drifts during the run then lands on every variant alike, not on whichever happened to be timed then.
+
+    Example:
+        >>> p50 = interleaved_p50({"a": lambda: sum(range(100))}, rounds=3, warmup=0, repeats=2)
+        >>> list(p50), p50["a"] > 0
+        (['a'], True)
+    """
+    samples: dict[Any, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            samples[k].append(time_call(fn, **time_call_kw).p50)
+    return {k: float(np.median(v)) for k, v in samples.items()}

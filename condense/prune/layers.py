@@ -194,17 +194,14 @@ def subset_scores(model: nn.Module, blocks: nn.Module, keep: int, candidates: li
             free = keep - len(fixed)
             subsets = math.comb(len(candidates), free) if free >= 0 else 0
             if 0 < subsets <= max_subsets:
-                tried = {tuple(sorted(fixed + list(c))): 0.0 for c in itertools.combinations(candidates, free)}
-                for kept in tried:
-                    tried[kept] = score(kept)
+                tried = {k: score(k) for k in (tuple(sorted(fixed + list(c)))
+                                               for c in itertools.combinations(candidates, free))}
                 best = min(tried, key=tried.get)
                 return list(best), tried[best]
             kept = list(range(n))
             err = 0.0
             while len(kept) > keep:
-                options = {tuple(k for k in kept if k != i): 0.0 for i in kept if i in candidates}
-                for opt in options:
-                    options[opt] = score(opt)
+                options = {k: score(k) for k in (tuple(j for j in kept if j != i) for i in kept if i in candidates)}
                 best = min(options, key=options.get)
                 kept, err = list(best), options[best]
             return kept, err

@@ -22,7 +22,7 @@ from condense.core.artifact import REPLAY
 from condense.core.config import config, config_from_dict
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import CondenseError, ConfigError
-from condense.measurement.timing import time_call
+from condense.measurement.timing import interleaved_p50
 from condense.quantize.api import register_quantizer
 
 
@@ -138,15 +138,11 @@ def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module
             rows[name]["error"] = str(e)
     timed = {"fp32": model, **built}
     batch = task.batch(batch_size)
-    samples: dict[str, list[float]] = {k: [] for k in timed}
-    with torch.inference_mode():
-        for _ in range(rounds):  # interleaved, so load from elsewhere hits every candidate alike
-            for name, m in timed.items():
-                s = time_call(lambda m=m: task.run_batch(m, batch), warmup=2, repeats=3,
-                              min_time_s=min_time_s / rounds)
-                samples[name].append(s.p50)
+    with torch.inference_mode():  # interleaved, so load from elsewhere hits every candidate alike
+        p50 = interleaved_p50({name: (lambda m=m: task.run_batch(m, batch)) for name, m in timed.items()},
+                              rounds=rounds, warmup=2, repeats=3, min_time_s=min_time_s / rounds)
     for name, m in timed.items():
-        rows[name]["p50_ms"] = round(sorted(samples[name])[len(samples[name]) // 2] * 1e3, 3)
+        rows[name]["p50_ms"] = round(p50[name] * 1e3, 3)
         rows[name]["metric"] = task.metrics(m)[task.primary_metric]
     return list(rows.values()), built
 

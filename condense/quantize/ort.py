@@ -175,16 +175,14 @@ def fastest_session(data: bytes, inputs: tuple, rounds: int = 5) -> tuple[tuple[
     """
     import torch
 
-    from condense.export.runtime import OrtModule
-    from condense.measurement.timing import time_call
+    from condense.export.runtime import make_session, session_feeds
+    from condense.measurement.timing import interleaved_p50
 
-    graphs = {v: OrtModule(with_disabled_optimizers(data, v)) for v in SESSION_VARIANTS}
-    samples: dict[tuple[str, ...], list[float]] = {v: [] for v in graphs}
+    sessions = {v: make_session(data, torch.get_num_threads(), v) for v in SESSION_VARIANTS}
+    feeds = session_feeds(sessions[()], inputs)
     with torch.inference_mode():
-        for _ in range(rounds):
-            for v, g in graphs.items():
-                samples[v].append(time_call(lambda g=g: g(*inputs), warmup=1, repeats=3).p50)
-    p50 = {v: sorted(x)[len(x) // 2] for v, x in samples.items()}
+        p50 = interleaved_p50({v: (lambda s=s: s.run(None, feeds)) for v, s in sessions.items()}, rounds=rounds,
+                              warmup=1, repeats=3)
     best = min(p50, key=p50.get)
     if p50[best] > (1 - SESSION_MARGIN) * p50[()]:
         best = ()

@@ -156,17 +156,16 @@ def test_disabled_optimizers_travel_in_the_graph_metadata(tmp_path):
 @pytest.mark.parametrize("gain, kept", [(0.01, ()), (0.10, ("SkipLayerNormFusion",))])
 def test_session_tuning_keeps_ort_defaults_unless_clearly_faster(monkeypatch, gain, kept):
     import condense.measurement.timing as timing
-    from condense.export.runtime import disabled_optimizers
     from condense.quantize import ort
 
-    opened = []
+    class FakeSession:
+        def __init__(self, disabled: tuple[str, ...]) -> None:
+            self.disabled = disabled
 
-    class FakeGraph:
-        def __init__(self, data: bytes) -> None:
-            self.disabled = disabled_optimizers(data)
-            opened.append(self.disabled)
+        def get_inputs(self) -> list:
+            return []
 
-        def __call__(self, *inputs):
+        def run(self, *args):
             return None
 
     class Stats:
@@ -177,15 +176,11 @@ def test_session_tuning_keeps_ort_defaults_unless_clearly_faster(monkeypatch, ga
 
     def fake_time_call(fn, **kw):  # defaults 10 ms, the variant `gain` faster
         calls.append(fn)
-        graph = fn.__defaults__[0]
-        return Stats(0.010 * (1 - gain) if graph.disabled else 0.010)
+        session = fn.__defaults__[0]
+        return Stats(0.010 * (1 - gain) if session.disabled else 0.010)
 
-    import io
-
-    buf = io.BytesIO()
-    torch.onnx.export(_AddNorm().eval(), (torch.randn(1, 2, 16), torch.randn(1, 2, 16)), buf, dynamo=False)
     monkeypatch.setattr(timing, "time_call", fake_time_call)
-    monkeypatch.setattr("condense.export.runtime.OrtModule", FakeGraph)
-    best, ms = ort.fastest_session(buf.getvalue(), (), rounds=3)
+    monkeypatch.setattr("condense.export.runtime.make_session", lambda data, threads, disabled: FakeSession(disabled))
+    best, ms = ort.fastest_session(b"graph", (), rounds=3)
     assert best == kept and len(calls) == 3 * len(ort.SESSION_VARIANTS)
     assert ms == {"defaults": 10.0, "without SkipLayerNormFusion": round(10.0 * (1 - gain), 3)}
