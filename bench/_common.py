@@ -62,6 +62,37 @@ def interleaved_rounds_p50(fns: dict, *, rounds: int, **time_call_kw) -> dict:
         return interleaved_p50(fns, rounds=rounds, **time_call_kw)
 
 
+def add_decode_args(ap, *, rounds: int) -> None:
+    """The decode-timing flags the tinygpt benches share (and --no-write)."""
+    ap.add_argument("--tokens", type=int, default=64, help="new tokens per timed generation")
+    ap.add_argument("--repeats", type=int, default=5, help="timed generations per variant per round")
+    ap.add_argument("--rounds", type=int, default=rounds, help="round-robin timing rounds over all variants")
+    ap.add_argument("--no-write", action="store_true")
+
+
+def decode_tokens_per_s(task, models: list, args, *, min_time_s: float) -> list[float]:
+    """Decode tokens/s at batch 1 of each model (args from `add_decode_args`), timed in interleaved rounds."""
+    p50 = interleaved_rounds_p50({i: (lambda m=m: task.generate(m, 1, args.tokens)) for i, m in enumerate(models)},
+                                 rounds=args.rounds, warmup=1, repeats=args.repeats, min_time_s=min_time_s)
+    return [args.tokens / p50[i] for i in range(len(models))]
+
+
+def minilm_speed_table(ms: dict, p50: dict, baseline: str, *, cosine: bool = False) -> list[str]:
+    """Markdown rows: each variant's p50 at batch 32 and 1, speedups vs `baseline`, MRR@10 (and vs baseline), mean
+    cosine to fp32 if `cosine`, size on disk. `ms`: name -> Measurement; `p50`: name -> {batch size: seconds}."""
+    base_mrr = ms[baseline].quality["mrr@10"]
+    lines = ["| variant | p50 @ batch 32 | p50 @ batch 1 | speedup @ 32 | speedup @ 1 | MRR@10 | MRR vs fp32 | "
+             + ("mean cosine to fp32 | " if cosine else "") + "size on disk |",
+             "|---|---|---|---|---|---|---|" + ("---|" if cosine else "") + "---|"]
+    for name, m in ms.items():
+        lines.append(f"| {name} | {p50[name][32] * 1e3:.1f} ms | {p50[name][1] * 1e3:.2f} ms | "
+                     f"{p50[baseline][32] / p50[name][32]:.2f}x | {p50[baseline][1] / p50[name][1]:.2f}x | "
+                     f"{m.quality['mrr@10']:.4f} | {m.quality['mrr@10'] / base_mrr:.1%} | "
+                     + (f"{m.quality['cosine_to_fp32']:.4f} | " if cosine else "")
+                     + f"{m.size_bytes / 2**20:.1f} MB |")
+    return lines
+
+
 def load_average() -> str:
     import os
 

@@ -83,13 +83,7 @@ def main() -> None:
     load_after = os.getloadavg()
     b_name = "fp32 PyTorch eager (baseline)"
     base = ms[b_name]
-    lines = ["| variant | p50 @ batch 32 | p50 @ batch 1 | speedup @ 32 | speedup @ 1 | MRR@10 | MRR vs fp32 | "
-             "mean cosine to fp32 | size on disk |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, m in ms.items():
-        lines.append(f"| {name} | {p50[name][32] * 1e3:.1f} ms | {p50[name][1] * 1e3:.2f} ms | "
-                     f"{p50[b_name][32] / p50[name][32]:.2f}x | {p50[b_name][1] / p50[name][1]:.2f}x | "
-                     f"{m.quality['mrr@10']:.4f} | {m.quality['mrr@10'] / base.quality['mrr@10']:.1%} | "
-                     f"{m.quality['cosine_to_fp32']:.4f} | {m.size_bytes / 2**20:.1f} MB |")
+    lines = _common.minilm_speed_table(ms, p50, b_name, cosine=True)
     cand = ["| candidate | p50 @ batch 32 | MRR@10 | note |", "|---|---|---|---|"]
     for r in choice["candidates"]:
         ms_txt = "" if r["p50_ms"] is None else f"{r['p50_ms']:.1f} ms"

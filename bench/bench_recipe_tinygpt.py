@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import time
 
@@ -25,7 +24,6 @@ import torch
 
 from condense.core.transforms import apply_
 from condense.measurement.api import artifact_bytes
-from condense.measurement.timing import time_call
 from condense.recipes import load_recipe
 from condense.tasks import get_task
 
@@ -35,10 +33,7 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(_common.ROOT / "recipes" / "tinygpt.yaml"))
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="recipe override")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=64, help="new tokens per timed generation")
-    ap.add_argument("--repeats", type=int, default=5, help="timed generations per variant per round")
-    ap.add_argument("--rounds", type=int, default=7, help="round-robin timing rounds over all variants")
-    ap.add_argument("--no-write", action="store_true")
+    _common.add_decode_args(ap, rounds=7)
     args = ap.parse_args()
     from condense.recipes import parse_overrides
 
@@ -65,15 +60,9 @@ def main() -> None:
         met = task.metrics(m)
         print(f"evaluated {label}: {met['bits_per_byte']:.4f} bits/byte", file=sys.stderr)
         rows.append({"label": label, "bpb": met["bits_per_byte"], "ppl": met["perplexity"], "size": artifact_bytes(m),
-                     "secs": secs, "blocks": len(m.blocks), "p50s": []})
-    with torch.inference_mode():
-        for _ in range(args.rounds):
-            for r, (_, m, _) in zip(rows, variants):
-                stats = time_call(lambda m=m: task.generate(m, 1, args.tokens), warmup=1, repeats=args.repeats,
-                                  min_time_s=0.5)
-                r["p50s"].append(stats.p50)
-    for r in rows:
-        r["tok_s"] = args.tokens / statistics.median(r["p50s"])
+                     "secs": secs, "blocks": len(m.blocks)})
+    for r, tok_s in zip(rows, _common.decode_tokens_per_s(task, [v[1] for v in variants], args, min_time_s=0.5)):
+        r["tok_s"] = tok_s
     load1 = os.getloadavg()
 
     base, final = rows[0], rows[-1]

@@ -75,13 +75,7 @@ def main() -> None:
 
     b, ort = "fp32 PyTorch eager (baseline)", "ORT's own quantize_dynamic (unpruned, int8 per-channel)"
     base_mrr = ms[b].quality["mrr@10"]
-    lines = ["| variant | p50 @ batch 32 | p50 @ batch 1 | speedup @ 32 | speedup @ 1 | MRR@10 | MRR vs fp32 | "
-             "size on disk |", "|---|---|---|---|---|---|---|---|"]
-    for name, m in ms.items():
-        lines.append(f"| {name} | {p50[name][32] * 1e3:.1f} ms | {p50[name][1] * 1e3:.2f} ms | "
-                     f"{p50[b][32] / p50[name][32]:.2f}x | {p50[b][1] / p50[name][1]:.2f}x | "
-                     f"{m.quality['mrr@10']:.4f} | {m.quality['mrr@10'] / base_mrr:.1%} | "
-                     f"{m.size_bytes / 2**20:.1f} MB |")
+    lines = _common.minilm_speed_table(ms, p50, b)
     done = [r for r in res.trials if r["state"] == "COMPLETE"]
     if pick is not None:
         steps = " → ".join(f"`{s}`" for s in (_short(d) for d in res.chosen["steps"]))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
 import time
 
@@ -21,7 +20,6 @@ import _common  # noqa: F401  (sets sys.path)
 import torch
 
 from condense.measurement.api import artifact_bytes
-from condense.measurement.timing import time_call
 from condense.quantize import quantize_
 from condense.quantize.weight_only import WeightOnlyConfig, WeightOnlyMethod
 from condense.tasks.tinygpt import make_task
@@ -38,10 +36,7 @@ def main() -> None:
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--calibration-batches", type=int, default=16)
     ap.add_argument("--parallel", action="store_true", help="GPTQ from fp32 activations instead of sequential")
-    ap.add_argument("--tokens", type=int, default=64, help="new tokens per timed generation")
-    ap.add_argument("--repeats", type=int, default=5, help="timed generations per variant per round")
-    ap.add_argument("--rounds", type=int, default=5, help="round-robin timing rounds over all variants")
-    ap.add_argument("--no-write", action="store_true")
+    _common.add_decode_args(ap, rounds=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
@@ -64,17 +59,11 @@ def main() -> None:
     for label, model, qtime in variants:
         metrics = task.metrics(model)
         rows.append({"label": label, "bpb": metrics["bits_per_byte"], "ppl": metrics["perplexity"],
-                     "size": artifact_bytes(model), "qtime": qtime, "p50s": []})
+                     "size": artifact_bytes(model), "qtime": qtime})
         print(f"measured quality and size of {label}", file=sys.stderr)
     # decode timing round-robin over the variants, so a change in machine load hits every variant alike
-    with torch.inference_mode():
-        for _ in range(args.rounds):
-            for r, (_, model, _) in zip(rows, variants):
-                stats = time_call(lambda m=model: task.generate(m, 1, args.tokens), warmup=1, repeats=args.repeats,
-                                  min_time_s=1.0)
-                r["p50s"].append(stats.p50)
-    for r in rows:
-        r["tok_s"] = args.tokens / statistics.median(r["p50s"])
+    for r, tok_s in zip(rows, _common.decode_tokens_per_s(task, [v[1] for v in variants], args, min_time_s=1.0)):
+        r["tok_s"] = tok_s
 
     load = os.getloadavg()[0]  # other processes compete for the same cores: say how busy the machine was
     base = rows[0]
