@@ -9,10 +9,9 @@ minilm: the student keeps 3 of the teacher's 6 blocks, the 3 whose output is clo
 calibration text (`DistillConfig(layers=3, layer_criterion="subset")`: blocks 0, 4, 5; the evenly spread 1, 3, 5
 start at 58% of the teacher's MRR@10, these at 88%) and learns the teacher's sentence embeddings (cosine +
 in-batch similarity ranking + token-level last hidden states) on unlabelled standard-library docstring text
-outside the evaluation set. Side experiments on 2026-11-22 (400 steps, blocks 0, 4, 5, the texts shuffled): lr
-2e-4 reached 92.7% of the teacher's MRR@10, 1e-4 94.3%, 5e-5 94.7%, 6e-4 85.5% (larger steps pull the student
-away from what it kept of the teacher); with this script's fixed text order 5e-5 reached 92.1%, so the order of
-the texts alone moves the result by ~2.5 points.
+outside the evaluation set. lr 5e-5: larger learning rates pulled the student further from the teacher in
+trial runs; compare with --minilm-lr, and the block choice with --minilm-layer-criterion spread (the table's
+notes give MRR@10 before distilling).
 Speed: tokenize + embed a batch of 32 (the task's own run), interleaved rounds, medians. Quality: MRR@10 of the task's retrieval evaluation.
 tinygpt: the student keeps 2 of 4 blocks and 85% of their MLP width (about half the parameters), initialised
 from the teacher; one copy trains on the task loss only (alpha=0), the other with token-level distillation,

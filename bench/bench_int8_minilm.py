@@ -1,7 +1,7 @@
 """MiniLM int8 side by side in one process: fp32 eager, torch dynamic int8, ONNX Runtime fp32, ONNX Runtime's own
 `quantize_dynamic` on the plain export (the issue's baseline), and condense's best int8 (`Int8Config("auto")`).
 
-Usage: .venv/bin/python bench/bench_int8_minilm.py [--threads 2] [--rounds 7]
+Usage: .venv/bin/python bench/bench_int8_minilm.py [--threads 2] [--rounds 7] [--float-channels 8]
 Writes the `int8-minilm` section of BENCHMARKS.md. Timing: the task's own batches (the same texts for every
 variant), tokenisation included, interleaved rounds (each variant timed once per round, so load from elsewhere
 hits all alike); the p50 reported is the median of the rounds' medians.
@@ -55,13 +55,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--float-channels", type=int, default=Int8Config.float_channels,
+                    help="FFN outlier channels per block kept in float by condense's ORT candidates")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)  # ORT sessions take torch's thread count when created
     load_before = os.getloadavg()
     t_start = time.time()
     task = condense.get_task("minilm")
     fp32 = task.build_model()
-    auto = condense.quantize_(copy.deepcopy(fp32), Int8Config(batch_size=32), task=task)
+    auto = condense.quantize_(copy.deepcopy(fp32), Int8Config(batch_size=32, float_channels=args.float_channels),
+                              task=task)
     choice = lineage(auto)["transforms"][-1]["details"]
     variants = {
         "fp32 PyTorch eager (baseline)": fp32,

@@ -37,7 +37,8 @@ class DistillConfig:
         layer_criterion: how a number of `layers` is chosen: "spread" (evenly, the last kept) or a
             `LayerDropConfig` criterion measured on the task's calibration data: "subset" (the set of blocks
             whose output is closest to the teacher's; all-MiniLM-L6-v2 -> 3 blocks: (0, 4, 5), MRR@10 0.535
-            before training vs 0.355 for the spread (1, 3, 5)), "output", "importance" or "last".
+            before training vs 0.355 for the spread (1, 3, 5), as bench/bench_distill.py reports), "output",
+            "importance" or "last".
         width_ratio: fraction of the width (of `width_target`: "ffn", "heads" or "auto") the student keeps,
             removed by structured pruning (L2 norm); 1.0 keeps the full width.
         temperature: softmax temperature T of logit distillation (> 0; the KL term is scaled by T^2). For a

@@ -50,7 +50,8 @@ class LayerDropConfig:
             output is closest to the full model's, trying every set when there are at most 256, else removing
             the least harmful block greedily), or "last" (drop the last blocks). On all-MiniLM-L6-v2, keeping
             3 of 6 blocks, "subset" picks blocks (0, 4, 5): MRR@10 0.535 before any training, against 0.355
-            for the evenly spread (1, 3, 5).
+            for the evenly spread (1, 3, 5) (`python bench/bench_distill.py --part minilm
+            --minilm-layer-criterion subset|spread` reports it before distilling).
         container: module name of the block list (e.g. "bert.layers"); default: the one ModuleList called
             layers/blocks. A Sequential ("" for the model itself) may lose only blocks whose output shape
             equals their input shape, checked on calibration data.
