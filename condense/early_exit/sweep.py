@@ -42,6 +42,7 @@ class ExitCurve:
     samples: int
     rounds: int
     batch_size: int = 1
+    higher_is_better: bool = True  # of `metric`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +106,7 @@ def sweep_thresholds(model: EarlyExitModel, task: Any, thresholds: Sequence[floa
     m, sign = task.primary_metric, (1 if task.higher_is_better else -1)
     ok = [p for p in points if sign * (base.quality[m] - p.quality[m]) <= quality_budget + 1e-12 and p.speedup > 1]
     chosen = min(ok, key=lambda p: p.latency_s) if ok else None
-    return ExitCurve(m, base, points, chosen, quality_budget, samples, rounds, batch_size)
+    return ExitCurve(m, base, points, chosen, quality_budget, samples, rounds, batch_size, task.higher_is_better)
 
 
 def curve_svg(curve: dict[str, Any]) -> str:
@@ -117,7 +118,7 @@ def curve_svg(curve: dict[str, Any]) -> str:
         ...            "batch_size": 1}).startswith("<svg")
         True
     """
-    from condense.report.svg import scatter_chart
+    from condense.report.pareto import pareto_svg
 
     m = curve["metric"]
     chosen = (curve.get("chosen") or {}).get("threshold")
@@ -125,5 +126,6 @@ def curve_svg(curve: dict[str, Any]) -> str:
     pts += [{"x": p["latency_s"] * 1e6, "y": p["quality"][m],
              "label": f"{p['threshold']:g}" + (" (chosen)" if p["threshold"] == chosen else "")}
             for p in curve["points"]]
-    return scatter_chart(f"early exit: {m} vs mean latency per sample (batch {curve.get('batch_size', 1)})", pts,
-                         x_label="mean latency per sample (us)", y_label=m)
+    return pareto_svg(pts, x="x", y="y", y_dir="max" if curve.get("higher_is_better", True) else "min",
+                      title=f"early exit: {m} vs mean latency per sample (batch {curve.get('batch_size', 1)})",
+                      x_label="mean latency per sample (us)", y_label=m)

@@ -3,7 +3,8 @@ import xml.etree.ElementTree as ET
 
 from condense.measurement.api import Measurement
 from condense.report import build_report, render_html, step_verdicts
-from condense.report.svg import bar_chart, scatter_chart
+from condense.report.pareto import pareto_svg
+from condense.report.svg import bar_chart
 
 
 def _m(label, p50_1, p50_32, size, mrr):
@@ -40,7 +41,6 @@ def test_svg_charts_are_well_formed_with_one_mark_per_value():
     root = ET.fromstring(svg)
     bars = [e for e in root.iter("{http://www.w3.org/2000/svg}rect") if e.get("class") == "bar"]
     assert len(bars) == 3
-    svg = scatter_chart("p", [{"x": 1, "y": 2, "label": "a"}, {"x": 3, "y": 1, "label": "b"}], x_label="x",
-                        y_label="y")
+    svg = pareto_svg([{"x": 1, "y": 2, "label": "a"}, {"x": 3, "y": 1, "label": "b"}], x="x", y="y", title="p")
     pts = [e for e in ET.fromstring(svg).iter("{http://www.w3.org/2000/svg}circle")]
     assert len(pts) == 2 and float(pts[0].get("cx")) < float(pts[1].get("cx"))
