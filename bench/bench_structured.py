@@ -24,7 +24,7 @@ from condense.prune import LayerDropConfig, StructuredConfig, prune_
 from condense.train.loop import FitConfig
 
 def _minilm_fit(steps: int) -> FitConfig:
-    return FitConfig(steps=steps, lr=2e-4, schedule="cosine", warmup_steps=min(20, steps // 10))
+    return FitConfig(steps=steps, lr=5e-5, schedule="cosine", warmup_steps=min(20, steps // 10))
 
 
 MINILM_VARIANTS: dict[str, Callable[[int], list[Any]]] = {
@@ -133,8 +133,10 @@ def bench_minilm(args: argparse.Namespace) -> str:
                        "included). Units chosen by Optimal Brain Surgeon and the consuming Linears refitted by "
                        "least squares on the task's 8 calibration batches of 32 texts; then embedding distillation "
                        "from the dense model (1 - cosine of sentence embeddings + KL between in-batch similarity "
-                       "distributions at temperature 0.05; texts cut to 64 tokens; embedding tables frozen) on "
-                       "unlabelled docstring paragraphs outside the evaluation set, batches of 32.", args.threads)
+                       "distributions at temperature 0.05 + in-batch contrastive loss between each pair's two "
+                       "texts; up to 128 tokens; embedding tables frozen; AdamW lr 5e-5 cosine) on the task's "
+                       "train_data: batches of 32 (summary sentence, rest of the docstring) pairs from docstrings "
+                       "outside the evaluation set (no labels: each docstring pairs with itself).", args.threads)
     layers = r["model"].bert.layers
     att = [b.attn.n_heads for b in layers]
     ffn = [b.ffn_in.out_features for b in layers]

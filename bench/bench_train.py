@@ -23,8 +23,8 @@ from condense.tasks.tinygpt import get_preset, lm_loss
 from condense.train.api import TrainConfig, fresh_model, train
 from condense.train.precision import bf16_is_faster
 
-COMM_VARIANTS = (("allreduce", {}), ("fp16", {}), ("int8", {}), ("powersgd", {"powersgd_rank": 4}),
-                 ("powersgd", {"powersgd_rank": 1}))
+COMM_VARIANTS = {"allreduce": ("allreduce", {}), "fp16": ("fp16", {}), "int8": ("int8", {}),
+                 "powersgd4": ("powersgd", {"powersgd_rank": 4}), "powersgd1": ("powersgd", {"powersgd_rank": 1})}
 
 
 # -- gradient compression ---------------------------------------------------------------------------------------
@@ -39,7 +39,8 @@ def _powersgd_start(steps: int, frac: float) -> int:
     return max(2, round(steps * frac))
 
 
-def _comm_worker(rank: int, world: int, port: int, preset: str, steps: int, out: str, start_frac: float) -> None:
+def _comm_worker(rank: int, world: int, port: int, preset: str, steps: int, out: str, start_frac: float,
+                 hooks: list[str]) -> None:
     import os
 
     import torch.distributed as dist
@@ -51,7 +52,7 @@ def _comm_worker(rank: int, world: int, port: int, preset: str, steps: int, out:
                       MASTER_PORT=str(port))
     task = get_task("tinygpt", preset=preset)
     rows = []
-    for hook, extra in COMM_VARIANTS:
+    for hook, extra in (COMM_VARIANTS[h] for h in hooks):
         model = fresh_model(task, 0)
         cfg = _lm_cfg(preset, steps, strategy="ddp", comm_hook=hook,
                       powersgd_start=_powersgd_start(steps, start_frac), **extra)
@@ -77,7 +78,8 @@ def bench_comm(args: argparse.Namespace) -> None:
     load = _common.load_average()
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "rows.json"
-        mp.spawn(_comm_worker, args=(2, port, args.comm_preset, args.comm_steps, str(out), args.powersgd_start),
+        mp.spawn(_comm_worker, args=(2, port, args.comm_preset, args.comm_steps, str(out), args.powersgd_start,
+                                          args.comm_hooks),
                  nprocs=2, join=True)
         rows = json.loads(out.read_text())
     base = rows[0]
@@ -102,7 +104,8 @@ def bench_comm(args: argparse.Namespace) -> None:
                              f"Quality: validation bits/byte after the run (lower is better). Baseline: fp32 "
                              f"all-reduce. Machine {load} at the start.")
             + "\n\n" + "\n".join(lines) + "\n")
-    _common.write_section("train-comm", body)
+    full = args.comm_hooks == list(COMM_VARIANTS)  # a subset gets its own section, next to the full table
+    _common.write_section("train-comm" if full else "train-comm-" + "-".join(args.comm_hooks), body)
     print(body)
 
 
@@ -213,6 +216,8 @@ def main() -> None:
     ap.add_argument("--comm-steps", type=int, default=100)
     ap.add_argument("--powersgd-start", type=float, default=0.1,
                     help="fraction of the steps run uncompressed before PowerSGD starts (default 0.1)")
+    ap.add_argument("--comm-hooks", type=lambda v: v.split(","), default=list(COMM_VARIANTS),
+                    help=f"comma-separated hooks to compare, the baseline first (default {','.join(COMM_VARIANTS)})")
     ap.add_argument("--precision-preset", default="default")
     ap.add_argument("--precision-rounds", type=int, default=10)
     ap.add_argument("--ttt-preset", default="tiny")
@@ -222,6 +227,10 @@ def main() -> None:
     ap.add_argument("--gpt-steps", type=int, default=400)
     ap.add_argument("--gpt-target", type=float, default=3.4)
     args = ap.parse_args()
+    unknown = sorted(set(args.comm_hooks) - set(COMM_VARIANTS))
+    if unknown or args.comm_hooks[0] != "allreduce":
+        ap.error(f"--comm-hooks: names from {', '.join(COMM_VARIANTS)}, starting with allreduce (the baseline); "
+                 f"got {','.join(args.comm_hooks)}")
     torch.set_num_threads(args.threads)
     if args.part in ("all", "precision"):
         bench_precision(args)

@@ -167,6 +167,25 @@ def retrieval_pairs(n: int = 500) -> RetrievalSet:
 
 
 @lru_cache(maxsize=8)
+def training_pairs(exclude: RetrievalSet | None = None) -> tuple[tuple[str, str], ...]:
+    """(summary sentence, rest of the docstring) pairs from docstrings outside `exclude`, deterministic order.
+
+    Split as the retrieval pairs are, but from other docstrings: text that pairs itself, with no labels (the
+    inverse cloze task). Pairs from a docstring in `exclude.sources`, or sharing a text with `exclude`, are left out.
+
+    Example:
+        >>> ev = retrieval_pairs(50)
+        >>> pairs = training_pairs(ev)
+        >>> len(pairs) == available_pairs() - 50, bool({q for q, _ in pairs} & set(ev.queries))
+        (True, False)
+    """
+    banned_sources = set(exclude.sources) if exclude is not None else set()
+    banned = {t.lower() for t in (exclude.queries + exclude.documents)} if exclude is not None else set()
+    return tuple((q, d) for q, d, src in _candidates()
+                 if src not in banned_sources and q.lower() not in banned and d.lower() not in banned)
+
+
+@lru_cache(maxsize=8)
 def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None, *,
                      summaries: bool = False) -> tuple[str, ...]:
     """`n` docstring paragraphs (all if None) from docstrings outside `exclude`; deterministic, no repeats.

@@ -51,7 +51,11 @@ class DistillConfig:
         attention_weight: weight of attention-map distillation (encoders: the last layer's maps).
         width_target: which groups `width_ratio` narrows.
         container: module name of the block list (default: the one ModuleList called layers/blocks).
-        max_tokens: encoders: texts are cut to this many tokens while distilling (faster).
+        max_tokens: encoders: texts are cut to this many tokens while distilling (faster); None keeps the
+            encoder's own limit (128 for minilm).
+        contrastive_weight: encoders, on batches of text pairs (the minilm task's `train_data`: a docstring's
+            summary sentence and the rest of it): weight of the in-batch contrastive loss between the student's
+            embeddings of each pair (`losses.contrastive_loss`); 0 distils only. bench/bench_distill.py compares both.
 
     Example:
         >>> DistillConfig(layers=3, temperature=4.0).fit.steps
@@ -69,7 +73,8 @@ class DistillConfig:
     attention_weight: float = 0.0
     width_target: str = "ffn"
     container: str | None = None
-    max_tokens: int | None = 64
+    max_tokens: int | None = None
+    contrastive_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
@@ -98,7 +103,7 @@ class DistillConfig:
             raise ConfigError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
         if self.width_target not in WIDTH_TARGETS:
             raise ConfigError(f"width_target must be one of {list(WIDTH_TARGETS)}, got {self.width_target!r}")
-        for name in ("hidden_weight", "attention_weight"):
+        for name in ("hidden_weight", "attention_weight", "contrastive_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_tokens is not None and self.max_tokens < 2:
@@ -233,7 +238,8 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
             raise ConfigError(f"teacher and student embeddings cannot be matched: {teacher.dim} vs {student.dim} "
                               "dimensions; keep the hidden size (narrow only heads/FFN: width_target='ffn')")
         distill_embeddings_(student, teacher, data, config.fit, max_tokens=config.max_tokens,
-                            token_weight=config.hidden_weight, attention_weight=config.attention_weight)
+                            token_weight=config.hidden_weight, attention_weight=config.attention_weight,
+                            contrastive_weight=config.contrastive_weight)
     else:
         _distill_logits(teacher, student, config, data, ctx, kept)
     return student.eval()

@@ -7,7 +7,8 @@
   normalised by the teacher's mean square so layers of any scale weigh alike (TinyBERT, MiniLM).
 - `attention_map_loss`: KL between attention distributions (MiniLM / TinyBERT style).
 - `embedding_distillation_loss`: sentence encoders, which have no labels: cosine between sentence embeddings, plus
-  the in-batch similarity ranking that retrieval depends on.
+  the in-batch similarity ranking that retrieval depends on, plus (on batches of text pairs) an in-batch
+  contrastive loss that pulls each pair together (`contrastive_loss`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.tasks.encoder import mean_pool
+from condense.errors import ConfigError
+from condense.tasks.encoder import TextPairs, mean_pool
 from condense.train.loop import FitConfig, fit
 
 
@@ -101,17 +103,37 @@ def attention_map_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.
     return total / max(len(student), 1)
 
 
+def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """Symmetric in-batch InfoNCE on unit embeddings (B, C): row i's positive is column i, the rest are negatives.
+
+    The mean of cross-entropy(scale * Q D^T, diagonal) over queries and over documents (sentence-transformers'
+    MultipleNegativesRankingLoss, made symmetric; scale 20 = temperature 0.05).
+
+    Example:
+        >>> e = torch.eye(4)
+        >>> float(contrastive_loss(e, e, scale=20.0)) < 1e-6
+        True
+    """
+    logits = scale * queries @ documents.T  # (B, B)
+    target = torch.arange(len(queries), device=queries.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
 def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = None, token_weight: float = 0.0,
                                 relation_weight: float = 1.0, temperature: float = 0.05,
-                                attention_weight: float = 0.0
-                                ) -> Callable[[nn.Module, list[str]], torch.Tensor]:
-    """`loss(student, texts)`: 1 - cosine between student and teacher sentence embeddings, plus optional terms.
+                                attention_weight: float = 0.0, contrastive_weight: float = 1.0,
+                                contrastive_scale: float = 20.0
+                                ) -> Callable[[nn.Module, list[str] | TextPairs], torch.Tensor]:
+    """`loss(student, batch)`: 1 - cosine between student and teacher sentence embeddings, plus optional terms.
 
-    Both models get the same tokens (`student.tokenize`, cut to `max_tokens` to train faster).
+    A batch is a list of texts, or `TextPairs` (both halves are distilled). Both models get the same tokens
+    (`student.tokenize`, cut to `max_tokens` to train faster).
     `relation_weight` adds KL(teacher || student) between the softmax (at `temperature`) of each text's cosine
     similarities to the other texts of the batch: retrieval depends on that ranking, which matching each vector
     alone does not protect. `token_weight` adds the normalised MSE between last hidden states over real tokens.
     `attention_weight` adds `attention_map_loss` between the student's last attention maps and the teacher's.
+    `contrastive_weight` adds, on `TextPairs` batches, `contrastive_loss` between the student's query and document
+    embeddings: the pairs' own signal, which can move the student past the teacher on the task the pairs resemble.
 
     Example:
         >>> from condense.tasks.encoder import load_minilm
@@ -123,8 +145,13 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
     for p in teacher.parameters():
         p.requires_grad_(False)
 
-    def loss(student: nn.Module, texts: list[str]) -> torch.Tensor:
-        ids, mask = student.tokenize(list(texts))  # (B, T) each
+    def loss(student: nn.Module, batch: list[str] | TextPairs) -> torch.Tensor:
+        pairs = isinstance(batch, TextPairs)
+        if pairs and len(batch.queries) != len(batch.documents):
+            raise ConfigError(f"a TextPairs batch needs one document per query, got {len(batch.queries)} queries "
+                              f"and {len(batch.documents)} documents")
+        texts = list(batch.queries) + list(batch.documents) if pairs else list(batch)
+        ids, mask = student.tokenize(texts)  # (B, T) each
         if max_tokens is not None:
             ids, mask = ids[:, :max_tokens], mask[:, :max_tokens]
         dev = next(student.parameters()).device
@@ -152,16 +179,21 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
             out = out + token_weight * err / t_hidden.pow(2).mean().clamp_min(1e-12)
         if attention_weight:
             out = out + attention_weight * attention_map_loss(s_out.attentions[-1:], t_out.attentions[-1:], mask)
+        if contrastive_weight and pairs and len(batch.queries) > 1:
+            n = len(batch.queries)
+            out = out + contrastive_weight * contrastive_loss(s_emb[:n], s_emb[n:], contrastive_scale)
         return out
 
     return loss
 
 
-def distill_embeddings_(student: nn.Module, teacher: nn.Module, texts: Callable[[], Iterable[list[str]]],
-                        cfg: FitConfig, *, max_tokens: int | None = 64, token_weight: float = 0.0,
-                        relation_weight: float = 1.0, train_embeddings: bool = False,
-                        attention_weight: float = 0.0) -> list[float]:
-    """Train `student` (a SentenceEncoder) to match `teacher`'s embeddings on batches of texts; returns losses.
+def distill_embeddings_(student: nn.Module, teacher: nn.Module,
+                        texts: Callable[[], Iterable[list[str] | TextPairs]], cfg: FitConfig, *,
+                        max_tokens: int | None = None, token_weight: float = 0.0, relation_weight: float = 1.0,
+                        train_embeddings: bool = False, attention_weight: float = 0.0,
+                        contrastive_weight: float = 1.0) -> list[float]:
+    """Train `student` (a SentenceEncoder) to match `teacher`'s embeddings on batches of texts (lists of strings,
+    or `TextPairs`, which add the contrastive term); returns losses. Terms as in `embedding_distillation_loss`.
 
     The embedding tables (half of MiniLM's weights, never pruned) stay frozen unless `train_embeddings`: the
     blocks are what compression changed, and skipping the tables' gradients and optimizer state makes steps cheaper.
@@ -172,7 +204,8 @@ def distill_embeddings_(student: nn.Module, teacher: nn.Module, texts: Callable[
         >>> distill_embeddings_(small, enc, lambda: [["some text", "more"]], FitConfig(steps=2))  # doctest: +SKIP
     """
     loss = embedding_distillation_loss(teacher, max_tokens=max_tokens, token_weight=token_weight,
-                                       relation_weight=relation_weight, attention_weight=attention_weight)
+                                       relation_weight=relation_weight, attention_weight=attention_weight,
+                                       contrastive_weight=contrastive_weight)
     params = student.parameters() if train_embeddings else student.bert.layers.parameters()
     losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
     student.eval()

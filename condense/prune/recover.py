@@ -3,7 +3,8 @@
 With labels (a task with `loss`, e.g. digits, tinygpt) recovery is ordinary fine-tuning through `ctx.finetune`.
 A sentence encoder has no labels, but its dense self is a perfect teacher: the pruned model learns to reproduce
 the dense model's sentence embeddings on unlabelled text (standard-library docstrings, outside the evaluation
-set), with `condense.distillation.losses.embedding_distillation_loss` in the shared `fit` loop.
+set), with `condense.distillation.losses.embedding_distillation_loss` in the shared `fit` loop; on batches of text
+pairs (the minilm task's summary/rest-of-docstring pairs) it adds the in-batch contrastive term.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ transformers or sentence-transformers: import stays quick and every step is ours
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,20 @@ from torch import nn
 
 from condense.errors import CondenseError
 from condense.tasks.bert import Bert, BertConfig, load_pretrained_weights
+
+
+class TextPairs(NamedTuple):
+    """A training batch of aligned text pairs: `documents[i]` goes with `queries[i]` (e.g. a docstring's summary
+    sentence and the rest of it). Encoder losses treat the other documents of the batch as negatives.
+
+    Example:
+        >>> b = TextPairs(["Return the sum."], ["Adds the numbers of an iterable."])
+        >>> len(b.queries) == len(b.documents)
+        True
+    """
+
+    queries: list[str]
+    documents: list[str]
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from functools import partial
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 from torch import nn
@@ -17,8 +17,12 @@ from torch import nn
 from condense.core.task import Task
 from condense.errors import CondenseError
 
+if TYPE_CHECKING:
+    from condense.tasks.encoder import TextPairs
+
 CALIBRATION_BATCHES = 8
 TEXTS_PER_BATCH = 32
+TRAIN_PASSES = 10  # passes over the training pairs per epoch of train_data, reshuffled each
 _REFERENCE_FORMAT = 1  # bump when the reference computation changes, so stale cache files are not read
 
 _reference_memo: dict[str, np.ndarray] = {}
@@ -136,12 +140,25 @@ def _calibration_data(*, n_pairs: int) -> Iterator[list[str]]:
     return _batches(texts)
 
 
-def _train_data(*, n_pairs: int) -> Iterator[list[str]]:
-    """Every docstring paragraph, summary sentence and body outside the evaluation set, 32 texts per batch
-    (for distillation: unlabelled, the teacher supplies the targets)."""
-    from condense.data.stdlib_docs import retrieval_pairs, unlabelled_texts
+def _train_data(*, n_pairs: int) -> Iterator[TextPairs]:
+    """Batches of 32 (summary sentence, rest of the docstring) pairs from docstrings outside the evaluation set.
 
-    return _batches(unlabelled_texts(None, exclude=retrieval_pairs(n_pairs), summaries=True))
+    No labels: each docstring pairs with itself (the inverse cloze task), and the teacher supplies the embedding
+    targets; distillation adds an in-batch contrastive term on the pairs (`DistillConfig.contrastive_weight`).
+    One call yields `TRAIN_PASSES` passes over the pairs, each in its own fixed shuffled order, so that the
+    in-batch negatives change from pass to pass while every call (and a resumed run) sees the same sequence.
+    """
+    import random
+
+    from condense.data.stdlib_docs import retrieval_pairs, training_pairs
+    from condense.tasks.encoder import TextPairs
+
+    pairs = list(training_pairs(retrieval_pairs(n_pairs)))
+    for p in range(TRAIN_PASSES):
+        random.Random(p).shuffle(pairs)
+        for i in range(0, len(pairs) - TEXTS_PER_BATCH + 1, TEXTS_PER_BATCH):
+            chunk = pairs[i:i + TEXTS_PER_BATCH]
+            yield TextPairs([q for q, _ in chunk], [d for _, d in chunk])
 
 
 def make_task(n_pairs: int = 500, max_seq_length: int = 128) -> Task:

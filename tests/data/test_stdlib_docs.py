@@ -113,3 +113,15 @@ def test_summaries_add_query_and_body_shaped_texts_outside_the_eval_set():
     others = retrieval_pairs(available_pairs())
     outside = [q for q, src in zip(others.queries, others.sources) if src not in set(ev.sources)]
     assert outside and set(outside) <= set(more)  # every other docstring's summary sentence is there
+
+
+def test_training_pairs_come_from_docstrings_outside_the_eval_set():
+    from condense.data.stdlib_docs import training_pairs
+
+    ev = retrieval_pairs(300)
+    pairs = training_pairs(ev)
+    everything = {(q, d): s for q, d, s in sd._candidates()}
+    assert len(pairs) == available_pairs() - 300 and len(set(pairs)) == len(pairs)
+    assert not {everything[p] for p in pairs} & set(ev.sources)
+    assert not {t for p in pairs for t in p} & set(ev.queries + ev.documents)
+    assert training_pairs(None) == tuple((q, d) for q, d, _ in sd._candidates())

@@ -54,3 +54,49 @@ def test_hidden_state_loss_with_projection_and_attention_maps():
     assert attention_map_loss([a_s], [a_t]).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
     mask = torch.tensor([[1, 0]])  # the second query is padding
     assert attention_map_loss([a_s], [a_t], mask).item() == pytest.approx(row0, rel=1e-6)
+
+
+def test_contrastive_loss_equals_hand_computed_value():
+    from condense.distillation.losses import contrastive_loss
+
+    q = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
+    d = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.2]]), dim=-1)
+    scale = 5.0
+    sims = [[scale * sum(a * b for a, b in zip(qi, dj)) for dj in d.tolist()] for qi in q.tolist()]
+
+    def ce(rows):  # mean over rows of -log softmax(row)[i]
+        return sum(math.log(sum(math.exp(v) for v in row)) - row[i] for i, row in enumerate(rows)) / len(rows)
+
+    expected = 0.5 * (ce(sims) + ce([list(col) for col in zip(*sims)]))
+    assert float(contrastive_loss(q, d, scale)) == pytest.approx(expected, rel=1e-5)
+
+
+def _tiny_encoder():
+    from tokenizers import Tokenizer
+
+    from condense.tasks.bert import Bert, BertConfig
+    from condense.tasks.encoder import SentenceEncoder, minilm_path
+
+    torch.manual_seed(0)
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    return SentenceEncoder(Bert(BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)),
+                           tok, max_seq_length=32).eval()
+
+
+def test_text_pairs_add_the_contrastive_term_to_embedding_distillation():
+    from condense.distillation.losses import contrastive_loss, embedding_distillation_loss
+    from condense.errors import ConfigError
+    from condense.tasks.encoder import TextPairs
+
+    enc = _tiny_encoder()
+    pairs = TextPairs(["return the sum", "open a file", "sort a list"],
+                      ["adds numbers together", "reads bytes from disk", "orders items in place"])
+    loss = embedding_distillation_loss(enc, contrastive_weight=0.5)
+    emb = torch.tensor(enc.encode(pairs.queries + pairs.documents))
+    with torch.no_grad():  # the student is the teacher: cosine and relation terms are 0, the pairs' term is left
+        assert float(loss(enc, pairs)) == pytest.approx(0.5 * float(contrastive_loss(emb[:3], emb[3:])), abs=1e-4)
+        assert float(loss(enc, pairs.queries + pairs.documents)) == pytest.approx(0.0, abs=1e-5)
+        assert float(embedding_distillation_loss(enc, contrastive_weight=0.0)(enc, pairs)) == pytest.approx(
+            0.0, abs=1e-5)
+    with pytest.raises(ConfigError, match="one document per query"):
+        loss(enc, TextPairs(["a query"], ["one", "two"]))

@@ -191,9 +191,14 @@ def test_inputs_run_and_data(task, model):
     calib = list(task.calibration_data())
     assert [len(b) for b in calib] == [32] * 8
     assert not {t for b in calib for t in b} & ev_texts
-    train = list(task.train_data())
-    assert len(train) > 8 and all(1 <= len(b) <= 32 for b in train)
-    assert not {t for b in train for t in b} & ev_texts
+    train = list(task.train_data())  # (summary, rest of docstring) pairs, 32 a batch, outside the eval set
+    per_pass = len(train) // minilm.TRAIN_PASSES
+    assert len(train) % minilm.TRAIN_PASSES == 0 and all(len(b.queries) == len(b.documents) == 32 for b in train)
+    first, second = ([t for b in train[i * per_pass:(i + 1) * per_pass] for t in b.queries] for i in (0, 1))
+    assert len(set(first)) == len(first) and first != second  # each pass reshuffled (a batch's remainder left out)
+    assert len(set(first) & set(second)) >= len(first) - 32
+    assert not {t for b in train for t in b.queries + b.documents} & ev_texts
+    assert [b.queries for b in train] == [b.queries for b in task.train_data()]  # the same order every epoch
 
 
 def test_make_task_is_cheap_and_validates():
