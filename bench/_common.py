@@ -34,22 +34,15 @@ def write_section(name: str, body: str) -> None:
 
 
 def interleaved_p50(fns: dict, *, rounds: int = 15, warmup: int = 2) -> dict:
-    """Median seconds per call of each fn, timed round-robin (A B C A B C ...) so that background load drifting
-    during the run lands on every variant alike, rather than on whichever happened to be timed then."""
-    import time
-
-    import numpy as np
+    """Median seconds per call of each fn, one call per round-robin round (A B C A B C ...) after `warmup`
+    untimed calls each, so that background load drifting during the run lands on every variant alike.
+    (`condense.measurement.timing.interleaved_p50` with one timed call per round.)"""
+    from condense.measurement.timing import interleaved_p50 as rounds_p50
 
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return rounds_p50(fns, rounds=rounds, warmup=0, repeats=1)
 
 
 def interleaved_rounds_p50(fns: dict, *, rounds: int, **time_call_kw) -> dict:

@@ -63,7 +63,9 @@ def bench_minilm(args: argparse.Namespace) -> str:
     q_init = task.metrics(student0)  # not timed
     students, train_s = {}, {}
     for cfg in cfgs:
-        name = ("student, distilled + contrastive pairs" if cfg.contrastive_weight else "student, distilled only")
+        w = cfg.contrastive_weight  # one row per weight: the label names any weight but the default 1
+        name = ("student, distilled only" if not w else "student, distilled + contrastive pairs"
+                + ("" if w == 1 else f" (weight {w:g})"))
         t0 = time.perf_counter()
         students[name] = distill(teacher, copy.deepcopy(student0), cfg, task=task)
         train_s[name] = time.perf_counter() - t0
@@ -150,7 +152,8 @@ def main() -> None:
     ap.add_argument("--minilm-layer-criterion", default="subset")
     ap.add_argument("--minilm-hidden-weight", type=float, default=0.0)
     ap.add_argument("--minilm-tokens", type=int, default=None, help="cut texts to this many tokens while training")
-    ap.add_argument("--minilm-contrastive", type=lambda v: [float(w) for w in v.split(",")], default=[1.0, 0.0],
+    ap.add_argument("--minilm-contrastive", type=lambda v: list(dict.fromkeys(float(w) for w in v.split(","))),
+                    default=[1.0, 0.0],
                     help="contrastive weights, one student each (default 1,0: with and without the pairs' loss)")
     ap.add_argument("--gpt-steps", type=int, default=200)
     ap.add_argument("--gpt-lr", type=float, default=1e-3)

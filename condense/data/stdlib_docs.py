@@ -166,6 +166,13 @@ def retrieval_pairs(n: int = 500) -> RetrievalSet:
                         tuple(s for _, _, s in picked))
 
 
+def _excluded(exclude: RetrievalSet | None) -> tuple[set[str], set[str]]:
+    """(docstring sources, lower-cased texts) that data built outside `exclude` must not use."""
+    if exclude is None:
+        return set(), set()
+    return set(exclude.sources), {t.lower() for t in exclude.queries + exclude.documents}
+
+
 @lru_cache(maxsize=8)
 def training_pairs(exclude: RetrievalSet | None = None) -> tuple[tuple[str, str], ...]:
     """(summary sentence, rest of the docstring) pairs from docstrings outside `exclude`, deterministic order.
@@ -179,21 +186,17 @@ def training_pairs(exclude: RetrievalSet | None = None) -> tuple[tuple[str, str]
         >>> len(pairs) == available_pairs() - 50, bool({q for q, _ in pairs} & set(ev.queries))
         (True, False)
     """
-    banned_sources = set(exclude.sources) if exclude is not None else set()
-    banned = {t.lower() for t in (exclude.queries + exclude.documents)} if exclude is not None else set()
+    banned_sources, banned = _excluded(exclude)
     return tuple((q, d) for q, d, src in _candidates()
                  if src not in banned_sources and q.lower() not in banned and d.lower() not in banned)
 
 
 @lru_cache(maxsize=8)
-def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None, *,
-                     summaries: bool = False) -> tuple[str, ...]:
+def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None) -> tuple[str, ...]:
     """`n` docstring paragraphs (all if None) from docstrings outside `exclude`; deterministic, no repeats.
 
     Paragraphs are capped to ~600 characters and need at least 5 words. Docstrings in `exclude.sources` are left
     out, and so is any paragraph elsewhere with the same text as one of theirs or as a query or document.
-    `summaries` adds, for each of those docstrings, its summary sentence and its body split as the retrieval
-    pairs are: texts shaped like the queries and documents a retrieval model will see (still no labels).
 
     Example:
         >>> ev = retrieval_pairs(50)
@@ -201,8 +204,7 @@ def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None, 
         >>> len(texts), bool(set(texts) & set(ev.queries + ev.documents))
         (64, False)
     """
-    banned_sources = set(exclude.sources) if exclude is not None else set()
-    banned = {t.lower() for t in (exclude.queries + exclude.documents)} if exclude is not None else set()
+    banned_sources, banned = _excluded(exclude)
     docs = _docstrings()
     banned |= {_cap(p).lower() for doc in docs if doc.source in banned_sources for p in doc.paragraphs}
     seen: set[str] = set()
@@ -210,14 +212,10 @@ def unlabelled_texts(n: int | None = None, exclude: RetrievalSet | None = None, 
     for doc in docs:
         if doc.source in banned_sources:
             continue
-        parts = list(enumerate(doc.paragraphs))
-        if summaries and (pair := _split_summary(doc)) is not None:
-            parts += [("summary", pair[0]), ("body", pair[1])]
-        for i, para in parts:
+        for i, para in enumerate(doc.paragraphs):
             text = _cap(para)
             key = text.lower()
-            least = MIN_QUERY_WORDS if i == "summary" else MIN_TEXT_WORDS
-            if len(text.split()) < least or key in seen or key in banned:
+            if len(text.split()) < MIN_TEXT_WORDS or key in seen or key in banned:
                 continue
             seen.add(key)
             keyed.append((_stable_key(f"{doc.source}#{i}"), text))

@@ -93,9 +93,9 @@ def make_session(data: bytes, threads: int | None = None, disabled: tuple[str, .
                             "condense.export.export_onnx (opset 17 or 18)") from None
 
 
-def session_feeds(session: Any, tensors: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
-    """`tensors` (positional, in the graph's input order) as the {input name: array} `session.run` takes."""
-    inputs = session.get_inputs()
+def session_feeds(inputs: list[Any], tensors: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """`tensors` (positional, in the graph's input order) as the {input name: array} `session.run` takes;
+    `inputs`: the session's `get_inputs()` (read once per session by callers that run it often)."""
     if len(tensors) != len(inputs):
         raise CondenseError(f"the ONNX graph takes {len(inputs)} inputs ({[i.name for i in inputs]}), got "
                             f"{len(tensors)}")
@@ -124,6 +124,7 @@ class OrtModule(nn.Module):
         self._data: bytes | None = None
         self._disabled: tuple[str, ...] = ()
         self._session: Any = None
+        self._inputs: list[Any] = []  # the session's input descriptions, read once per session
         self._threads = 0
         if data is not None:
             self.set_model(data)
@@ -145,12 +146,13 @@ class OrtModule(nn.Module):
     def _open(self) -> None:
         self._threads = torch.get_num_threads()
         self._session = make_session(self.onnx_model, self._threads, self._disabled)
+        self._inputs = self._session.get_inputs()
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the graph on `tensors` (positional, in the graph's input order); CPU torch tensors out."""
         if self._session is None or self._threads != torch.get_num_threads():
             self._open()
-        feeds = session_feeds(self._session, tensors)
+        feeds = session_feeds(self._inputs, tensors)
         try:
             outs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
         except Exception as e:  # onnxruntime's own error types; shapes or dtypes the graph does not accept
@@ -160,7 +162,7 @@ class OrtModule(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle or deep-copy: rebuilt on first use
         state = self.__dict__.copy()
-        state["_session"] = None
+        state["_session"], state["_inputs"] = None, []
         return state
 
     def extra_repr(self) -> str:

@@ -147,29 +147,42 @@ def _rows(out: Any) -> torch.Tensor:
     return t.detach().float().reshape(t.shape[0], -1)
 
 
-def output_scores(model: nn.Module, blocks: nn.Module, candidates: list[int], batches: list[Any],
-                  run: Callable[[nn.Module, Any], Any]) -> dict[int, float]:
-    """Per candidate block: 1 - mean cosine between the model's outputs with and without it."""
-    with torch.inference_mode():
-        ref = [_rows(run(model, b)) for b in batches]
-        out = {}
-        for i in candidates:
-            block = blocks[i]
-            del blocks[i]
-            try:
-                cos = [F.cosine_similarity(_rows(run(model, b)), r, dim=-1).mean() for b, r in zip(batches, ref)]
-            finally:
-                blocks.insert(i, block)
-            out[i] = 1 - float(torch.stack(cos).mean())
-    return out
-
-
 def _set_blocks(blocks: nn.Module, modules: list[nn.Module]) -> None:
     """Replace the contents of a ModuleList/Sequential in place (its parent keeps the same object)."""
     for i in range(len(blocks) - 1, -1, -1):
         del blocks[i]
     for m in modules:
         blocks.append(m)
+
+
+class _OutputDistance:
+    """1 - mean cosine between the model's outputs with only some of its blocks and with all of them.
+
+    Call with the kept block indices; the full list is put back after each call. Use under inference_mode.
+    """
+
+    def __init__(self, model: nn.Module, blocks: nn.Module, batches: list[Any],
+                 run: Callable[[nn.Module, Any], Any]) -> None:
+        self.model, self.blocks, self.batches, self.run = model, blocks, batches, run
+        self.orig = list(blocks)
+        self.ref = [_rows(run(model, b)) for b in batches]
+
+    def __call__(self, kept: tuple[int, ...]) -> float:
+        _set_blocks(self.blocks, [self.orig[i] for i in kept])
+        try:
+            cos = [F.cosine_similarity(_rows(self.run(self.model, b)), r, dim=-1).mean()
+                   for b, r in zip(self.batches, self.ref)]
+        finally:
+            _set_blocks(self.blocks, self.orig)
+        return 1 - float(torch.stack(cos).mean())
+
+
+def output_scores(model: nn.Module, blocks: nn.Module, candidates: list[int], batches: list[Any],
+                  run: Callable[[nn.Module, Any], Any]) -> dict[int, float]:
+    """Per candidate block: 1 - mean cosine between the model's outputs with and without it."""
+    with torch.inference_mode():
+        distance = _OutputDistance(model, blocks, batches, run)
+        return {i: distance(tuple(j for j in range(len(blocks)) if j != i)) for i in candidates}
 
 
 def subset_scores(model: nn.Module, blocks: nn.Module, keep: int, candidates: list[int], batches: list[Any],
@@ -180,34 +193,20 @@ def subset_scores(model: nn.Module, blocks: nn.Module, keep: int, candidates: li
     Only blocks in `candidates` may go. Every set is tried when there are at most `max_subsets`; otherwise blocks
     are removed one at a time, each time the one whose removal moves the output least.
     """
-    n = len(blocks)
-    fixed = [i for i in range(n) if i not in candidates]
-    orig = list(blocks)
-
-    def score(kept: tuple[int, ...]) -> float:
-        _set_blocks(blocks, [orig[i] for i in kept])
-        cos = [F.cosine_similarity(_rows(run(model, b)), r, dim=-1).mean() for b, r in zip(batches, ref)]
-        return 1 - float(torch.stack(cos).mean())
-
+    fixed = [i for i in range(len(blocks)) if i not in candidates]
+    free = keep - len(fixed)
     with torch.inference_mode():
-        ref = [_rows(run(model, b)) for b in batches]
-        try:
-            free = keep - len(fixed)
-            subsets = math.comb(len(candidates), free) if free >= 0 else 0
-            if 0 < subsets <= max_subsets:
-                tried = {k: score(k) for k in (tuple(sorted(fixed + list(c)))
-                                               for c in itertools.combinations(candidates, free))}
-                best = min(tried, key=tried.get)
-                return list(best), tried[best]
-            kept = list(range(n))
-            err = 0.0
-            while len(kept) > keep:
-                options = {k: score(k) for k in (tuple(j for j in kept if j != i) for i in kept if i in candidates)}
-                best = min(options, key=options.get)
-                kept, err = list(best), options[best]
-            return kept, err
-        finally:
-            _set_blocks(blocks, orig)
+        distance = _OutputDistance(model, blocks, batches, run)
+        if 0 < (math.comb(len(candidates), free) if free >= 0 else 0) <= max_subsets:
+            options = [tuple(sorted(fixed + list(c))) for c in itertools.combinations(candidates, free)]
+        else:  # greedy: each round, every kept candidate's removal is an option
+            kept = tuple(range(len(blocks)))
+            while len(kept) > keep + 1:
+                kept = min((tuple(j for j in kept if j != i) for i in kept if i in candidates), key=distance)
+            options = [tuple(j for j in kept if j != i) for i in kept if i in candidates]
+        tried = {k: distance(k) for k in options}
+    best = min(tried, key=tried.get)
+    return list(best), tried[best]
 
 
 def drop_blocks_(model: nn.Module, container: str, keep: list[int]) -> nn.Module:

@@ -179,7 +179,7 @@ def fastest_session(data: bytes, inputs: tuple, rounds: int = 5) -> tuple[tuple[
     from condense.measurement.timing import interleaved_p50
 
     sessions = {v: make_session(data, torch.get_num_threads(), v) for v in SESSION_VARIANTS}
-    feeds = session_feeds(sessions[()], inputs)
+    feeds = session_feeds(sessions[()].get_inputs(), inputs)
     with torch.inference_mode():
         p50 = interleaved_p50({v: (lambda s=s: s.run(None, feeds)) for v, s in sessions.items()}, rounds=rounds,
                               warmup=1, repeats=3)
