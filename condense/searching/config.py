@@ -40,7 +40,8 @@ class SearchConfig:
         threads: torch threads while timing (None: torch's current setting).
         timing_repeats / timing_min_s: the cheap timing used for each trial; the final pick is re-measured with
             `final_repeats` and `final_min_s` side by side with the baseline.
-        recovery_steps: fine-tuning steps after structured pruning or layer drop (0: none).
+        recovery_steps: fine-tuning steps after structured pruning or layer drop, and the training of a distilled
+            student (0: no recovery after pruning; a student then trains with DistillConfig's default run).
         recovery_lr: learning rate of that recovery.
         sensitivity: run per-layer probes (quantization and pruning) first and use them to narrow the knobs.
         prune_importance: structured-pruning importances to try ("l2" is cheapest; "activation" and "obs" use

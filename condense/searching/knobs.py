@@ -140,7 +140,10 @@ def suggest_distill(trial: Any, space: Space) -> Any:
         return None
     # "subset": the blocks whose output is closest to the teacher's (MiniLM 3 of 6: MRR@10 88% of the teacher's
     # before training, vs 58% for evenly spread blocks)
-    return build(DISTILL, layers=trial.suggest_int("distill.layers", 2, 4), layer_criterion="subset")
+    # the student trains with the search's recovery run (steps, lr) when one is set, else DistillConfig's default
+    fit = _recovery(space)
+    return build(DISTILL, layers=trial.suggest_int("distill.layers", 2, 4), layer_criterion="subset",
+                 **({"fit": fit} if fit is not None else {}))
 
 
 def suggest_early_exit(trial: Any, space: Space) -> Any:

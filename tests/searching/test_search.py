@@ -135,3 +135,18 @@ def test_probes_keep_out_steps_that_alone_break_the_budget(tmp_path):
     assert res.sensitivity["prune"]["exclude"] == ["fc1"]
     assert res.sensitivity["prune"]["groups"][0]["drop"] > 0.005
     assert all(r["steps"] == [] for r in res.trials) and len(res.trials) == 3
+
+
+@pytest.mark.parametrize("steps", [0, 30])
+def test_distill_knob_trains_the_student_with_the_search_recovery_run(steps):
+    from condense.distillation import DistillConfig
+    from condense.searching.knobs import Space, suggest_distill
+
+    space = Space(cfg=SearchConfig(recovery_steps=steps, recovery_lr=5e-5))
+    cfg = suggest_distill(optuna.trial.FixedTrial({"distill.use": True, "distill.layers": 3}), space)
+    assert cfg.layers == 3 and cfg.layer_criterion == "subset"
+    if steps:
+        assert (cfg.fit.steps, cfg.fit.lr) == (30, 5e-5)
+    else:
+        assert cfg.fit == DistillConfig().fit  # no recovery run set: DistillConfig's own default
+    assert suggest_distill(optuna.trial.FixedTrial({"distill.use": False}), space) is None
