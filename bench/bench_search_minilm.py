@@ -1,7 +1,7 @@
 """Accuracy-budgeted search on MiniLM: the fastest model within 1% MRR@10 of fp32, bounded to 40 trials, then
 re-measured side by side with fp32 PyTorch and ONNX Runtime's own `quantize_dynamic` of the unpruned model.
 
-Usage: .venv/bin/python bench/bench_search_minilm.py [--trials 40] [--threads 2] [--rounds 7] [--recovery-steps 60]
+Usage: .venv/bin/python bench/bench_search_minilm.py [--trials 40] [--threads 2] [--rounds 7] [--recovery-steps 400] [--knobs distill,prune,quantize]
 Writes the `search-minilm` section of BENCHMARKS.md. The search keeps its trials in
 runs/bench-search-minilm/search.db: re-running resumes the same study (use --fresh to start over), so an
 interrupted benchmark loses nothing. During the search each trial is timed cheaply (a few repeats at batch 32);
@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import _common  # (also sets sys.path)
 import torch
@@ -31,7 +32,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--recovery-steps", type=int, default=60, help="embedding-distillation steps after pruning")
+    ap.add_argument("--recovery-steps", type=int, default=400,
+                    help="embedding-distillation steps after pruning, and a distilled student's training steps")
+    ap.add_argument("--recovery-lr", type=float, default=5e-5)
+    ap.add_argument("--knobs", default="distill,prune,quantize", help="comma-separated search knobs")
     ap.add_argument("--importance", default="l2,activation",
                     help="structured-pruning importances to search (obs is the most accurate and far slowest)")
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer/per-group probes (faster)")
@@ -44,8 +48,9 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.time()
     task = condense.get_task("minilm")
-    cfg = SearchConfig(budget=0.01, trials=args.trials, knobs=("prune", "quantize"), batch_size=32,
+    cfg = SearchConfig(budget=0.01, trials=args.trials, knobs=tuple(args.knobs.split(",")), batch_size=32,
                        threads=args.threads, timing_repeats=3, timing_min_s=0.5, recovery_steps=args.recovery_steps,
+                       recovery_lr=args.recovery_lr,
                        max_prune_ratio=0.6, final_repeats=5, final_min_s=0.5,
                        prune_importance=tuple(args.importance.split(",")), sensitivity=not args.no_sensitivity)
     try:
@@ -54,6 +59,9 @@ def main() -> None:
     except BudgetNotMet as e:
         res, missed = e.result, str(e)
     search_s = time.time() - t0
+    stages = os.path.join(args.out, "stages")
+    saved = [p for p in Path(stages).iterdir() if not p.name.startswith(".")] if os.path.isdir(stages) else []
+    reused = sum(p.stat().st_mtime < t0 for p in saved)
 
     fp32 = task.build_model()
     variants = {"fp32 PyTorch eager (baseline)": fp32,
@@ -61,7 +69,7 @@ def main() -> None:
     pick = None
     if res.chosen is not None:
         pick = f"search pick: trial {res.chosen['number']}"
-        variants[pick] = res.model if res.model is not None else rebuild(task, res.chosen["steps"])
+        variants[pick] = res.model if res.model is not None else rebuild(task, res.chosen["steps"], stages)
     p50: dict[str, dict[int, float]] = {k: {} for k in variants}
     for bs in (32, 1):
         batch = task.batch(bs)
@@ -92,11 +100,13 @@ def main() -> None:
                           f"{r['latency_s'] * 1e3:.1f} ms | {r['metric']:.4f} |")
     sens = res.sensitivity or {}
     notes = (f"Search: {len(res.trials)} trials in the study ({len(done)} complete; limit {args.trials}), knobs "
-             f"prune (structured ratio/importance, layer drop; recovery: {args.recovery_steps} embedding-distillation "
-             f"steps; importance {args.importance}) and quantize (torch dynamic int8, ORT int8 with/without float outlier channels, sensitive layers "
+             f"{args.knobs}: distill (a student of 2-4 blocks), prune (structured ratio/importance, layer drop; "
+             f"importance {args.importance}; recovery and student training: {args.recovery_steps} steps of "
+             f"embedding + pair-loss distillation at lr {args.recovery_lr:g}), quantize (torch dynamic int8, ORT int8 with/without float outlier channels, sensitive layers "
              f"kept in float or not); probes kept out {len((sens.get('prune') or {}).get('exclude', []))} pruning "
              f"group(s) and offered {len((sens.get('quantize') or {}).get('exclude', []))} layer(s) to keep in "
-             f"float. Search wall time this run: {search_s:.0f} s. Side-by-side timing: {args.rounds} interleaved "
+             f"float. Stage cache: {len(saved)} trained model(s) in {stages}, {reused} of them saved by an earlier run "
+             f"of this study and loaded here instead of trained. Search wall time this run: {search_s:.0f} s. Side-by-side timing: {args.rounds} interleaved "
              f"rounds, {args.threads} threads. Load average (1/5/15 min) before: "
              f"{' / '.join(f'{x:.2f}' for x in load_before)}, after: {' / '.join(f'{x:.2f}' for x in load_after)} "
              f"(shared machine; {time.time() - t0:.0f} s in all).")
@@ -115,7 +125,7 @@ def main() -> None:
 
 
 def _short(d: dict) -> str:
-    keys = [k for k in ("ratio", "importance", "n_drop", "sparsity", "float_channels") if k in d]
+    keys = [k for k in ("layers", "ratio", "importance", "n_drop", "sparsity", "float_channels") if k in d]
     extra = ", float layers kept" if d.get("exclude") and d["type"].endswith("Int8Config") else ""
     return d["type"] + "(" + ", ".join(f"{k}={d[k]}" for k in keys) + extra + ")"
 

@@ -6,6 +6,8 @@ the budget -> rebuild it and re-measure it side by side with the baseline, caref
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import subprocess
@@ -106,8 +108,14 @@ def _spawn_workers(task: Task, cfg: SearchConfig, url: str, study_name: str, n: 
     return procs
 
 
-def rebuild(task: Task, steps: list[dict[str, Any]]) -> nn.Module:
-    """A fresh model with a trial's steps applied (configs as recorded in the study)."""
+def rebuild(task: Task, steps: list[dict[str, Any]], stage_dir: str | Path | None = None) -> nn.Module:
+    """A fresh model with a trial's steps applied (configs as recorded in the study); slow prefixes saved in
+    `stage_dir` by the search (SearchConfig.stage_dir) are loaded rather than trained again."""
+    from condense.searching.trials import StageCache
+
+    if stage_dir is not None:
+        return StageCache(size=0, directory=stage_dir).build(task.build_model(), [config_from_dict(d) for d in steps],
+                                                             task)
     model = task.build_model()
     for d in steps:
         model = apply_(model, config_from_dict(d), task=task)
@@ -139,6 +147,8 @@ def search(task: Task | str, config: SearchConfig = SearchConfig(), *, storage: 
     if workers < 1:
         raise CondenseError(f"workers must be >= 1, got {workers}")
     url = storage_url(storage, out_dir)
+    if config.stage_dir is None and out_dir is not None:
+        config = dataclasses.replace(config, stage_dir=str(Path(out_dir) / "stages"))
     study_name = study_name or f"condense-{task.name}"
     st = open_storage(url, config.heartbeat_s)
     progress.note(f"search {study_name!r} in {masked(url)}")
@@ -208,7 +218,7 @@ def _final(task: Task, cfg: SearchConfig, result: SearchResult) -> None:
     from condense.measurement.api import MeasureConfig, measure
 
     progress.note(f"rebuilding trial {result.chosen['number']} and re-measuring it with the baseline")
-    model = rebuild(task, result.chosen["steps"])
+    model = rebuild(task, result.chosen["steps"], cfg.stage_dir)
     base_model = task.build_model()
     sizes = tuple(sorted({1, cfg.batch_size}))
     mcfg = MeasureConfig(batch_sizes=sizes, repeats=cfg.final_repeats, min_time_s=cfg.final_min_s,

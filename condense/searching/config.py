@@ -50,6 +50,9 @@ class SearchConfig:
             prefix (e.g. one transformer block at a time).
         max_prune_ratio: upper end of the structured-pruning ratio range (narrowed further by the probe).
         seed: sampler seed.
+        stage_dir: folder where models after a slow prefix of steps (pruning + recovery, a distilled student)
+            are saved, so other workers on this machine and a resumed or repeated search load them instead of
+            training again; `search(out_dir=...)` defaults it to out_dir/stages. None: memory only (per worker).
         heartbeat_s: workers report liveness this often (database storage); a trial whose worker died is
             marked failed after 3x this, so a shared or resumed search never waits on it.
 
@@ -75,6 +78,7 @@ class SearchConfig:
     max_probes: int = 12
     seed: int = 0
     heartbeat_s: int = 30
+    stage_dir: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", parse_budget(self.budget))

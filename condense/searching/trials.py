@@ -6,13 +6,17 @@ Workers may be threads of one call, local processes (`workers=N`) or separate ma
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
+import shutil
 import socket
+import time
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from torch import nn
@@ -77,12 +81,61 @@ def summary(m: Measurement, batch_size: int) -> dict[str, Any]:
 
 class StageCache:
     """Models after each prefix of steps, keyed by the steps' configs: trials that share an expensive prefix
-    (e.g. the same pruning + recovery) build it once per worker. Keeps the `size` most recently used."""
+    (e.g. the same pruning + recovery, or the same distilled student) build it once. Keeps the `size` most
+    recently used in memory (per worker). With `directory`, a prefix whose build took at least `min_build_s` is
+    also saved there as an artifact, so other workers on this machine and a resumed or repeated search load it
+    instead of training it again. The disk key covers the task (name and options), the steps' configs and the
+    condense version; delete the folder after changing training code within one version."""
 
-    def __init__(self, size: int = 3):
+    def __init__(self, size: int = 3, directory: str | os.PathLike | None = None, min_build_s: float = 10.0):
         self.size = size
+        self.directory = Path(directory) if directory is not None else None
+        self.min_build_s = min_build_s
         self._items: OrderedDict[str, nn.Module] = OrderedDict()
         self.hits = 0
+        self.disk_hits = 0
+
+    def _disk_path(self, key: str, task: Any) -> Path | None:
+        if self.directory is None:
+            return None
+        from condense import __version__
+
+        spec = json.dumps([getattr(task, "spec", None) or {"name": getattr(task, "name", None)}, __version__, key],
+                          sort_keys=True, default=str)
+        return self.directory / hashlib.sha256(spec.encode()).hexdigest()[:20]
+
+    def _from_disk(self, key: str, task: Any) -> nn.Module | None:
+        path = self._disk_path(key, task)
+        if path is None or not (path / "condense.json").exists():
+            return None
+        from condense.core import artifact
+        from condense.errors import CondenseError
+
+        try:
+            model = artifact.load(path, task=task)
+        except CondenseError as e:  # unreadable or from other code: removed, then rebuilt and saved again
+            progress.note(f"stage cache: rebuilding {path.name} ({str(e)[:120]})")
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        self.disk_hits += 1
+        return model
+
+    def _to_disk(self, key: str, task: Any, model: nn.Module) -> None:
+        path = self._disk_path(key, task)
+        if path is None or (path / "condense.json").exists():
+            return
+        from condense.core import artifact
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.incoming")
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            artifact.save(model, tmp, metadata={"stage_key": json.loads(key)})
+            os.replace(tmp, path)  # atomic: another worker's copy of the same stage may already be there
+        except Exception as e:  # noqa: BLE001  (a model that cannot be saved is simply not persisted)
+            if not (path / "condense.json").exists():
+                progress.note(f"stage cache: not saved ({type(e).__name__}: {str(e)[:120]})")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def build(self, base: nn.Module, steps: list[Any], task: Any) -> nn.Module:
         keys = [json.dumps([s.to_dict() for s in steps[:i + 1]], sort_keys=True) for i in range(len(steps))]
@@ -93,9 +146,16 @@ class StageCache:
                 self._items.move_to_end(keys[i])
                 self.hits += 1
                 break
+            model = self._from_disk(keys[i], task)
+            if model is not None:
+                start = i + 1
+                break
         model = copy.deepcopy(base) if model is None else model
         for i in range(start, len(steps)):
+            t0 = time.perf_counter()
             model = apply_(model, steps[i], task=task)
+            if time.perf_counter() - t0 >= self.min_build_s:
+                self._to_disk(keys[i], task, model)
             if i < len(steps) - 1:  # the last step's model is measured, not reused by a longer prefix
                 try:
                     self._items[keys[i]] = copy.deepcopy(model)
@@ -172,7 +232,7 @@ def _run(task: Any, cfg: Any, url: str | None, study_name: str, worker: int, sto
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * worker, multivariate=True, group=True,
                                                    n_startup_trials=min(8, cfg.trials // 3 + 1))
-    cache = StageCache()
+    cache = StageCache(directory=cfg.stage_dir)
     mcfg = trial_measure_config(cfg)
     remaining = cfg.trials - finished_count(study)
     if remaining <= 0:

@@ -150,3 +150,42 @@ def test_distill_knob_trains_the_student_with_the_search_recovery_run(steps):
     else:
         assert cfg.fit == DistillConfig().fit  # no recovery run set: DistillConfig's own default
     assert suggest_distill(optuna.trial.FixedTrial({"distill.use": False}), space) is None
+
+
+def test_stage_dir_lets_a_new_worker_load_a_slow_prefix_instead_of_rebuilding_it(tmp_path):
+    from condense.core.transforms import apply_
+    from condense.prune.structured import StructuredConfig
+    from condense.quantize.dynamic import DynamicInt8Config
+
+    task = tiny_task()
+    steps = [StructuredConfig(ratio=0.25, importance="activation", reconstruct=True), DynamicInt8Config()]
+    first = StageCache(directory=tmp_path / "stages", min_build_s=0.0)
+    a = first.build(task.build_model(), steps, task)
+    saved = sorted(p.name for p in (tmp_path / "stages").iterdir())
+    assert len(saved) == 2 and not any(n.startswith(".") for n in saved)  # both prefixes, no leftovers
+    second = StageCache(directory=tmp_path / "stages", min_build_s=0.0)  # another worker: empty memory
+    b = second.build(task.build_model(), steps, task)
+    assert (second.hits, second.disk_hits) == (0, 1)  # the whole pipeline came from disk
+    ref = apply_(apply_(task.build_model(), steps[0], task=task), steps[1], task=task)
+    x = task.batch(8)
+    torch.testing.assert_close(a(x), ref(x))
+    torch.testing.assert_close(b(x), ref(x))
+
+    for d in (tmp_path / "stages").iterdir():  # a damaged stage is rebuilt, not trusted
+        (d / "condense.json").write_text("{not json")
+    third = StageCache(directory=tmp_path / "stages", min_build_s=0.0)
+    c = third.build(task.build_model(), steps, task)
+    assert third.disk_hits == 0
+    torch.testing.assert_close(c(x), ref(x))
+    fourth = StageCache(directory=tmp_path / "stages", min_build_s=0.0)
+    fourth.build(task.build_model(), steps, task)
+    assert fourth.disk_hits == 1  # saved again by the rebuild
+
+
+def test_stage_dir_skips_fast_steps(tmp_path):
+    from condense.prune.structured import StructuredConfig
+
+    task = tiny_task()
+    cache = StageCache(directory=tmp_path / "stages", min_build_s=3600.0)
+    cache.build(task.build_model(), [StructuredConfig(ratio=0.25)], task)
+    assert not (tmp_path / "stages").exists() or not any((tmp_path / "stages").iterdir())
