@@ -36,6 +36,7 @@ def main() -> None:
                     help="embedding-distillation steps after pruning, and a distilled student's training steps")
     ap.add_argument("--recovery-lr", type=float, default=5e-5)
     ap.add_argument("--knobs", default="distill,prune,quantize", help="comma-separated search knobs")
+    ap.add_argument("--distill-layers", default="3,4", help="block counts a student may keep")
     ap.add_argument("--importance", default="l2,activation",
                     help="structured-pruning importances to search (obs is the most accurate and far slowest)")
     ap.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer/per-group probes (faster)")
@@ -50,7 +51,7 @@ def main() -> None:
     task = condense.get_task("minilm")
     cfg = SearchConfig(budget=0.01, trials=args.trials, knobs=tuple(args.knobs.split(",")), batch_size=32,
                        threads=args.threads, timing_repeats=3, timing_min_s=0.5, recovery_steps=args.recovery_steps,
-                       recovery_lr=args.recovery_lr,
+                       recovery_lr=args.recovery_lr, distill_layers=tuple(int(n) for n in args.distill_layers.split(",")),
                        max_prune_ratio=0.6, final_repeats=5, final_min_s=0.5,
                        prune_importance=tuple(args.importance.split(",")), sensitivity=not args.no_sensitivity)
     try:
@@ -100,7 +101,7 @@ def main() -> None:
                           f"{r['latency_s'] * 1e3:.1f} ms | {r['metric']:.4f} |")
     sens = res.sensitivity or {}
     notes = (f"Search: {len(res.trials)} trials in the study ({len(done)} complete; limit {args.trials}), knobs "
-             f"{args.knobs}: distill (a student of 2-4 blocks), prune (structured ratio/importance, layer drop; "
+             f"{args.knobs}: distill (a student of {args.distill_layers} of the 6 blocks), prune (structured ratio/importance, layer drop; "
              f"importance {args.importance}; recovery and student training: {args.recovery_steps} steps of "
              f"embedding + pair-loss distillation at lr {args.recovery_lr:g}), quantize (torch dynamic int8, ORT int8 with/without float outlier channels, sensitive layers "
              f"kept in float or not); probes kept out {len((sens.get('prune') or {}).get('exclude', []))} pruning "

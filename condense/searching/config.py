@@ -50,6 +50,7 @@ class SearchConfig:
             prefix (e.g. one transformer block at a time).
         max_prune_ratio: upper end of the structured-pruning ratio range (narrowed further by the probe).
         seed: sampler seed.
+        distill_layers: block counts a distilled student may keep (the distill knob picks one per trial).
         stage_dir: folder where models after a slow prefix of steps (pruning + recovery, a distilled student)
             are saved, so other workers on this machine and a resumed or repeated search load them instead of
             training again; `search(out_dir=...)` defaults it to out_dir/stages. None: memory only (per worker).
@@ -78,6 +79,7 @@ class SearchConfig:
     max_probes: int = 12
     seed: int = 0
     heartbeat_s: int = 30
+    distill_layers: tuple[int, ...] = (2, 3, 4)
     stage_dir: str | None = None
 
     def __post_init__(self) -> None:
@@ -96,6 +98,10 @@ class SearchConfig:
         object.__setattr__(self, "prune_importance", tuple(self.prune_importance))
         if not self.prune_importance or self.max_probes < 1:
             raise ConfigError("prune_importance needs at least one of 'l2', 'activation', 'obs' and max_probes >= 1")
+        object.__setattr__(self, "distill_layers", tuple(self.distill_layers))
+        if not self.distill_layers or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                          for n in self.distill_layers):
+            raise ConfigError(f"distill_layers must be block counts >= 1, got {self.distill_layers!r}; e.g. (3, 4)")
         if self.heartbeat_s < 1:
             raise ConfigError(f"heartbeat_s must be >= 1, got {self.heartbeat_s}")
         if not self.knobs:

@@ -142,7 +142,8 @@ def suggest_distill(trial: Any, space: Space) -> Any:
     # before training, vs 58% for evenly spread blocks)
     # the student trains with the search's recovery run (steps, lr) when one is set, else DistillConfig's default
     fit = _recovery(space)
-    return build(DISTILL, layers=trial.suggest_int("distill.layers", 2, 4), layer_criterion="subset",
+    layers = trial.suggest_categorical("distill.layers", list(space.cfg.distill_layers))
+    return build(DISTILL, layers=layers, layer_criterion="subset",
                  **({"fit": fit} if fit is not None else {}))
 
 

@@ -25,6 +25,10 @@ def test_search_config_round_trip_and_validation():
         SearchConfig(trials=0)
     with pytest.raises(ConfigError, match="knobs"):
         SearchConfig(knobs=())
+    assert config_from_dict(SearchConfig(distill_layers=[3, 4]).to_dict()).distill_layers == (3, 4)
+    for bad in ((), (0,), (True,), ("3",)):
+        with pytest.raises(ConfigError, match="distill_layers"):
+            SearchConfig(distill_layers=bad)
 
 
 def test_knob_selection_orders_steps_and_names_unknown_knobs():
