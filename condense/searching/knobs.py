@@ -123,7 +123,7 @@ def suggest_quantize(trial: Any, space: Space) -> Any:
     keep = trial.suggest_categorical("quantize.keep_sensitive", [True, False]) if space.quant_exclude else False
     exclude = tuple(space.quant_exclude) if keep else ()
     if scheme == "ort":
-        fc = trial.suggest_categorical("quantize.float_channels", [0, 4]) if space.extra.get("ort_outliers") else 0
+        fc = trial.suggest_categorical("quantize.float_channels", [0, 4, 8]) if space.extra.get("ort_outliers") else 0
         return build(QUANT[scheme], float_channels=fc, exclude=exclude)
     return build(QUANT[scheme], exclude=exclude)
 
