@@ -87,7 +87,7 @@ class StageCache:
     instead of training it again. The disk key covers the task (name and options), the steps' configs and the
     condense version; delete the folder after changing training code within one version."""
 
-    def __init__(self, size: int = 3, directory: str | os.PathLike | None = None, min_build_s: float = 10.0):
+    def __init__(self, size: int = 3, directory: str | os.PathLike | None = None, min_build_s: float = 60.0):
         self.size = size
         self.directory = Path(directory) if directory is not None else None
         self.min_build_s = min_build_s
