@@ -578,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = """examples:
   condense search --task digits --budget 1% --trials 20 --out runs/digits-search
   condense search --task digits --budget 1% --trials 40 --out runs/digits-search    # resumes: 20 more trials
-  condense search --task minilm --budget 1% --knobs prune,quantize --set recovery_steps=60 --out runs/minilm
+  condense search --task minilm --budget 1% --knobs distill,quantize --set recovery_steps=400 \\
+      --set recovery_lr=5e-5 --set distill_layers=[3,4] --out runs/minilm   # trained students: DIR/stages
   condense search --task minilm --budget 1% --storage postgresql://user:pw@db:5432/condense --study s1 \\
       --workers 2 --out runs/s1           # run the same command on other machines to add workers
 exit codes: 0 found a model within budget; 2 bad input, unreachable database or no trial within budget
@@ -597,7 +598,8 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any SearchConfig field, e.g. --set recovery_steps=200")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help="run folder: report.json, report.html, the chosen model in DIR/model, search.db")
+                   help="run folder: report.json, report.html, the chosen model in DIR/model, search.db, "
+                   "trained stages in DIR/stages")
     p = subs["run"]
     p.epilog = ("examples:\n  condense run recipes/digits.yaml --out runs/digits-recipe\n"
                 "  condense run recipes/tinygpt.yaml --out runs/gpt --set steps.0.prune.finetune.steps=20\n"
