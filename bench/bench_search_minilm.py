@@ -100,29 +100,47 @@ def main() -> None:
         trials_tbl.append(f"| {r['number']} | {' → '.join(_short(d) for d in r['steps'])} | "
                           f"{r['latency_s'] * 1e3:.1f} ms | {r['metric']:.4f} |")
     sens = res.sensitivity or {}
-    notes = (f"Search: {len(res.trials)} trials in the study ({len(done)} complete; limit {args.trials}), knobs "
-             f"{args.knobs}: distill (a student of {args.distill_layers} of the 6 blocks), prune (structured ratio/importance, layer drop; "
-             f"importance {args.importance}; recovery and student training: {args.recovery_steps} steps of "
-             f"embedding + pair-loss distillation at lr {args.recovery_lr:g}), quantize (torch dynamic int8, ORT int8 with/without float outlier channels, sensitive layers "
-             f"kept in float or not); probes kept out {len((sens.get('prune') or {}).get('exclude', []))} pruning "
-             f"group(s) and offered {len((sens.get('quantize') or {}).get('exclude', []))} layer(s) to keep in "
-             f"float. Stage cache: {len(saved)} trained model(s) in {stages}, {reused} of them saved by an earlier run "
-             f"of this study and loaded here instead of trained. Search wall time this run: {search_s:.0f} s. Side-by-side timing: {args.rounds} interleaved "
+    knobs = args.knobs.split(",")
+    described = {"distill": f"distill (a student keeping {args.distill_layers.replace(',', ' or ')} of the 6 blocks)",
+                 "prune": f"prune (structured ratio/importance {args.importance}, layer drop)",
+                 "quantize": "quantize (torch dynamic int8; ORT int8 with 0, 4 or 8 float outlier channels per block; "
+                             "sensitive layers kept in float or not)"}
+    trained = [k for k in ("distill", "prune") if k in knobs]
+    notes = (f"Search: {len(res.trials)} trials in the study ({len(done)} complete; limit {args.trials}); knobs "
+             + "; ".join(described.get(k, k) for k in knobs)
+             + (f"; {' and '.join(trained)} train for {args.recovery_steps} steps of embedding + pair-loss "
+                f"distillation at lr {args.recovery_lr:g}" if trained else "")
+             + f". Time recorded in the study's trials: {_trial_seconds(args.out):.0f} s (training included); "
+             f"probes kept out {len((sens.get('prune') or {}).get('exclude', []))} pruning group(s) and offered "
+             f"{len((sens.get('quantize') or {}).get('exclude', []))} layer(s) to keep in float. Stage cache: "
+             f"{len(saved)} trained model(s) in {os.path.relpath(stages, _common.ROOT)}, {reused} of them saved by "
+             f"an earlier run of this study and loaded here instead of trained. Search wall time this run: "
+             f"{search_s:.0f} s. Side-by-side timing: {args.rounds} interleaved "
              f"rounds, {args.threads} threads. Load average (1/5/15 min) before: "
              f"{' / '.join(f'{x:.2f}' for x in load_before)}, after: {' / '.join(f'{x:.2f}' for x in load_after)} "
              f"(shared machine; {time.time() - t0:.0f} s in all).")
-    if max(load_before[0], load_after[0]) > (os.cpu_count() or 1):
-        verdict += (f" **Caveat: the machine was overloaded (load average above its {os.cpu_count()} vCPUs); fp32 "
+    if max(load_before[0], load_after[0]) > (os.cpu_count() or 1) + 1:  # this bench's own threads add ~cpu_count
+        verdict += (f" **Caveat: the machine was overloaded (load average above its {os.cpu_count()} vCPUs + 1); fp32 "
                     "PyTorch eager suffers far more from CPU contention than ONNX Runtime, so these ratios overstate "
                     "the speedup: re-run on a quiet machine before quoting them.**")
-    if args.trials < 40:
-        verdict += f" This run was bounded to {args.trials} trials, not the target's 40."
+    if args.trials != 40:
+        verdict += (f" The search was bounded to {args.trials} trials (the target: at most 40)."
+                    if args.trials < 40 else f" **The search ran {args.trials} trials, more than the target's 40.**")
     cmd = "python bench/bench_search_minilm.py " + " ".join(sys.argv[1:])
     body = ("## Search on MiniLM: fastest within 1% MRR@10\n\n" + _common.header(cmd.strip(), args.threads, notes)
             + "\n\n" + "\n".join(lines) + "\n\n" + verdict + "\n\nFastest trials within budget (search timing):\n\n"
             + "\n".join(trials_tbl) + "\n")
     _common.write_section("search-minilm", body)
     print(body)
+
+
+def _trial_seconds(out: str) -> float:
+    """Wall time of every finished trial in the study, whoever ran it (this run or the run it resumed)."""
+    import optuna
+
+    study = optuna.load_study(study_name="bench-search-minilm", storage=f"sqlite:///{out}/search.db")
+    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
+               if t.datetime_complete is not None and t.datetime_start is not None)
 
 
 def _short(d: dict) -> str:
