@@ -110,7 +110,8 @@ def main() -> None:
              + "; ".join(described.get(k, k) for k in knobs)
              + (f"; {' and '.join(trained)} train for {args.recovery_steps} steps of embedding + pair-loss "
                 f"distillation at lr {args.recovery_lr:g}" if trained else "")
-             + f". Time recorded in the study's trials: {_trial_seconds(args.out):.0f} s (training included); "
+             + f". Time recorded in the study's trials: {sum(r['duration_s'] or 0 for r in res.trials):.0f} s "
+             "(training included); "
              f"probes kept out {len((sens.get('prune') or {}).get('exclude', []))} pruning group(s) and offered "
              f"{len((sens.get('quantize') or {}).get('exclude', []))} layer(s) to keep in float. Stage cache: "
              f"{len(saved)} trained model(s) in {os.path.relpath(stages, _common.ROOT)}, {reused} of them saved by "
@@ -132,15 +133,6 @@ def main() -> None:
             + "\n".join(trials_tbl) + "\n")
     _common.write_section("search-minilm", body)
     print(body)
-
-
-def _trial_seconds(out: str) -> float:
-    """Wall time of every finished trial in the study, whoever ran it (this run or the run it resumed)."""
-    import optuna
-
-    study = optuna.load_study(study_name="bench-search-minilm", storage=f"sqlite:///{out}/search.db")
-    return sum((t.datetime_complete - t.datetime_start).total_seconds() for t in study.trials
-               if t.datetime_complete is not None and t.datetime_start is not None)
 
 
 def _short(d: dict) -> str:

@@ -6,13 +6,11 @@ the budget -> rebuild it and re-measure it side by side with the baseline, caref
 """
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,11 @@ from torch import nn
 from condense import progress
 from condense.core.config import config_from_dict
 from condense.core.task import Task
-from condense.core.transforms import apply_
 from condense.errors import CondenseError
 from condense.searching.config import SearchConfig
 from condense.searching.sensitivity import relative_drop
 from condense.searching.storage import masked, open_storage, storage_url
-from condense.searching.trials import open_study, run_worker
+from condense.searching.trials import StageCache, open_study, run_worker
 
 
 class BudgetNotMet(CondenseError):
@@ -87,7 +84,8 @@ def _rows(study: Any) -> list[dict[str, Any]]:
                      "steps": a.get("steps", []), "worker": a.get("worker"), "error": a.get("error"),
                      "latency_s": a.get("latency_s"), "size_bytes": a.get("size_bytes"), "metric": a.get("metric"),
                      "quality": a.get("quality", {}), "speedup": a.get("speedup"),
-                     "within_budget": a.get("within_budget", False)})
+                     "within_budget": a.get("within_budget", False),
+                     "duration_s": t.duration.total_seconds() if t.duration is not None else None})
     return rows
 
 
@@ -111,15 +109,8 @@ def _spawn_workers(task: Task, cfg: SearchConfig, url: str, study_name: str, n: 
 def rebuild(task: Task, steps: list[dict[str, Any]], stage_dir: str | Path | None = None) -> nn.Module:
     """A fresh model with a trial's steps applied (configs as recorded in the study); slow prefixes saved in
     `stage_dir` by the search (SearchConfig.stage_dir) are loaded rather than trained again."""
-    from condense.searching.trials import StageCache
-
-    if stage_dir is not None:
-        return StageCache(size=0, directory=stage_dir).build(task.build_model(), [config_from_dict(d) for d in steps],
-                                                             task)
-    model = task.build_model()
-    for d in steps:
-        model = apply_(model, config_from_dict(d), task=task)
-    return model
+    return StageCache(size=0, directory=stage_dir).build(task.build_model(), [config_from_dict(d) for d in steps],
+                                                         task)
 
 
 def search(task: Task | str, config: SearchConfig = SearchConfig(), *, storage: str | None = None,
@@ -148,7 +139,7 @@ def search(task: Task | str, config: SearchConfig = SearchConfig(), *, storage: 
         raise CondenseError(f"workers must be >= 1, got {workers}")
     url = storage_url(storage, out_dir)
     if config.stage_dir is None and out_dir is not None:
-        config = dataclasses.replace(config, stage_dir=str(Path(out_dir) / "stages"))
+        config = replace(config, stage_dir=str(Path(out_dir) / "stages"))
     study_name = study_name or f"condense-{task.name}"
     st = open_storage(url, config.heartbeat_s)
     progress.note(f"search {study_name!r} in {masked(url)}")

@@ -21,8 +21,10 @@ from typing import Any, Callable, Iterator
 
 from torch import nn
 
-from condense import progress
+from condense import __version__, progress
+from condense.core import artifact
 from condense.core.transforms import apply_
+from condense.errors import CondenseError
 from condense.measurement.api import MeasureConfig, Measurement, measure
 from condense.searching.knobs import Knob, Space, select_knobs
 from condense.searching.sensitivity import probe, space_from_dict, space_to_dict
@@ -82,7 +84,7 @@ def summary(m: Measurement, batch_size: int) -> dict[str, Any]:
 class StageCache:
     """Models after each prefix of steps, keyed by the steps' configs: trials that share an expensive prefix
     (e.g. the same pruning + recovery, or the same distilled student) build it once. Keeps the `size` most
-    recently used in memory (per worker). With `directory`, a prefix whose build took at least `min_build_s` is
+    recently used in memory (per worker; 0: none). With `directory`, a prefix whose build took at least `min_build_s` is
     also saved there as an artifact, so other workers on this machine and a resumed or repeated search load it
     instead of training it again. The disk key covers the task (name and options), the steps' configs and the
     condense version; delete the folder after changing training code within one version."""
@@ -98,19 +100,13 @@ class StageCache:
     def _disk_path(self, key: str, task: Any) -> Path | None:
         if self.directory is None:
             return None
-        from condense import __version__
-
-        spec = json.dumps([getattr(task, "spec", None) or {"name": getattr(task, "name", None)}, __version__, key],
-                          sort_keys=True, default=str)
+        spec = json.dumps([task.spec or {"name": task.name}, __version__, key], sort_keys=True, default=str)
         return self.directory / hashlib.sha256(spec.encode()).hexdigest()[:20]
 
     def _from_disk(self, key: str, task: Any) -> nn.Module | None:
         path = self._disk_path(key, task)
         if path is None or not (path / "condense.json").exists():
             return None
-        from condense.core import artifact
-        from condense.errors import CondenseError
-
         try:
             model = artifact.load(path, task=task)
         except CondenseError as e:  # unreadable or from other code: removed, then rebuilt and saved again
@@ -124,8 +120,6 @@ class StageCache:
         path = self._disk_path(key, task)
         if path is None or (path / "condense.json").exists():
             return
-        from condense.core import artifact
-
         tmp = path.with_name(f".{path.name}.{os.getpid()}.incoming")
         try:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -156,7 +150,7 @@ class StageCache:
             model = apply_(model, steps[i], task=task)
             if time.perf_counter() - t0 >= self.min_build_s:
                 self._to_disk(keys[i], task, model)
-            if i < len(steps) - 1:  # the last step's model is measured, not reused by a longer prefix
+            if i < len(steps) - 1 and self.size > 0:  # the last step's model is measured, not reused
                 try:
                     self._items[keys[i]] = copy.deepcopy(model)
                 except Exception:  # noqa: BLE001  (a model that cannot be copied is simply not cached)

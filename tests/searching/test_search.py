@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -23,10 +24,13 @@ FAST = dict(batch_size=8, timing_repeats=2, timing_min_s=0.0, final_repeats=3, f
 
 def test_search_picks_fastest_within_budget_and_saves_it(tmp_path):
     cfg = SearchConfig(budget="15%", trials=6, knobs=("prune", "quantize"), **FAST)
+    t0 = time.perf_counter()
     res = search("condense.testing:tiny_task", cfg, out_dir=tmp_path)
+    wall = time.perf_counter() - t0
     base = res.baseline["metric"]
     done = [r for r in res.trials if r["state"] == "COMPLETE"]
     assert len(done) == 6
+    assert all(0 < r["duration_s"] for r in done) and sum(r["duration_s"] for r in done) < wall
     ok = [r for r in done if r["metric"] >= base * (1 - 0.15) and r["steps"]]
     assert res.chosen["number"] == min(ok, key=lambda r: r["latency_s"])["number"]
     assert set(res.pareto) <= {r["number"] for r in done} and res.pareto
@@ -123,6 +127,10 @@ def test_stage_cache_reuses_shared_prefix_and_matches_direct_application():
     torch.testing.assert_close(a(x), ref(x))
     torch.testing.assert_close(b(x), ref(x))
     assert base.fc1.out_features == 16  # the base model is never modified
+    none = StageCache(size=0)  # rebuild's cache: nothing kept in memory
+    none.build(base, steps, task)
+    torch.testing.assert_close(none.build(base, steps, task)(x), ref(x))
+    assert none.hits == 0 and not none._items
 
 
 def test_probes_keep_out_steps_that_alone_break_the_budget(tmp_path):
