@@ -49,6 +49,28 @@ def test_peak_memory_sees_a_large_allocation():
     assert r["peak_bytes"] >= r["increase_bytes"]
 
 
+def test_peak_memory_does_not_count_freed_heap():
+    # 320 MiB of 16 KiB heap blocks, every 64th kept alive so the freed ones cannot shrink the heap from its top:
+    # without handing the freed pages back, they stay resident and a call that allocates nothing would be
+    # charged for them (as a model measured right after its training was charged for the training's heap).
+    import subprocess
+    import sys
+
+    code = ("import json\n"
+            "from condense.measurement.memory import _read_status_kb, peak_memory, release_freed_memory\n"
+            "blocks = [bytearray(16384) for _ in range(20480)]\n"
+            "keep = blocks[::64]\n"
+            "del blocks\n"
+            "held = _read_status_kb('VmRSS')\n"
+            "r = peak_memory(lambda: None)\n"
+            "print(json.dumps({**r, 'held_kb': held, 'trim': release_freed_memory()}))\n")
+    r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    if r["peak_bytes"] is None or not r["trim"]:
+        pytest.skip("peak memory or malloc_trim not available on this platform")
+    assert r["held_kb"] * 1024 - r["peak_bytes"] >= 250 * 2**20  # most of the 315 MiB freed is not counted
+    assert r["method"].endswith("freed heap trimmed)")
+
+
 def test_measure_tiny_task_records_everything():
     task = get_task("condense.testing:tiny_task")
     m = condense.measure(task.build_model(), task, MeasureConfig(batch_sizes=(1, 4), repeats=3, min_time_s=0,
