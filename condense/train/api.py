@@ -22,7 +22,12 @@ from condense.train.distributed.strategy import STRATEGIES
 from condense.train.loop import FitConfig
 from condense.train.trainer import TrainResult, run_loop
 
-COMM_HOOK_NAMES = ("none", *COMM_HOOKS)
+
+
+def comm_hook_names() -> tuple[str, ...]:
+    """"none" plus every registered communication hook (read when a config is checked, so hooks registered later,
+    by a plugin or a bench, are accepted too)."""
+    return ("none", *COMM_HOOKS)
 
 
 @config
@@ -39,7 +44,8 @@ class TrainConfig(FitConfig):
         tensorboard: also write TensorBoard events to out/tb.
         strategy: auto (DDP when several processes) | single | ddp | fsdp | pipeline (GPT models: blocks split
             into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation).
-        comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8.
+        comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8, or a name added to
+            `condense.train.distributed.hooks.COMM_HOOKS` (fn(cfg) -> (state, hook) for `register_comm_hook`).
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
         ddp_bucket_mb: DDP gradient bucket size (each bucket is one call of the communication hook).
 
@@ -76,8 +82,8 @@ class TrainConfig(FitConfig):
                               "eval_every, patience, comm_hook, grad_accum, batch_schedule and fp16 at their defaults")
         if self.n_microbatches < 1:
             raise ConfigError(f"n_microbatches must be >= 1, got {self.n_microbatches}")
-        if self.comm_hook not in COMM_HOOK_NAMES:
-            raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(COMM_HOOK_NAMES)}")
+        if self.comm_hook not in comm_hook_names():
+            raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(comm_hook_names())}")
         if self.comm_hook != "none" and self.strategy == "fsdp":
             raise ConfigError("comm_hook applies to DDP only; use strategy='ddp' or comm_hook='none'")
         if min(self.eval_every, self.patience, self.checkpoint_every, self.keep_checkpoints) < 0:

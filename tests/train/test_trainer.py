@@ -103,3 +103,12 @@ def test_train_config_round_trips_and_validates():
         TrainConfig(strategy="fsdp", comm_hook="fp16")
     with pytest.raises(ConfigError, match="needs several processes"):
         run_loop(nn.Linear(3, 1), _data(), _mse, TrainConfig(steps=1, strategy="ddp", precision="fp32"))
+
+
+def test_a_comm_hook_registered_after_import_is_accepted(monkeypatch):
+    from condense.train.distributed.hooks import COMM_HOOKS
+
+    with pytest.raises(ConfigError, match="unknown comm_hook 'mine'"):
+        TrainConfig(comm_hook="mine")
+    monkeypatch.setitem(COMM_HOOKS._items, "mine", lambda cfg: (None, None))
+    assert TrainConfig(comm_hook="mine").comm_hook == "mine"
