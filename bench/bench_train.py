@@ -45,29 +45,24 @@ def svd_lowrank_hook(state, bucket):  # no annotations: DDP checks them at run t
     import torch.distributed as dist
 
     buf, world = bucket.buffer(), dist.get_world_size()
-    fut = torch.futures.Future()
-    if state.step < state.start:
-        dist.all_reduce(buf)
-        buf.div_(world)
-    else:
-        local = [g.reshape(g.shape[0], -1).clone() if g.dim() > 1 else None for g in bucket.gradients()]
-        for i, m in enumerate(local):
-            if m is not None and (i, bucket.index()) in state.error:
-                m += state.error[i, bucket.index()]
-        for g, m in zip(bucket.gradients(), local):
-            if m is not None:
-                g.copy_(m.view_as(g))
-        dist.all_reduce(buf)
-        buf.div_(world)
-        for i, (g, m) in enumerate(zip(bucket.gradients(), local)):
-            if m is None or 2 * state.rank * sum(m.shape) >= m.numel():
-                continue
-            u, s, vh = torch.linalg.svd(g.reshape(m.shape), full_matrices=False)
-            approx = (u[:, :state.rank] * s[:state.rank]) @ vh[:state.rank]
-            state.error[i, bucket.index()] = m - approx
-            g.copy_(approx.view_as(g))
+    # views into buf of the gradients PowerSGD would compress, by position in the bucket (none before `start`)
+    mats = {i: g.reshape(g.shape[0], -1) for i, g in enumerate(bucket.gradients())
+            if state.step >= state.start and g.dim() > 1
+            and 2 * state.rank * (g.shape[0] + g[0].numel()) < g.numel()}
+    for i, m in mats.items():  # error feedback: add this process's residual from the step before
+        if (bucket.index(), i) in state.error:
+            m += state.error[bucket.index(), i]
+    local = {i: m.clone() for i, m in mats.items()}
+    dist.all_reduce(buf)
+    buf.div_(world)
+    for i, m in mats.items():
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        approx = (u[:, :state.rank] * s[:state.rank]) @ vh[:state.rank]
+        state.error[bucket.index(), i] = local[i] - approx
+        m.copy_(approx)
     if bucket.is_last():
         state.step += 1
+    fut = torch.futures.Future()
     fut.set_result(buf)
     return fut
 
@@ -125,11 +120,11 @@ def _powersgd_verdicts(rows: list[dict], base: dict) -> str:
     out = []
     for r in rows:
         if r["hook"] == "lowrank-svd":
-            gap = r["val"] / base["val"] - 1
-            out.append(f"- Best rank-{r['powersgd_rank']} approximation (truncated SVD of the averaged gradient, "
-                       f"error feedback, every byte sent): val bits/byte {gap:+.2%}, "
-                       + ("also over the 3% limit: no rank-" + str(r["powersgd_rank"]) + " approximation of a "
-                          "step's gradient is closer than this one" if gap > 0.03 else "within 3%"))
+            rank, gap = r["powersgd_rank"], r["val"] / base["val"] - 1
+            out.append(f"- Best rank-{rank} approximation (truncated SVD of the averaged gradient, error feedback, "
+                       f"every byte sent): val bits/byte {gap:+.2%}, "
+                       + (f"also over the 3% limit: no rank-{rank} approximation of a step's gradient is closer "
+                          "than this one" if gap > 0.03 else "within 3%"))
             continue
         if "powersgd_rank" not in r:
             continue
@@ -179,8 +174,9 @@ def bench_comm(args: argparse.Namespace) -> None:
                              f"Quality: validation bits/byte after the run (lower is better). Baseline: fp32 "
                              f"all-reduce. Machine {load} at the start.")
             + "\n\n" + "\n".join(lines) + "\n" + _powersgd_verdicts(rows, base))
-    full = args.comm_hooks == DEFAULT_HOOKS  # a subset gets its own section, next to the full table
-    _common.write_section("train-comm" if full else "train-comm-" + "-".join(args.comm_hooks), body)
+    full = args.comm_hooks == DEFAULT_HOOKS  # a subset gets its own section (per step count), next to the full table
+    _common.write_section("train-comm" if full else f"train-comm-{args.comm_steps}-" + "-".join(args.comm_hooks),
+                          body)
     print(body)
 
 

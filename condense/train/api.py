@@ -23,7 +23,6 @@ from condense.train.loop import FitConfig
 from condense.train.trainer import TrainResult, run_loop
 
 
-
 def comm_hook_names() -> tuple[str, ...]:
     """"none" plus every registered communication hook (read when a config is checked, so hooks registered later,
     by a plugin or a bench, are accepted too)."""
