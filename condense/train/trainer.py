@@ -236,7 +236,9 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
         best, bad_evals = meta.get("best"), meta.get("bad_evals", 0)
 
     main = world.is_main
-    log = MetricsLog(out, tensorboard=opt_get("tensorboard", False), enabled=main and out is not None)
+    # start_step: the rows a killed run logged after its last checkpoint are replayed now, so they are dropped first
+    log = MetricsLog(out, tensorboard=opt_get("tensorboard", False), enabled=main and out is not None,
+                     start_step=len(result.losses))
     ckpt_root = Path(out) / "checkpoints" if out is not None else None
     eval_every, ckpt_every = opt_get("eval_every", 0), opt_get("checkpoint_every", 0)
     target, patience = opt_get("target"), opt_get("patience", 0)

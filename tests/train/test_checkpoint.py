@@ -8,6 +8,7 @@ from torch import nn
 from condense.errors import ArtifactError
 from condense.train import checkpoint as ckpt
 from condense.train.api import TrainConfig
+from condense.train.metrics import read_jsonl
 from condense.train.trainer import run_loop
 
 
@@ -102,3 +103,39 @@ def test_keep_last_checkpoints(tmp_path):
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step-00000008", "step-00000009"]
     assert ckpt.load_tensors(tmp_path / "checkpoints/step-00000009/optim.pt")["state"]  # weights_only loads
+
+
+def test_a_resumed_run_logs_every_step_once(tmp_path):
+    """A run killed after its checkpoint at step 7 has logged steps 8..10; the resume replays them: each step
+    index appears once in metrics.jsonl, and the rows up to the checkpoint are the first run's, unchanged."""
+    def evaluate(m):  # deterministic, no RNG: eval rows at steps 3, 6, 9, 12
+        return {"w": float(sum(p.detach().double().sum() for p in m.parameters()))}
+
+    kw = dict(evaluate=evaluate, primary="w")
+    ref = run_loop(_fresh(), _data(), _loss, _cfg(eval_every=3), out=tmp_path / "ref", **kw).losses
+    calls = {"n": 0}
+
+    def dies_in_step_11(m, b):  # steps 1-5 take one batch each, steps 6-10 two: 15 calls, then the "kill"
+        calls["n"] += 1
+        if calls["n"] > 15:
+            raise KeyboardInterrupt("killed")
+        return _loss(m, b)
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(_fresh(), _data(), dies_in_step_11, _cfg(eval_every=3), out=run, **kw)
+    before = read_jsonl(run / "metrics.jsonl")
+    assert [r["step"] for r in before if r["kind"] == "train"] == list(range(1, 11))
+    assert ckpt.find_checkpoint(run).name == "step-00000007"
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "st')  # the kill cut the last line short
+    resumed = run_loop(_fresh(), _data(), _loss, _cfg(eval_every=3), out=run, resume=run, **kw)
+    rows = read_jsonl(run / "metrics.jsonl")
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == list(range(1, 13))
+    assert [r["step"] for r in rows if r["kind"] == "eval"] == [3, 6, 9, 12]
+    assert [r for r in rows if r["step"] <= 7] == [r for r in before if r["step"] <= 7]  # kept as they were
+    assert resumed.losses == ref and [r["loss"] for r in train_rows] == ref  # bit-exact
+    # a fresh run (no resume) into the same folder starts the log over
+    run_loop(_fresh(), _data(), _loss, _cfg(steps=3, checkpoint_every=0), out=run)
+    assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
