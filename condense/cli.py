@@ -331,7 +331,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from condense.searching.api import BudgetNotMet, search
 
     over: dict[str, Any] = {"budget": args.budget, "trials": args.trials, "batch_size": args.batch_size}
-    if args.knobs:
+    if args.knobs is not None:  # --knobs '' is an empty list (refused), not the default
         over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
     if args.threads:
         over["threads"] = args.threads

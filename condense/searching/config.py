@@ -33,7 +33,8 @@ class SearchConfig:
 
     Args:
         budget: allowed relative loss of the task's primary metric vs the baseline (0.01 = 1%; "1%" accepted).
-        trials: total trials of the study (across workers and resumed runs; finished trials count).
+        trials: total trials of the study (across workers and resumed runs): those that ran to their end count,
+            completed or failed on their own; a trial cut short (Ctrl-C, kill, a dead worker) does not.
         knobs: knob names to search (see `condense.searching.KNOBS`), or ("auto",): every knob whose technique
             is installed and applies to the task.
         batch_size: batch size whose latency the search minimises.
@@ -104,5 +105,12 @@ class SearchConfig:
             raise ConfigError(f"distill_layers must be block counts >= 1, got {self.distill_layers!r}; e.g. (3, 4)")
         if self.heartbeat_s < 1:
             raise ConfigError(f"heartbeat_s must be >= 1, got {self.heartbeat_s}")
+        from condense.searching.knobs import KNOBS  # read when checked: knobs a plugin registered count too
+
+        valid = ", ".join(["auto", *KNOBS])
         if not self.knobs:
-            raise ConfigError("knobs is empty; use ('auto',) or names such as ('prune', 'quantize')")
+            raise ConfigError(f"knobs is empty; name at least one of: {valid} (auto: every knob that applies to the "
+                              "task), e.g. --knobs prune,quantize")
+        bad = [k for k in self.knobs if not isinstance(k, str) or (k != "auto" and k not in KNOBS)]
+        if bad:
+            raise ConfigError(f"unknown knob(s) {', '.join(map(repr, bad))}; choose from: {valid}")

@@ -4,9 +4,13 @@ A knob names the config class it builds as "module:Class" and resolves it only w
 elsewhere (distillation, factorization, early exit) join the search by being installed, with no central switch.
 `Space` carries what the sensitivity probes learned (layers too sensitive to quantize, groups too sensitive to
 prune, which kinds apply to this task at all), so trials are not wasted on steps that cannot meet the budget.
+A knob whose technique cannot apply to the task's model at all (distillation without a block list to drop from,
+early exit without a splitter for the architecture) says so up front (`Knob.applies`) and is left out, with the
+reason, instead of failing every trial that turns it on.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -40,6 +44,8 @@ class Knob:
         suggest: `suggest(trial, space) -> config or None` (None: no step this trial).
         examples: {short name: fields} of one config per class, built before a search to check that the
             technique is installed and takes the fields this knob sets.
+        check: `check(model, task, search_cfg)` raises an error saying why the knob's steps cannot apply to this
+            model and task (None: they always can, or the sensitivity probes decide, as for prune and quantize).
     """
 
     name: str
@@ -47,6 +53,17 @@ class Knob:
     configs: dict[str, str]
     suggest: Callable[[Any, Space], Any]
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
+    check: Callable[[Any, Any, Any], None] | None = None
+
+    def applies(self, model: Any, task: Any, cfg: Any) -> tuple[bool, str]:
+        """Whether the knob's steps can apply to `model` on `task`, decided before any trial (if not: False, why)."""
+        if self.check is None:
+            return True, ""
+        try:
+            self.check(model, task, cfg)
+        except Exception as e:  # noqa: BLE001  (any failure of the check means: every trial using it would fail)
+            return False, str(e) if isinstance(e, CondenseError) else f"{type(e).__name__}: {e}"
+        return True, ""
 
     def available(self) -> tuple[bool, str]:
         """Whether every config class it needs imports and accepts the knob's fields (if not: False, why)."""
@@ -142,7 +159,8 @@ def suggest_distill(trial: Any, space: Space) -> Any:
     # before training, vs 58% for evenly spread blocks)
     # the student trains with the search's recovery run (steps, lr) when one is set, else DistillConfig's default
     fit = _recovery(space)
-    layers = trial.suggest_categorical("distill.layers", list(space.cfg.distill_layers))
+    choices = space.extra.get("distill_layers") or list(space.cfg.distill_layers)  # fewer blocks than the model's
+    layers = trial.suggest_categorical("distill.layers", list(choices))
     return build(DISTILL, layers=layers, layer_criterion="subset",
                  **({"fit": fit} if fit is not None else {}))
 
@@ -157,36 +175,111 @@ FACTORIZE = "condense.factorize:FactorizeConfig"
 DISTILL = "condense.distillation:DistillConfig"
 EARLY_EXIT = "condense.early_exit:EarlyExitConfig"
 
+
+# -- applicability: decided once, on the task's model, before any trial ------------------------------------------
+def _needs_train_data(task: Any, what: str) -> None:
+    if task is None or getattr(task, "train_data", None) is None:
+        name = getattr(task, "name", None)
+        raise CondenseError(f"{what} trains on the task's train_data, and task {name!r} has none")
+
+
+def distill_choices(model: Any, cfg: Any) -> list[int]:
+    """The student sizes in `cfg.distill_layers` that keep fewer blocks than `model` has (others are no student, or
+    impossible); an error saying why when none does.
+
+    Example:
+        >>> from condense.searching.config import SearchConfig
+        >>> from condense.tasks.gpt import GPT, GPTConfig
+        >>> distill_choices(GPT(GPTConfig(block_size=8, n_layer=4, n_head=2, n_embd=8)), SearchConfig())
+        [2, 3]
+    """
+    from condense.errors import ConfigError
+    from condense.prune.layers import BLOCK_LIST_NAMES, find_block_list
+
+    try:
+        _, blocks = find_block_list(model)
+    except ConfigError:
+        raise CondenseError(f"a distilled student keeps some of the teacher's blocks, and {type(model).__name__} has "
+                            f"no block list (one ModuleList named {'/'.join(BLOCK_LIST_NAMES)})") from None
+    n = len(blocks)
+    keep = [k for k in cfg.distill_layers if k < n]
+    if not keep:
+        fix = (f"set distill_layers to block counts below {n}, e.g. --set distill_layers=[{n - 1}]" if n > 1 else
+               "a student needs fewer blocks than the teacher")
+        raise CondenseError(f"the model has {n} block(s) and distill_layers {list(cfg.distill_layers)} keeps none "
+                            f"fewer; {fix}")
+    return keep
+
+
+def check_distill(model: Any, task: Any, cfg: Any) -> None:
+    from condense.distillation.students import student_from_teacher
+
+    _needs_train_data(task, "distillation")
+    student_from_teacher(model, build(DISTILL, layers=min(distill_choices(model, cfg))))  # builds it on a copy
+
+
+def check_factorize(model: Any, task: Any, cfg: Any) -> None:
+    from condense.factorize.api import plan_ranks
+
+    plan_ranks(model, build(FACTORIZE, rank_ratio=0.5))  # at least one Linear / Conv2d layer to factorize
+
+
+def check_early_exit(model: Any, task: Any, cfg: Any) -> None:
+    from condense.early_exit.model import with_exits
+
+    _needs_train_data(task, "early exit")
+    with_exits(copy.deepcopy(model), None, 0.9, "max_prob")  # a splitter for the architecture, heads sized on it
+
+
 KNOBS.register("distill", Knob("distill", 0, {"distill": DISTILL}, suggest_distill,
-                               {"distill": {"layers": 2}}))
+                               {"distill": {"layers": 2}}, check_distill))
 KNOBS.register("prune", Knob("prune", 10, PRUNE, suggest_prune,
                              {"structured": {"ratio": 0.5, "exclude": ()}, "layer-drop": {"n_drop": 1},
                               "unstructured": {"sparsity": 0.5}}))
 KNOBS.register("factorize", Knob("factorize", 20, {"factorize": FACTORIZE}, suggest_factorize,
-                                 {"factorize": {"rank_ratio": 0.5}}))
+                                 {"factorize": {"rank_ratio": 0.5}}, check_factorize))
 KNOBS.register("early_exit", Knob("early_exit", 30, {"early_exit": EARLY_EXIT}, suggest_early_exit,
-                                  {"early_exit": {"threshold": 0.9}}))
+                                  {"early_exit": {"threshold": 0.9}}, check_early_exit))
 KNOBS.register("quantize", Knob("quantize", 40, QUANT, suggest_quantize,
                                 {"dynamic": {"exclude": ()}, "ort": {"float_channels": 0, "exclude": ()}}))
 
 
-def select_knobs(names: tuple[str, ...]) -> tuple[list[Knob], dict[str, str]]:
-    """The knobs to search, in pipeline order, and {name: why skipped} for "auto" knobs that are unavailable.
+def select_knobs(names: tuple[str, ...], *, model: Any = None, task: Any = None,
+                 cfg: Any = None) -> tuple[list[Knob], dict[str, str]]:
+    """The knobs to search, in pipeline order, and {name: why skipped} for "auto" knobs that are unavailable or
+    (given the task's `model`, the `task` and the SearchConfig `cfg`) cannot apply to it.
 
-    An explicitly named knob that is unavailable is an error naming what is missing.
+    An explicitly named knob that is unavailable or cannot apply is an error naming why.
+
+    Example:
+        >>> from condense.tasks import get_task
+        >>> from condense.searching.config import SearchConfig
+        >>> task = get_task("condense.testing:tiny_task")
+        >>> knobs, skipped = select_knobs(("auto",), model=task.build_model(), task=task, cfg=SearchConfig())
+        >>> [k.name for k in knobs], sorted(skipped)
+        (['prune', 'factorize', 'quantize'], ['distill', 'early_exit'])
     """
+    if model is not None and cfg is None:
+        from condense.searching.config import SearchConfig
+
+        cfg = SearchConfig()
     auto = "auto" in names
     wanted = [n for n, _ in KNOBS.items()] if auto else list(names)
     out, skipped = [], {}
     for n in wanted:
         knob = KNOBS.get(n)
         ok, why = knob.available()
+        if ok and model is not None:
+            ok, why = knob.applies(model, task, cfg)
+            why = why and f"does not apply to task {getattr(task, 'name', None)!r}: {why}"
         if ok:
             out.append(knob)
         elif auto:
             skipped[n] = why
         else:
-            raise CondenseError(f"knob {n!r} cannot be used: {why}; install that technique or drop the knob")
+            raise CondenseError(f"knob {n!r} cannot be used: {why}; install that technique or drop the knob"
+                                if not why.startswith("does not apply") else
+                                f"knob {n!r} {why}; drop it from the knobs (--knobs)")
     if not out:
         raise CondenseError(f"no search knob is available (skipped: {skipped})")
     return sorted(out, key=lambda k: k.order), skipped

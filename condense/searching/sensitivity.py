@@ -17,7 +17,7 @@ from torch import nn
 
 from condense import progress
 from condense.core.transforms import TransformContext, apply_
-from condense.searching.knobs import PRUNE, QUANT, Knob, Space, build
+from condense.searching.knobs import PRUNE, QUANT, Knob, Space, build, distill_choices
 
 
 PROBE_RATIO = 0.3  # fraction of one group's units removed by the pruning probe
@@ -128,6 +128,8 @@ def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float)
     names = {k.name for k in knobs}
     record: dict[str, Any] = {"baseline_metric": base}
     space = Space(cfg=cfg, max_prune_ratio=cfg.max_prune_ratio)
+    if "distill" in names:  # student sizes: only those with fewer blocks than the model (the knob checked some exist)
+        space.extra["distill_layers"] = distill_choices(model, cfg)
     # With recovery training a pruned group wins back part of its loss: allow it more before excluding it.
     prune_threshold = cfg.budget * (4 if cfg.recovery_steps > 0 else 1)
     with progress.steps("sensitivity probes", 2) as bar:

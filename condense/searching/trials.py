@@ -173,7 +173,8 @@ def open_study(cfg: Any, task: Any, url: str | None, study_name: str, storage: A
 def prepare(study: Any, cfg: Any, task: Any, base_model: nn.Module) -> tuple[list[Knob], Space]:
     """Baseline measurement, knob choice and sensitivity probes, computed once per study (then read back)."""
     attrs = study.user_attrs
-    knobs, skipped = select_knobs(cfg.knobs)
+    with interruptible():  # each knob checks that it applies to this model (may build a copy)
+        knobs, skipped = select_knobs(cfg.knobs, model=base_model, task=task, cfg=cfg)
     if "baseline" not in attrs:
         progress.note("measuring the baseline")
         with interruptible():

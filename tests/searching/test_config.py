@@ -76,3 +76,42 @@ def test_import_condense_does_not_import_optuna():
     code = "import condense, sys; condense.SearchConfig; print('optuna' in sys.modules, 'sqlalchemy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_knobs_that_cannot_apply_to_the_model_are_skipped_with_the_reason():
+    from condense.tasks import get_task
+    from condense.tasks.gpt import GPT, GPTConfig
+
+    from condense.tasks.digits import DigitsCNN
+
+    digits = get_task("digits")  # its architecture decides, not its weights: an untrained DigitsCNN (no training)
+    knobs, skipped = select_knobs(("auto",), model=DigitsCNN(), task=digits, cfg=SearchConfig())
+    assert [k.name for k in knobs] == ["prune", "factorize", "early_exit", "quantize"]
+    assert list(skipped) == ["distill"] and "DigitsCNN has no block list" in skipped["distill"]
+    with pytest.raises(CondenseError, match="knob 'distill' does not apply to task 'digits'.*drop it"):
+        select_knobs(("distill", "quantize"), model=DigitsCNN(), task=digits, cfg=SearchConfig())
+    # a 2-block GPT: no distill_layers choice (2, 3, 4) is a smaller student; 4 blocks: only 2 and 3 are
+    two = GPT(GPTConfig(block_size=8, n_layer=2, n_head=2, n_embd=8))
+    _, skipped = select_knobs(("auto",), model=two, task=digits, cfg=SearchConfig())
+    assert "distill_layers=[1]" in skipped["distill"] and "early_exit" not in skipped
+    four = GPT(GPTConfig(block_size=8, n_layer=4, n_head=2, n_embd=8))
+    knobs, skipped = select_knobs(("auto",), model=four, task=digits, cfg=SearchConfig())
+    assert skipped == {} and "distill" in [k.name for k in knobs]
+    from condense.searching.knobs import distill_choices
+
+    assert distill_choices(four, SearchConfig()) == [2, 3]
+
+
+def test_empty_or_unknown_knobs_are_refused_before_any_work(tmp_path, capsys):
+    from condense.cli import main
+
+    with pytest.raises(ConfigError, match="unknown knob.*'sparsify'.*choose from: auto, distill, early_exit"):
+        SearchConfig(knobs=("prune", "sparsify"))
+    for arg, says in (("", "knobs is empty; name at least one of: auto, distill, early_exit, factorize, prune, "
+                           "quantize"),
+                      (" , ", "knobs is empty"), ("prune,bogus", "unknown knob(s) 'bogus'; choose from: auto")):
+        rc = main(["search", "--task", "condense.testing:tiny_task", "--budget", "1%", "--knobs", arg,
+                   "--out", str(tmp_path / "s")])
+        err = capsys.readouterr().err
+        assert rc == 2 and says in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()  # refused before the study (or anything) was created

@@ -199,3 +199,22 @@ def test_stage_dir_skips_fast_steps(tmp_path):
     cache = StageCache(directory=tmp_path / "stages", min_build_s=3600.0)
     cache.build(task.build_model(), [StructuredConfig(ratio=0.25)], task)
     assert not (tmp_path / "stages").exists() or not any((tmp_path / "stages").iterdir())
+
+
+def _study(tmp_path, name="condense-tiny"):
+    from condense.searching.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{tmp_path}/search.db", 30))
+
+
+
+def test_knobs_that_cannot_apply_are_never_proposed(tmp_path):
+    # tiny_task has no train_data (no student or exit heads to train) and TinyMLP no block list: both knobs are left
+    # out up front, so no trial turns them on and none fails
+    cfg = SearchConfig(budget="20%", trials=4, sensitivity=False, **FAST)
+    res = search("condense.testing:tiny_task", cfg, out_dir=tmp_path, final_measure=False)
+    assert sorted(res.skipped_knobs) == ["distill", "early_exit"]
+    assert "early exit trains on the task's train_data, and task 'tiny' has none" in res.skipped_knobs["early_exit"]
+    assert len(res.trials) == 4 and all(r["state"] == "COMPLETE" for r in res.trials)
+    study = _study(tmp_path)
+    assert not [p for t in study.trials for p in t.params if p.startswith(("distill.", "early_exit."))]
