@@ -23,7 +23,7 @@ from condense.errors import CondenseError
 from condense.searching.config import SearchConfig
 from condense.searching.sensitivity import relative_drop
 from condense.searching.storage import masked, open_storage, storage_url
-from condense.searching.trials import StageCache, open_study, run_worker
+from condense.searching.trials import INTERRUPTED, StageCache, open_study, run_worker
 
 
 class BudgetNotMet(CondenseError):
@@ -81,7 +81,8 @@ def _rows(study: Any) -> list[dict[str, Any]]:
             continue
         a = t.user_attrs
         rows.append({"number": t.number, "state": t.state.name, "params": dict(t.params),
-                     "steps": a.get("steps", []), "worker": a.get("worker"), "error": a.get("error"),
+                     "steps": a.get("steps", []), "worker": a.get("worker"),
+                     "error": a.get("error") or (INTERRUPTED if t.state.name == "FAIL" else None),
                      "latency_s": a.get("latency_s"), "size_bytes": a.get("size_bytes"), "metric": a.get("metric"),
                      "quality": a.get("quality", {}), "speedup": a.get("speedup"),
                      "within_budget": a.get("within_budget", False),

@@ -31,6 +31,7 @@ from condense.searching.sensitivity import probe, space_from_dict, space_to_dict
 from condense.searching.storage import open_storage
 
 FINISHED = ("COMPLETE", "FAIL", "PRUNED")
+INTERRUPTED = "interrupted: its worker was stopped or died before the trial finished"
 
 
 class _Stop:
@@ -198,8 +199,72 @@ def prepare(study: Any, cfg: Any, task: Any, base_model: nn.Module) -> tuple[lis
     return knobs, space
 
 
+def counts(trial: Any) -> bool:
+    """Whether a trial counts toward `SearchConfig.trials`: it ran to its end (completed, pruned, or failed on its
+    own, which records an "error"). A trial cut short (Ctrl-C, kill, SIGKILL, a dead machine) failed without one:
+    it tells nothing about its steps, so a resumed search runs another in its place."""
+    name = trial.state.name
+    return name in ("COMPLETE", "PRUNED") or (name == "FAIL" and trial.user_attrs.get("error") is not None)
+
+
 def finished_count(study: Any) -> int:
-    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+    """Trials that count toward `SearchConfig.trials` (see `counts`)."""
+    return sum(counts(t) for t in study.get_trials(deepcopy=False))
+
+
+def _process_id() -> str:
+    """This machine and PID namespace: a PID means the same process only where this matches."""
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = 0
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}|{boot}|{ns}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def fail_stale_trials(study: Any) -> list[int]:
+    """Mark failed the RUNNING trials whose worker is gone; returns their numbers.
+
+    Gone: its heartbeat is older than the storage's grace period (optuna's heartbeat: any machine), or it ran on
+    this machine in a process that no longer exists (a SIGKILLed search restarted at once, before the grace period
+    ends). They fail without an "error", so they do not count toward the trial total (see `counts`).
+    """
+    import optuna
+
+    running = lambda: {t.number for t in study.get_trials(deepcopy=False,  # noqa: E731
+                                                          states=(optuna.trial.TrialState.RUNNING,))}
+    before = running()
+    if not before:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    here = _process_id()
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        proc, pid = t.user_attrs.get("process"), t.user_attrs.get("pid")
+        if proc == here and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            try:
+                study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            except (ValueError, RuntimeError):  # finished meanwhile by another worker
+                pass
+    gone = sorted(before - running())
+    if gone:
+        progress.note(f"trial(s) {gone} were left running by a worker that is gone: marked failed ({INTERRUPTED}); "
+                      "they do not count toward --trials")
+    return gone
 
 
 def run_worker(task: Any, cfg: Any, url: str | None, study_name: str, *, worker: int = 0,
@@ -229,16 +294,24 @@ def _run(task: Any, cfg: Any, url: str | None, study_name: str, worker: int, sto
                                                    n_startup_trials=min(8, cfg.trials // 3 + 1))
     cache = StageCache(directory=cfg.stage_dir)
     mcfg = trial_measure_config(cfg)
+    fail_stale_trials(study)
     remaining = cfg.trials - finished_count(study)
     if remaining <= 0:
         return 0
     ran = [0]
+    here = _process_id()
 
     def objective(trial: Any) -> tuple[float, float, float]:
         ran[0] += 1
-        steps = [c for c in (k.suggest(trial, space) for k in knobs) if c is not None]
-        trial.set_user_attr("steps", [s.to_dict() for s in steps])
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}:{worker}")
+        trial.set_user_attr("process", here)  # with "pid": a restarted search sees that this process is gone
+        trial.set_user_attr("pid", os.getpid())
+        try:
+            steps = [c for c in (k.suggest(trial, space) for k in knobs) if c is not None]
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {str(e)[:300]}")
+            raise
+        trial.set_user_attr("steps", [s.to_dict() for s in steps])
         if not steps:  # the untouched model: the baseline, already measured; don't spend a measurement on it
             for k, v in baseline.items():
                 trial.set_user_attr(k, v)
@@ -262,11 +335,15 @@ def _run(task: Any, cfg: Any, url: str | None, study_name: str, worker: int, sto
         progress.note(f"trial {trial.number}: {', '.join(type(c).__name__ for c in steps) or 'baseline'} -> "
                       f"{s['latency_s'] * 1e3:.3g} ms, {task.primary_metric} {s['metric']:.4f}"
                       f"{'' if ok else ' (over budget)'}")
-        metric = s["metric"] if math.isfinite(s["metric"]) else float("nan")
-        return s["latency_s"], float(s["size_bytes"] or 0), metric
+        if not math.isfinite(s["metric"]):  # optuna fails the trial: it failed on its own, so it counts
+            trial.set_user_attr("error", f"the {task.primary_metric} is not finite ({s['metric']})")
+            return s["latency_s"], float(s["size_bytes"] or 0), float("nan")
+        return s["latency_s"], float(s["size_bytes"] or 0), s["metric"]
 
-    stop = optuna.study.MaxTrialsCallback(cfg.trials, states=tuple(getattr(optuna.trial.TrialState, n)
-                                                                   for n in FINISHED))
+    def stop(study: Any, trial: Any) -> None:  # the study's total is reached (other workers' trials count too)
+        if finished_count(study) >= cfg.trials:
+            study.stop()
+
     def stop_if_asked(study: Any, trial: Any) -> None:  # the trial is stored: a safe point to stop
         if _Stop.pending:
             _Stop.pending = False

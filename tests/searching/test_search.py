@@ -3,6 +3,7 @@ survives an interrupted run and a budget no trial meets."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 
 import condense
 from condense.searching import BudgetNotMet, SearchConfig, search
-from condense.searching.trials import StageCache
+from condense.searching.trials import StageCache, counts
 from condense.testing import tiny_task
 
 from .conftest import cli_env
@@ -101,13 +102,18 @@ def test_interrupted_search_resumes_and_the_trial_count_continues(tmp_path):
     study = optuna.load_study(study_name="condense-tiny", storage=f"sqlite:///{db}")
     before = {t.number: t.params for t in study.trials}
     assert 2 <= len(before) < 30 and all(t.state.name != "RUNNING" for t in study.trials)
+    # the trial the stop cut short (if one was running) failed without an error of its own: it does not count
+    cut = [t.number for t in study.trials if not counts(t)]
+    assert all(t.state.name == "FAIL" and "error" not in t.user_attrs for t in study.trials if t.number in cut)
+    assert len(cut) <= 1
     cfg = SearchConfig(budget="20%", trials=len(before) + 3, knobs=("prune", "quantize"), sensitivity=False, **FAST)
     res = search("condense.testing:tiny_task", cfg, out_dir=tmp_path)
     study = optuna.load_study(study_name="condense-tiny", storage=f"sqlite:///{db}")
     numbers = [t.number for t in study.trials]
-    assert numbers == list(range(len(before) + 3))  # the count continued where the interrupted run stopped
+    assert numbers == list(range(len(before) + 3 + len(cut)))  # the count continued where the run stopped
+    assert sum(counts(t) for t in study.trials) == len(before) + 3
     assert {t.number: t.params for t in study.trials if t.number in before} == before  # nothing lost
-    assert len(res.trials) == len(before) + 3
+    assert len(res.trials) == len(before) + 3 + len(cut)
 
 
 def test_stage_cache_reuses_shared_prefix_and_matches_direct_application():
@@ -206,6 +212,70 @@ def _study(tmp_path, name="condense-tiny"):
 
     return optuna.load_study(study_name=name, storage=open_storage(f"sqlite:///{tmp_path}/search.db", 30))
 
+
+QUANT_ONLY = dict(budget="20%", knobs=("quantize",), sensitivity=False, **FAST)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() below, as a dead worker's optimize did
+def test_stale_running_trials_are_failed_on_resume_and_the_count_completes(tmp_path):
+    import sqlite3
+
+    from condense.searching.trials import INTERRUPTED, _process_id
+
+    search("condense.testing:tiny_task", SearchConfig(trials=2, **QUANT_ONLY), out_dir=tmp_path, final_measure=False)
+    study = _study(tmp_path)
+    quiet = study.ask()  # a worker elsewhere that stopped sending heartbeats long ago
+    study._storage.record_heartbeat(quiet._trial_id)
+    with sqlite3.connect(tmp_path / "search.db") as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00.000000' WHERE trial_id = ?",
+                   (quiet._trial_id,))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    killed = study.ask()  # a search on this machine SIGKILLed a moment ago: fresh heartbeat, its process is gone
+    study._storage.record_heartbeat(killed._trial_id)
+    killed.set_user_attr("process", _process_id())
+    killed.set_user_attr("pid", int(gone.stdout))
+    live = study.ask()  # a live process on this machine (our parent) is still running this one: left alone
+    study._storage.record_heartbeat(live._trial_id)
+    live.set_user_attr("process", _process_id())
+    live.set_user_attr("pid", os.getppid())
+
+    res = search("condense.testing:tiny_task", SearchConfig(trials=4, **QUANT_ONLY), out_dir=tmp_path,
+                 final_measure=False)
+    states = {t.number: t.state.name for t in _study(tmp_path).trials}
+    assert states == {0: "COMPLETE", 1: "COMPLETE", 2: "FAIL", 3: "FAIL", 4: "RUNNING", 5: "COMPLETE",
+                      6: "COMPLETE"}
+    assert sum(counts(t) for t in _study(tmp_path).trials) == 4  # the requested total, the failed two not counted
+    assert {r["number"]: r["error"] for r in res.trials if r["state"] == "FAIL"} == {2: INTERRUPTED, 3: INTERRUPTED}
+
+
+def test_a_search_killed_with_sigkill_resumes_and_completes_its_count(tmp_path):
+    args = [sys.executable, "-m", "condense.cli", "search", "--task", "condense.testing:tiny_task", "--budget", "20%",
+            "--trials", "30", "--knobs", "quantize", "--batch-size", "8", "--set", "timing_min_s=0.5",
+            "--set", "sensitivity=false", "--out", str(tmp_path)]
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("trial 0:"):
+                break
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the next trial has started (it measures for >= 0.5 s): kill -9 now
+            if any(t.state.name == "RUNNING" for t in _study(tmp_path).trials):
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    before = _study(tmp_path).trials
+    killed = [t.number for t in before if t.state.name == "RUNNING"]
+    assert len(killed) == 1, [(t.number, t.state.name) for t in before]  # no handler ran: it stays RUNNING
+    done = sum(counts(t) for t in before)
+    search("condense.testing:tiny_task", SearchConfig(trials=done + 2, **QUANT_ONLY), out_dir=tmp_path,
+           final_measure=False)
+    after = _study(tmp_path).trials
+    assert [t.state.name for t in after if t.number in killed] == ["FAIL"]
+    assert not [t for t in after if t.state.name == "RUNNING"]
+    assert sum(counts(t) for t in after) == done + 2 and len(after) == len(before) + 2
 
 
 def test_knobs_that_cannot_apply_are_never_proposed(tmp_path):
