@@ -30,7 +30,6 @@ from condense.searching.knobs import Knob, Space, select_knobs
 from condense.searching.sensitivity import probe, space_from_dict, space_to_dict
 from condense.searching.storage import open_storage
 
-FINISHED = ("COMPLETE", "FAIL", "PRUNED")
 INTERRUPTED = "interrupted: its worker was stopped or died before the trial finished"
 
 
