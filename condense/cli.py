@@ -660,8 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # let --task my_module:factory find modules in the current folder; only then (or with --trust-task), so a
     # module shipped inside a downloaded artifact folder is never imported just by running a command there
-    if (":" in (getattr(args, "task", None) or "") or getattr(args, "trust_task", False)) \
-            and os.getcwd() not in sys.path:
+    named = getattr(args, "task", None) or (args.name if args.command == "prepare" else None) or ""
+    if (":" in named or getattr(args, "trust_task", False)) and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args) or 0)

@@ -17,11 +17,12 @@ def cache_dir() -> Path:
     return p
 
 
-def file_in_folder(folder: str | os.PathLike, name: object, *, what: str) -> Path:
+def file_in_folder(folder: str | os.PathLike, name: object, *, what: str,
+                   fix: str = "the file was edited or crafted: re-create it") -> Path:
     """`folder / name` for a file name read from a file (JSON, a pointer file): refused unless `name` is a plain
     name in `folder` (no separators, no `..`, not absolute, not a link that leads out of `folder`).
 
-    Raises `ArtifactError` naming `what` (e.g. "weights_file in runs/x/condense.json").
+    Raises `ArtifactError` naming `what` (e.g. "weights_file in runs/x/condense.json") and `fix`.
 
     Example:
         >>> import tempfile
@@ -43,6 +44,6 @@ def file_in_folder(folder: str | os.PathLike, name: object, *, what: str) -> Pat
         if path.is_symlink() and path.resolve().parent != folder.resolve():
             bad = True
     if bad:
-        raise ArtifactError(f"{what} is {name!r}, not a plain file name inside {folder}; condense reads only files "
-                            "in the folder itself: the file was edited or crafted, re-create it")
+        raise ArtifactError(f"{what} is {name!r}, not a plain name inside {folder}; condense reads only files "
+                            f"in the folder itself; {fix}")
     return folder / name
