@@ -189,7 +189,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         raise CondenseError("give --task NAME to measure a task's model, or --model ARTIFACT to measure a saved one")
     if args.model is not None:
         meta = read_metadata(_artifact_dir(args.model))
-        task = _task(args) if args.task else _task_from_meta(meta)
+        task = _task(args) if args.task else _task_from_meta(meta, args, _artifact_dir(args.model))
         model = load(_artifact_dir(args.model), task=task)
         label = Path(args.model).name
     else:
@@ -217,12 +217,19 @@ def _artifact_dir(path: str) -> Path:
     return p
 
 
-def _task_from_meta(meta: dict) -> Any:
-    from condense.tasks import get_task
+def _task_from_meta(meta: dict, args: argparse.Namespace, folder: Path) -> Any:
+    """The task an artifact records: built-in ones only, a `module:factory` only with --trust-task."""
+    from condense.tasks import task_from_spec
 
     if not meta.get("task"):
         raise CondenseError("this artifact records no task; pass --task to say what to measure it on")
-    return get_task(meta["task"])
+    return task_from_spec(meta["task"], trust=args.trust_task, source=f"artifact {folder}")
+
+
+def _add_trust_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--trust-task", action="store_true",
+                   help=f"let {what} name a module:factory task: imports that module and runs the factory (only "
+                   "for files you trust; without it only built-in tasks are rebuilt)")
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -366,18 +373,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.task or args.task_option:
         from condense.tasks import get_task
 
-        task_name = args.task or recipe.task
-        if task_name is None:
+        if args.task:
+            opts = recipe.task_options if args.task == recipe.task else {}
+            task = get_task(args.task, **{**opts, **_task_options(args.task_option)})
+        elif recipe.task is None:
             raise CondenseError("--task-option needs a task: pass --task NAME or name one in the recipe")
-        opts = recipe.task_options if task_name == recipe.task else {}
-        task = get_task(task_name, **{**opts, **_task_options(args.task_option)})
+        else:
+            from condense.tasks import task_from_spec
+
+            task = task_from_spec(recipe.task, {**recipe.task_options, **_task_options(args.task_option)},
+                                  trust=args.trust_task, source=f"recipe {args.recipe}")
     over = {k: v for k, v in (("batch_sizes", args.batch_sizes), ("threads", args.threads),
                               ("repeats", args.repeats), ("device", args.device)) if v is not None}
     if args.no_quality:
         over["quality"] = False
     mcfg = dataclasses.replace(recipe.measure, **over)
     out = Path(args.out)
-    res = run_recipe(recipe, out, task=task, measure_config=mcfg, name=out.name)
+    res = run_recipe(recipe, out, task=task, measure_config=mcfg, name=out.name, trust_task=args.trust_task)
     _print_run(res, out, title=f"recipe {recipe.name}")
     return 0
 
@@ -390,7 +402,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CondenseError(f"unknown export format {args.format!r}; use --format onnx")
     d = _artifact_dir(args.model)
     meta = read_metadata(d)
-    task = _task(args) if args.task else _task_from_meta(meta)
+    task = _task(args) if args.task else _task_from_meta(meta, args, d)
     model = load(d, task=task)
     rec = export_model(model, task, args.out, int8=args.int8, opset=args.opset)
     p = rec["parity"]
@@ -516,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p, required=False)
     p.add_argument("--model", metavar="ARTIFACT", help="a saved artifact folder (default: the task's own model)")
     p.add_argument("--json", metavar="PATH", help="also write the measurement as JSON ('-' for stdout)")
+    _add_trust_arg(p, "the artifact (--model)")
     _add_measure_args(p)
 
     for name, choices, default, flag in (("quantize", QUANT_SCHEMES, "int8", "--scheme"),
@@ -620,6 +633,7 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
     p.add_argument("--repeats", type=_positive_int, default=None, help="minimum timed runs per batch size")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's, else cpu)")
     p.add_argument("--no-quality", action="store_true", help="skip evaluating the task's metrics")
+    _add_trust_arg(p, "the recipe")
 
     p = subs["export"]
     p.epilog = ("examples:\n  condense export --model runs/digits-recipe --out runs/digits.onnx\n"
@@ -632,19 +646,23 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
     p.add_argument("--int8", action="store_true", help="quantize to int8 with ONNX Runtime's dynamic quantization")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or 18)")
     _add_task_args(p, required=False)
+    _add_trust_arg(p, "the artifact (--model)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    if os.getcwd() not in sys.path:  # let --task my_module:factory find modules in the current folder
-        sys.path.insert(0, os.getcwd())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # let --task my_module:factory find modules in the current folder; only then (or with --trust-task), so a
+    # module shipped inside a downloaded artifact folder is never imported just by running a command there
+    named = getattr(args, "task", None) or (args.name if args.command == "prepare" else None) or ""
+    if (":" in named or getattr(args, "trust_task", False)) and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args) or 0)
     except CondenseError as e:

@@ -266,14 +266,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any = None,
-         device: str | torch.device = "cpu") -> nn.Module:
+         device: str | torch.device = "cpu", trust_task: bool = False) -> nn.Module:
     """Load an artifact saved by `save`: rebuild the architecture, replay transforms, fill in the weights.
+
+    Loading runs no code from the artifact: the recorded task is rebuilt only if it is a built-in one, transforms
+    only by their registered handlers, weights are safetensors (no pickles) read from the artifact folder itself.
 
     Args:
         path: the artifact folder.
         model: a freshly built model of the original architecture (needed when the artifact records no task).
         task: the task to rebuild the model from (default: the task recorded in the artifact).
         device: where to put the loaded model.
+        trust_task: rebuild a recorded `module:factory` task too (imports that module and calls the factory
+            with the recorded options): only for artifacts you trust, like Hugging Face's `trust_remote_code`.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -282,7 +287,9 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
 
     path = Path(path)
     meta = read_metadata(path)
-    wpath = path / str(meta.get("weights_file", ""))
+    from condense.core.paths import file_in_folder
+
+    wpath = file_in_folder(path, meta.get("weights_file"), what=f"weights_file in {path / META_FILE}")
     if not wpath.is_file():
         raise ArtifactError(f"artifact {path} is missing its weights file {wpath.name}; re-create the artifact")
     if _sha256(wpath) != meta.get("weights_sha256"):
@@ -300,9 +307,9 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
             if not meta.get("task"):
                 raise ArtifactError(f"artifact {path} records no task; pass model=<a fresh model of the same "
                                     "architecture> to condense.load")
-            from condense.tasks import get_task
+            from condense.tasks import task_from_spec
 
-            task = get_task(meta["task"])
+            task = task_from_spec(meta["task"], trust=trust_task, source=f"artifact {path}")
         elif not hasattr(task, "build_skeleton"):
             from condense.tasks import get_task
 

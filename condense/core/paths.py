@@ -15,3 +15,35 @@ def cache_dir() -> Path:
         p = Path(base) / "condense"
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def file_in_folder(folder: str | os.PathLike, name: object, *, what: str,
+                   fix: str = "the file was edited or crafted: re-create it") -> Path:
+    """`folder / name` for a file name read from a file (JSON, a pointer file): refused unless `name` is a plain
+    name in `folder` (no separators, no `..`, not absolute, not a link that leads out of `folder`).
+
+    Raises `ArtifactError` naming `what` (e.g. "weights_file in runs/x/condense.json") and `fix`.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> file_in_folder(d, "weights.safetensors", what="weights_file").name
+        'weights.safetensors'
+        >>> file_in_folder(d, "../outside", what="weights_file")
+        Traceback (most recent call last):
+        ...
+        condense.errors.ArtifactError: weights_file is '../outside', ...
+    """
+    from condense.errors import ArtifactError
+
+    folder = Path(folder)
+    bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
+           or os.path.isabs(name) or Path(name).name != name)
+    if not bad:
+        path = folder / name
+        if path.is_symlink() and path.resolve().parent != folder.resolve():
+            bad = True
+    if bad:
+        raise ArtifactError(f"{what} is {name!r}, not a plain name inside {folder}; condense reads only files "
+                            f"in the folder itself; {fix}")
+    return folder / name

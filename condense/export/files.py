@@ -133,17 +133,19 @@ def _rewrap(model: nn.Module, data: bytes) -> nn.Module:
     return new
 
 
-def load_exported(path: str | os.PathLike, *, task: Any = None) -> nn.Module:
+def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool = False) -> nn.Module:
     """An exported ONNX file as a module run by ONNX Runtime; a sentence encoder gets `encode` back.
 
-    `task` (default: the one recorded in the sidecar JSON) supplies the tokenizer for text models.
+    `task` (default: the one recorded in the sidecar JSON) supplies the tokenizer for text models; a recorded
+    `module:factory` task is rebuilt only with `trust_task=True` (see `condense.load`). A graph that names
+    external data files is refused.
 
     Example:
         >>> enc = load_exported("runs/minilm-onnx/model.onnx")  # doctest: +SKIP
         >>> enc.encode(["hello"]).shape  # doctest: +SKIP
         torch.Size([1, 384])
     """
-    from condense.tasks import get_task
+    from condense.tasks import get_task, task_from_spec
 
     path = target_path(path)
     if not path.is_file():
@@ -151,9 +153,12 @@ def load_exported(path: str | os.PathLike, *, task: Any = None) -> nn.Module:
     graph = OrtModule(path.read_bytes())
     side = path.with_suffix(".json")
     if task is None and side.is_file():
-        spec = json.loads(side.read_text()).get("task")
-        if spec and spec.get("name"):
-            task = get_task(spec)
+        try:
+            spec = json.loads(side.read_text()).get("task")
+        except (OSError, ValueError, AttributeError) as e:
+            raise CondenseError(f"{side} is not an export record ({e}); pass task= or re-export") from None
+        if isinstance(spec, dict) and spec.get("name"):
+            task = task_from_spec(spec, trust=trust_task, source=f"export record {side}")
     elif isinstance(task, str):
         task = get_task(task)
     if task is None:

@@ -67,6 +67,57 @@ def with_disabled_optimizers(data: bytes, names: tuple[str, ...]) -> bytes:
     return model.SerializeToString()
 
 
+def _graph_tensors(graph: Any) -> Any:
+    """Every TensorProto of an ONNX graph: initializers, sparse initializers, node attributes, subgraphs."""
+    yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield sp.values
+        yield sp.indices
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _node_tensors(node: Any) -> Any:
+    for a in node.attribute:
+        if a.HasField("t"):
+            yield a.t
+        yield from a.tensors
+        for sp in (*([a.sparse_tensor] if a.HasField("sparse_tensor") else []), *a.sparse_tensors):
+            yield sp.values
+            yield sp.indices
+        if a.HasField("g"):
+            yield from _graph_tensors(a.g)
+        for g in a.graphs:
+            yield from _graph_tensors(g)
+
+
+def refuse_external_data(data: bytes, *, source: str = "this ONNX graph") -> None:
+    """Raise a CondenseError if the serialised ONNX model names external data files.
+
+    condense keeps a graph whole (in the artifact, or in one .onnx file) and runs it from bytes, so a tensor stored
+    in another file is never legitimate there; following its `location` (e.g. `../../secret`) would read any
+    file the user can read. Checked with onnx's protobuf only, before ONNX Runtime or onnx open anything.
+
+    Example:
+        >>> import io, torch
+        >>> buf = io.BytesIO(); torch.onnx.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), buf, dynamo=False)
+        >>> refuse_external_data(buf.getvalue())  # nothing external: no error
+    """
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)  # parses the protobuf only: external data is never followed here
+    except Exception as e:  # noqa: BLE001  (protobuf's DecodeError and friends)
+        raise CondenseError(f"{source} is not a valid ONNX model ({type(e).__name__}); re-export it") from None
+    tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for n in f.node for t in _node_tensors(n))]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            where = next((e.value for e in t.external_data if e.key == "location"), "?")
+            raise CondenseError(f"{source} stores tensor {t.name!r} in an external file ({where!r}); condense "
+                                "never reads external data (it could be any file on this machine): re-export the "
+                                "model with its weights inside the graph")
+
+
 def make_session(data: bytes, threads: int | None = None, disabled: tuple[str, ...] | None = None,
                  optimized_model_path: str | None = None) -> Any:
     """An `onnxruntime.InferenceSession` on CPU: sequential, all graph optimisations but `disabled` (default: those
@@ -76,6 +127,7 @@ def make_session(data: bytes, threads: int | None = None, disabled: tuple[str, .
     """
     ort = import_onnxruntime()
 
+    refuse_external_data(data)
     if disabled is None:
         disabled = disabled_optimizers(data)
     so = ort.SessionOptions()

@@ -141,6 +141,10 @@ def _quantize_bytes(data: bytes, cfg: OrtInt8Config, exclude_nodes: list[str]) -
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from condense.export.runtime import refuse_external_data
+
+    refuse_external_data(data)  # quantize_dynamic loads the file with its external data: refuse before writing it
+
     # chdir: onnxruntime's tools write scratch files (sym_shape_infer_temp.onnx, *.data) into the current folder
     with tempfile.TemporaryDirectory(prefix="condense-ort-") as d, contextlib.chdir(d), quiet_onnxruntime_tools():
         src, dst = os.path.join(d, "float.onnx"), os.path.join(d, "int8.onnx")

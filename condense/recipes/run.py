@@ -10,7 +10,7 @@ from condense.recipes.recipe import Recipe, load_recipe
 
 def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, task: Any = None, name: str | None = None,
                measure_config: Any = None, overrides: dict[str, Any] | None = None, base_model: Any = None,
-               baseline_label: str = "baseline") -> Any:
+               baseline_label: str = "baseline", trust_task: bool = False) -> Any:
     """Apply the recipe's steps in order to the task's model, measuring the baseline and after every step.
 
     Args:
@@ -18,6 +18,8 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, task: Any = 
         task: a Task or task name; default: the recipe's `task` (with its `task_options`).
         measure_config: overrides the recipe's `measure` section.
         base_model: start from this model (e.g. a loaded artifact) instead of the task's.
+        trust_task: let the recipe's `task` be a `module:factory` (imports that module and calls the factory
+            with the recipe's `task_options`); without it a recipe names built-in tasks only.
 
     Returns the pipeline's `RunResult`: `out_dir/report.json`, `out_dir/report.html`, artifact in `out_dir/model/`.
 
@@ -26,14 +28,14 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, task: Any = 
         >>> res.report["steps"][-1]["vs_baseline"]["speedup"]  # doctest: +SKIP
     """
     from condense.pipeline import Step, check_run_name, run_pipeline
-    from condense.tasks import get_task
+    from condense.tasks import get_task, task_from_spec
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides=overrides)
     if task is None:
         if recipe.task is None:
             raise CondenseError(f"recipe {recipe.name!r} names no task; pass --task NAME (e.g. --task digits)")
-        task = get_task(recipe.task, **recipe.task_options)
+        task = task_from_spec(recipe.task, recipe.task_options, trust=trust_task, source=f"recipe {recipe.name!r}")
     elif isinstance(task, str):
         task = get_task(task, **(recipe.task_options if task == recipe.task else {}))
     out_dir = Path(out_dir)

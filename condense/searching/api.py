@@ -101,8 +101,9 @@ def _spawn_workers(task: Task, cfg: SearchConfig, url: str, study_name: str, n: 
                             "a PostgreSQL URL) or out_dir=")
     procs = []
     for w in range(1, n):
+        # trust_task: the parent built this task from the user's own argument, so the worker may rebuild it too
         arg = json.dumps({"task": task.spec, "config": cfg.to_dict(), "storage": url, "study": study_name,
-                          "worker": w})
+                          "worker": w, "trust_task": True})
         procs.append(subprocess.Popen([sys.executable, "-m", "condense.searching.worker", arg], env=dict(os.environ)))
     return procs
 

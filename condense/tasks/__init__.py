@@ -1,6 +1,11 @@
 """Built-in tasks and how a task is found from a name, a spec or a `module:factory` path.
 
 Built-in tasks register a lazy factory path, so `condense tasks` lists them without importing torch models.
+
+A task named by a file (an artifact's `condense.json`, a recipe, an export record) is rebuilt by `task_from_spec`:
+built-in tasks only, unless the user trusts that file (`--trust-task`, `trust_task=True`), since a `module:factory`
+spec imports that module and calls the factory with the file's options (like Hugging Face's `trust_remote_code`).
+A task the user names directly (`get_task("my_mod:make_task")`, `--task my_mod:make_task`) is their own choice.
 """
 from __future__ import annotations
 
@@ -26,6 +31,12 @@ TASKS.register("digits", TaskEntry("condense.tasks.digits:make_task",
                "small CNN on scikit-learn's 8x8 digits (trained in seconds, cached); test accuracy"))
 TASKS.register("tinygpt", TaskEntry("condense.tasks.tinygpt:make_task",
                "byte-level GPT with KV cache trained on stdlib sources (cached); bits per byte, tokens/s"))
+
+
+# factories condense ships besides the registered tasks: rebuilt from a file without trust (fixed code, no user code)
+SHIPPED_FACTORIES: frozenset[str] = frozenset({"condense.testing:tiny_task"})
+
+TRUST_HINT = "pass --trust-task (trust_task=True in Python) if you trust it"
 
 
 def list_tasks() -> list[tuple[str, str]]:
@@ -77,3 +88,41 @@ def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
     task = _import_factory(entry.factory, what="task factory")(**options)
     task.spec = {"name": spec, "options": dict(options)}
     return task
+
+
+def task_from_spec(spec: Any, options: dict[str, Any] | None = None, *, trust: bool = False,
+                   source: str = "this file") -> Task:
+    """Rebuild the task a file names (`spec`: a saved spec dict or a name, `options`: extra factory options).
+
+    Built-in tasks (and the factories condense ships) are rebuilt; a `module:factory` spec is user code and is
+    imported only with `trust=True`, else a CondenseError names `--trust-task` / `trust_task=True`.
+    `source` says in errors where the spec came from, e.g. "artifact runs/x/model".
+
+    Example:
+        >>> task_from_spec({"name": "digits", "options": {}}, source="artifact runs/d").name
+        'digits'
+        >>> task_from_spec({"factory": "os:system"}, source="artifact runs/d")
+        Traceback (most recent call last):
+        ...
+        condense.errors.CondenseError: artifact runs/d names the task factory 'os:system', ...
+    """
+    if isinstance(spec, dict):
+        name = spec.get("factory") or spec.get("name")
+        saved = spec.get("options", {})
+        if saved is None:
+            saved = {}
+    else:
+        name, saved = spec, {}
+    if not isinstance(name, str) or not name:
+        raise CondenseError(f"{source} names no valid task (got {spec!r}); give the task yourself with --task NAME")
+    if not isinstance(saved, dict) or not isinstance(options or {}, dict) \
+            or not all(isinstance(k, str) for k in {**saved, **(options or {})}):
+        raise CondenseError(f"{source} gives task options that are not a mapping of names to values; fix the "
+                            "file or give the task yourself with --task NAME")
+    if ":" in name:
+        if name not in SHIPPED_FACTORIES and not trust:
+            raise CondenseError(f"{source} names the task factory {name!r}, code that condense imports and runs only "
+                                f"when you trust it: {TRUST_HINT}, or give the task yourself with --task")
+    elif name not in TASKS:
+        TASKS.get(name)  # raises: unknown task, listing the built-in ones
+    return get_task(name, **{**saved, **(options or {})})

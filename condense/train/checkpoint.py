@@ -99,8 +99,12 @@ def find_checkpoint(path: str | Path) -> Path:
         if (root / "meta.json").exists():
             return root
         if (root / LATEST).exists():
-            name = (root / LATEST).read_text().strip()
-            if (root / name / "meta.json").exists():
+            from condense.core.paths import file_in_folder
+
+            name = (root / LATEST).read_text(errors="replace").strip()
+            fix = f"point --resume at one of the step-* folders in {root}"
+            if (file_in_folder(root, name, what=f"the checkpoint named by {root / LATEST}", fix=fix)
+                    / "meta.json").exists():
                 return root / name
             raise ArtifactError(f"{root / LATEST} names {name!r}, which is not a complete checkpoint; "
                                 f"point --resume at one of the step-* folders in {root}")
