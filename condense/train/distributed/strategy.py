@@ -109,6 +109,11 @@ class FSDP(Single):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+        from condense.core.safe_pickle import check_pickle
+
+        # dcp reads .metadata with pickle.load: admit only plain checkpoint data types first
+        check_pickle(folder / "dcp" / ".metadata", what="sharded checkpoint metadata",
+                     fix="resume from a checkpoint written by condense train")
         msd, osd = get_state_dict(wrapped, opt)
         state = {"model": msd, "optim": osd}
         dcp.load(state, checkpoint_id=str(folder / "dcp"))
