@@ -300,9 +300,9 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
     with _folder_lock(path):  # created and claimed at once, so a concurrent cleanup never takes it for a leftover
         tmp_dir = Path(tempfile.mkdtemp(prefix=".weights-", suffix=".tmp", dir=path))
         claim = os.open(tmp_dir, os.O_RDONLY)
-        fcntl.flock(claim, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # where a folder cannot be flocked (NFS), cleanup cannot claim it either
+            fcntl.flock(claim, fcntl.LOCK_EX)
     tmp = tmp_dir / "weights.safetensors"  # safetensors writes a new file (inode): the claim is on its folder
-    committed = False
     try:
         save_file(tensors, str(tmp))
         with open(tmp, "rb") as f:
@@ -330,14 +330,10 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
         json.dumps(meta)  # fail before writing if anything is not JSON-able
         with _folder_lock(path):
             os.replace(tmp, path / weights_name)
-            committed = True
             atomic_write_json(path / META_FILE, meta)
             _remove_unreferenced(path, weights_name)
     finally:
-        if committed:
-            tmp_dir.rmdir()
-        else:  # this save failed before its commit
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # empty after the commit; a failed save's weights otherwise
         os.close(claim)
     return path
 
