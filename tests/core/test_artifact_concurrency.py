@@ -117,3 +117,24 @@ def test_a_reader_waits_for_a_commit_in_progress(tmp_path):
         os.rename(d / "weights-000000000000.safetensors", old)  # the commit completes
     t.join(10)
     assert torch.equal(result["m"].fc1.weight, _model(0).fc1.weight)
+
+
+def test_without_a_lock_file_a_reader_reads_again_when_a_save_replaced_the_weights(tmp_path, monkeypatch):
+    """A folder saved by an older condense has no lock file and a reader never writes one: a commit between reading
+    condense.json and its weights (old weights removed) is seen as a changed condense.json and read again."""
+    from condense.core import artifact
+
+    d = condense.save(_model(0), tmp_path / "a")
+    (d / LOCK_FILE).unlink()
+    real, calls = artifact._read_weights, []
+
+    def racing(path, meta):
+        calls.append(meta["weights_file"])
+        if len(calls) == 1:
+            condense.save(_model(1), d)  # commits between this reader's two reads
+        return real(path, meta)
+
+    monkeypatch.setattr(artifact, "_read_weights", racing)
+    loaded = condense.load(d, model=TinyMLP())
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert torch.equal(loaded.fc1.weight, _model(1).fc1.weight)
