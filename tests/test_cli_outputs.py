@@ -120,3 +120,25 @@ def test_a_run_killed_between_model_and_report_is_detected_and_a_rerun_mends_it(
     third = json.loads((d / "report.json").read_text())["run_id"]
     assert condense.core.artifact.read_metadata(d / "model")["metadata"]["run_id"] == third != second
     assert main(["info", str(d)]) == 0
+
+
+def test_train_records_one_run_id_in_its_model_and_train_json(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    args = ["train", "--task", "digits", "--steps", "2", "--set", "precision=fp32", "--set", "tensorboard=false",
+            "--out", str(run)]
+    assert main(args) == 0
+    rid = json.loads((run / "train.json").read_text())["run_id"]
+    assert condense.core.artifact.read_metadata(run / "model")["metadata"]["run_id"] == rid
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 0 and f"run:        {rid}" in capsys.readouterr().out
+
+    import condense.train.api as api
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # stands for SIGKILL after the model was saved, before train.json
+    monkeypatch.setattr(api, "atomic_write_json", killed)
+    assert main(args) == 130
+    capsys.readouterr()
+    assert main(["info", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"train.json (run {rid}) and" in err and "come from different runs" in err
