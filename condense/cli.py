@@ -187,6 +187,10 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     if args.model is None and args.task is None:
         raise CondenseError("give --task NAME to measure a task's model, or --model ARTIFACT to measure a saved one")
+    if args.json and args.json != "-":
+        from condense.core.outputs import check_output_file
+
+        check_output_file(args.json)
     if args.model is not None:
         meta = read_metadata(_artifact_dir(args.model))
         task = _task(args) if args.task else _task_from_meta(meta, args, _artifact_dir(args.model))
@@ -254,11 +258,12 @@ def cmd_technique(args: argparse.Namespace) -> int:
 
 
 def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
+    from condense.core.outputs import check_output_dir
     from condense.measurement.table import comparison_table
     from condense.pipeline import Step, check_run_name, run_pipeline
 
+    out = check_output_dir(args.out)  # before any work
     task = _task(args)
-    out = Path(args.out)
     base_model, base_label = None, "fp32"
     if getattr(args, "model", None):
         from condense.core.artifact import load
@@ -310,12 +315,13 @@ def _print_run(res: Any, out: Path, *, title: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from condense.core.outputs import check_output_dir
     from condense.pipeline import Step, check_run_name, run_pipeline
     from condense.quantize.dynamic import DynamicInt8Config
 
     name = check_run_name(args.name or f"demo-{args.task}")
+    out = check_output_dir(Path(args.runs_dir) / name)  # before any work
     task = _task(args)
-    out = Path(args.runs_dir) / name
     res = run_pipeline(task, [Step("fp32"), Step("int8-dynamic", DynamicInt8Config())], out, name=name,
                        measure_config=_measure_config(args))
     _print_run(res, out, title=f"condense demo: {task.name}, fp32 vs int8 (x86 int8 kernels)")
@@ -324,13 +330,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from condense.core.artifact import artifact_size, read_metadata
+    from condense.core.outputs import run_mismatch
 
     d = _artifact_dir(args.artifact)
     meta = read_metadata(d)
     print(f"artifact:   {d}\ntask:       {json.dumps(meta.get('task'))}\nmodel:      {meta.get('model_class')}\n"
           f"size:       {artifact_size(d):,} bytes\ncreated:    {meta.get('created')}")
+    if (meta.get("metadata") or {}).get("run_id"):
+        print(f"run:        {meta['metadata']['run_id']}")
     for i, t in enumerate(meta.get("transforms", []), 1):
         print(f"transform {i}: {json.dumps(t['config'])}")
+    mismatch = run_mismatch(d.parent) if d.name == "model" else None
+    if mismatch:
+        raise CondenseError(mismatch)
     return 0
 
 
@@ -344,8 +356,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         over["threads"] = args.threads
     over.update(_task_options(args.set) if args.set else {})
     cfg = _build_config("condense.searching.config:SearchConfig", over)
+    from condense.core.outputs import check_output_dir
+
+    out = check_output_dir(args.out, kind="search")  # before any work
     task = _task(args)
-    out = Path(args.out)
     from condense.searching.trials import install_stop_handler
 
     restore = install_stop_handler()  # Ctrl-C or `kill` end the running trial cleanly (marked failed): resumable
@@ -366,9 +380,11 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from condense.core.outputs import check_output_dir
     from condense.recipes import load_recipe, parse_overrides, run_recipe
 
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))  # validated whole before any work
+    check_output_dir(args.out)
     task = None
     if args.task or args.task_option:
         from condense.tasks import get_task
@@ -400,6 +416,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if args.format != "onnx":
         raise CondenseError(f"unknown export format {args.format!r}; use --format onnx")
+    from condense.export.files import check_export_target
+
+    check_export_target(args.out)  # before any work
     d = _artifact_dir(args.model)
     meta = read_metadata(d)
     task = _task(args) if args.task else _task_from_meta(meta, args, d)
@@ -466,8 +485,10 @@ def _train_worker_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from condense.core.outputs import check_output_dir
     from condense.errors import ConfigError
 
+    check_output_dir(args.out, kind="train")  # before any work (torchrun workers: every state they leave passes)
     overrides = _task_options(args.set) if args.set else {}
     if args.steps is not None:
         overrides["steps"] = args.steps

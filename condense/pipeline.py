@@ -13,6 +13,7 @@ from condense import progress
 from condense.core.artifact import save
 from condense.core.atomic import atomic_write_json, atomic_write_text
 from condense.core.lineage import lineage
+from condense.core.outputs import check_output_dir, new_run_id
 from condense.core.task import Task
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
@@ -51,13 +52,16 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
     """Build the task's model, apply `steps` in order measuring after each, save the result and the report.
 
     Writes `out_dir/report.json`, `out_dir/report.html` and (if `save_artifact`) the final model to
-    `out_dir/model/`. Files are written atomically; a failure leaves earlier results in `out_dir` intact.
+    `out_dir/model/`. `out_dir` is checked before any work (`check_output_dir`). Files are written atomically; a
+    failure leaves earlier results in `out_dir` intact. The model and report.json record the same `run_id`, and
+    report.json is written last, so a run killed in between is told apart (`condense.core.outputs.run_mismatch`).
     `base_model` starts from a given model (e.g. a loaded artifact) instead of the task's own. `extra` adds
     top-level keys to report.json (e.g. the recipe that was run).
     """
     if not steps:
         raise CondenseError("a pipeline needs at least one step; start with Step('baseline')")
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
+    run_id = new_run_id()
     model = base_model
     if model is None:
         progress.note(f"building the {task.name} model")
@@ -76,10 +80,11 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
                      "measurement": m, "details": details})
     artifact = None
     if save_artifact:
-        artifact = save(model, out_dir / "model", measurements=ms[-1].to_dict())
+        artifact = save(model, out_dir / "model", measurements=ms[-1].to_dict(), metadata={"run_id": run_id})
         rows[-1]["artifact"] = str(artifact)
     report = build_report(name, task.name, rows)
     report.update(extra or {})
-    atomic_write_json(out_dir / "report.json", report)
+    report["run_id"] = run_id
     atomic_write_text(out_dir / "report.html", render_html(report))
+    atomic_write_json(out_dir / "report.json", report)  # last: the record whose run_id matches model/
     return RunResult(out_dir=out_dir, measurements=ms, report=report, artifact=artifact)

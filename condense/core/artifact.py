@@ -4,23 +4,42 @@ Layout of an artifact folder:
     condense.json                   metadata: task spec, transforms applied (configs + details), measurements,
                                     the weights file's name and sha256, tensor aliases
     weights-<sha12>.safetensors     every tensor, named by module path
+    .condense.lock                  an empty file locked (flock) by savers and readers; never deleted
 
 A tensor may be stored encoded (e.g. a sparse weight as a bitmask plus its non-zero values) by a registered
 `TensorEncoding`; `condense.json` then lists it under "encoded" with its encoding and shape, its parts are stored
 as `<name>::<part>`, and `load` decodes it losslessly.
 
-Writes are atomic: the weights go to a new content-named file first, then `condense.json` is replaced in one
-rename, then unreferenced old weights are removed. A failure at any point leaves the earlier artifact loadable.
+Writes are atomic and safe when several processes save to, and load from, one folder at once:
+  1. The weights go to a temporary folder with a unique name (`.weights-*.tmp/`), written outside any lock (the
+     slow part). The saver holds an exclusive flock on that folder while it lives, so another saver can tell a
+     live temporary from one left by a killed process (the kernel drops a dead process's locks).
+  2. Under an exclusive flock on `.condense.lock` (the commit, milliseconds): the temporary is renamed to its
+     content name, `condense.json` is replaced in one rename, then every file the new `condense.json` does not
+     reference is removed: older weights, temporaries no live saver holds, leftover metadata temporaries.
+A failure or kill at any point leaves the earlier artifact loadable; what it leaves behind is removed by the
+next save, and `artifact_size` counts only `condense.json` and the weights it names.
+
+Readers (`load`, `artifact_size`) hold a shared flock on `.condense.lock` while they read `condense.json` and the
+weights it names, so no commit (and no removal of the old weights) can happen in between: a reader sees the
+complete old or the complete new artifact, never a `condense.json` whose weights are gone. A reader never
+writes: in a folder without the lock file (saved by an older condense, or read-only) it reads unlocked and, if
+the weights vanished or changed under it while `condense.json` changed too, reads again (a few times).
 
 Loading rebuilds the architecture (the task's model, then each recorded transform replayed by its registered
 handler) and fills it with the saved tensors, so outputs equal the saved model's.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +52,12 @@ from condense.core.registry import Registry, TypeRegistry
 from condense.errors import ArtifactError
 
 META_FILE = "condense.json"
+LOCK_FILE = ".condense.lock"
+_WEIGHTS = re.compile(r"^weights-[0-9a-f]+\.safetensors$")
+_WEIGHTS_TMP = re.compile(r"^\.weights-.*\.tmp$")
+_META_TMP = re.compile(r"^\.condense\.json\..*\.tmp$")  # atomic_write's temporaries of condense.json
+_LEGACY_TMP = ".weights.incoming.safetensors"  # condense <= 0.x wrote every save to this one name
+_READ_TRIES = 5
 FORMAT = "condense.artifact"
 FORMAT_VERSION = 2  # 2 added encoded tensors; an artifact without any is still written as version 1
 
@@ -188,10 +213,71 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# -- concurrent saves and loads (see the module docstring) -------------------------------------------------------
+def is_own_file(name: str) -> bool:
+    """Whether a file name in an artifact folder is one condense writes there (metadata, weights, lock, temporaries)."""
+    return (name in (META_FILE, LOCK_FILE, _LEGACY_TMP) or bool(_WEIGHTS.match(name) or _WEIGHTS_TMP.match(name)
+            or _META_TMP.match(name)))
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path, *, shared: bool = False):
+    """flock on `path/.condense.lock`: exclusive (created if missing) for a commit, shared for a read.
+
+    Yields whether the lock is held: a reader (never writing) goes unlocked when the lock file is absent.
+    """
+    lock = path / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDONLY) if shared else os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        if not shared:
+            raise
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _claim(file: Path) -> int | None:
+    """An fd holding an exclusive flock on `file`, or None when a live process holds it (or it is gone)."""
+    try:
+        fd = os.open(file, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_unreferenced(path: Path, weights_name: str) -> None:
+    """Under the folder lock: remove what `condense.json` (naming `weights_name`) does not reference, except the
+    temporaries of saves still running (they hold a flock on theirs)."""
+    for f in path.iterdir():
+        name = f.name
+        if _WEIGHTS.match(name) and name != weights_name or _META_TMP.match(name) or name == _LEGACY_TMP:
+            f.unlink(missing_ok=True)  # every commit (the only writer of these) holds the folder lock
+        elif _WEIGHTS_TMP.match(name):
+            fd = _claim(f)
+            if fd is not None:  # its saver is gone (killed): nobody will commit it
+                try:
+                    shutil.rmtree(f, ignore_errors=True) if f.is_dir() else f.unlink(missing_ok=True)
+                finally:
+                    os.close(fd)
+
+
 # -- public API -------------------------------------------------------------------------------------------------
 def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None = None,
          metadata: dict | None = None) -> Path:
     """Save `model` to the artifact folder `path` (created if needed); returns the folder.
+
+    Safe when other processes save to or load from the same folder at the same time (the last commit wins;
+    every reader sees one complete artifact).
 
     Example:
         >>> import tempfile, torch, condense
@@ -205,44 +291,83 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"{path} is a file; an artifact is a folder: choose another --out path")
-    if path.is_dir() and any(path.iterdir()) and not (path / META_FILE).exists():
+    if path.is_dir() and not (path / META_FILE).exists() and any(not is_own_file(p.name) for p in path.iterdir()):
         raise ArtifactError(f"{path} exists and is not a condense artifact; refusing to write into it: "
                             "choose an empty or new folder")
     path.mkdir(parents=True, exist_ok=True)
     tensors, aliases = _dedupe(state_tensors(model))
     tensors, encoded = _encode_tensors(tensors)
-    tmp_name = path / ".weights.incoming.safetensors"
+    with _folder_lock(path):  # created and claimed at once, so a concurrent cleanup never takes it for a leftover
+        tmp_dir = Path(tempfile.mkdtemp(prefix=".weights-", suffix=".tmp", dir=path))
+        claim = os.open(tmp_dir, os.O_RDONLY)
+        with contextlib.suppress(OSError):  # where a folder cannot be flocked (NFS), cleanup cannot claim it either
+            fcntl.flock(claim, fcntl.LOCK_EX)
+    tmp = tmp_dir / "weights.safetensors"  # safetensors writes a new file (inode): the claim is on its folder
     try:
-        save_file(tensors, str(tmp_name))
-        digest = _sha256(tmp_name)
+        save_file(tensors, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        digest = _sha256(tmp)
         weights_name = f"weights-{digest[:12]}.safetensors"
-        os.replace(tmp_name, path / weights_name)
+        rec = _lineage.lineage(model)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION if encoded else 1,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "condense_version": _condense_version(),
+            "torch_version": torch.__version__,
+            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+            "weights_file": weights_name,
+            "weights_sha256": digest,
+            "weights_bytes": tmp.stat().st_size,
+            "aliases": aliases,
+            "encoded": encoded,
+            "task": rec["task"],
+            "transforms": rec["transforms"],
+            "measurements": measurements,
+            "metadata": metadata or {},
+        }
+        json.dumps(meta)  # fail before writing if anything is not JSON-able
+        with _folder_lock(path):
+            os.replace(tmp, path / weights_name)
+            atomic_write_json(path / META_FILE, meta)
+            _remove_unreferenced(path, weights_name)
     finally:
-        tmp_name.unlink(missing_ok=True)
-    rec = _lineage.lineage(model)
-    meta = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION if encoded else 1,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "condense_version": _condense_version(),
-        "torch_version": torch.__version__,
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "weights_file": weights_name,
-        "weights_sha256": digest,
-        "weights_bytes": (path / weights_name).stat().st_size,
-        "aliases": aliases,
-        "encoded": encoded,
-        "task": rec["task"],
-        "transforms": rec["transforms"],
-        "measurements": measurements,
-        "metadata": metadata or {},
-    }
-    json.dumps(meta)  # fail before writing if anything is not JSON-able
-    atomic_write_json(path / META_FILE, meta)
-    for old in path.glob("weights-*.safetensors"):
-        if old.name != weights_name:
-            old.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # empty after the commit; a failed save's weights otherwise
+        os.close(claim)
     return path
+
+
+def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of the weights file `meta` names, checked against its sha256."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from condense.core.paths import file_in_folder
+
+    wpath = file_in_folder(path, meta.get("weights_file"), what=f"weights_file in {path / META_FILE}")
+    if not wpath.is_file():
+        raise ArtifactError(f"artifact {path} is missing its weights file {wpath.name}; re-create the artifact")
+    if _sha256(wpath) != meta.get("weights_sha256"):
+        raise ArtifactError(f"weights file {wpath} is corrupt (checksum mismatch); re-create the artifact")
+    try:
+        return load_file(str(wpath))
+    except (SafetensorError, OSError) as e:
+        raise ArtifactError(f"weights file {wpath} cannot be read ({e}); re-create the artifact") from None
+
+
+def _read_consistent(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """`condense.json` and the tensors it names, from one commit (see the module docstring)."""
+    for attempt in range(_READ_TRIES):
+        with _folder_lock(path, shared=True) as locked:
+            meta = read_metadata(path)
+            try:
+                return meta, _read_weights(path, meta)
+            except ArtifactError:
+                # unlocked (no lock file): a save may have committed meanwhile; read again if condense.json changed
+                if locked or attempt == _READ_TRIES - 1 or read_metadata(path) == meta:
+                    raise
+    raise AssertionError("unreachable")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -280,24 +405,10 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
         trust_task: rebuild a recorded `module:factory` task too (imports that module and calls the factory
             with the recorded options): only for artifacts you trust, like Hugging Face's `trust_remote_code`.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from condense.core.config import config_from_dict
 
     path = Path(path)
-    meta = read_metadata(path)
-    from condense.core.paths import file_in_folder
-
-    wpath = file_in_folder(path, meta.get("weights_file"), what=f"weights_file in {path / META_FILE}")
-    if not wpath.is_file():
-        raise ArtifactError(f"artifact {path} is missing its weights file {wpath.name}; re-create the artifact")
-    if _sha256(wpath) != meta.get("weights_sha256"):
-        raise ArtifactError(f"weights file {wpath} is corrupt (checksum mismatch); re-create the artifact")
-    try:
-        tensors = load_file(str(wpath))
-    except (SafetensorError, OSError) as e:
-        raise ArtifactError(f"weights file {wpath} cannot be read ({e}); re-create the artifact") from None
+    meta, tensors = _read_consistent(path)
     _import_techniques()  # registers tensor encodings and transform replays
     tensors = _decode_tensors(tensors, meta.get("encoded", {}))
     for alias, target in meta.get("aliases", {}).items():
@@ -325,8 +436,16 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
 
 
 def artifact_size(path: str | os.PathLike) -> int:
-    """Bytes on disk of an artifact folder (weights and metadata)."""
-    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file())
+    """Bytes on disk of an artifact: `condense.json` and the weights file it names (not the lock file, nor what an
+    interrupted save left behind; the next save removes that)."""
+    path = Path(path)
+    with _folder_lock(path, shared=True):
+        meta = read_metadata(path)
+        name = str(meta.get("weights_file", ""))
+        wpath = path / name
+        if Path(name).name != name or not wpath.is_file():
+            raise ArtifactError(f"artifact {path} is missing its weights file {name!r}; re-create the artifact")
+        return (path / META_FILE).stat().st_size + wpath.stat().st_size
 
 
 def _condense_version() -> str:

@@ -49,6 +49,18 @@ def target_path(out: str | os.PathLike) -> Path:
     return p if p.suffix == ".onnx" else p / "model.onnx"
 
 
+def check_export_target(out: str | os.PathLike) -> Path:
+    """Raise a CondenseError naming the fix unless `out` (a .onnx file or a folder) can be written; returns the
+    file path. Called before any work; writes nothing."""
+    from condense.core.outputs import check_output_dir, check_output_file
+
+    if Path(out).suffix == ".onnx":
+        check_output_file(out)
+    else:
+        check_output_dir(out, kind="export")
+    return target_path(out)
+
+
 def _as_tensor(out: Any) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         out = out[0]
@@ -96,7 +108,7 @@ def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: b
     """
     from condense.quantize.ort import OrtInt8Config
 
-    path = target_path(out)
+    path = check_export_target(out)
     graph = ort_graph(model)
     recorded = None
     if graph is None:

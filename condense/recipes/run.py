@@ -27,11 +27,13 @@ def run_recipe(recipe: Recipe | str | Path, out_dir: str | Path, *, task: Any = 
         >>> res = run_recipe("recipes/digits.yaml", "runs/digits-recipe")  # doctest: +SKIP
         >>> res.report["steps"][-1]["vs_baseline"]["speedup"]  # doctest: +SKIP
     """
+    from condense.core.outputs import check_output_dir
     from condense.pipeline import Step, check_run_name, run_pipeline
     from condense.tasks import get_task, task_from_spec
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides=overrides)
+    check_output_dir(out_dir)  # before the task is built
     if task is None:
         if recipe.task is None:
             raise CondenseError(f"recipe {recipe.name!r} names no task; pass --task NAME (e.g. --task digits)")

@@ -139,6 +139,10 @@ def search(task: Task | str, config: SearchConfig = SearchConfig(), *, storage: 
     task = get_task(task)
     if workers < 1:
         raise CondenseError(f"workers must be >= 1, got {workers}")
+    if out_dir is not None:
+        from condense.core.outputs import check_output_dir
+
+        check_output_dir(out_dir, kind="search")
     url = storage_url(storage, out_dir)
     if config.stage_dir is None and out_dir is not None:
         config = replace(config, stage_dir=str(Path(out_dir) / "stages"))

@@ -117,14 +117,19 @@ thead{{background:#f3f3f3}}.muted{{color:#666}}code{{background:#f3f3f3;padding:
 
 
 def write_report(result: Any, task: Any, cfg: Any, out_dir: Path) -> dict[str, Any]:
-    """Save the chosen model (if any) and write report.json + report.html atomically into `out_dir`."""
+    """Save the chosen model (if any) and write report.json + report.html atomically into `out_dir`; the model and
+    report.json record the same run id, report.json last (see condense.core.outputs)."""
+    from condense.core.outputs import new_run_id
+
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
     if result.model is not None:
         from condense.core.artifact import save
 
-        result.artifact = str(save(result.model, out_dir / "model",
-                                   measurements=(result.final or {}).get("chosen")))
+        result.artifact = str(save(result.model, out_dir / "model", measurements=(result.final or {}).get("chosen"),
+                                   metadata={"run_id": run_id}))
     rep = build_search_report(result, task, cfg)
-    atomic_write_json(out_dir / "report.json", rep)
+    rep["run_id"] = run_id
     atomic_write_text(out_dir / "report.html", render_search_html(rep))
+    atomic_write_json(out_dir / "report.json", rep)
     return rep

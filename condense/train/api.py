@@ -132,6 +132,10 @@ def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None
     if task.train_data is None or task.loss is None:
         raise ConfigError(f"task {task.name!r} has no train_data/loss to train on; give the Task train_data= and "
                           "loss= (see condense.Task)")
+    if out is not None:
+        from condense.core.outputs import check_output_dir
+
+        check_output_dir(out, kind="train")  # before any work
     if model is None:
         model = fresh_model(task, cfg.seed) if from_scratch else task.build_model().train()
     model = model.to(device)
@@ -216,6 +220,10 @@ def _write_outputs(task: Any, model: nn.Module, cfg: TrainConfig, result: TrainR
     if state is not None:
         plain = fresh_model(task, cfg.seed)
         plain.load_state_dict(state)
+    from condense.core.outputs import new_run_id
+
+    run_id = new_run_id()  # in the model and in train.json, written last (see condense.core.outputs)
     save(plain.cpu() if not sharded else plain, out / "model",
-         metadata={"train": {"config": cfg.to_dict(), "steps": result.steps}})
-    atomic_write_json(out / "train.json", {"task": task.name, "config": cfg.to_dict(), **result.summary()})
+         metadata={"train": {"config": cfg.to_dict(), "steps": result.steps}, "run_id": run_id})
+    atomic_write_json(out / "train.json", {"task": task.name, "config": cfg.to_dict(), **result.summary(),
+                                           "run_id": run_id})

@@ -93,7 +93,8 @@ def test_resave_replaces_atomically_and_failed_save_keeps_old(tmp_path, monkeypa
         m.fc1.weight.add_(1.0)
     condense.save(m, d)
     files = sorted(p.name for p in d.iterdir())
-    assert len(files) == 2 and first not in files  # old weights cleaned up, exactly one weights file
+    second = read_metadata(d)["weights_file"]
+    assert files == sorted([".condense.lock", "condense.json", second]) and second != first  # old weights removed
     good = condense.load(d, model=TinyMLP())
     assert torch.equal(good.fc1.weight, m.fc1.weight)
 
@@ -119,8 +120,8 @@ def test_refuses_to_write_into_a_foreign_folder(tmp_path):
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"
 
 
-def test_artifact_size_counts_all_files(tmp_path):
+def test_artifact_size_counts_metadata_and_weights(tmp_path):
     d = condense.save(TinyMLP(), tmp_path / "s")
-    assert artifact_size(d) == sum(p.stat().st_size for p in d.iterdir())
+    assert artifact_size(d) == (d / META_FILE).stat().st_size + (d / read_metadata(d)["weights_file"]).stat().st_size
     # float32 weights: (8*16 + 16 + 16*4 + 4) * 4 bytes of tensor data at least
     assert artifact_size(d) > (8 * 16 + 16 + 16 * 4 + 4) * 4
