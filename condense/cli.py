@@ -80,8 +80,11 @@ def _build_config(path: str, overrides: dict[str, Any]) -> Any:
         raise ConfigError(f"{cls.__name__}: {e}; valid fields: {fields}") from None
 
 
+_SET_EXAMPLE = "bits=4"
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out = _task_options(args.set) if args.set else {}
+    out = _task_options(args.set, flag="--set", example=_SET_EXAMPLE) if args.set else {}
     if getattr(args, "include", None):
         out["include"] = list(args.include)
     if getattr(args, "exclude", None):
@@ -90,37 +93,92 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- argument helpers -------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `condense: error: ...` naming the flag and where to read more, exit 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"condense: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int(text: str, what: str) -> int:
+    text = text.strip()
+    if not (text.isascii() and text.lstrip("+-").isdigit()) or len(text) > 18:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return int(text)
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
+    from condense.core.task import MAX_BATCH_SIZE
+
     try:
-        vals = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
+        vals = tuple(_int(x, "an integer") for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError:
         vals = ()
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"invalid batch sizes {text!r}: give positive integers separated by "
-                                         "commas, e.g. --batch-sizes 1,32")
+    if not vals or any(v < 1 or v > MAX_BATCH_SIZE for v in vals):
+        raise argparse.ArgumentTypeError(f"invalid batch sizes {text!r}: give integers from 1 to {MAX_BATCH_SIZE} "
+                                         "separated by commas, e.g. --batch-sizes 1,32")
     return vals
 
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
+    v = _int(text, "a positive integer")
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return v
 
 
-def _task_options(pairs: list[str]) -> dict[str, Any]:
+def _non_negative_int(text: str) -> int:
+    v = _int(text, "an integer >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _int(text, "a port number")
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not in 1..65535")
+    return v
+
+
+def _opset(text: str) -> int:
+    from condense.export.onnx import OPSETS
+
+    v = _int(text, "an opset number")
+    if v not in OPSETS:
+        raise argparse.ArgumentTypeError(f"opset {v} is not supported; use one of {', '.join(map(str, OPSETS))} "
+                                         f"(LayerNormalization needs >= 17)")
+    return v
+
+
+def _device(text: str) -> str:
+    """'cpu' or 'cuda[:N]' naming a device this machine has; checked with torch before any work."""
+    from condense.core.devices import check_device
+
+    try:
+        return check_device(text)
+    except CondenseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _task_options(pairs: list[str], *, flag: str = "--task-option", example: str = "preset=tiny") -> dict[str, Any]:
+    """`KEY=VALUE` pairs of `flag` (values read as JSON when they are JSON, else kept as text)."""
     out: dict[str, Any] = {}
     for p in pairs or []:
         key, sep, val = p.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise CondenseError(f"--task-option {p!r} must be KEY=VALUE, e.g. --task-option preset=tiny")
+            raise CondenseError(f"{flag} {p!r} must be KEY=VALUE, e.g. {flag} {example}")
+        if not (key.isascii() and key.replace("_", "a").isalnum()):
+            raise CondenseError(f"{flag} {p!r}: {key!r} is not a field name (letters, digits and _), e.g. "
+                                f"{flag} {example}")
         try:
             out[key] = json.loads(val)
         except json.JSONDecodeError:
             out[key] = val
+        except (ValueError, RecursionError):  # an integer of thousands of digits, or nesting thousands deep
+            raise CondenseError(f"{flag} {key}: the value is too large or too deeply nested to read; give a "
+                                "number below 1e308 or a shallow JSON value") from None
     return out
 
 
@@ -136,7 +194,7 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="batch sizes to time (default: the task's, e.g. 1,32)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while measuring")
     p.add_argument("--repeats", type=_positive_int, default=10, help="minimum timed runs per batch size")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--no-quality", action="store_true", help="skip evaluating the task's metrics")
 
 
@@ -181,16 +239,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from condense.core.artifact import load, read_metadata
+    from condense.core.artifact import load
     from condense.measurement.api import measure
     from condense.measurement.table import comparison_table
 
     if args.model is None and args.task is None:
         raise CondenseError("give --task NAME to measure a task's model, or --model ARTIFACT to measure a saved one")
     if args.model is not None:
-        meta = read_metadata(_artifact_dir(args.model))
-        task = _task(args) if args.task else _task_from_meta(meta)
-        model = load(_artifact_dir(args.model), task=task)
+        task, d = _artifact_task(args)
+        model = load(d, task=task)
         label = Path(args.model).name
     else:
         task = _task(args)
@@ -215,6 +272,38 @@ def _artifact_dir(path: str) -> Path:
     if not (p / "condense.json").exists() and (p / "model" / "condense.json").exists():
         return p / "model"
     return p
+
+
+def _artifact_task(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The task to load `--model` with: `--task` when given (it must be the artifact's), else the recorded one."""
+    from condense.core.artifact import read_metadata
+
+    d = _artifact_dir(args.model)
+    meta = read_metadata(d)
+    if not args.task:
+        return _task_from_meta(meta), d
+    task = _task(args)
+    _check_same_task(meta.get("task"), task)
+    return task, d
+
+
+def _task_label(spec: Any) -> str | None:
+    if isinstance(spec, dict):
+        label = spec.get("name") or spec.get("factory")
+        return label if isinstance(label, str) else None
+    return None
+
+
+def _check_same_task(recorded: Any, task: Any) -> None:
+    """An artifact loads only into the model of the task it was made from: say which when --task names another."""
+    from condense.tasks import TASKS
+
+    def factory(label: str) -> str:  # a built-in name and its factory path are the same task
+        return TASKS.get(label).factory if label in TASKS else label
+
+    want, got = _task_label(recorded), _task_label(getattr(task, "spec", None))
+    if want and got and factory(want) != factory(got):
+        raise CondenseError(f"this artifact is for task {want}; use --task {want} or omit --task")
 
 
 def _task_from_meta(meta: dict) -> Any:
@@ -250,13 +339,18 @@ def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
     from condense.measurement.table import comparison_table
     from condense.pipeline import Step, check_run_name, run_pipeline
 
-    task = _task(args)
     out = Path(args.out)
     base_model, base_label = None, "fp32"
     if getattr(args, "model", None):
         from condense.core.artifact import load
 
-        base_model, base_label = load(_artifact_dir(args.model), task=task), Path(args.model).name
+        task, d = _artifact_task(args)
+        base_model, base_label = load(d, task=task), Path(args.model).name
+    elif args.task is None:
+        raise CondenseError(f"give --task NAME (see `condense tasks`), or --model ARTIFACT to {args.command} a saved "
+                            "model")
+    else:
+        task = _task(args)
     res = run_pipeline(task, [Step(base_label), Step(label, cfg)], out, name=check_run_name(out.name),
                        measure_config=_measure_config(args), base_model=base_model)
     _print(comparison_table(res.measurements))
@@ -383,14 +477,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from condense.core.artifact import load, read_metadata
+    from condense.core.artifact import load
     from condense.export.files import export_model
 
     if args.format != "onnx":
         raise CondenseError(f"unknown export format {args.format!r}; use --format onnx")
-    d = _artifact_dir(args.model)
-    meta = read_metadata(d)
-    task = _task(args) if args.task else _task_from_meta(meta)
+    task, d = _artifact_task(args)
     model = load(d, task=task)
     rec = export_model(model, task, args.out, int8=args.int8, opset=args.opset)
     p = rec["parity"]
@@ -456,10 +548,13 @@ def _train_worker_args(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from condense.errors import ConfigError
 
-    overrides = _task_options(args.set) if args.set else {}
+    overrides = _task_options(args.set, flag="--set", example="lr=3e-3") if args.set else {}
     if args.steps is not None:
         overrides["steps"] = args.steps
     cfg = _build_config("condense.train.api:TrainConfig", overrides)
+    if args.node_rank >= args.nnodes:
+        raise CondenseError(f"--node-rank {args.node_rank} is not below --nnodes {args.nnodes}; number the nodes "
+                            f"0..{args.nnodes - 1}")
     if args.nproc is not None or args.nnodes > 1:
         from condense.train.distributed.launch import launch
 
@@ -494,7 +589,7 @@ COMMANDS["train"] = (cmd_train, "train a task's model: mixed precision, schedule
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="condense", description="Make neural networks cheaper to run, and prove "
+    parser = _Parser(prog="condense", description="Make neural networks cheaper to run, and prove "
                                      "it with measurements.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -521,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, choices, default, flag in (("quantize", QUANT_SCHEMES, "int8", "--scheme"),
                                          ("prune", PRUNE_METHODS, "unstructured", "--method")):
         p = subs[name]
-        _add_task_args(p)
+        _add_task_args(p, required=False)
         p.add_argument(flag, choices=sorted(choices), default=default,
                        help=f"which technique (default: {default})")
         p.add_argument("--model", metavar="ARTIFACT", help="start from a saved artifact instead of the task's model")
@@ -537,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in TECHNIQUES:
         p = subs[name]
-        _add_task_args(p)
+        _add_task_args(p, required=False)
         p.add_argument("--model", metavar="ARTIFACT", help="start from a saved artifact instead of the task's model")
         p.add_argument("--out", required=True, metavar="DIR",
                        help="run folder: artifact in DIR/model, report.json and report.html beside it")
@@ -567,12 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any TrainConfig field (repeatable), e.g. --set lr=3e-3 --set precision=bf16")
     p.add_argument("--resume", metavar="DIR", help="continue from the latest checkpoint in DIR (a run folder)")
     p.add_argument("--finetune", action="store_true", help="start from the task's trained model, not from scratch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--nproc", type=int, default=None, help="processes per node, launched with torchrun")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--nproc", type=_positive_int, default=None, help="processes per node, launched with torchrun")
     p.add_argument("--nnodes", type=_positive_int, default=1, help="number of nodes (torchrun rendezvous)")
-    p.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0..nnodes-1")
+    p.add_argument("--node-rank", type=_non_negative_int, default=0, help="this node's rank, 0..nnodes-1")
     p.add_argument("--master-addr", default=None, help="address of node 0 (multi-node)")
-    p.add_argument("--master-port", type=int, default=None, help="port on node 0 (multi-node; default 29500)")
+    p.add_argument("--master-port", type=_port, default=None, help="port on node 0 (multi-node; default 29500)")
     p = subs["search"]
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = """examples:
@@ -618,7 +713,7 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
                    help="batch sizes to time (default: the recipe's, else the task's)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while measuring")
     p.add_argument("--repeats", type=_positive_int, default=None, help="minimum timed runs per batch size")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's, else cpu)")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda[:N] (default: the recipe's, else cpu)")
     p.add_argument("--no-quality", action="store_true", help="skip evaluating the task's metrics")
 
     p = subs["export"]
@@ -630,7 +725,7 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
     p.add_argument("--out", required=True, metavar="FILE_OR_DIR",
                    help="a .onnx file, or a folder to write model.onnx into (a .json record goes beside it)")
     p.add_argument("--int8", action="store_true", help="quantize to int8 with ONNX Runtime's dynamic quantization")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or 18)")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (17 or 18)")
     _add_task_args(p, required=False)
     return parser
 
