@@ -247,8 +247,11 @@ def load_recipe(source: str | bytes | Path, *, overrides: dict[str, Any] | None 
         'quantize:dynamic'
     """
     if isinstance(source, bytes):
-        source = _decode(source, "recipe text")
-    text, origin = (str(source), "recipe text") if isinstance(source, str) and "\n" in source else (None, str(source))
+        text, origin = _decode(source, "recipe text"), "recipe text"
+    elif isinstance(source, str) and "\n" in source:
+        text, origin = source, "recipe text"
+    else:
+        text, origin = None, str(source)
     if text is None:
         p = Path(source)
         try:
@@ -256,7 +259,8 @@ def load_recipe(source: str | bytes | Path, *, overrides: dict[str, Any] | None 
         except (OSError, ValueError) as e:  # unreadable, or a path with a NUL byte
             raise ConfigError(f"recipe {source} cannot be read ({e}); give a readable YAML file") from None
         if data is None:
-            raise ConfigError(f"recipe {p} does not exist; give a YAML file, e.g. recipes/digits.yaml")
+            what = "is a folder" if p.is_dir() else "does not exist"
+            raise ConfigError(f"recipe {p} {what}; give a YAML file, e.g. recipes/digits.yaml")
         text = _decode(data, str(p))
     return parse_recipe(_yaml_load(text, origin), overrides=overrides)
 
