@@ -62,22 +62,15 @@ TECHNIQUES: dict[str, str] = {
 
 
 def _build_config(path: str, overrides: dict[str, Any]) -> Any:
-    """Instantiate the config class at `path` ("module:Class") with CLI overrides, errors naming valid fields."""
-    import dataclasses
+    """Instantiate the config class at `path` ("module:Class") with CLI overrides, each value checked against the
+    field's type first (as a recipe's are), errors naming the field, the expected type and the valid fields."""
     import importlib
 
-    from condense.core.config import config_from_dict
-    from condense.errors import ConfigError
+    from condense.recipes.schema import build_config
 
     mod, _, name = path.partition(":")
     cls = getattr(importlib.import_module(mod), name)
-    try:
-        return config_from_dict({"type": cls.__name__, **overrides})
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        fields = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"{cls.__name__}: {e}; valid fields: {fields}") from None
+    return build_config(cls, overrides, where="--set")
 
 
 _SET_EXAMPLE = "bits=4"
@@ -179,7 +172,27 @@ def _task_options(pairs: list[str], *, flag: str = "--task-option", example: str
         except (ValueError, RecursionError):  # an integer of thousands of digits, or nesting thousands deep
             raise CondenseError(f"{flag} {key}: the value is too large or too deeply nested to read; give a "
                                 "number below 1e308 or a shallow JSON value") from None
+        _check_numbers(out[key], f"{flag} {p}")
     return out
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """Numbers typed on the command line must be finite and fit in 64 bits: `lr=Infinity`, `grad_clip=NaN` or
+    `steps=1e30` are typos, never settings (a field that can be switched off takes null)."""
+    import math
+
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise CondenseError(f"{where}: {v} is not a finite number; give a finite value (or null to switch the "
+                                "setting off where it allows)")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**63:
+            raise CondenseError(f"{where}: {v} does not fit in 64 bits; give a smaller number")
 
 
 def _add_task_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -282,9 +295,8 @@ def _artifact_task(args: argparse.Namespace) -> tuple[Any, Path]:
     meta = read_metadata(d)
     if not args.task:
         return _task_from_meta(meta), d
-    task = _task(args)
-    _check_same_task(meta.get("task"), task)
-    return task, d
+    _check_same_task(meta.get("task"), args.task)  # before building the task: that may take minutes
+    return _task(args), d
 
 
 def _task_label(spec: Any) -> str | None:
@@ -294,14 +306,14 @@ def _task_label(spec: Any) -> str | None:
     return None
 
 
-def _check_same_task(recorded: Any, task: Any) -> None:
+def _check_same_task(recorded: Any, task: str) -> None:
     """An artifact loads only into the model of the task it was made from: say which when --task names another."""
     from condense.tasks import TASKS
 
     def factory(label: str) -> str:  # a built-in name and its factory path are the same task
         return TASKS.get(label).factory if label in TASKS else label
 
-    want, got = _task_label(recorded), _task_label(getattr(task, "spec", None))
+    want, got = _task_label(recorded), task
     if want and got and factory(want) != factory(got):
         raise CondenseError(f"this artifact is for task {want}; use --task {want} or omit --task")
 
@@ -424,12 +436,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from condense.searching.api import BudgetNotMet, search
 
-    over: dict[str, Any] = {"budget": args.budget, "trials": args.trials, "batch_size": args.batch_size}
-    if args.knobs:
+    from condense.searching.config import parse_budget
+
+    over: dict[str, Any] = {"budget": parse_budget(args.budget), "trials": args.trials,
+                            "batch_size": args.batch_size}
+    if args.knobs is not None:
         over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
+        if not over["knobs"]:
+            raise CondenseError(f"--knobs {args.knobs!r} names no knob; give some, e.g. --knobs prune,quantize, or "
+                                "leave --knobs out to search every available one")
     if args.threads:
         over["threads"] = args.threads
-    over.update(_task_options(args.set) if args.set else {})
+    over.update(_task_options(args.set, flag="--set", example="recovery_steps=200") if args.set else {})
     cfg = _build_config("condense.searching.config:SearchConfig", over)
     task = _task(args)
     out = Path(args.out)
