@@ -197,7 +197,8 @@ def _check_numbers(value: Any, where: str) -> None:
 
 def _add_task_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--task", required=required, metavar="NAME|MODULE:FACTORY",
-                   help="a built-in task (see `condense tasks`) or module:function returning a condense.Task")
+                   help="a built-in task (see `condense tasks`) or module:function returning a condense.Task"
+                   + ("" if required else " (with --model: default the artifact's task; it must match)"))
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the task factory (repeatable), e.g. preset=tiny")
 
