@@ -246,6 +246,8 @@ def load_recipe(source: str | bytes | Path, *, overrides: dict[str, Any] | None 
         >>> load_recipe("name: q\\nsteps:\\n  - quantize: {scheme: dynamic}\\n").steps[0].label
         'quantize:dynamic'
     """
+    if not isinstance(source, (str, bytes, Path)) or (isinstance(source, str) and not source.strip()):
+        raise ConfigError(f"a recipe is a file path or YAML text, got {source!r}; e.g. recipes/digits.yaml")
     if isinstance(source, bytes):
         text, origin = _decode(source, "recipe text"), "recipe text"
     elif isinstance(source, str) and "\n" in source:
