@@ -62,26 +62,22 @@ TECHNIQUES: dict[str, str] = {
 
 
 def _build_config(path: str, overrides: dict[str, Any]) -> Any:
-    """Instantiate the config class at `path` ("module:Class") with CLI overrides, errors naming valid fields."""
-    import dataclasses
+    """Instantiate the config class at `path` ("module:Class") with CLI overrides, each value checked against the
+    field's type first (as a recipe's are), errors naming the field, the expected type and the valid fields."""
     import importlib
 
-    from condense.core.config import config_from_dict
-    from condense.errors import ConfigError
+    from condense.recipes.schema import build_config
 
     mod, _, name = path.partition(":")
     cls = getattr(importlib.import_module(mod), name)
-    try:
-        return config_from_dict({"type": cls.__name__, **overrides})
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        fields = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"{cls.__name__}: {e}; valid fields: {fields}") from None
+    return build_config(cls, overrides, where="--set")
+
+
+_SET_EXAMPLE = "bits=4"
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out = _task_options(args.set) if args.set else {}
+    out = _task_options(args.set, flag="--set", example=_SET_EXAMPLE) if args.set else {}
     if getattr(args, "include", None):
         out["include"] = list(args.include)
     if getattr(args, "exclude", None):
@@ -90,43 +86,119 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -- argument helpers -------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `condense: error: ...` naming the flag and where to read more, exit 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"condense: error: {message}; see `{self.prog} --help`\n")
+
+
+def _int(text: str, what: str) -> int:
+    text = text.strip()
+    if not (text.isascii() and text.lstrip("+-").isdigit()) or len(text) > 18:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return int(text)
+
+
 def _batch_sizes(text: str) -> tuple[int, ...]:
+    from condense.core.task import MAX_BATCH_SIZE
+
     try:
-        vals = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
+        vals = tuple(_int(x, "an integer") for x in text.split(",") if x.strip())
+    except argparse.ArgumentTypeError:
         vals = ()
-    if not vals or any(v < 1 for v in vals):
-        raise argparse.ArgumentTypeError(f"invalid batch sizes {text!r}: give positive integers separated by "
-                                         "commas, e.g. --batch-sizes 1,32")
+    if not vals or any(v < 1 or v > MAX_BATCH_SIZE for v in vals):
+        raise argparse.ArgumentTypeError(f"invalid batch sizes {text!r}: give integers from 1 to {MAX_BATCH_SIZE} "
+                                         "separated by commas, e.g. --batch-sizes 1,32")
     return vals
 
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
+    v = _int(text, "a positive integer")
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
     return v
 
 
-def _task_options(pairs: list[str]) -> dict[str, Any]:
+def _non_negative_int(text: str) -> int:
+    v = _int(text, "an integer >= 0")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return v
+
+
+def _port(text: str) -> int:
+    v = _int(text, "a port number")
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not in 1..65535")
+    return v
+
+
+def _opset(text: str) -> int:
+    from condense.export.onnx import OPSETS
+
+    v = _int(text, "an opset number")
+    if v not in OPSETS:
+        raise argparse.ArgumentTypeError(f"opset {v} is not supported; use one of {', '.join(map(str, OPSETS))} "
+                                         f"(LayerNormalization needs >= 17)")
+    return v
+
+
+def _device(text: str) -> str:
+    """'cpu' or 'cuda[:N]' naming a device this machine has; checked with torch before any work."""
+    from condense.core.devices import check_device
+
+    try:
+        return check_device(text)
+    except CondenseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _task_options(pairs: list[str], *, flag: str = "--task-option", example: str = "preset=tiny") -> dict[str, Any]:
+    """`KEY=VALUE` pairs of `flag` (values read as JSON when they are JSON, else kept as text)."""
     out: dict[str, Any] = {}
     for p in pairs or []:
         key, sep, val = p.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise CondenseError(f"--task-option {p!r} must be KEY=VALUE, e.g. --task-option preset=tiny")
+            raise CondenseError(f"{flag} {p!r} must be KEY=VALUE, e.g. {flag} {example}")
+        if not (key.isascii() and key.replace("_", "a").isalnum()):
+            raise CondenseError(f"{flag} {p!r}: {key!r} is not a field name (letters, digits and _), e.g. "
+                                f"{flag} {example}")
         try:
             out[key] = json.loads(val)
         except json.JSONDecodeError:
             out[key] = val
+        except (ValueError, RecursionError):  # an integer of thousands of digits, or nesting thousands deep
+            raise CondenseError(f"{flag} {key}: the value is too large or too deeply nested to read; give a "
+                                "number below 1e308 or a shallow JSON value") from None
+        _check_numbers(out[key], f"{flag} {p}")
     return out
+
+
+def _check_numbers(value: Any, where: str) -> None:
+    """Numbers typed on the command line must be finite and fit in 64 bits: `lr=Infinity`, `grad_clip=NaN` or
+    `steps=1e30` are typos, never settings (a field that can be switched off takes null)."""
+    import math
+
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise CondenseError(f"{where}: {v} is not a finite number; give a finite value (or null to switch the "
+                                "setting off where it allows)")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**63:
+            raise CondenseError(f"{where}: {v} does not fit in 64 bits; give a smaller number")
 
 
 def _add_task_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--task", required=required, metavar="NAME|MODULE:FACTORY",
-                   help="a built-in task (see `condense tasks`) or module:function returning a condense.Task")
+                   help="a built-in task (see `condense tasks`) or module:function returning a condense.Task"
+                   + ("" if required else " (with --model: default the artifact's task; it must match)"))
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the task factory (repeatable), e.g. preset=tiny")
 
@@ -136,7 +208,7 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
                    help="batch sizes to time (default: the task's, e.g. 1,32)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while measuring")
     p.add_argument("--repeats", type=_positive_int, default=10, help="minimum timed runs per batch size")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--no-quality", action="store_true", help="skip evaluating the task's metrics")
 
 
@@ -181,7 +253,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from condense.core.artifact import load, read_metadata
+    from condense.core.artifact import load
     from condense.measurement.api import measure
     from condense.measurement.table import comparison_table
 
@@ -192,9 +264,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
         check_output_file(args.json)
     if args.model is not None:
-        meta = read_metadata(_artifact_dir(args.model))
-        task = _task(args) if args.task else _task_from_meta(meta, args, _artifact_dir(args.model))
-        model = load(_artifact_dir(args.model), task=task)
+        task, d = _artifact_task(args)
+        model = load(d, task=task)
         label = Path(args.model).name
     else:
         task = _task(args)
@@ -221,13 +292,44 @@ def _artifact_dir(path: str) -> Path:
     return p
 
 
+def _artifact_task(args: argparse.Namespace) -> tuple[Any, Path]:
+    """The task to load `--model` with: `--task` when given (it must be the artifact's), else the recorded one."""
+    from condense.core.artifact import read_metadata
+
+    d = _artifact_dir(args.model)
+    meta = read_metadata(d)
+    if not args.task:
+        return _task_from_meta(meta, args, d), d
+    _check_same_task(meta.get("task"), args.task)  # before building the task: that may take minutes
+    return _task(args), d
+
+
+def _task_label(spec: Any) -> str | None:
+    if isinstance(spec, dict):
+        label = spec.get("name") or spec.get("factory")
+        return label if isinstance(label, str) else None
+    return None
+
+
+def _check_same_task(recorded: Any, task: str) -> None:
+    """An artifact loads only into the model of the task it was made from: say which when --task names another."""
+    from condense.tasks import TASKS
+
+    def factory(label: str) -> str:  # a built-in name and its factory path are the same task
+        return TASKS.get(label).factory if label in TASKS else label
+
+    want, got = _task_label(recorded), task
+    if want and got and factory(want) != factory(got):
+        raise CondenseError(f"this artifact is for task {want}; use --task {want} or omit --task")
+
+
 def _task_from_meta(meta: dict, args: argparse.Namespace, folder: Path) -> Any:
     """The task an artifact records: built-in ones only, a `module:factory` only with --trust-task."""
     from condense.tasks import task_from_spec
 
     if not meta.get("task"):
         raise CondenseError("this artifact records no task; pass --task to say what to measure it on")
-    return task_from_spec(meta["task"], trust=args.trust_task, source=f"artifact {folder}")
+    return task_from_spec(meta["task"], trust=getattr(args, "trust_task", False), source=f"artifact {folder}")
 
 
 def _add_trust_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -263,12 +365,17 @@ def _run_two_step(args: argparse.Namespace, cfg: Any, label: str) -> int:
     from condense.pipeline import Step, check_run_name, run_pipeline
 
     out = check_output_dir(args.out)  # before any work
-    task = _task(args)
     base_model, base_label = None, "fp32"
     if getattr(args, "model", None):
         from condense.core.artifact import load
 
-        base_model, base_label = load(_artifact_dir(args.model), task=task), Path(args.model).name
+        task, d = _artifact_task(args)
+        base_model, base_label = load(d, task=task), Path(args.model).name
+    elif args.task is None:
+        raise CondenseError(f"give --task NAME (see `condense tasks`), or --model ARTIFACT to {args.command} a saved "
+                            "model")
+    else:
+        task = _task(args)
     res = run_pipeline(task, [Step(base_label), Step(label, cfg)], out, name=check_run_name(out.name),
                        measure_config=_measure_config(args), base_model=base_model)
     _print(comparison_table(res.measurements))
@@ -349,12 +456,18 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from condense.searching.api import BudgetNotMet, search
 
-    over: dict[str, Any] = {"budget": args.budget, "trials": args.trials, "batch_size": args.batch_size}
+    from condense.searching.config import parse_budget
+
+    over: dict[str, Any] = {"budget": parse_budget(args.budget), "trials": args.trials,
+                            "batch_size": args.batch_size}
     if args.knobs is not None:  # --knobs '' is an empty list (refused), not the default
         over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
+        if not over["knobs"]:
+            raise CondenseError(f"--knobs {args.knobs!r} names no knob; give some, e.g. --knobs prune,quantize, or "
+                                "leave --knobs out to search every available one")
     if args.threads:
         over["threads"] = args.threads
-    over.update(_task_options(args.set) if args.set else {})
+    over.update(_task_options(args.set, flag="--set", example="recovery_steps=200") if args.set else {})
     cfg = _build_config("condense.searching.config:SearchConfig", over)
     from condense.core.outputs import check_output_dir
 
@@ -411,7 +524,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from condense.core.artifact import load, read_metadata
+    from condense.core.artifact import load
     from condense.export.files import export_model
 
     if args.format != "onnx":
@@ -419,9 +532,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from condense.export.files import check_export_target
 
     check_export_target(args.out)  # before any work
-    d = _artifact_dir(args.model)
-    meta = read_metadata(d)
-    task = _task(args) if args.task else _task_from_meta(meta, args, d)
+    task, d = _artifact_task(args)
     model = load(d, task=task)
     rec = export_model(model, task, args.out, int8=args.int8, opset=args.opset)
     p = rec["parity"]
@@ -489,10 +600,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from condense.errors import ConfigError
 
     check_output_dir(args.out, kind="train")  # before any work (torchrun workers: every state they leave passes)
-    overrides = _task_options(args.set) if args.set else {}
+    overrides = _task_options(args.set, flag="--set", example="lr=3e-3") if args.set else {}
     if args.steps is not None:
         overrides["steps"] = args.steps
     cfg = _build_config("condense.train.api:TrainConfig", overrides)
+    if args.node_rank >= args.nnodes:
+        raise CondenseError(f"--node-rank {args.node_rank} is not below --nnodes {args.nnodes}; number the nodes "
+                            f"0..{args.nnodes - 1}")
     if args.nproc is not None or args.nnodes > 1:
         from condense.train.distributed.launch import launch
 
@@ -527,7 +641,7 @@ COMMANDS["train"] = (cmd_train, "train a task's model: mixed precision, schedule
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="condense", description="Make neural networks cheaper to run, and prove "
+    parser = _Parser(prog="condense", description="Make neural networks cheaper to run, and prove "
                                      "it with measurements.", epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -555,10 +669,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, choices, default, flag in (("quantize", QUANT_SCHEMES, "int8", "--scheme"),
                                          ("prune", PRUNE_METHODS, "unstructured", "--method")):
         p = subs[name]
-        _add_task_args(p)
+        _add_task_args(p, required=False)
         p.add_argument(flag, choices=sorted(choices), default=default,
                        help=f"which technique (default: {default})")
         p.add_argument("--model", metavar="ARTIFACT", help="start from a saved artifact instead of the task's model")
+        _add_trust_arg(p, "the artifact (--model)")
         p.add_argument("--out", required=True, metavar="DIR",
                        help="run folder: artifact in DIR/model, report.json and report.html beside it")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -571,8 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in TECHNIQUES:
         p = subs[name]
-        _add_task_args(p)
+        _add_task_args(p, required=False)
         p.add_argument("--model", metavar="ARTIFACT", help="start from a saved artifact instead of the task's model")
+        _add_trust_arg(p, "the artifact (--model)")
         p.add_argument("--out", required=True, metavar="DIR",
                        help="run folder: artifact in DIR/model, report.json and report.html beside it")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -601,12 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any TrainConfig field (repeatable), e.g. --set lr=3e-3 --set precision=bf16")
     p.add_argument("--resume", metavar="DIR", help="continue from the latest checkpoint in DIR (a run folder)")
     p.add_argument("--finetune", action="store_true", help="start from the task's trained model, not from scratch")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--nproc", type=int, default=None, help="processes per node, launched with torchrun")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--nproc", type=_positive_int, default=None, help="processes per node, launched with torchrun")
     p.add_argument("--nnodes", type=_positive_int, default=1, help="number of nodes (torchrun rendezvous)")
-    p.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0..nnodes-1")
+    p.add_argument("--node-rank", type=_non_negative_int, default=0, help="this node's rank, 0..nnodes-1")
     p.add_argument("--master-addr", default=None, help="address of node 0 (multi-node)")
-    p.add_argument("--master-port", type=int, default=None, help="port on node 0 (multi-node; default 29500)")
+    p.add_argument("--master-port", type=_port, default=None, help="port on node 0 (multi-node; default 29500)")
     p = subs["search"]
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = """examples:
@@ -652,7 +768,7 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
                    help="batch sizes to time (default: the recipe's, else the task's)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch threads while measuring")
     p.add_argument("--repeats", type=_positive_int, default=None, help="minimum timed runs per batch size")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's, else cpu)")
+    p.add_argument("--device", type=_device, default=None, help="cpu or cuda[:N] (default: the recipe's, else cpu)")
     p.add_argument("--no-quality", action="store_true", help="skip evaluating the task's metrics")
     _add_trust_arg(p, "the recipe")
 
@@ -665,7 +781,7 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
     p.add_argument("--out", required=True, metavar="FILE_OR_DIR",
                    help="a .onnx file, or a folder to write model.onnx into (a .json record goes beside it)")
     p.add_argument("--int8", action="store_true", help="quantize to int8 with ONNX Runtime's dynamic quantization")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (17 or 18)")
+    p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (17 or 18)")
     _add_task_args(p, required=False)
     _add_trust_arg(p, "the artifact (--model)")
     return parser

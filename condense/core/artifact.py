@@ -374,20 +374,86 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The parsed `condense.json` of an artifact, with clear errors for a missing or corrupt one."""
     path = Path(path)
     meta_path = path / META_FILE
-    if not meta_path.exists():
+    try:
+        text = meta_path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
         hint = "the folder does not exist" if not path.exists() else f"it has no {META_FILE}"
         raise ArtifactError(f"no condense artifact at {path} ({hint}); create one with condense.save(model, path) "
-                            "or `condense demo`, and check the path")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                            "or `condense demo`, and check the path") from None
+    except UnicodeDecodeError as e:
         raise ArtifactError(f"artifact metadata {meta_path} is corrupt ({e}); re-create the artifact") from None
+    except (OSError, ValueError) as e:  # a folder named condense.json, no permission, a NUL in the path
+        raise ArtifactError(f"artifact metadata {meta_path} cannot be read ({type(e).__name__}: {e}); "
+                            f"{META_FILE} must be a readable file: re-create the artifact") from None
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:  # bad JSON, an integer of thousands of digits, nesting 1000s deep
+        raise ArtifactError(f"artifact metadata {meta_path} is corrupt ({type(e).__name__}: {e}); "
+                            "re-create the artifact") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path} is not condense artifact metadata; re-create the artifact")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"artifact format {meta['format_version']} is newer than this condense supports "
-                            f"({FORMAT_VERSION}); upgrade condense")
+    _check_metadata(meta, meta_path)
     return meta
+
+
+META_MAX_DEPTH = 64  # nesting levels condense.json may have; saved artifacts use under 10
+
+
+def _check_metadata(meta: dict[str, Any], meta_path: Path) -> None:
+    """Every field `load` and the CLI read has the type `save` writes; an error names the field and the fix."""
+    from condense.core.validate import Cycle, nesting_depth
+
+    def bad(field: str, want: str) -> ArtifactError:
+        got = meta.get(field) if "[" not in field and "." not in field else None
+        shown = f", got {json.dumps(got)[:80]}" if got is not None else ""
+        return ArtifactError(f"{meta_path}: {field} must be {want}{shown}; the metadata was edited or damaged: "
+                             "re-create the artifact")
+
+    try:
+        depth = nesting_depth(meta, limit=META_MAX_DEPTH)
+    except Cycle:  # json.loads cannot build one; a caller's dict can
+        depth = META_MAX_DEPTH + 1
+    if depth > META_MAX_DEPTH:
+        raise ArtifactError(f"{meta_path} is nested more than {META_MAX_DEPTH} levels deep; the metadata was edited "
+                            "or damaged: re-create the artifact")
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise bad("format_version", "a positive integer")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"artifact format {version} is newer than this condense supports "
+                            f"({FORMAT_VERSION}); upgrade condense")
+    for field in ("weights_file", "weights_sha256"):
+        if not isinstance(meta.get(field), str) or not meta[field]:
+            raise bad(field, "a non-empty string")
+    aliases = meta.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) for v in aliases.values()):
+        raise bad("aliases", "a mapping of tensor name to tensor name")
+    encoded = meta.get("encoded", {})
+    if not isinstance(encoded, dict):
+        raise bad("encoded", "a mapping of tensor name to {encoding, shape}")
+    for name, info in encoded.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (not isinstance(info, dict) or not isinstance(info.get("encoding"), str) or not isinstance(shape, list)
+                or len(shape) > 16
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**40 for n in shape)):
+            raise bad(f"encoded[{name!r}]", 'a mapping {"encoding": NAME, "shape": [sizes]}')
+    task = meta.get("task")
+    if task is not None:
+        if not isinstance(task, dict) or not isinstance(task.get("options", {}), dict) or not any(
+                isinstance(task.get(k), str) and task[k] for k in ("name", "factory")):
+            raise bad("task", 'null or a mapping {"name" or "factory": TEXT, "options": {...}}')
+        if not all(isinstance(k, str) for k in task.get("options", {})):
+            raise bad("task.options", "a mapping with text keys")
+    transforms = meta.get("transforms", [])
+    if not isinstance(transforms, list):
+        raise bad("transforms", "a list of {config, details}")
+    for i, t in enumerate(transforms):
+        if (not isinstance(t, dict) or not isinstance(t.get("config"), dict)
+                or not isinstance(t["config"].get("type"), str) or not isinstance(t.get("details", {}), dict)):
+            raise bad(f"transforms[{i}]", 'a mapping {"config": {"type": NAME, ...}, "details": {...}}')
+    for field in ("measurements", "metadata"):
+        if not isinstance(meta.get(field), (dict, type(None))):
+            raise bad(field, "a mapping or null")
 
 
 def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any = None,
@@ -405,14 +471,11 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
         trust_task: rebuild a recorded `module:factory` task too (imports that module and calls the factory
             with the recorded options): only for artifacts you trust, like Hugging Face's `trust_remote_code`.
     """
-    from condense.core.config import config_from_dict
 
     path = Path(path)
     meta, tensors = _read_consistent(path)
     _import_techniques()  # registers tensor encodings and transform replays
-    tensors = _decode_tensors(tensors, meta.get("encoded", {}))
-    for alias, target in meta.get("aliases", {}).items():
-        tensors[alias] = tensors[target]
+    tensors = _checked_tensors(tensors, meta, path)
     if model is None:
         if task is None:
             if not meta.get("task"):
@@ -426,13 +489,64 @@ def load(path: str | os.PathLike, *, model: nn.Module | None = None, task: Any =
 
             task = get_task(task)
         model = task.build_skeleton()
-    for entry in meta.get("transforms", []):
-        cfg = config_from_dict(entry["config"])
-        model = REPLAY.get(type(cfg).__name__)(model, cfg, entry.get("details", {}))
-    _load_state_tensors(model, tensors)
+    for i, entry in enumerate(meta.get("transforms", [])):
+        model = _replay(model, i, entry, path)
+    try:
+        _load_state_tensors(model, tensors)
+    except (ArtifactError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a codec given tensors of another shape or dtype than it packs
+        raise ArtifactError(f"artifact {path} does not fit the model rebuilt from its metadata ({type(e).__name__}: "
+                            f"{e}); load it with the task that produced it, or re-create the artifact") from e
     rec = {"task": meta.get("task"), "transforms": meta.get("transforms", [])}
     object.__setattr__(model, "_condense_lineage", rec)
     return model.to(device).eval()
+
+
+def _checked_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The saved tensors with encoded ones decoded and aliases filled in; every name the metadata uses must be
+    in the weights file (a damaged or edited artifact is an ArtifactError, never a KeyError)."""
+    encoded = meta.get("encoded", {})
+    for k in encoded:
+        if not any(n.startswith(f"{k}{_PART_SEP}") for n in tensors):
+            raise ArtifactError(f"artifact {path}: encoded tensor {k!r} has no parts in the weights file; "
+                                "re-create the artifact")
+    try:
+        tensors = _decode_tensors(tensors, encoded)
+    except (ArtifactError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # parts that do not match the recorded shape
+        raise ArtifactError(f"artifact {path}: an encoded tensor cannot be decoded ({type(e).__name__}: {e}); "
+                            "re-create the artifact") from e
+    for alias, target in meta.get("aliases", {}).items():
+        if target not in tensors:
+            raise ArtifactError(f"artifact {path}: alias {alias!r} points to {target!r}, which is not in the "
+                                "weights file; re-create the artifact")
+        tensors[alias] = tensors[target]
+    return tensors
+
+
+def _replay(model: nn.Module, i: int, entry: dict[str, Any], path: Path) -> nn.Module:
+    """Re-apply recorded transform `i` to `model`; a config or details that cannot be replayed is an ArtifactError."""
+    from condense.core.config import config_from_dict
+    from condense.errors import CondenseError
+
+    try:
+        cfg = config_from_dict(entry["config"])
+    except CondenseError as e:
+        raise ArtifactError(f"artifact {path}: transforms[{i}] has an invalid config ({e})") from None
+    except (TypeError, ValueError, KeyError, ArithmeticError, RecursionError) as e:
+        raise ArtifactError(f"artifact {path}: transforms[{i}] has an invalid config ({type(e).__name__}: {e}); "
+                            "re-create the artifact") from None
+    replay = REPLAY.get(type(cfg).__name__)
+    try:
+        return replay(model, cfg, entry.get("details", {}))
+    except (CondenseError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # details that do not fit the model (edited, or from another architecture)
+        raise ArtifactError(f"artifact {path}: transforms[{i}] ({type(cfg).__name__}) cannot be replayed on the "
+                            f"model ({type(e).__name__}: {e}); load it with the task that produced it, or "
+                            "re-create the artifact") from e
 
 
 def artifact_size(path: str | os.PathLike) -> int:

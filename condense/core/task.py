@@ -149,9 +149,13 @@ def batch_tensors(batch: Any, fix: str) -> tuple[torch.Tensor, ...]:
     raise CondenseError(fix.format(type=type(batch).__name__))
 
 
+MAX_BATCH_SIZE = 65536  # larger batches only exhaust memory after minutes of set-up
+
+
 def check_batch_size(b: Any) -> int:
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise CondenseError(f"batch size must be a positive integer, got {b!r}; e.g. --batch-sizes 1,32")
+    if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH_SIZE:
+        raise CondenseError(f"batch size must be a positive integer up to {MAX_BATCH_SIZE}, got {b!r}; "
+                            "e.g. --batch-sizes 1,32")
     return b
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from condense.core.artifact import ENCODINGS, TensorEncoding
+from condense.errors import ArtifactError
 
 MIN_SPARSITY = 0.5  # below this, dense storage is simpler and the saving small
 MIN_NUMEL = 64      # biases and norm vectors are not worth a bitmask
@@ -44,8 +45,15 @@ class BitmaskEncoding(TensorEncoding):
 
     def decode(self, parts: dict[str, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
         n = math.prod(shape)
-        keep = torch.from_numpy(np.unpackbits(parts["bitmask"].numpy(), count=n).astype(bool))  # (n,)
-        values = parts["values"]
+        bits, values = parts["bitmask"], parts["values"]
+        if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != math.ceil(n / 8) or values.dim() != 1:
+            raise ArtifactError(f"sparse tensor of shape {list(shape)} needs a 1-D uint8 bitmask of "
+                                f"{math.ceil(n / 8)} bytes and 1-D values; got {bits.dtype} {list(bits.shape)} and "
+                                f"{list(values.shape)}: re-create the artifact")
+        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=n).astype(bool))  # (n,)
+        if int(keep.sum()) != values.numel():
+            raise ArtifactError(f"sparse tensor of shape {list(shape)}: its bitmask keeps {int(keep.sum())} elements "
+                                f"but {values.numel()} values are stored: re-create the artifact")
         out = torch.zeros(n, dtype=values.dtype)
         out[keep] = values
         return out.view(shape)

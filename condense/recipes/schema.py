@@ -93,7 +93,7 @@ def coerce(value: Any, tp: Any, *, field: str, where: str) -> Any:
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
-        except ValueError:
+        except (ValueError, TypeError):
             raise _Mismatch(describe(tp)) from None
     if _is_config(tp):
         if isinstance(value, tp):
@@ -117,7 +117,10 @@ def coerce(value: Any, tp: Any, *, field: str, where: str) -> Any:
                 raise _Mismatch("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Mismatch("a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond 1.8e308
+            raise _Mismatch("a number below 1.8e308") from None
     if tp is str:
         if not isinstance(value, str):
             raise _Mismatch("a string")
@@ -147,7 +150,7 @@ def build_config(cls: type, params: dict[str, Any], *, where: str) -> Any:
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError) as e:  # ArithmeticError: e.g. a huge integer in float math
         raise ConfigError(f"{where}: {cls.__name__}: {e}; valid fields: {', '.join(fields)}") from None
 
 

@@ -10,6 +10,7 @@ A task the user names directly (`get_task("my_mod:make_task")`, `--task my_mod:m
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,26 @@ def _import_factory(path: str, *, what: str) -> Any:
     return fn
 
 
+def check_options(fn: Any, options: dict[str, Any], *, what: str) -> None:
+    """Refuse options the factory `fn` does not take, naming the ones it does (before calling it)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to check against (a builtin): let the call decide
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in named]
+    if unknown:
+        valid = ", ".join(named) if named else "none"
+        raise CondenseError(f"unknown option {unknown[0]!r} for {what}; valid options: {valid} "
+                            "(e.g. --task-option NAME=VALUE)")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in options
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if missing:
+        raise CondenseError(f"{what} needs the option {missing[0]!r}; pass --task-option {missing[0]}=VALUE")
+
+
 def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
     """Find a task by built-in name ("minilm"), factory path ("my_mod:make_task"), saved spec dict, or pass-through.
 
@@ -78,6 +99,7 @@ def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
         raise CondenseError(f"a task is a name, a module:function path or a condense.Task, got {type(spec).__name__}")
     if ":" in spec:
         fn = _import_factory(spec, what="task factory")
+        check_options(fn, options, what=f"task {spec!r}")
         task = fn(**options)
         if not isinstance(task, Task):
             raise CondenseError(f"task factory {spec!r} returned {type(task).__name__}, not a condense.Task")
@@ -85,7 +107,9 @@ def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
             task.spec = {"factory": spec, "options": dict(options)}
         return task
     entry = TASKS.get(spec)
-    task = _import_factory(entry.factory, what="task factory")(**options)
+    fn = _import_factory(entry.factory, what="task factory")
+    check_options(fn, options, what=f"task {spec!r}")
+    task = fn(**options)
     task.spec = {"name": spec, "options": dict(options)}
     return task
 
