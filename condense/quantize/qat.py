@@ -28,7 +28,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY
-from condense.core.config import check_patterns, config
+from condense.core.config import check_float, check_int, check_patterns, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.quantize.api import register_quantizer
@@ -81,10 +81,8 @@ class QATConfig:
         if self.reduce_range and self.act_bits < 3:
             raise ConfigError(f"reduce_range leaves act_bits-1 = {self.act_bits - 1} bit; use act_bits >= 3 or "
                               "reduce_range=False")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ConfigError(f"steps must be an int >= 0, got {self.steps!r}; e.g. steps=100")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}; e.g. lr=1e-4")
+        check_int(self, "steps", lo=0, example=100)
+        check_float(self, "lr", lo=0, lo_open=True, example=1e-4)
         check_patterns(self, example="('features.*',)")
 
     def weight_spec(self) -> QuantSpec:
