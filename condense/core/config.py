@@ -359,10 +359,13 @@ def check_int(cfg: Any, name: str, *, lo: int | None = 0, hi: int | None = MAX_C
         return
     ok = not isinstance(v, bool) and isinstance(v, int) and (lo is None or v >= lo) and (hi is None or v <= hi)
     if not ok:
-        rng = f" in {lo}..{hi}" if lo is not None and hi is not None else (
-            f" >= {lo}" if lo is not None else (f" <= {hi}" if hi is not None else ""))
-        raise ConfigError(f"{_field(cfg, name)} must be an integer{rng}{' or None' if optional else ''}, got "
-                          f"{show(v)}; e.g. {name}={example!r}")
+        if lo == 1:
+            what = "a positive integer" + (f" up to {hi}" if hi is not None else "")
+        else:
+            what = "an integer" + (f" in {lo}..{hi}" if lo is not None and hi is not None else
+                                   f" >= {lo}" if lo is not None else f" <= {hi}" if hi is not None else "")
+        raise ConfigError(f"{_field(cfg, name)} must be {what}{' or None' if optional else ''}, got {show(v)}; "
+                          f"e.g. {name}={example!r}")
 
 
 def check_float(cfg: Any, name: str, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,

@@ -17,7 +17,7 @@ from torch import nn
 
 from condense import progress
 from condense.core.config import check_float, check_int, config, show
-from condense.core.task import Task, check_batch_size, to_device
+from condense.core.task import Task, to_device
 from condense.errors import ConfigError
 from condense.measurement.counts import count_parameters
 from condense.measurement.machine import machine_info
@@ -69,10 +69,9 @@ class MeasureConfig:
             if not (isinstance(v, tuple) or (v is None and name == "batch_sizes")):
                 raise ConfigError(f"MeasureConfig.{name} must be a list of batch sizes, got {show(v)}; "
                                   f"e.g. {name}=(1, 32)")
-        for b in (self.batch_sizes or ()) + self.generate_batch_sizes:
-            check_batch_size(b)
-            if b > MAX_BATCH:
-                raise ConfigError(f"batch size {b} is larger than {MAX_BATCH}; e.g. --batch-sizes 1,32")
+            if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH for b in v or ()):
+                raise ConfigError(f"MeasureConfig.{name}: each batch size must be a positive integer up to "
+                                  f"{MAX_BATCH}, got {show(v)}; e.g. --batch-sizes 1,32")
         check_int(self, "warmup", lo=0, hi=1_000_000, example=3)
         check_int(self, "repeats", lo=1, hi=1_000_000, example=10)
         check_float(self, "min_time_s", lo=0, hi=3600, example=1.0)
