@@ -384,25 +384,26 @@ def check_float(cfg: Any, name: str, *, lo: float | None = None, hi: float | Non
     v = getattr(cfg, name)
     if v is None and optional:
         return
-    ok = not isinstance(v, bool) and isinstance(v, (int, float))
-    if ok:
+    finite = False
+    if not isinstance(v, bool) and isinstance(v, (int, float)):
         try:
             f = float(v)
-        except OverflowError:
+        except OverflowError:  # an int past 1e308
             f = math.inf
-        ok = math.isfinite(f) and (lo is None or (f > lo if lo_open else f >= lo)) and (
-            hi is None or (f < hi if hi_open else f <= hi))
-    if not ok:
-        if lo is not None and hi is not None:
-            rng = f" in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        elif lo is not None:
-            rng = f" {'>' if lo_open else '>='} {lo}"
-        elif hi is not None:
-            rng = f" {'<' if hi_open else '<='} {hi}"
-        else:
-            rng = ""
-        raise ConfigError(f"{_field(cfg, name)} must be a finite number{rng}{' or None' if optional else ''}, got "
-                          f"{show(v)}; e.g. {name}={example!r}")
+        finite = math.isfinite(f)
+        if finite and (lo is None or (f > lo if lo_open else f >= lo)) and (
+                hi is None or (f < hi if hi_open else f <= hi)):
+            return
+    if lo is not None and hi is not None:
+        bound = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        bound = f"{'>' if lo_open else '>='} {lo}"
+    else:
+        bound = f"{'<' if hi_open else '<='} {hi}" if hi is not None else ""
+    # a range says "finite" by itself, a one-sided bound does not: "> 0, got 0.0" but "a finite number > 0, got inf"
+    what = bound if (lo is not None and hi is not None) or (finite and bound) else f"a finite number {bound}".strip()
+    raise ConfigError(f"{_field(cfg, name)} must be {what}{' or None' if optional else ''}, got {show(v)}; "
+                      f"e.g. {name}={example!r}")
 
 
 def check_choice(cfg: Any, name: str, choices: Any, *, example: Any = None) -> None:

@@ -68,7 +68,7 @@ class FactorizeConfig:
     def __post_init__(self) -> None:
         given = [n for n in ("rank_ratio", "energy", "rank") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ConfigError(f"FactorizeConfig takes one of rank_ratio, energy or rank, not {' and '.join(given)}; "
+            raise ConfigError(f"FactorizeConfig: give one of rank_ratio, energy or rank, not {' and '.join(given)}; "
                               "e.g. rank_ratio=0.5")
         if not given:
             object.__setattr__(self, "rank_ratio", 0.5)

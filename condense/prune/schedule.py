@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.artifact import REPLAY
-from condense.core.config import MAX_COUNT, check_float, check_int, config
+from condense.core.config import MAX_COUNT, check_float, config, show
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.prune.api import register_pruner
@@ -86,8 +86,13 @@ class GradualPruneConfig:
         if self.initial_sparsity > self.final_sparsity:
             raise ConfigError(f"GradualPruneConfig.initial_sparsity ({self.initial_sparsity}) must not exceed "
                               f"final_sparsity ({self.final_sparsity})")
-        check_int(self, "steps", lo=1, hi=100_000, example=10)  # pruning events
-        check_int(self, "finetune_steps_per_event", lo=0, example=50)  # 0 skips fine-tuning
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100_000:
+            raise ConfigError(f"GradualPruneConfig.steps (pruning events) must be an integer >= 1 (at most 100000), "
+                              f"got {show(self.steps)}; e.g. steps=10")
+        f = self.finetune_steps_per_event
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= MAX_COUNT:
+            raise ConfigError(f"GradualPruneConfig.finetune_steps_per_event must be an integer >= 0 (at most "
+                              f"{MAX_COUNT}), got {show(f)}; 0 skips fine-tuning")
         if self.steps * self.finetune_steps_per_event > MAX_COUNT:
             raise ConfigError(f"GradualPruneConfig: steps x finetune_steps_per_event = "
                               f"{self.steps * self.finetune_steps_per_event} fine-tuning steps in all, more than "

@@ -92,8 +92,8 @@ class MixedPrecisionConfig:
             v = getattr(self, name)
             if (v is not None or name == "base") and not (hasattr(v, "to_dict") and hasattr(v, "include")
                                                           and hasattr(v, "exclude")):
-                raise ConfigError(f"MixedPrecisionConfig.{name} must be a quantization config with include/exclude "
-                                  f"fields{' or None' if name == 'fallback' else ''}, got {show(v)}; e.g. "
+                raise ConfigError(f"MixedPrecisionConfig needs {name}=<a quantization config with include/exclude "
+                                  f"fields>{' or None' if name == 'fallback' else ''}, got {show(v)}; e.g. "
                                   f"{name}=DynamicInt8Config() (in JSON: {{\"type\": \"DynamicInt8Config\"}})")
         check_float(self, "budget", lo=0, hi=1, hi_open=True, example=0.01)  # 0.01 = 1%
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from condense.core.config import check_choice, check_float, check_int, config, show
+from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
 from condense.train.optim import OPTIMIZERS
 from condense.train.precision import PRECISIONS
@@ -73,11 +73,9 @@ class FitConfig:
     def __post_init__(self) -> None:
         check_int(self, "steps", lo=0, example=100)
         check_float(self, "lr", lo=0, lo_open=True, example=1e-3)
-        check_choice(self, "optimizer", sorted(OPTIMIZERS), example="adamw")
         check_float(self, "weight_decay", lo=0, example=0.01)
         check_float(self, "grad_clip", lo=0, lo_open=True, optional=True, example=1.0)
         check_int(self, "warmup_steps", lo=0, example=10)
-        check_choice(self, "schedule", list(LR_SCHEDULES), example="cosine")
         check_int(self, "seed", lo=0, hi=2**32 - 1, example=0)
         check_float(self, "momentum", lo=0, hi=1, hi_open=True, example=0.9)
         b = self.betas
@@ -97,11 +95,14 @@ class FitConfig:
         check_float(self, "lr_gamma", lo=0, hi=1, lo_open=True, example=0.5)
         check_int(self, "lr_step_size", lo=1, example=100)
         check_int(self, "grad_accum", lo=1, example=1)
-        check_choice(self, "batch_schedule", list(BATCH_SCHEDULES), example="constant")
         check_float(self, "batch_growth", lo=1, example=2.0)
         check_int(self, "batch_every", lo=1, example=100)
         check_int(self, "batch_max", lo=1, example=8)
-        check_choice(self, "precision", PRECISIONS, example="fp32")
+        for name, choices in (("optimizer", sorted(OPTIMIZERS)), ("schedule", list(LR_SCHEDULES)),
+                              ("batch_schedule", list(BATCH_SCHEDULES)), ("precision", list(PRECISIONS))):
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in choices:
+                raise ConfigError(f"{type(self).__name__}.{name}: unknown {name} {show(v)}; choose one of {choices}")
 
 
 def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],

@@ -34,7 +34,7 @@ INF, NAN = float("inf"), float("nan")
     ({"type": "DistillConfig", "fit": {"grad_clip": NAN}},
      "FitConfig.grad_clip must be a finite number or null, got nan; e.g. grad_clip=1.0"),
     ({"type": "TrainConfig", "steps": 1.5}, "TrainConfig.steps must be an integer (not a fraction), got 1.5"),
-    ({"type": "DistillConfig", "fit": {"eps": -5}}, "FitConfig.eps must be a finite number > 0, got -5.0; e.g. eps=1e-08"),
+    ({"type": "DistillConfig", "fit": {"eps": -5}}, "FitConfig.eps must be > 0, got -5.0; e.g. eps=1e-08"),
     ({"type": "TrainConfig", "seed": "abc"}, "TrainConfig.seed must be an integer, got 'abc'; e.g. seed=0"),
     ({"type": "TrainConfig", "betas": [2, 3]}, "TrainConfig.betas must be two numbers in [0, 1), got (2.0, 3.0)"),
     ({"type": "TrainConfig", "betas": [0.9]}, "TrainConfig.betas must be a list of 2 values"),
@@ -53,16 +53,16 @@ INF, NAN = float("inf"), float("nan")
     ({"type": "DistillConfig", "fit": {"type": "DynamicInt8Config"}},
      "DistillConfig.fit must be a mapping of FitConfig fields (its 'type', if given, must be 'FitConfig')"),
     ({"type": "DistillConfig", "loss": ["auto"]}, "DistillConfig.loss must be a string, got ['auto']"),
-    ({"type": "DistillConfig", "alpha": 2}, "DistillConfig.alpha must be a finite number in [0, 1], got 2.0"),
+    ({"type": "DistillConfig", "alpha": 2}, "DistillConfig.alpha must be in [0, 1], got 2.0"),
     ({"type": "DynamicInt8Config", "include": [["x"]]}, "DynamicInt8Config.include must be a list of strings"),
     ({"type": "DynamicInt8Config", "include": 3}, "DynamicInt8Config.include must be a list of strings, got 3"),
     ({"type": "StructuredConfig", "layer_ratios": [["a", 0.5, 1]]},
      "StructuredConfig.layer_ratios must be a list of pairs (a string, a finite number), got [['a', 0.5, 1]]"),
-    ({"type": "Int8Config", "min_time_s": 1e9}, "Int8Config.min_time_s must be a finite number in (0, 3600]"),
-    ({"type": "MeasureConfig", "min_time_s": INF}, "MeasureConfig.min_time_s must be a finite number"),
+    ({"type": "Int8Config", "min_time_s": 1e9}, "Int8Config.min_time_s must be in (0, 3600], got 1000000000.0"),
+    ({"type": "MeasureConfig", "min_time_s": INF}, "MeasureConfig.min_time_s must be a finite number (not NaN or infinity), got inf"),
     ({"type": "GradualPruneConfig", "steps": 100_000, "finetune_steps_per_event": MAX_COUNT},
      "steps x finetune_steps_per_event"),
-    ({"type": "MixedPrecisionConfig", "base": [1]}, "MixedPrecisionConfig.base must be a quantization config"),
+    ({"type": "MixedPrecisionConfig", "base": [1]}, "MixedPrecisionConfig needs base=<a quantization config"),
     ({"type": "SearchConfig", "budget": INF}, "SearchConfig.budget must be a finite number or a string, got inf"),
     ({"type": "SearchConfig", "budget": "200%"}, "budget must be in [0%, 100%), got '200%'"),
     ({"type": "SearchConfig", "knobs": 7}, "SearchConfig.knobs must be a list of strings, got 7"),
@@ -85,16 +85,16 @@ def test_bad_value_is_a_config_error_naming_the_field(d, message):
     (lambda: FitConfig(grad_clip=INF), "FitConfig.grad_clip must be a finite number > 0 or None, got inf"),
     (lambda: FitConfig(steps=1.5), "FitConfig.steps must be an integer in 0..1000000000, got 1.5"),
     (lambda: FitConfig(betas=(0.9, 1.0)), "FitConfig.betas must be two numbers in [0, 1), got (0.9, 1.0)"),
-    (lambda: FitConfig(optimizer=["sgd"]), "FitConfig.optimizer must be one of ["),
+    (lambda: FitConfig(optimizer=["sgd"]), "FitConfig.optimizer: unknown optimizer ['sgd']; choose one of ["),
     (lambda: FitConfig(seed=-1), "FitConfig.seed must be an integer in 0..4294967295, got -1; e.g. seed=0"),
-    (lambda: FitConfig(lr_gamma=2.0), "FitConfig.lr_gamma must be a finite number in (0, 1], got 2.0"),
+    (lambda: FitConfig(lr_gamma=2.0), "FitConfig.lr_gamma must be in (0, 1], got 2.0"),
     (lambda: DistillConfig(fit={"stpes": 1}), "DistillConfig.fit: FitConfig has no field 'stpes'"),
     (lambda: DistillConfig(fit=[1, 2]), "DistillConfig.fit must be a FitConfig (or a mapping of its fields, e.g. "
                                         '{"steps": 100}), got [1, 2]'),
     (lambda: DistillConfig(temperature=INF), "DistillConfig.temperature must be a finite number > 0, got inf"),
     (lambda: LayerDropConfig(n_drop=1, finetune=3), "LayerDropConfig.finetune must be a FitConfig or None"),
-    (lambda: TrainConfig(ddp_bucket_mb=NAN), "TrainConfig.ddp_bucket_mb must be a finite number in (0, 1000000.0]"),
-    (lambda: SearchConfig(timing_min_s=INF), "SearchConfig.timing_min_s must be a finite number in [0, 3600]"),
+    (lambda: TrainConfig(ddp_bucket_mb=NAN), "TrainConfig.ddp_bucket_mb must be in (0, 1000000.0], got nan"),
+    (lambda: SearchConfig(timing_min_s=INF), "SearchConfig.timing_min_s must be in [0, 3600], got inf"),
 ])
 def test_python_api_checks_the_same_values(build, message):
     with pytest.raises(ConfigError) as e:
@@ -145,7 +145,7 @@ def test_deep_nesting_and_non_mappings_are_config_errors():
     for _ in range(100_000):
         inner_list.append([])
         inner_list = inner_list[0]
-    with pytest.raises(ConfigError, match=r"MixedPrecisionConfig.base must be a quantization config .* got \[\[\["):
+    with pytest.raises(ConfigError, match=r"MixedPrecisionConfig needs base=<a quantization config .* got \[\[\["):
         config_from_dict({"type": "MixedPrecisionConfig", "base": nested_list})
     for bad in (None, 3, [1], "x", b"x"):
         with pytest.raises(ConfigError, match="a config must be a mapping with a 'type' key"):
