@@ -462,9 +462,6 @@ def cmd_search(args: argparse.Namespace) -> int:
                             "batch_size": args.batch_size}
     if args.knobs is not None:  # --knobs '' is an empty list (refused), not the default
         over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
-        if not over["knobs"]:
-            raise CondenseError(f"--knobs {args.knobs!r} names no knob; give some, e.g. --knobs prune,quantize, or "
-                                "leave --knobs out to search every available one")
     if args.threads:
         over["threads"] = args.threads
     over.update(_task_options(args.set, flag="--set", example="recovery_steps=200") if args.set else {})

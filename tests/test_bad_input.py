@@ -93,7 +93,7 @@ CASES = [
     (["quantize", "--task", "minilm", "--model", "{d}/digits-artifact", "--out", "{d}/o"],
      "this artifact is for task digits; use --task digits or omit --task"),
     (["quantize", "--out", "{d}/o"], "give --task NAME"),
-    (["search", "--task", "digits", "--budget", "1%", "--knobs", "", "--out", "{d}/o"], "--knobs '' names no knob"),
+    (["search", "--task", "digits", "--budget", "1%", "--knobs", "", "--out", "{d}/o"], "knobs is empty; name at least one of: auto"),
     # recipes
     (["run", "{d}/deep.yaml", "--out", "{d}/o"], "is nested too deeply to read"),
     (["run", "{d}/latin1.yaml", "--out", "{d}/o"], "is not UTF-8 text"),

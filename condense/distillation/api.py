@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import MAX_COUNT, check_choice, check_float, check_int, check_nested, config, show
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
 from condense.distillation.students import paired_layers, student_from_teacher
@@ -81,35 +81,26 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
-        if isinstance(self.fit, dict):
-            object.__setattr__(self, "fit", FitConfig(**self.fit))
-        if not isinstance(self.fit, FitConfig):
-            raise ConfigError(f"fit must be a FitConfig (e.g. --set fit='{{\"steps\": 100}}'), got {self.fit!r}")
+        check_nested(self, "fit", FitConfig)
         ly = self.layers
-        if isinstance(ly, bool) or (isinstance(ly, int) and ly < 1) or (
-                isinstance(ly, tuple) and (not ly or len(set(ly)) != len(ly) or any(
-                    isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ly))) or not (
-                ly is None or isinstance(ly, (int, tuple))):
-            raise ConfigError(f"layers must be a positive number of blocks or distinct block indices, got {ly!r}; "
-                              "e.g. layers=3 or layers=(1, 3, 5)")
-        if self.layer_criterion not in LAYER_CRITERIA:
-            raise ConfigError(f"layer_criterion must be one of {list(LAYER_CRITERIA)}, got {self.layer_criterion!r}")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature!r}; 1 is the plain softmax, 2-4 is "
-                              "usual for distillation")
-        if not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
-            raise ConfigError(f"alpha must be in [0, 1] (the distillation term's weight), got {self.alpha!r}")
-        if not isinstance(self.width_ratio, (int, float)) or not 0 < self.width_ratio <= 1:
-            raise ConfigError(f"width_ratio must be in (0, 1] (fraction of the width kept), got {self.width_ratio!r}")
-        if self.loss not in LOSSES:
-            raise ConfigError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
-        if self.width_target not in WIDTH_TARGETS:
-            raise ConfigError(f"width_target must be one of {list(WIDTH_TARGETS)}, got {self.width_target!r}")
+        if isinstance(ly, bool) or (isinstance(ly, int) and not 1 <= ly <= MAX_COUNT) or (
+                isinstance(ly, tuple) and (not ly or any(
+                    isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= MAX_COUNT for i in ly)
+                    or len(set(ly)) != len(ly))) or not (ly is None or isinstance(ly, (int, tuple))):
+            raise ConfigError(f"DistillConfig.layers must be a positive number of blocks or distinct block indices, "
+                              f"got {show(ly)}; e.g. layers=3 or layers=(1, 3, 5)")
+        check_choice(self, "layer_criterion", LAYER_CRITERIA, example="spread")
+        check_float(self, "temperature", lo=0, lo_open=True, example=2.0)  # 1: the plain softmax; 2-4 usual
+        check_float(self, "alpha", lo=0, hi=1, example=0.5)  # the distillation term's weight
+        check_float(self, "width_ratio", lo=0, hi=1, lo_open=True, example=0.5)  # fraction of the width kept
+        check_choice(self, "loss", LOSSES, example="auto")
+        check_choice(self, "width_target", WIDTH_TARGETS, example="ffn")
         for name in ("hidden_weight", "attention_weight", "contrastive_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.max_tokens is not None and self.max_tokens < 2:
-            raise ConfigError(f"max_tokens must be >= 2 or None, got {self.max_tokens!r}")
+            check_float(self, name, lo=0, example=1.0)
+        if self.container is not None and not isinstance(self.container, str):
+            raise ConfigError(f"DistillConfig.container must be a module name or None, got {show(self.container)}; "
+                              "e.g. container='encoder.layer'")
+        check_int(self, "max_tokens", lo=2, hi=1_000_000, optional=True, example=128)
 
 
 def _is_encoder(model: nn.Module) -> bool:

@@ -23,7 +23,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import MAX_COUNT, check_choice, check_float, check_nested, config, show
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.early_exit.model import CRITERIA, EarlyExitModel, with_exits
 from condense.errors import ConfigError
@@ -60,23 +60,24 @@ class EarlyExitConfig:
     quality_budget: float = 0.005
 
     def __post_init__(self) -> None:
-        if isinstance(self.fit, dict):
-            object.__setattr__(self, "fit", FitConfig(**self.fit))
+        check_nested(self, "fit", FitConfig)
         for name in ("exits", "thresholds"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.thresholds, tuple):
+            raise ConfigError(f"EarlyExitConfig.thresholds must be a list of confidences in [0, 1], got "
+                              f"{show(self.thresholds)}; e.g. thresholds=(0.8, 0.9)")
         for t in (self.threshold, *self.thresholds):
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
-                raise ConfigError(f"thresholds are confidences in [0, 1], got {t!r}; e.g. threshold=0.9")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if self.exits is not None and (not self.exits or any(
-                isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.exits)):
-            raise ConfigError(f"exits must be non-negative stage indices (or None for all), got {self.exits!r}")
-        if not self.quality_budget >= 0:
-            raise ConfigError(f"quality_budget must be >= 0, got {self.quality_budget!r}")
+                raise ConfigError(f"EarlyExitConfig thresholds are confidences in [0, 1], got {show(t)}; "
+                                  "e.g. threshold=0.9")
+        check_choice(self, "criterion", CRITERIA, example="max_prob")
+        check_choice(self, "mode", MODES, example="frozen")
+        if self.exits is not None and (not isinstance(self.exits, tuple) or not self.exits or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= MAX_COUNT for i in self.exits)):
+            raise ConfigError(f"EarlyExitConfig.exits must be non-negative stage indices (or None for all), got "
+                              f"{show(self.exits)}; e.g. exits=(0, 1)")
+        check_float(self, "quality_budget", lo=0, example=0.005)  # metric units
 
 
 def exit_loss(model: EarlyExitModel, batch: tuple[torch.Tensor, torch.Tensor], *, frozen: bool) -> torch.Tensor:

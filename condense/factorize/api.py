@@ -21,7 +21,8 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_float, check_int, check_nested, check_patterns, check_positive_int, \
+    config
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import ConfigError
@@ -67,28 +68,17 @@ class FactorizeConfig:
     def __post_init__(self) -> None:
         given = [n for n in ("rank_ratio", "energy", "rank") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ConfigError(f"give one of rank_ratio, energy or rank, not {' and '.join(given)}")
+            raise ConfigError(f"FactorizeConfig: give one of rank_ratio, energy or rank, not {' and '.join(given)}; "
+                              "e.g. rank_ratio=0.5")
         if not given:
             object.__setattr__(self, "rank_ratio", 0.5)
         for name in ("rank_ratio", "energy"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1):
-                raise ConfigError(f"{name} must be in (0, 1], got {v!r}; e.g. {name}=0.5")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1):
-            raise ConfigError(f"rank must be a positive integer, got {self.rank!r}")
-        for name in ("include", "exclude"):
-            v = getattr(self, name)
-            if isinstance(v, list):
-                object.__setattr__(self, name, tuple(v))
-                v = tuple(v)
-            if isinstance(v, str) or not all(isinstance(p, str) for p in v):
-                raise ConfigError(f"FactorizeConfig.{name} must be a tuple of patterns, e.g. ('*.mlp.*',), got {v!r}")
-        if isinstance(self.finetune, dict):
-            object.__setattr__(self, "finetune", FitConfig(**self.finetune))
-        if self.calibration_batches < 1:
-            raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
-        if not self.damp >= 0:
-            raise ConfigError(f"damp must be >= 0, got {self.damp}")
+            check_float(self, name, lo=0, hi=1, lo_open=True, optional=True, example=0.5)
+        check_int(self, "rank", lo=1, optional=True, example=64)
+        check_patterns(self, example="('*.mlp.*',)")
+        check_nested(self, "finetune", FitConfig, optional=True)
+        check_positive_int(self, "calibration_batches", example=8)
+        check_float(self, "damp", lo=0, example=0.01)
 
 
 def input_grams(model: nn.Module, names: list[str], batches: list[Any], run: Callable[[nn.Module, Any], Any]

@@ -16,14 +16,16 @@ import torch
 from torch import nn
 
 from condense import progress
-from condense.core.config import config
-from condense.core.task import Task, check_batch_size, to_device
+from condense.core.config import check_float, check_int, config, show
+from condense.core.task import Task, to_device
 from condense.errors import ConfigError
 from condense.measurement.counts import count_parameters
 from condense.measurement.machine import machine_info
 from condense.measurement.macs import count_macs
 from condense.measurement.memory import peak_memory
 from condense.measurement.timing import time_call
+
+MAX_BATCH = 1 << 20  # the largest batch size a measurement times (larger ones only run out of memory)
 
 
 @config
@@ -59,15 +61,24 @@ class MeasureConfig:
     generate_batch_sizes: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
-        for b in (self.batch_sizes or ()) + tuple(self.generate_batch_sizes):
-            check_batch_size(b)
-        if self.repeats < 1 or self.warmup < 0:
-            raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={self.repeats}, "
-                              f"warmup={self.warmup}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}; e.g. --threads 2")
-        if self.generate_tokens < 1:
-            raise ConfigError(f"generate_tokens must be >= 1, got {self.generate_tokens}")
+        for name in ("batch_sizes", "generate_batch_sizes"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                v = tuple(v)
+                object.__setattr__(self, name, v)
+            if not (isinstance(v, tuple) or (v is None and name == "batch_sizes")):
+                raise ConfigError(f"MeasureConfig.{name} must be a list of batch sizes, got {show(v)}; "
+                                  f"e.g. {name}=(1, 32)")
+            if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_BATCH for b in v or ()):
+                raise ConfigError(f"MeasureConfig.{name}: each batch size must be a positive integer up to "
+                                  f"{MAX_BATCH}, got {show(v)}; e.g. --batch-sizes 1,32")
+        check_int(self, "warmup", lo=0, hi=1_000_000, example=3)
+        check_int(self, "repeats", lo=1, hi=1_000_000, example=10)
+        check_float(self, "min_time_s", lo=0, hi=3600, example=1.0)
+        check_int(self, "threads", lo=1, hi=4096, optional=True, example=2)
+        check_int(self, "generate_tokens", lo=1, hi=1_000_000, example=32)
+        if not isinstance(self.device, str):
+            raise ConfigError(f"MeasureConfig.device must be a string, got {show(self.device)}; e.g. device='cpu'")
         try:
             dev = torch.device(self.device)
         except RuntimeError:

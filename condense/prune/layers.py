@@ -26,7 +26,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import MAX_COUNT, check_choice, check_int, check_nested, check_positive_int, config, show
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
@@ -74,17 +74,21 @@ class LayerDropConfig:
         if (self.n_drop is None) == (self.keep is None):
             raise ConfigError("LayerDropConfig needs exactly one of n_drop (how many blocks to remove) or keep "
                               "(which block indices to keep), e.g. LayerDropConfig(n_drop=2)")
-        if self.n_drop is not None and (isinstance(self.n_drop, bool) or not isinstance(self.n_drop, int)
-                                        or self.n_drop < 1):
-            raise ConfigError(f"n_drop must be a positive integer, got {self.n_drop!r}")
+        check_int(self, "n_drop", lo=1, optional=True, example=2)
+        if isinstance(self.keep, list):
+            object.__setattr__(self, "keep", tuple(self.keep))
         if self.keep is not None:
-            if not self.keep or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in self.keep) \
+            if not isinstance(self.keep, tuple) or not self.keep or any(
+                    isinstance(i, bool) or not isinstance(i, int) or not 0 <= i <= MAX_COUNT for i in self.keep) \
                     or len(set(self.keep)) != len(self.keep):
-                raise ConfigError(f"keep must be distinct non-negative block indices, at least one, got {self.keep!r}")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
-        if self.calibration_batches < 1:
-            raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+                raise ConfigError(f"LayerDropConfig.keep must be distinct non-negative block indices, at least one, "
+                                  f"got {show(self.keep)}; e.g. keep=(0, 2, 5)")
+        check_choice(self, "criterion", CRITERIA, example="importance")
+        if self.container is not None and not isinstance(self.container, str):
+            raise ConfigError(f"LayerDropConfig.container must be a module name or None, got {show(self.container)}; "
+                              "e.g. container='blocks'")
+        check_positive_int(self, "calibration_batches", example=4)
+        check_nested(self, "finetune", FitConfig, optional=True)
 
 
 def find_block_list(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import config, show
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.prune.api import register_pruner
@@ -56,8 +56,8 @@ class NMConfig:
     def __post_init__(self) -> None:
         for k in ("n", "m"):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"NMConfig.{k} must be an integer, got {v!r}; e.g. n=2, m=4")
+            if isinstance(v, bool) or not isinstance(v, int) or abs(v) > 1024:
+                raise ConfigError(f"NMConfig.{k} must be an integer (at most 1024), got {show(v)}; e.g. n=2, m=4")
         if not 0 < self.n < self.m:
             raise ConfigError(f"NMConfig needs 0 < n < m, got n={self.n}, m={self.m}; e.g. n=2, m=4 for 2:4")
         check_common(self, "NMConfig")

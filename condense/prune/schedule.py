@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import MAX_COUNT, check_float, config, show
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.prune.api import register_pruner
@@ -86,15 +86,19 @@ class GradualPruneConfig:
         if self.initial_sparsity > self.final_sparsity:
             raise ConfigError(f"GradualPruneConfig.initial_sparsity ({self.initial_sparsity}) must not exceed "
                               f"final_sparsity ({self.final_sparsity})")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"GradualPruneConfig.steps (pruning events) must be an integer >= 1, got "
-                              f"{self.steps!r}; e.g. steps=10")
-        if self.finetune_steps_per_event < 0:
-            raise ConfigError(f"GradualPruneConfig.finetune_steps_per_event must be >= 0, got "
-                              f"{self.finetune_steps_per_event}; 0 skips fine-tuning")
-        if not self.lr > 0 or not self.temperature > 0:
-            raise ConfigError(f"GradualPruneConfig.lr and temperature must be > 0, got lr={self.lr}, "
-                              f"temperature={self.temperature}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100_000:
+            raise ConfigError(f"GradualPruneConfig.steps (pruning events) must be an integer >= 1 (at most 100000), "
+                              f"got {show(self.steps)}; e.g. steps=10")
+        f = self.finetune_steps_per_event
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= MAX_COUNT:
+            raise ConfigError(f"GradualPruneConfig.finetune_steps_per_event must be an integer >= 0 (at most "
+                              f"{MAX_COUNT}), got {show(f)}; 0 skips fine-tuning")
+        if self.steps * self.finetune_steps_per_event > MAX_COUNT:
+            raise ConfigError(f"GradualPruneConfig: steps x finetune_steps_per_event = "
+                              f"{self.steps * self.finetune_steps_per_event} fine-tuning steps in all, more than "
+                              f"{MAX_COUNT}; e.g. steps=10, finetune_steps_per_event=50")
+        check_float(self, "lr", lo=0, lo_open=True, example=1e-3)
+        check_float(self, "temperature", lo=0, lo_open=True, example=2.0)
         check_common(self, "GradualPruneConfig")
 
     def sparsity_at(self, event: int) -> float:

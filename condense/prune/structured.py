@@ -28,7 +28,8 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import check_patterns, config
+from condense.core.config import check_choice, check_int, check_nested, check_patterns, check_positive_int, \
+    config, show
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
@@ -80,21 +81,24 @@ class StructuredConfig:
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
-        for pat, r in self.layer_ratios:
+        lr = self.layer_ratios
+        if isinstance(lr, list):
+            lr = tuple(tuple(e) if isinstance(e, list) else e for e in lr)
+            object.__setattr__(self, "layer_ratios", lr)
+        if not isinstance(lr, tuple) or not all(isinstance(e, tuple) and len(e) == 2 for e in lr):
+            raise ConfigError(f"StructuredConfig.layer_ratios must be (pattern, ratio) pairs, got {show(lr)}; "
+                              "e.g. layer_ratios=(('layers.0.*', 0.25),)")
+        for pat, r in lr:
             if not isinstance(pat, str):
                 raise ConfigError(f"layer_ratios entries are (pattern, ratio) pairs, got {(pat, r)!r}; "
                                   "e.g. layer_ratios=(('layers.0.*', 0.25),)")
             _check_ratio(r, f"layer_ratios[{pat!r}]")
-        if self.target not in TARGETS:
-            raise ConfigError(f"target must be one of {list(TARGETS)}, got {self.target!r}")
-        if self.importance not in IMPORTANCES:
-            raise ConfigError(f"importance must be one of {list(IMPORTANCES)}, got {self.importance!r}")
-        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ConfigError(f"round_to must be a positive integer (1 = no rounding, 8 for fast kernels), "
-                              f"got {self.round_to!r}")
+        check_choice(self, "target", TARGETS, example="auto")
+        check_choice(self, "importance", IMPORTANCES, example="l2")
+        check_int(self, "round_to", lo=1, hi=1_000_000, example=8)  # 1 = no rounding, 8 for fast kernels
         check_patterns(self, example="('layers.*',)")
-        if self.calibration_batches < 1:
-            raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+        check_positive_int(self, "calibration_batches", example=8)
+        check_nested(self, "finetune", FitConfig, optional=True)
 
 
 def _check_ratio(r: Any, what: str) -> None:

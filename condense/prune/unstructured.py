@@ -31,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import check_patterns, config
+from condense.core.config import check_float, check_int, check_patterns, config, show
 from condense.core.transforms import TransformContext
 from condense.core.select import select_modules
 from condense.errors import ConfigError
@@ -53,16 +53,16 @@ def check_common(cfg: Any, what: str) -> None:
     """Validate the fields pruning configs share (include/exclude, criterion, scope, calibration_batches);
     a scope given as a string becomes a `Scope`."""
     check_patterns(cfg, example="('blocks.*',)")
-    if cfg.criterion not in IMPORTANCE:
-        raise ConfigError(f"{what}: unknown criterion {cfg.criterion!r}; choose one of: {', '.join(IMPORTANCE)}")
+    if not isinstance(cfg.criterion, str) or cfg.criterion not in IMPORTANCE:
+        raise ConfigError(f"{what}.criterion: unknown criterion {show(cfg.criterion)}; choose one of: "
+                          f"{', '.join(IMPORTANCE)}")
     if hasattr(cfg, "scope") and not isinstance(cfg.scope, Scope):
         try:
             object.__setattr__(cfg, "scope", Scope(cfg.scope))  # frozen dataclass: normalise once, here
-        except ValueError:
-            raise ConfigError(f"{what}.scope must be one of {[s.value for s in Scope]}, got {cfg.scope!r}") from None
-    if isinstance(cfg.calibration_batches, bool) or not isinstance(cfg.calibration_batches, int) \
-            or cfg.calibration_batches < 1:
-        raise ConfigError(f"{what}.calibration_batches must be an integer >= 1, got {cfg.calibration_batches!r}")
+        except (ValueError, TypeError):
+            raise ConfigError(f"{what}.scope must be one of {[s.value for s in Scope]}, got {show(cfg.scope)}") \
+                from None
+    check_int(cfg, "calibration_batches", lo=1, example=8)
 
 
 @config
@@ -104,15 +104,14 @@ class UnstructuredConfig:
             object.__setattr__(self, "sparsity", 0.5)
         if self.sparsity is not None:
             check_sparsity(self.sparsity, "UnstructuredConfig.sparsity")
-        if self.threshold_alpha is not None and not 0 <= self.threshold_alpha < 1:
-            raise ConfigError(f"UnstructuredConfig.threshold_alpha must be in [0, 1), got {self.threshold_alpha}; "
-                              "e.g. 0.1 zeroes weights below 10% of the layer's largest")
+        # threshold_alpha=0.1 zeroes weights below 10% of the layer's largest
+        check_float(self, "threshold_alpha", lo=0, hi=1, hi_open=True, optional=True, example=0.1)
         check_common(self, "UnstructuredConfig")
 
 
 def check_sparsity(s: float, what: str) -> None:
     if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1:
-        raise ConfigError(f"{what} must be in [0, 1), got {s!r}; 1.0 would remove every weight, "
+        raise ConfigError(f"{what} must be in [0, 1), got {show(s)}; 1.0 would remove every weight, "
                           "e.g. use 0.9 for 90% zeros")
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config, config_from_dict
+from condense.core.config import check_float, check_int, config, config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import CondenseError, ConfigError
 from condense.measurement.timing import interleaved_p50
@@ -70,20 +70,13 @@ class Int8Config:
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "backend", Backend(self.backend))
-        except ValueError:
+        except (ValueError, TypeError):
             raise ConfigError(f"Int8Config.backend must be one of {[b.value for b in Backend]}, got "
-                              f"{self.backend!r}; 'auto' measures them and keeps the fastest") from None
-        if not isinstance(self.tolerance, (int, float)) or not 0 <= self.tolerance < 1:
-            raise ConfigError(f"Int8Config.tolerance is a relative metric change in [0, 1), got {self.tolerance!r}; "
-                              "e.g. 0.01 for 1%")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 0:
-            raise ConfigError(f"Int8Config.batch_size must be an integer >= 0 (0 = the task's largest), got "
-                              f"{self.batch_size!r}")
-        if isinstance(self.float_channels, bool) or not isinstance(self.float_channels, int) \
-                or self.float_channels < 0:
-            raise ConfigError(f"Int8Config.float_channels must be an integer >= 0, got {self.float_channels!r}")
-        if not isinstance(self.min_time_s, (int, float)) or self.min_time_s <= 0:
-            raise ConfigError(f"Int8Config.min_time_s must be > 0 seconds, got {self.min_time_s!r}; e.g. 1.5")
+                              f"{show(self.backend)}; 'auto' measures them and keeps the fastest") from None
+        check_float(self, "tolerance", lo=0, hi=1, hi_open=True, example=0.01)  # a relative metric change: 1%
+        check_int(self, "batch_size", lo=0, hi=1_000_000, example=0)  # 0 = the task's largest
+        check_int(self, "float_channels", lo=0, hi=1_000_000, example=8)
+        check_float(self, "min_time_s", lo=0, hi=3600, lo_open=True, example=1.5)  # seconds of timing per backend
 
 
 def backend_config(backend: Backend, cfg: Int8Config, model: nn.Module) -> Any:

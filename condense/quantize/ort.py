@@ -27,7 +27,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import check_patterns, check_positive_int, config
+from condense.core.config import check_int, check_patterns, check_positive_int, config, show
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.export.onnx import check_opset, quiet_onnxruntime_tools
@@ -84,15 +84,14 @@ class OrtInt8Config:
 
     def __post_init__(self) -> None:
         check_opset(self.opset)
-        bad = [o for o in self.op_types if o not in QUANTIZABLE_OPS]
-        if isinstance(self.op_types, str) or bad or not self.op_types:
+        if isinstance(self.op_types, list):
+            object.__setattr__(self, "op_types", tuple(self.op_types))
+        if not isinstance(self.op_types, tuple) or not self.op_types or any(
+                not isinstance(o, str) or o not in QUANTIZABLE_OPS for o in self.op_types):
             raise ConfigError(f"OrtInt8Config.op_types must be a non-empty tuple drawn from {QUANTIZABLE_OPS}, got "
-                              f"{self.op_types!r}; e.g. ('MatMul', 'Attention')")
-        for name in ("num_heads", "hidden_size", "float_channels"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"OrtInt8Config.{name} must be an integer >= 0, got {v!r}; 0 = "
-                                  + ("none" if name == "float_channels" else "read from the model"))
+                              f"{show(self.op_types)}; e.g. ('MatMul', 'Attention')")
+        for name in ("num_heads", "hidden_size", "float_channels"):  # 0 = none (float_channels), or read from the model
+            check_int(self, name, lo=0, hi=1_000_000, example=0)
         check_positive_int(self, "calibration_batches", example=4)
         check_patterns(self, example="('bert.layers.*',)")
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from condense.core.config import config
+from condense.core.config import config, show
 from condense.core.registry import Registry
 from condense.errors import ConfigError
 
@@ -85,14 +85,16 @@ class QuantSpec:
         if self.kind not in (QuantKind.UNIFORM, QuantKind.KMEANS) and not self.symmetric:
             raise ConfigError(f"{self.kind.name} levels are symmetric around 0; drop symmetric=False")
         if self.granularity is Granularity.PER_GROUP:
-            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1:
+            if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) \
+                    or not 1 <= self.group_size <= 1 << 24:
                 raise ConfigError(f"PER_GROUP needs a positive group_size, got {self.group_size!r}; "
                                   "e.g. group_size=32")
         elif self.group_size is not None:
             raise ConfigError(f"group_size={self.group_size} only applies to granularity=PER_GROUP; "
                               "drop group_size or set granularity=Granularity.PER_GROUP")
-        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
-            raise ConfigError(f"axis must be an int (0 = output channel), got {self.axis!r}")
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int) or not -8 <= self.axis < 8:
+            raise ConfigError(f"QuantSpec.axis must be a tensor dimension in -8..7 (0 = output channel), got "
+                              f"{show(self.axis)}; e.g. axis=0")
 
     def qrange(self) -> tuple[int, int]:
         """(quant_min, quant_max) of the integer codes."""

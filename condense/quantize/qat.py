@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import warnings
 from typing import Any, Callable, Iterable, Iterator
 
@@ -28,7 +29,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY
-from condense.core.config import check_patterns, config
+from condense.core.config import MAX_COUNT, check_patterns, config, show
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.quantize.api import register_quantizer
@@ -81,10 +82,11 @@ class QATConfig:
         if self.reduce_range and self.act_bits < 3:
             raise ConfigError(f"reduce_range leaves act_bits-1 = {self.act_bits - 1} bit; use act_bits >= 3 or "
                               "reduce_range=False")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ConfigError(f"steps must be an int >= 0, got {self.steps!r}; e.g. steps=100")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}; e.g. lr=1e-4")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 0 <= self.steps <= MAX_COUNT:
+            raise ConfigError(f"steps must be an int >= 0 (at most {MAX_COUNT}), got {show(self.steps)}; "
+                              "e.g. steps=100")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be a positive number (finite), got {show(self.lr)}; e.g. lr=1e-4")
         check_patterns(self, example="('features.*',)")
 
     def weight_spec(self) -> QuantSpec:

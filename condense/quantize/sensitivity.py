@@ -16,7 +16,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_float, config, show
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError, CondenseError
 from condense.quantize.api import quantize_, register_quantizer
@@ -88,10 +88,14 @@ class MixedPrecisionConfig:
     budget: float = 0.01
 
     def __post_init__(self) -> None:
-        if self.base is None or not hasattr(self.base, "to_dict"):
-            raise ConfigError("MixedPrecisionConfig needs base=<a quantization config>, e.g. DynamicInt8Config()")
-        if not 0 <= self.budget < 1:
-            raise ConfigError(f"budget must be in [0, 1), got {self.budget}; e.g. 0.01 for 1%")
+        for name in ("base", "fallback"):
+            v = getattr(self, name)
+            if (v is not None or name == "base") and not (hasattr(v, "to_dict") and hasattr(v, "include")
+                                                          and hasattr(v, "exclude")):
+                raise ConfigError(f"MixedPrecisionConfig needs {name}=<a quantization config with include/exclude "
+                                  f"fields>{' or None' if name == 'fallback' else ''}, got {show(v)}; e.g. "
+                                  f"{name}=DynamicInt8Config() (in JSON: {{\"type\": \"DynamicInt8Config\"}})")
+        check_float(self, "budget", lo=0, hi=1, hi_open=True, example=0.01)  # 0.01 = 1%
 
 
 def _apply(model: nn.Module, cfg: MixedPrecisionConfig, kept: list[str], ctx: TransformContext) -> nn.Module:

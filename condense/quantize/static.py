@@ -22,7 +22,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, REPLAY, TensorCodec
-from condense.core.config import check_patterns, check_positive_int, config
+from condense.core.config import check_patterns, check_positive_int, config, show
 from condense.core.task import batch_tensors
 from condense.core.transforms import TransformContext
 from condense.errors import CondenseError, ConfigError
@@ -69,9 +69,9 @@ class StaticInt8Config:
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "observer", Observer(self.observer))
-        except ValueError:
+        except (ValueError, TypeError):
             raise ConfigError(f"StaticInt8Config.observer must be one of {[o.value for o in Observer]}, got "
-                              f"{self.observer!r}; 'histogram' is torch's x86 default") from None
+                              f"{show(self.observer)}; 'histogram' is torch's x86 default") from None
         check_positive_int(self, "calibration_batches", example=8)
         check_patterns(self, example="('features.*',)")
 

@@ -1,9 +1,10 @@
 """SearchConfig: what an accuracy-budgeted search may try, and how hard it measures each trial."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from condense.core.config import config
+from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
 
 
@@ -15,7 +16,12 @@ def parse_budget(text: Any) -> float:
         (0.01, 0.02)
     """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
+        try:
+            value = float(text)
+        except OverflowError:
+            value = math.inf
+    elif not isinstance(text, str):
+        raise ConfigError(f"budget must be a relative loss such as 1% or 0.01, got {show(text)}; e.g. --budget 1%")
     else:
         s = str(text).strip()
         try:
@@ -23,7 +29,7 @@ def parse_budget(text: Any) -> float:
         except ValueError:
             raise ConfigError(f"budget {text!r} is not a number; give a relative loss such as 1% or 0.01") from None
     if not 0 <= value < 1:
-        raise ConfigError(f"budget must be in [0%, 100%), got {text!r}; e.g. --budget 1%")
+        raise ConfigError(f"budget must be in [0%, 100%), got {show(text)}; e.g. --budget 1%")
     return value
 
 
@@ -63,7 +69,7 @@ class SearchConfig:
         0.01
     """
 
-    budget: float = 0.01
+    budget: float | str = 0.01  # a string such as "1%" becomes a float here
     trials: int = 20
     knobs: tuple[str, ...] = ("auto",)
     batch_size: int = 32
@@ -85,32 +91,45 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", parse_budget(self.budget))
-        object.__setattr__(self, "knobs", tuple(self.knobs))
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise ConfigError(f"trials must be a positive integer, got {self.trials!r}; e.g. --trials 20")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.timing_repeats < 1 or self.final_repeats < 1:
-            raise ConfigError("timing_repeats and final_repeats must be >= 1")
-        if self.recovery_steps < 0:
-            raise ConfigError(f"recovery_steps must be >= 0, got {self.recovery_steps}")
-        if not 0 < self.max_prune_ratio < 1:
-            raise ConfigError(f"max_prune_ratio must be in (0, 1), got {self.max_prune_ratio}")
-        object.__setattr__(self, "prune_importance", tuple(self.prune_importance))
-        if not self.prune_importance or self.max_probes < 1:
-            raise ConfigError("prune_importance needs at least one of 'l2', 'activation', 'obs' and max_probes >= 1")
-        object.__setattr__(self, "distill_layers", tuple(self.distill_layers))
-        if not self.distill_layers or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+        for name in ("knobs", "prune_importance", "distill_layers"):
+            v = getattr(self, name)
+            if isinstance(v, str) and name != "distill_layers":
+                v = (v,)
+            if not isinstance(v, (tuple, list)):
+                raise ConfigError(f"SearchConfig.{name} must be a list, got {show(v)}; e.g. "
+                                  f"{name}={SearchConfig.__dataclass_fields__[name].default!r}")
+            object.__setattr__(self, name, tuple(v))
+        check_int(self, "trials", lo=1, hi=1_000_000, example=20)
+        check_int(self, "batch_size", lo=1, hi=1_000_000, example=32)
+        check_int(self, "threads", lo=1, hi=4096, optional=True, example=2)
+        check_int(self, "timing_repeats", lo=1, example=3)
+        check_int(self, "final_repeats", lo=1, example=10)
+        check_float(self, "timing_min_s", lo=0, hi=3600, example=0.3)
+        check_float(self, "final_min_s", lo=0, hi=3600, example=1.0)
+        check_int(self, "recovery_steps", lo=0, example=200)
+        check_float(self, "recovery_lr", lo=0, lo_open=True, example=2e-4)
+        check_float(self, "max_prune_ratio", lo=0, hi=1, lo_open=True, hi_open=True, example=0.7)
+        if not self.prune_importance or any(not isinstance(p, str) for p in self.prune_importance):
+            raise ConfigError(f"SearchConfig.prune_importance needs at least one of 'l2', 'activation', 'obs', got "
+                              f"{show(self.prune_importance)}; e.g. prune_importance=('l2',)")
+        check_int(self, "max_probes", lo=1, hi=100_000, example=12)
+        check_int(self, "seed", lo=0, hi=2**31 - 1, example=0)
+        if not self.distill_layers or any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 100_000
                                           for n in self.distill_layers):
-            raise ConfigError(f"distill_layers must be block counts >= 1, got {self.distill_layers!r}; e.g. (3, 4)")
-        if self.heartbeat_s < 1:
-            raise ConfigError(f"heartbeat_s must be >= 1, got {self.heartbeat_s}")
+            raise ConfigError(f"SearchConfig.distill_layers must be block counts >= 1, got "
+                              f"{show(self.distill_layers)}; e.g. distill_layers=(3, 4)")
+        check_int(self, "heartbeat_s", lo=1, hi=86_400, example=30)
         from condense.searching.knobs import KNOBS  # read when checked: knobs a plugin registered count too
 
         valid = ", ".join(["auto", *KNOBS])
         if not self.knobs:
             raise ConfigError(f"knobs is empty; name at least one of: {valid} (auto: every knob that applies to the "
                               "task), e.g. --knobs prune,quantize")
-        bad = [k for k in self.knobs if not isinstance(k, str) or (k != "auto" and k not in KNOBS)]
+        if any(not isinstance(k, str) for k in self.knobs):
+            raise ConfigError(f"SearchConfig.knobs must be knob names, got {show(self.knobs)}; choose from: {valid}")
+        if self.stage_dir is not None and not isinstance(self.stage_dir, str):
+            raise ConfigError(f"SearchConfig.stage_dir must be a folder path or None, got {show(self.stage_dir)}; "
+                              "e.g. stage_dir='runs/s1/stages'")
+        bad = [k for k in self.knobs if k != "auto" and k not in KNOBS]
         if bad:
             raise ConfigError(f"unknown knob(s) {', '.join(map(repr, bad))}; choose from: {valid}")

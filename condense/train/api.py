@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from condense.core.atomic import atomic_write_json
-from condense.core.config import config
+from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
 from condense.train.distributed.hooks import COMM_HOOKS
 from condense.train.distributed.strategy import STRATEGIES
@@ -71,6 +71,18 @@ class TrainConfig(FitConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("eval_every", "patience", "checkpoint_every", "keep_checkpoints"):
+            check_int(self, name, lo=0, example=0)
+        check_float(self, "target", optional=True, example=0.95)
+        check_float(self, "min_delta", lo=0, example=0.0)
+        check_int(self, "powersgd_rank", lo=1, hi=64, example=2)
+        check_int(self, "powersgd_start", lo=0, example=2)
+        check_int(self, "n_microbatches", lo=1, hi=4096, example=4)
+        check_float(self, "ddp_bucket_mb", lo=0, lo_open=True, hi=1e6, example=25.0)
+        for name in ("strategy", "comm_hook"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"TrainConfig.{name} must be a string, got {show(getattr(self, name))}; "
+                                  f"e.g. {name}={'auto' if name == 'strategy' else 'none'!r}")
         if self.strategy not in ("auto", "pipeline") and self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
                               f"{['auto', *STRATEGIES, 'pipeline']}")
@@ -79,16 +91,10 @@ class TrainConfig(FitConfig):
                                             self.batch_schedule != "constant" or self.precision == "fp16"):
             raise ConfigError("strategy='pipeline' supports plain training only: leave checkpoint_every, "
                               "eval_every, patience, comm_hook, grad_accum, batch_schedule and fp16 at their defaults")
-        if self.n_microbatches < 1:
-            raise ConfigError(f"n_microbatches must be >= 1, got {self.n_microbatches}")
         if self.comm_hook not in comm_hook_names():
             raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(comm_hook_names())}")
         if self.comm_hook != "none" and self.strategy == "fsdp":
             raise ConfigError("comm_hook applies to DDP only; use strategy='ddp' or comm_hook='none'")
-        if min(self.eval_every, self.patience, self.checkpoint_every, self.keep_checkpoints) < 0:
-            raise ConfigError("eval_every, patience, checkpoint_every and keep_checkpoints must be >= 0")
-        if not 1 <= self.powersgd_rank <= 64:
-            raise ConfigError(f"powersgd_rank must be in 1..64, got {self.powersgd_rank}")
 
 
 def fresh_model(task: Any, seed: int) -> nn.Module:

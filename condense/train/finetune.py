@@ -18,9 +18,8 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import config
+from condense.core.config import check_nested, config
 from condense.core.transforms import TRANSFORMS, TransformContext
-from condense.errors import ConfigError
 from condense.train.loop import FitConfig
 
 
@@ -39,9 +38,7 @@ class FineTuneConfig:
     fit: FitConfig = FitConfig()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.fit, FitConfig):
-            raise ConfigError(f"FineTuneConfig.fit must be a FitConfig (in a recipe: a mapping such as "
-                              f"{{steps: 100, lr: 1e-4}}), got {self.fit!r}")
+        check_nested(self, "fit", FitConfig)  # in a recipe: a mapping such as {steps: 100, lr: 1e-4}
 
 
 @TRANSFORMS.register("FineTuneConfig")

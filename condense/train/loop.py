@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from condense.core.config import config
+from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
 from condense.train.optim import OPTIMIZERS
 from condense.train.precision import PRECISIONS
@@ -71,28 +71,38 @@ class FitConfig:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ConfigError(f"steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-        if self.schedule not in LR_SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {list(LR_SCHEDULES)}")
-        if self.batch_schedule not in BATCH_SCHEDULES:
-            raise ConfigError(f"unknown batch_schedule {self.batch_schedule!r}; choose one of "
-                              f"{list(BATCH_SCHEDULES)}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}")
-        if not 0 <= self.min_lr_ratio <= self.max_lr_ratio:
-            raise ConfigError(f"need 0 <= min_lr_ratio <= max_lr_ratio, got {self.min_lr_ratio}, "
-                              f"{self.max_lr_ratio}")
-        if self.grad_accum < 1 or self.batch_max < 1:
-            raise ConfigError(f"grad_accum and batch_max must be >= 1, got {self.grad_accum}, {self.batch_max}")
-        if self.batch_growth < 1:
-            raise ConfigError(f"batch_growth must be >= 1 (batch sizes only grow), got {self.batch_growth}")
-        if self.warmup_steps < 0 or self.batch_every < 1 or self.lr_step_size < 1:
-            raise ConfigError("warmup_steps must be >= 0, batch_every and lr_step_size >= 1")
+        check_int(self, "steps", lo=0, example=100)
+        check_float(self, "lr", lo=0, lo_open=True, example=1e-3)
+        check_float(self, "weight_decay", lo=0, example=0.01)
+        check_float(self, "grad_clip", lo=0, lo_open=True, optional=True, example=1.0)
+        check_int(self, "warmup_steps", lo=0, example=10)
+        check_int(self, "seed", lo=0, hi=2**32 - 1, example=0)
+        check_float(self, "momentum", lo=0, hi=1, hi_open=True, example=0.9)
+        b = self.betas
+        if isinstance(b, list):
+            b = tuple(b)
+            object.__setattr__(self, "betas", b)
+        if not isinstance(b, tuple) or len(b) != 2 or any(
+                isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 <= x < 1 for x in b):
+            raise ConfigError(f"{type(self).__name__}.betas must be two numbers in [0, 1), got {show(b)}; "
+                              "e.g. betas=(0.9, 0.999)")
+        check_float(self, "eps", lo=0, lo_open=True, example=1e-8)
+        check_float(self, "min_lr_ratio", lo=0, example=0.1)
+        check_float(self, "max_lr_ratio", lo=0, example=1.0)
+        if not self.min_lr_ratio <= self.max_lr_ratio:
+            raise ConfigError(f"FitConfig needs 0 <= min_lr_ratio <= max_lr_ratio, got {self.min_lr_ratio}, "
+                              f"{self.max_lr_ratio}; e.g. min_lr_ratio=0.1, max_lr_ratio=1.0")
+        check_float(self, "lr_gamma", lo=0, hi=1, lo_open=True, example=0.5)
+        check_int(self, "lr_step_size", lo=1, example=100)
+        check_int(self, "grad_accum", lo=1, example=1)
+        check_float(self, "batch_growth", lo=1, example=2.0)
+        check_int(self, "batch_every", lo=1, example=100)
+        check_int(self, "batch_max", lo=1, example=8)
+        for name, choices in (("optimizer", sorted(OPTIMIZERS)), ("schedule", list(LR_SCHEDULES)),
+                              ("batch_schedule", list(BATCH_SCHEDULES)), ("precision", list(PRECISIONS))):
+            v = getattr(self, name)
+            if not isinstance(v, str) or v not in choices:
+                raise ConfigError(f"{type(self).__name__}.{name}: unknown {name} {show(v)}; choose one of {choices}")
 
 
 def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],

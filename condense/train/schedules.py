@@ -100,7 +100,10 @@ def batches_per_step(step: int, cfg: Any) -> int:
         >>> [batches_per_step(s, cfg) for s in range(9)]
         [1, 1, 1, 2, 2, 2, 4, 4, 4]
     """
-    k = BATCH_SCHEDULES.get(cfg.batch_schedule)(step, cfg)
+    try:
+        k = min(BATCH_SCHEDULES.get(cfg.batch_schedule)(step, cfg), cfg.batch_max)
+    except OverflowError:  # growth ** (a late step) is past any float: the cap applies
+        k = cfg.batch_max
     return max(1, min(int(round(k)), cfg.batch_max)) * cfg.grad_accum
 
 

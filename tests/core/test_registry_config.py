@@ -70,7 +70,8 @@ def test_config_is_frozen_and_unknown_fields_are_named():
     cfg = _DemoConfig()
     with pytest.raises(Exception):
         cfg.bits = 3  # type: ignore[misc]
-    with pytest.raises(ConfigError, match=r"no field\(s\) \['bitz'\]"):
+    with pytest.raises(ConfigError, match=r"_DemoConfig has no field 'bitz' \(did you mean 'bits'\?\); "
+                                          "valid fields: bits, colour"):
         config_from_dict({"type": "_DemoConfig", "bitz": 3})
     with pytest.raises(ConfigError, match="unknown config type 'Nope'"):
         config_from_dict({"type": "Nope"})

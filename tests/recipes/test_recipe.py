@@ -48,7 +48,8 @@ def test_steps_build_the_same_configs_as_python():
     ({"name": "t"}, "a recipe needs a non-empty 'steps' list"),
     (_doc({"quantize": {}}, tasks="digits"), "unknown recipe key 'tasks'"),
     ([1, 2], "a recipe must be a mapping"),
-    (_doc({"fine-tune": {"fit": {"steps": 1}}}, measure={"repeats": 0}), "measure: repeats must be >= 1"),
+    (_doc({"fine-tune": {"fit": {"steps": 1}}}, measure={"repeats": 0}),
+     "measure: MeasureConfig.repeats must be a positive integer up to 1000000, got 0"),
 ])
 def test_every_problem_names_step_field_and_fix(doc, message):
     with pytest.raises(ConfigError) as e:

@@ -13,7 +13,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import check_patterns, config
+from condense.core.config import check_choice, check_float, check_patterns, check_positive_int, config
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.quantize.api import register_quantizer
@@ -85,20 +85,14 @@ class WeightOnlyConfig:
         if isinstance(self.bits, bool) or self.bits not in BITS:
             raise ConfigError(f"WeightOnlyConfig.bits must be one of {', '.join(map(str, BITS))}, got {self.bits!r}")
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or \
-                (self.group_size < 1 and self.group_size != -1):
+                (self.group_size < 1 and self.group_size != -1) or self.group_size > 1 << 24:
             raise ConfigError(f"WeightOnlyConfig.group_size must be a positive integer (e.g. 128, 64, 32) or -1 "
                               f"for per-channel, got {self.group_size!r}")
-        if not isinstance(self.damp, (int, float)) or not 0 < self.damp <= 1:
-            raise ConfigError(f"WeightOnlyConfig.damp must be in (0, 1] (e.g. 0.01), got {self.damp!r}")
-        if isinstance(self.calibration_batches, bool) or not isinstance(self.calibration_batches, int) or \
-                self.calibration_batches < 1:
-            raise ConfigError(f"WeightOnlyConfig.calibration_batches must be a positive integer, "
-                              f"got {self.calibration_batches!r}")
+        check_float(self, "damp", lo=0, hi=1, lo_open=True, example=0.01)
+        check_positive_int(self, "calibration_batches", example=16)
         if self.act_order and self.method is not WeightOnlyMethod.GPTQ:
             raise ConfigError("WeightOnlyConfig.act_order only applies to GPTQ; set method=GPTQ or act_order=False")
-        if self.scale_dtype not in SCALE_DTYPES:
-            raise ConfigError(f"WeightOnlyConfig.scale_dtype must be one of {list(SCALE_DTYPES)}, "
-                              f"got {self.scale_dtype!r}")
+        check_choice(self, "scale_dtype", SCALE_DTYPES, example="float16")
         check_patterns(self, example="('blocks.*',)")
 
 
