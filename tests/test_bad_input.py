@@ -133,10 +133,10 @@ CASES = [
     (["quantize", "--task", "digits", "--scheme", "static", "--set", "include=x*", "--out", "{d}/o"],
      "field 'include' of StaticInt8Config must be a list of strings, got 'x*'"),
     (["quantize", "--task", "digits", "--set", "nosuch=1", "--out", "{d}/o"], "unknown field 'nosuch'"),
-    (["run", "{d}/lr.yaml", "--out", "{d}/o"], "steps[0] (fine-tune), field 'fit': lr must be > 0, got -5.0"),
+    (["run", "{d}/lr.yaml", "--out", "{d}/o"], "steps[0] (fine-tune), field 'fit': FitConfig.lr must be > 0, got -5.0"),
 ]
-# range checks that belong to TrainConfig's own validation (today torch's optimizer refuses eps/betas only once
-# training starts, and a huge step count runs on)
+# range checks of TrainConfig's own validation (torch's optimizer used to refuse eps/betas only once training
+# started, and a huge step count ran on)
 CONFIG_RANGE_CASES = [
     (["train", "--task", "digits", "--set", "eps=-5", "--out", "{d}/o"], "eps"),
     (["train", "--task", "digits", "--set", "betas=[2,3]", "--out", "{d}/o"], "betas"),
@@ -175,8 +175,6 @@ def test_bad_input_is_one_line_exit_2(argv, needle, files, capsys, monkeypatch):
     _check(*_run_main(argv, files, capsys, monkeypatch), needle)
 
 
-@pytest.mark.xfail(strict=False, reason="TrainConfig range checks (eps, betas, steps) come with the "
-                   "config classes' own validation")
 @pytest.mark.parametrize("argv, needle", CONFIG_RANGE_CASES, ids=[" ".join(a)[:60] for a, _ in CONFIG_RANGE_CASES])
 def test_out_of_range_config_values_are_one_line_exit_2(argv, needle, files, capsys, monkeypatch):
     _check(*_run_main(argv, files, capsys, monkeypatch), needle)
