@@ -38,12 +38,15 @@ def file_in_folder(folder: str | os.PathLike, name: object, *, what: str,
 
     folder = Path(folder)
     bad = (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name
-           or os.path.isabs(name) or Path(name).name != name)
+           or os.path.isabs(name) or Path(name).name != name or len(name.encode("utf-8", "replace")) > 255)
     if not bad:
         path = folder / name
-        if path.is_symlink() and path.resolve().parent != folder.resolve():
+        try:
+            bad = path.is_symlink() and path.resolve().parent != folder.resolve()
+        except (OSError, RuntimeError):  # a link loop, a name the file system refuses
             bad = True
     if bad:
-        raise ArtifactError(f"{what} is {name!r}, not a plain name inside {folder}; condense reads only files "
+        shown = repr(name) if len(repr(name)) <= 300 else repr(name)[:297] + "..."
+        raise ArtifactError(f"{what} is {shown}, not a plain name inside {folder}; condense reads only files "
                             f"in the folder itself; {fix}")
     return folder / name

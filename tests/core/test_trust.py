@@ -309,3 +309,12 @@ def test_onnx_graph_without_external_data_still_runs():
     refuse_external_data(buf.getvalue())
     x = torch.randn(1, 3)
     assert torch.allclose(OrtModule(buf.getvalue())(x), net(x).detach(), atol=1e-6)
+
+
+def test_a_weights_file_name_the_file_system_refuses_is_an_artifact_error(tmp_path):
+    """A name past the file system's limit (found by the artifact property test) fails as ArtifactError, not OSError."""
+    from condense.core.paths import file_in_folder
+    from condense.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="not a plain name inside"):
+        file_in_folder(tmp_path, "1" * 400, what="weights_file")
