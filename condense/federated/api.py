@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -77,7 +78,9 @@ def federated(task: Any, cfg: FederatedConfig = FederatedConfig(), *, out_dir: s
     if out is not None:
         check_output_dir(out, kind="federated")
     fed = Federation(task, cfg)
-    book = RoundBook(cfg, out, log or (lambda line: None), task.primary_metric)
+    key = json.dumps({"task": task.spec or task.name, "names": fed.layout.names, "shapes": fed.layout.shapes},
+                     sort_keys=True, default=str)
+    book = RoundBook(cfg, out, log or (lambda line: None), task.primary_metric, model_key=key)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     start, flat, residuals = book.load(resume)

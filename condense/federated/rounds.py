@@ -119,8 +119,10 @@ class RoundBook:
     continues from (DIR/federated-state.safetensors: global weights, error-feedback residuals, the round, the
     config), each round written atomically after its metrics row."""
 
-    def __init__(self, cfg: FederatedConfig, out: Path | None, log: Callable[[str], None], primary: str):
+    def __init__(self, cfg: FederatedConfig, out: Path | None, log: Callable[[str], None], primary: str,
+                 model_key: str = ""):
         self.cfg, self.out, self.log, self.primary = cfg, out, log, primary
+        self.model_key = model_key  # the task and the layout of its weights: a resume must match them
         self.rows: list[dict[str, Any]] = []
         self.cum_bytes = 0
 
@@ -146,6 +148,9 @@ class RoundBook:
             shown = ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in diff)
             raise ConfigError(f"{self.out} holds a federated run with other settings: {shown}; use the same "
                               "settings to resume, or a new --out")
+        if meta.get("model", "") != self.model_key:
+            raise ConfigError(f"{self.out} holds a federated run of another task or model (task options differ); "
+                              "use the same --task and --task-option to resume, or a new --out")
         rnd = int(meta["round"])
         self.rows = [r for r in _read_rows(self.out / METRICS_FILE) if r["round"] <= rnd]
         self.cum_bytes = self.rows[-1]["cum_bytes"] if self.rows else 0
@@ -176,7 +181,7 @@ class RoundBook:
         from safetensors.torch import save_file
 
         tensors = {"global": flat.contiguous(), **{f"residual.{c}": r.contiguous() for c, r in residuals.items()}}
-        meta = {"round": str(rnd), "config": json.dumps(self.cfg.to_dict())}
+        meta = {"round": str(rnd), "config": json.dumps(self.cfg.to_dict()), "model": self.model_key}
         atomic_write(self.out / STATE_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 

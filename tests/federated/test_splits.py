@@ -1,0 +1,49 @@
+"""Client data splits: deterministic, covering every sample once, label skew growing as alpha shrinks."""
+import pytest
+import torch
+
+from condense.errors import ConfigError
+from condense.federated.splits import dirichlet_split, iid_split, label_skew
+
+LABELS = torch.arange(1000) % 10  # 10 balanced classes
+
+
+def _covers_once(parts, n):
+    return sorted(torch.cat(parts).tolist()) == list(range(n))
+
+
+def test_dirichlet_is_deterministic_and_covers_every_sample_once():
+    a = dirichlet_split(LABELS, 20, alpha=0.5, seed=3)
+    b = dirichlet_split(LABELS, 20, alpha=0.5, seed=3)
+    c = dirichlet_split(LABELS, 20, alpha=0.5, seed=4)
+    assert len(a) == 20 and all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, c))
+    assert _covers_once(a, 1000) and _covers_once(c, 1000)
+    assert all(p.numel() >= 1 for p in a)
+
+
+def test_dirichlet_label_skew_grows_as_alpha_shrinks():
+    skew = {alpha: label_skew(LABELS, dirichlet_split(LABELS, 20, alpha=alpha, seed=0))
+            for alpha in (100.0, 1.0, 0.1)}
+    assert skew[100.0] < skew[1.0] < skew[0.1]
+    assert skew[100.0] < 0.2 < 0.6 < skew[0.1]
+
+
+def test_dirichlet_leaves_no_client_empty_even_when_very_skewed():
+    parts = dirichlet_split(LABELS[:60], 30, alpha=0.01, seed=0)
+    assert all(p.numel() >= 1 for p in parts) and _covers_once(parts, 60)
+
+
+def test_iid_split_covers_once_with_near_equal_sizes():
+    parts = iid_split(1001, 20, seed=0)
+    sizes = [p.numel() for p in parts]
+    assert _covers_once(parts, 1001) and max(sizes) - min(sizes) == 1
+    assert label_skew(LABELS, iid_split(1000, 5, seed=0)) < 0.1
+
+
+@pytest.mark.parametrize("kwargs", [dict(alpha=0.0), dict(alpha=-1.0), dict(alpha=0.5, clients=0),
+                                    dict(alpha=0.5, clients=1001)])
+def test_bad_split_arguments_raise_config_errors(kwargs):
+    clients = kwargs.pop("clients", 4)
+    with pytest.raises(ConfigError):
+        dirichlet_split(LABELS, clients, **kwargs)
