@@ -65,6 +65,13 @@ def federated(task: Any, cfg: FederatedConfig = FederatedConfig(), *, out_dir: s
     Returns:
         A FederatedResult (the model, the rows).
     """
+    try:
+        import flwr  # noqa: F401
+    except ImportError:
+        from condense.errors import CondenseError
+
+        raise CondenseError("federated learning runs on Flower, which is not installed: pip install "
+                            "'condense[federated]' (flwr[simulation])") from None
     from condense.core.artifact import save
     from condense.core.atomic import atomic_write_json
     from condense.core.outputs import check_output_dir, new_run_id

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+pytest.importorskip("flwr")
+
 from condense.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")

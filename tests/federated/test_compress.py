@@ -1,6 +1,8 @@
 """Update codecs against references: error bounds, exact top-k, Eckart-Young for low rank, error feedback."""
 import numpy as np
 import pytest
+
+pytest.importorskip("flwr")
 import torch
 
 from condense.errors import ConfigError

@@ -2,6 +2,8 @@
 import json
 
 import pytest
+
+pytest.importorskip("flwr")
 import torch
 
 import condense
