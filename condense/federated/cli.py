@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser, positive_int: Any) -> None:
     p.add_argument("--rounds", type=positive_int, default=None, help="communication rounds (default: 20)")
     p.add_argument("--local-steps", type=positive_int, default=None, help="local optimizer steps per round (10)")
     p.add_argument("--batch-size", type=positive_int, default=None, help="local batch size (32)")
-    p.add_argument("--lr", type=_number, default=None, help="local learning rate (0.05, SGD with momentum 0.9)")
+    p.add_argument("--lr", type=_number, default=None, help="local learning rate (0.05; SGD, momentum 0.9; cosine over rounds to 0.1x)")
     p.add_argument("--split", choices=SPLITS, default=None, help="how data is shared out (default: dirichlet)")
     p.add_argument("--alpha", type=_number, default=None, help="Dirichlet alpha > 0; smaller: more label skew (0.5)")
     p.add_argument("--codec", choices=CODEC_NAMES, default=None, help="client update compression (default: none)")

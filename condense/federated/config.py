@@ -5,6 +5,7 @@ from condense.core.config import config
 from condense.errors import ConfigError
 
 SPLITS = ("iid", "dirichlet", "same")
+LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("inprocess", "flower")
 CODEC_NAMES = ("none", "int8", "topk", "lowrank")
 
@@ -17,6 +18,8 @@ class FederatedConfig:
         clients: simulated clients, all taking part in every round. rounds: communication rounds.
         local_steps: optimizer steps each client takes per round (condense's training engine, `fit`).
         batch_size, lr, optimizer, momentum: the clients' local training (the optimizer restarts each round).
+        lr_schedule: constant | cosine: the clients' lr over rounds, cosine from lr down to 0.1 x lr at the last
+            round (a run resumed with more rounds follows the new, longer schedule from there).
         split: iid | dirichlet (label skew, Dirichlet(alpha) class proportions per client) | same (every client
             holds all the data: for checks). alpha: > 0, smaller is more skewed.
         codec: none | int8 | topk | lowrank, applied to each client's update (local - global weights).
@@ -38,6 +41,7 @@ class FederatedConfig:
     lr: float = 0.05
     optimizer: str = "sgd"
     momentum: float = 0.9
+    lr_schedule: str = "cosine"
     split: str = "dirichlet"
     alpha: float = 0.5
     codec: str = "none"
@@ -61,6 +65,7 @@ class FederatedConfig:
                               "label skew)")
         if not 0 < self.topk_fraction <= 1:
             raise ConfigError(f"FederatedConfig.topk_fraction must be in (0, 1], got {self.topk_fraction}; e.g. 0.01")
-        for name, choices in (("split", SPLITS), ("engine", ENGINES), ("codec", CODEC_NAMES)):
+        for name, choices in (("lr_schedule", LR_SCHEDULES), ("split", SPLITS), ("engine", ENGINES),
+                              ("codec", CODEC_NAMES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")

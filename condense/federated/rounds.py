@@ -6,7 +6,9 @@ buffers (BatchNorm's step counters) stay the initial model's.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +72,14 @@ class Federation:
                 state[k].copy_(v)
         return self.model
 
+    def lr(self, rnd: int) -> float:
+        """The clients' learning rate in round `rnd` (1-based)."""
+        cfg = self.cfg
+        if cfg.lr_schedule == "constant" or cfg.rounds == 1:
+            return cfg.lr
+        t = (rnd - 1) / (cfg.rounds - 1)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
     # -- client -----------------------------------------------------------------------------------------------
     def batches(self, client: int, rnd: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The client's data for round `rnd`, shuffled by (seed, round): clients holding the same data (split
@@ -84,7 +94,8 @@ class Federation:
                       residual: torch.Tensor | None) -> tuple[Any, torch.Tensor | None]:
         """Train `client` from the global weights for local_steps; returns (its reply RecordDict, new residual)."""
         model = self.load(global_flat)
-        losses = fit(model, self.batches(client, rnd), self.task.loss, self.fit_cfg,
+        fit_cfg = dataclasses.replace(self.fit_cfg, lr=self.lr(rnd))
+        losses = fit(model, self.batches(client, rnd), self.task.loss, fit_cfg,
                      description=f"client {client}")
         delta = self.layout.flatten(model.state_dict()) - global_flat  # (numel,)
         if self.codec.lossy and self.cfg.error_feedback:

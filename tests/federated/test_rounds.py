@@ -22,7 +22,7 @@ def task():
 
 def test_fedavg_of_identical_clients_with_one_step_equals_centralized_sgd(task):
     cfg = FederatedConfig(clients=3, rounds=3, local_steps=1, split="same", optimizer="sgd", momentum=0.0, lr=0.1,
-                          batch_size=32)
+                          lr_schedule="constant", batch_size=32)
     res = condense.federated(task, cfg, log=None)
     # reference: plain torch SGD on the same batches (each round's first batch), one step per round
     ref = fresh_model(task, cfg.seed).train()
@@ -104,3 +104,11 @@ def test_config_round_trips_through_json():
 
     cfg = FederatedConfig(clients=5, codec="lowrank", rank=2)
     assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_cosine_round_schedule_runs_from_lr_to_a_tenth(task):
+    fed = Federation(task, FederatedConfig(clients=2, rounds=5, lr=0.2, split="iid"))
+    lrs = [fed.lr(r) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.02) and lrs == sorted(lrs, reverse=True)
+    flat = Federation(task, FederatedConfig(clients=2, rounds=5, lr=0.2, split="iid", lr_schedule="constant"))
+    assert [flat.lr(r) for r in range(1, 6)] == [0.2] * 5
