@@ -50,3 +50,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, flags, capsys):
     err = capsys.readouterr().err
     assert err.startswith("condense: error:") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_a_foreign_out_folder_is_refused_before_any_work(tmp_path, capsys):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "thesis.txt").write_text("precious")
+    assert main(["federated", *SMALL, "--rounds", "1", "--out", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not a condense run folder" in err and err.count("\n") == 1
+    assert sorted(p.name for p in d.iterdir()) == ["thesis.txt"]

@@ -47,3 +47,13 @@ def test_bad_split_arguments_raise_config_errors(kwargs):
     clients = kwargs.pop("clients", 4)
     with pytest.raises(ConfigError):
         dirichlet_split(LABELS, clients, **kwargs)
+
+
+def test_import_condense_and_the_federated_names_do_not_import_flwr():
+    import subprocess
+    import sys
+
+    code = ("import sys, condense; print('flwr' in sys.modules); condense.FederatedConfig; condense.federated; "
+            "print('flwr' in sys.modules, callable(condense.federated))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "True"]
