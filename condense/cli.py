@@ -742,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-port", type=_port, default=None, help="port on node 0 (multi-node; default 29500)")
     p = subs["federated"]
     _add_task_args(p)
-    __import__("condense.federated.cli").federated.cli.add_arguments(p, _positive_int)
+    __import__("importlib").import_module("condense.federated.cli").add_arguments(p, _positive_int)
     p = subs["search"]
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = """examples:
