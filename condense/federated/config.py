@@ -4,7 +4,7 @@ from __future__ import annotations
 from condense.core.config import config
 from condense.errors import ConfigError
 
-SPLITS = ("iid", "dirichlet", "same")
+SPLITS = ("iid", "dirichlet", "groups", "same")
 LR_SCHEDULES = ("constant", "cosine")
 ENGINES = ("inprocess", "flower")
 CODEC_NAMES = ("none", "int8", "topk", "lowrank")
@@ -20,8 +20,10 @@ class FederatedConfig:
         batch_size, lr, optimizer, momentum: the clients' local training (the optimizer restarts each round).
         lr_schedule: constant | cosine: the clients' lr over rounds, cosine from lr down to 0.1 x lr at the last
             round (a run resumed with more rounds follows the new, longer schedule from there).
-        split: iid | dirichlet (label skew, Dirichlet(alpha) class proportions per client) | same (every client
-            holds all the data: for checks). alpha: > 0, smaller is more skewed.
+        split: iid | dirichlet (label skew, Dirichlet(alpha) class proportions per client) | groups (the task's
+            own grouping, `task.extras["client_groups"]`: a group id per training sample, one group per client,
+            e.g. one stdlib package per client) | same (every client holds all the data: for checks).
+            alpha: > 0, smaller is more skewed.
         codec: none | int8 | topk | lowrank, applied to each client's update (local - global weights).
         per_row: int8 with a scale per row instead of per tensor. topk_fraction: share of entries top-k keeps.
         rank: rank of lowrank updates. error_feedback: carry what a lossy codec dropped into the next round.

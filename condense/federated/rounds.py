@@ -21,7 +21,7 @@ from condense.errors import ConfigError
 from condense.federated import messages
 from condense.federated.compress import ErrorFeedback, Layout, make_codec
 from condense.federated.config import FederatedConfig
-from condense.federated.splits import dirichlet_split, gather, iid_split
+from condense.federated.splits import dirichlet_split, gather, group_split, iid_split
 from condense.train.loop import FitConfig, fit
 
 STATE_FILE = "federated-state.safetensors"
@@ -46,6 +46,8 @@ class Federation:
         n = self.x.shape[0]
         if cfg.split == "iid":
             self.parts = iid_split(n, cfg.clients, cfg.seed)
+        elif cfg.split == "groups":
+            self.parts = group_split(task, n, cfg.clients)
         elif cfg.split == "same":
             self.parts = [torch.arange(n)] * cfg.clients
         else:

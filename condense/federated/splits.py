@@ -62,6 +62,29 @@ def dirichlet_split(labels: torch.Tensor, clients: int, alpha: float, seed: int 
     return [p.sort().values for p in parts]
 
 
+def group_split(task: Any, n: int, clients: int) -> list[torch.Tensor]:
+    """One client per group of `task.extras["client_groups"]` (a group id per training sample, in `train_data`
+    order), groups in sorted order.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> t = SimpleNamespace(name="t", extras={"client_groups": torch.tensor([1, 0, 1, 2])})
+        >>> [p.tolist() for p in group_split(t, 4, 3)]
+        [[1], [0, 2], [3]]
+    """
+    groups = task.extras.get("client_groups")
+    if groups is None:
+        raise ConfigError(f"task {task.name!r} defines no client groups (extras['client_groups']); use split='iid' "
+                          "or 'dirichlet'")
+    groups = torch.as_tensor(groups).reshape(-1)
+    if groups.numel() != n:
+        raise ConfigError(f"task {task.name!r}: client_groups has {groups.numel()} ids for {n} training samples")
+    ids = torch.unique(groups)
+    if ids.numel() != clients:
+        raise ConfigError(f"task {task.name!r} has {ids.numel()} client groups; set clients={ids.numel()}")
+    return [(groups == g).nonzero().reshape(-1) for g in ids.tolist()]
+
+
 def label_skew(labels: torch.Tensor, parts: list[torch.Tensor]) -> float:
     """Mean total-variation distance between each client's label distribution and the global one (0: IID).
 

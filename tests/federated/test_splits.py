@@ -58,3 +58,18 @@ def test_import_condense_and_the_federated_names_do_not_import_flwr():
             "from condense.cli import build_parser; build_parser(); print('flwr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False", "True", "False"]  # the CLI parser builds after the lazy name resolved
+
+
+def test_group_split_gives_each_client_one_group_and_checks_the_count():
+    from types import SimpleNamespace
+
+    from condense.federated.splits import group_split
+
+    task = SimpleNamespace(name="t", extras={"client_groups": LABELS % 3})
+    parts = group_split(task, 1000, 3)
+    assert [p.numel() for p in parts] == [400, 300, 300] and _covers_once(parts, 1000)
+    assert all(bool((LABELS[p] % 3 == k).all()) for k, p in enumerate(parts))
+    with pytest.raises(ConfigError, match="set clients=3"):
+        group_split(task, 1000, 4)
+    with pytest.raises(ConfigError, match="no client groups"):
+        group_split(SimpleNamespace(name="t", extras={}), 1000, 3)
