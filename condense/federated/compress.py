@@ -31,8 +31,14 @@ class Layout:
 
     @classmethod
     def of(cls, state: dict[str, torch.Tensor]) -> "Layout":
-        keys = tuple(k for k, v in state.items() if v.is_floating_point())
-        return cls(keys, tuple(tuple(state[k].shape) for k in keys))
+        """The floating-point tensors of `state`; a tensor shared under two names (tied weights) counts once."""
+        keys, seen = [], set()
+        for k, v in state.items():
+            ident = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+            if v.is_floating_point() and ident not in seen:
+                seen.add(ident)
+                keys.append(k)
+        return cls(tuple(keys), tuple(tuple(state[k].shape) for k in keys))
 
     @property
     def sizes(self) -> list[int]:

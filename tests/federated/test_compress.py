@@ -128,3 +128,12 @@ def test_bytes_are_those_of_the_serialized_message():
         sizes[name] = n
     assert sizes["none"] / sizes["int8"] >= 3.9
     assert sizes["none"] / sizes["topk"] >= 10
+
+
+def test_layout_counts_tied_weights_once():
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight
+    net = torch.nn.ModuleDict({"emb": emb, "head": head, "norm": torch.nn.LayerNorm(4)})
+    lay = Layout.of(net.state_dict())
+    assert lay.names == ("emb.weight", "norm.weight", "norm.bias") and lay.numel == 48
