@@ -21,7 +21,7 @@ def run_flower(fed: Federation, book: RoundBook, start: int, flat: torch.Tensor,
     """Rounds start+1..cfg.rounds in Flower's simulation engine (Ray, one CPU per client actor)."""
     import time
 
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
