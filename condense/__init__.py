@@ -61,6 +61,9 @@ _LAZY = {
     "FineTuneConfig": "condense.train.finetune",
     "TrainConfig": "condense.train.api",
     "train_task": "condense.train.api",
+    # federated learning (Flower)
+    "federated": "condense.federated",
+    "FederatedConfig": "condense.federated.config",
     # export
     "export_onnx": "condense.export.onnx",
     "export_model": "condense.export.files",

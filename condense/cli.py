@@ -637,6 +637,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 COMMANDS["train"] = (cmd_train, "train a task's model: mixed precision, schedules, checkpoints, DDP/FSDP (torchrun)")
 
 
+def cmd_federated(args: argparse.Namespace) -> int:
+    from condense.federated.api import federated
+    from condense.federated.cli import overrides, table
+
+    base = _task_options(args.set, flag="--set", example="momentum=0") if args.set else {}
+    cfg = _build_config("condense.federated.config:FederatedConfig", overrides(args, base))
+    task = _task(args)
+    res = federated(task, cfg, out_dir=args.out, resume=True if args.resume else None)
+    _print(table(res.rows, task.primary_metric))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+COMMANDS["federated"] = (cmd_federated, "train federated (Flower, FedAvg) over simulated clients, with compressed "
+                         "client updates")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="condense", description="Make neural networks cheaper to run, and prove "
                                      "it with measurements.", epilog=EPILOG,
@@ -720,6 +737,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-rank", type=_non_negative_int, default=0, help="this node's rank, 0..nnodes-1")
     p.add_argument("--master-addr", default=None, help="address of node 0 (multi-node)")
     p.add_argument("--master-port", type=_port, default=None, help="port on node 0 (multi-node; default 29500)")
+    p = subs["federated"]
+    _add_task_args(p)
+    __import__("importlib").import_module("condense.federated.cli").add_arguments(p, _positive_int)
     p = subs["search"]
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = """examples:
