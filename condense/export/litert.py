@@ -26,14 +26,16 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from condense.core.registry import TypeRegistry
 from condense.errors import CondenseError, ConfigError
-from condense.export.litert_runtime import INSTALL, LiteRtModule, _to_input, litert_graph, wrap
+from condense.export.litert_runtime import INSTALL, LiteRtModule, _to_input, litert_graph, pad_tokens, wrap
+from condense.tasks.encoder import SentenceEncoder
 
 SUFFIX = ".tflite"
 
@@ -86,7 +88,9 @@ def failing_op(exc: BaseException) -> str | None:
             found = node  # the deepest frame wins: the node being lowered
         tb = tb.tb_next
     if found is not None:
-        return str(found.target)
+        trace = [ln.strip() for ln in (found.meta.get("stack_trace") or "").splitlines() if ln.strip()]
+        src = next((ln for ln in reversed(trace) if ln.startswith("File ")), None)  # the model's own line
+        return str(found.target) + (f" ({src}: {trace[-1]})" if src and trace[-1] != src else "")
     m = re.search(r"(aten\.[\w.]+|torch\.ops\.[\w.]+)", str(exc))
     return m.group(1) if m else None
 
@@ -134,13 +138,59 @@ def tflite_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...],
     return bytes(data)
 
 
+# model type -> fn(model, inputs) -> the inputs to trace at fixed shapes (e.g. token ids padded to the longest length)
+STATIC_INPUTS: TypeRegistry[Callable[[nn.Module, tuple], tuple]] = TypeRegistry("LiteRT static inputs")
+
+
+def _encoder_static(model: nn.Module, inputs: tuple) -> tuple:
+    return pad_tokens(*inputs, model.max_seq_length)
+
+
+STATIC_INPUTS.register(SentenceEncoder)(_encoder_static)
+
+
 def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
-    """(flatbuffer, ExportSpec): `model` converted through its export adapter, traced on `batch`."""
+    """(flatbuffer, ExportSpec): `model` converted through its export adapter, traced on `batch`.
+
+    The adapter's dynamic axes are tried first. litert-torch 0.10 cannot lower some ops on dynamic shapes (BERT's
+    mask indexing and position `arange`); then the model is converted at fixed shapes instead: batch 1 (the
+    `LiteRtModule` runs larger batches one sample at a time) and, for a text encoder, the longest sequence
+    (`LiteRtSentenceEncoder` pads to it). `spec.details["litert_shapes"]` says which ("dynamic" or "static").
+    """
     from condense.export.onnx import export_spec
 
+    _refuse_ort(model)
     spec = export_spec(model, batch)
     inputs = spec.to_inputs(batch)
-    return tflite_bytes(spec.module, inputs, dynamic_shapes(spec.input_names, spec.dynamic_axes)), spec
+    if not any(spec.dynamic_axes.get(n) for n in spec.input_names):
+        return tflite_bytes(spec.module, inputs), _note(spec, "static")
+    try:
+        return tflite_bytes(spec.module, inputs, dynamic_shapes(spec.input_names, spec.dynamic_axes)), \
+            _note(spec, "dynamic")
+    except CondenseError as dyn:
+        fix = STATIC_INPUTS.find(model)
+        one = tuple(t[:1] for t in inputs)
+        try:
+            data = tflite_bytes(spec.module, fix(model, one) if fix else one)
+        except CondenseError as e:
+            raise CondenseError(f"{e} (with dynamic axes too: {dyn})") from None
+        to_inputs = spec.to_inputs
+        spec.to_inputs = (lambda b: fix(model, to_inputs(b))) if fix else to_inputs
+        return data, _note(spec, "static")
+
+
+def _refuse_ort(model: nn.Module) -> None:
+    from condense.export.files import ort_graph
+
+    if ort_graph(model) is not None:
+        raise CondenseError("this model runs in ONNX Runtime (e.g. after a recipe's `export: {format: onnx}` "
+                            "step); convert its PyTorch version to LiteRT: the artifact saved before that step, "
+                            "or a recipe with `export: {format: tflite}` instead")
+
+
+def _note(spec: Any, shapes: str) -> Any:
+    spec.litert_shapes = shapes
+    return spec
 
 
 def quantize_tflite(data: bytes, mode: str, calibration: list[tuple[torch.Tensor, ...]] | None = None) -> bytes:
@@ -161,7 +211,10 @@ def quantize_tflite(data: bytes, mode: str, calibration: list[tuple[torch.Tensor
                 raise CondenseError("full-integer LiteRT int8 needs calibration data: use a task with "
                                     "calibration_data (built-in tasks have it) or int8 mode 'dynamic'")
             graph = LiteRtModule(data)  # the float model: its signature key and input dtypes (int64 ids -> int32)
-            feeds = [{n: _to_input(t, d) for (n, d), t in zip(graph._in, inputs)} for inputs in calibration]
+            step = graph.static_batch  # a fixed-batch graph is calibrated on chunks of its batch size
+            chunks = [tuple(t[i:i + step] for t in inputs) if step else inputs for inputs in calibration
+                      for i in (range(0, inputs[0].shape[0] - step + 1, step) if step else [0])]
+            feeds = [{n: _to_input(t, d) for (n, d), t in zip(graph._in, c)} for c in chunks]
             result = q.calibrate({graph._key: feeds}, num_threads=torch.get_num_threads())
         out = q.quantize(result, enable_progress_report=False).quantized_model
     return bytes(out)
@@ -218,6 +271,7 @@ def export_tflite(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: 
     if int8 not in (None, "dynamic", "full"):
         raise ConfigError(f"int8 must be None, 'dynamic' or 'full', got {int8!r}")
     graph = litert_graph(model)
+    _refuse_ort(model)
     if graph is None:
         import_litert_torch()  # fail early and clearly, before any work
         if int8 is not None:
@@ -227,9 +281,11 @@ def export_tflite(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: 
             raise CondenseError("this model already runs in LiteRT: export it without --int8 (its flatbuffer is "
                                 "written as is), or export its PyTorch source with --int8")
         data, against = graph.tflite_model, "litert"
+        shapes = "static" if graph.static_batch else "dynamic"
     else:
         batch = task.batch(2)
         data, spec = tflite_from_model(model, batch)
+        shapes = spec.litert_shapes
         if int8 is not None:
             calib = None
             if int8 == "full":
@@ -245,7 +301,8 @@ def export_tflite(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: 
     parity = {"max_abs_diff": max(c["max_abs_diff"] for c in checks), "cosine": min(c["cosine"] for c in checks),
               "min_cosine": min(c["min_cosine"] for c in checks)}
     rec: dict[str, Any] = {
-        "path": str(path), "format": "tflite", "bytes": len(data), "int8": int8, "runtime": _runtime_info(),
+        "path": str(path), "format": "tflite", "bytes": len(data), "int8": int8, "shapes": shapes,
+        "runtime": _runtime_info(),
         "task": getattr(task, "spec", None) or {"name": task.name}, "parity": parity, "parity_against": against,
         "quality": ({"source": task.metrics(model), "litert": task.metrics(exported)} if quality else None),
         "source_transforms": lineage.lineage(model)["transforms"]}

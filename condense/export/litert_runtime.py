@@ -137,14 +137,43 @@ class LiteRtModule(nn.Module):
         if len(tensors) != len(self._in):
             raise CondenseError(f"the LiteRT model takes {len(self._in)} inputs ({[n for n, _ in self._in]}), got "
                                 f"{len(tensors)}")
+        n = tensors[0].shape[0] if tensors and tensors[0].dim() else 0
+        step = self.static_batch
+        if step is None or n == step:
+            outs = self._run(tensors)
+        else:  # a graph converted at a fixed batch size: run the batch in chunks of it, the last one padded
+            parts = []
+            for i in range(0, n, step):
+                chunk = [t[i:i + step] for t in tensors]
+                short = step - chunk[0].shape[0]
+                if short:
+                    chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) for c in chunk]
+                parts.append([o[:step - short] for o in self._run(tuple(chunk))])
+            outs = [torch.cat(o) for o in zip(*parts)]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    @property
+    def static_batch(self) -> int | None:
+        """The fixed batch size the graph was converted at; None when its batch axis is dynamic."""
+        if self._runner is None:
+            self._open()
+        sig = self._in[0][1]["shape_signature"] if self._in else []
+        return int(sig[0]) if len(sig) and sig[0] > 0 else None
+
+    def static_shape(self, i: int) -> tuple[int, ...]:
+        """Input `i`'s shape, -1 where the axis is dynamic."""
+        if self._runner is None:
+            self._open()
+        return tuple(int(v) for v in self._in[i][1]["shape_signature"])
+
+    def _run(self, tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         feeds = {n: _to_input(t, d) for (n, d), t in zip(self._in, tensors)}
         try:
             got = self._runner(**feeds)
         except (ValueError, RuntimeError) as e:
             raise CondenseError(f"LiteRT rejected the inputs {[tuple(t.shape) for t in tensors]}: {e}; pass inputs "
                                 "shaped as at export (only axes exported as dynamic may change)") from None
-        outs = [_from_output(got[n], d) for n, d in self._out]
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        return [_from_output(got[n], d) for n, d in self._out]
 
     def __getstate__(self) -> dict[str, Any]:  # interpreters do not pickle or deep-copy: rebuilt on first use
         state = self.__dict__.copy()
@@ -166,6 +195,20 @@ class LiteRtSentenceEncoder(OrtSentenceEncoder):
         import copy
 
         return cls(graph, copy.deepcopy(encoder.tokenizer), encoder.max_seq_length, encoder.dim)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, C) unit-length embeddings; padded to the graph's length if it is fixed."""
+        fixed = self.graph.static_shape(0)[1] if self.graph._data is not None else -1
+        if fixed > 0 and input_ids.shape[1] < fixed:  # pad id 0, mask 0: padding is masked out of attention/pooling
+            input_ids, attention_mask = pad_tokens(input_ids, attention_mask, fixed)
+        return self.graph(input_ids, attention_mask)
+
+
+def pad_tokens(ids: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and mask right-padded with zeros to (B, length)."""
+    import torch.nn.functional as F
+
+    return F.pad(ids, (0, length - ids.shape[1])), F.pad(mask, (0, length - mask.shape[1]))
 
 
 # source module type -> fn(source, graph) -> the module that replaces the source (default: the LiteRtModule).
@@ -273,7 +316,8 @@ def build_litert(model: nn.Module, batch: Any, *, quantize: str = "none",
     graph = LiteRtModule(data)
     with torch.inference_mode():
         graph.__dict__["macs_per_sample"], graph.__dict__["macs_shapes"] = _source_macs(spec.module, inputs)
-    details = {"inputs": list(spec.input_names), "quantize": quantize, "tflite_bytes": len(data),
+    details = {"inputs": list(spec.input_names), "shapes": spec.litert_shapes, "quantize": quantize,
+               "tflite_bytes": len(data),
                "parity_vs_torch": parity_tensors(spec.module, graph, inputs)}
     new = wrap(model, graph)
     lineage.copy_lineage(model, new)

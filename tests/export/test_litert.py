@@ -106,6 +106,16 @@ def test_conversion_failure_names_the_op():
         tflite_bytes(Bessel(), (torch.ones(2, 3),))
 
 
+def test_onnx_runtime_model_is_refused_with_the_fix(digits, tmp_path):
+    from condense.export import OnnxRuntimeConfig
+
+    task, model = digits
+    ort = apply_(copy.deepcopy(model), OnnxRuntimeConfig(), task=task)
+    with pytest.raises(CondenseError, match="runs in ONNX Runtime.*PyTorch version"):
+        export_model(ort, task, tmp_path / "m.tflite", format="tflite")
+    assert not (tmp_path / "m.tflite").exists()
+
+
 def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
     from condense.export import litert
 
