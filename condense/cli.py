@@ -800,9 +800,11 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
                    help="a .onnx/.tflite file, or a folder to write model.onnx/model.tflite into (a .json record "
                         "goes beside it)")
     p.add_argument("--int8", action="store_true",
-                   help="quantize to int8: ONNX Runtime's dynamic quantization; tflite: full-integer, calibrated")
-    p.add_argument("--int8-mode", choices=("full", "dynamic"), default=None,
-                   help="tflite only: full (int8 weights and activations, default) or dynamic (int8 weights)")
+                   help="quantize to int8: ONNX Runtime's dynamic quantization; tflite: see --int8-mode")
+    p.add_argument("--int8-mode", choices=("dynamic", "full"), default=None,
+                   help="tflite only: dynamic (int8 weights, float activations; default) or full (int8 weights and "
+                        "activations, calibrated on the task's data: for integer-only hardware; check the quality "
+                        "it prints, BERT loses much)")
     p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (17 or 18)")
     _add_task_args(p, required=False)
     _add_trust_arg(p, "the artifact (--model)")

@@ -105,8 +105,8 @@ def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: b
         out: a .onnx file path, or a folder (the file is then `out/model.onnx`).
         format: "onnx", or "tflite" for LiteRT (see `condense.export.litert.export_tflite`; needs
             `pip install 'condense[litert]'`); `opset` is ONNX's only.
-        int8_mode: how `int8` quantizes; ONNX: "dynamic" only (the default); tflite: "full" (int8 weights and
-            activations, calibrated on the task's data; the default) or "dynamic" (int8 weights).
+        int8_mode: how `int8` quantizes; ONNX: "dynamic" only (the default); tflite: "dynamic" (int8 weights, float
+            activations; the default) or "full" (int8 weights and activations, calibrated on the task's data).
 
     Returns the record also written to `<file>.json`: path, bytes, int8, opset, "parity" against the source
     (max_abs_diff, cosine, min_cosine; the worse of batch sizes 2 and 1), "parity_against" ("pytorch" or, for a
@@ -126,7 +126,7 @@ def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: b
 
         if int8_mode not in (None, "full", "dynamic"):
             raise CondenseError(f"tflite int8_mode must be 'full' or 'dynamic', got {int8_mode!r}")
-        return export_tflite(model, task, out, int8=(int8_mode or "full") if int8 else None)
+        return export_tflite(model, task, out, int8=(int8_mode or "dynamic") if int8 else None)
     if int8_mode not in (None, "dynamic"):
         raise CondenseError(f"ONNX int8 is ONNX Runtime's dynamic quantization; int8_mode {int8_mode!r} is for "
                             "format='tflite' only: omit it")

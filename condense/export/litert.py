@@ -1,19 +1,23 @@
 """LiteRT (TensorFlow Lite) export: litert-torch converts, ai-edge-quantizer makes int8, the LiteRT interpreter checks.
 
 What is traced is the same as for ONNX: the model's `ExportAdapter` (see `condense.export.onnx`) gives the module,
-its named inputs and which axes are dynamic; those axes become `torch.export.Dim`s, so one .tflite file takes any
-batch size (and, for text, any sequence length), as the ONNX file does.
+its named inputs and which axes are dynamic; those axes become `torch.export.Dim.AUTO`s, so one .tflite file takes
+any batch size (digits). Where litert-torch cannot lower an op on dynamic shapes (minilm's BERT: the mask's
+`[:, None, None, :]` and the positions' `arange`), the model is converted at fixed shapes instead (batch 1, the
+encoder's longest sequence; see `tflite_from_model`) and `LiteRtModule` runs a batch sample by sample.
 
-int8, measured here (digits CNN, litert-torch 0.10.0, ai-edge-quantizer 0.10.0, ai-edge-litert 2.3.0):
-- ai-edge-quantizer on the converted float flatbuffer works for both kinds and keeps the dynamic batch axis:
+int8, measured here (litert-torch 0.10.0, ai-edge-quantizer 0.10.0, ai-edge-litert 2.3.0, 2 threads):
+- ai-edge-quantizer on the converted float flatbuffer works for both kinds and keeps a dynamic batch axis:
   `dynamic_wi8_afp32` (int8 weights, float activations) and `static_wi8_ai8` (full-integer; calibration runs the
-  float model in the interpreter on the task's calibration batches, ~0.1 s for digits). Both kept digits' test
-  accuracy (99.72%, equal to PyTorch); the full-integer graph takes and returns int8 (`LiteRtModule` quantizes and
-  dequantizes at the boundary).
-- The converter's own option (`quant_config=QuantConfig(pt2e_quantizer=...)`) also works, but needs torch.export
-  with the same dynamic shapes, calibration in PyTorch through torchao's prepare_pt2e/convert_pt2e, and a second
-  full conversion (~4 s for digits); it gave nothing the quantizer on the flatbuffer does not. So condense uses
-  ai-edge-quantizer.
+  float model in the interpreter on the task's calibration batches, ~0.1 s for digits). digits: both kept the test
+  accuracy (99.72%, equal to PyTorch). minilm: dynamic kept MRR@10 (0.6094 -> 0.6092, 89.8 -> 23.4 MB) but
+  full-integer wrecked it (MRR@10 0.163, cosine to fp32 0.33): BERT's activations do not fit one int8 scale each.
+  So int8 means "dynamic" unless "full" is asked for. The full-integer graph takes and returns int8
+  (`LiteRtModule` quantizes and dequantizes at the boundary).
+- The converter's own option (`quant_config=QuantConfig(pt2e_quantizer=...)`) also works on digits, but needs
+  torch.export with the same dynamic shapes, calibration in PyTorch through torchao's prepare_pt2e/convert_pt2e,
+  and a second full conversion (~4 s for digits); it gave nothing the quantizer on the flatbuffer does not. So
+  condense uses ai-edge-quantizer.
 
 A conversion failure names the op: the converter runs the exported FX graph node by node, so the failing node is
 found in the exception's traceback (else in its message, e.g. "Lowering not found: aten.i0.default").
@@ -21,6 +25,7 @@ found in the exception's traceback (else in its message, e.g. "Lowering not foun
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -155,7 +160,7 @@ def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
     The adapter's dynamic axes are tried first. litert-torch 0.10 cannot lower some ops on dynamic shapes (BERT's
     mask indexing and position `arange`); then the model is converted at fixed shapes instead: batch 1 (the
     `LiteRtModule` runs larger batches one sample at a time) and, for a text encoder, the longest sequence
-    (`LiteRtSentenceEncoder` pads to it). `spec.details["litert_shapes"]` says which ("dynamic" or "static").
+    (`LiteRtSentenceEncoder` pads to it). `spec.litert_shapes` says which ("dynamic" or "static").
     """
     from condense.export.onnx import export_spec
 
@@ -215,8 +220,9 @@ def quantize_tflite(data: bytes, mode: str, calibration: list[tuple[torch.Tensor
             chunks = [tuple(t[i:i + step] for t in inputs) if step else inputs for inputs in calibration
                       for i in (range(0, inputs[0].shape[0] - step + 1, step) if step else [0])]
             feeds = [{n: _to_input(t, d) for (n, d), t in zip(graph._in, c)} for c in chunks]
-            result = q.calibrate({graph._key: feeds}, num_threads=torch.get_num_threads())
-        out = q.quantize(result, enable_progress_report=False).quantized_model
+            with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar cannot be switched off otherwise
+                result = q.calibrate({graph._key: feeds}, num_threads=torch.get_num_threads())
+        out = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     return bytes(out)
 
 
@@ -249,7 +255,7 @@ def export_tflite(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: 
         task: the task the model belongs to (example batches, calibration data, how to run and evaluate).
         out: a .tflite file path, or a folder (the file is then `out/model.tflite`).
         int8: None (fp32), "dynamic" (int8 weights) or "full" (int8 weights and activations, calibrated on
-            `calibration_batches` of the task's calibration data).
+            `calibration_batches` of the task's calibration data; check the recorded quality: see the module doc).
         quality: also evaluate the task's metrics through the interpreter (and the source's, to compare).
 
     Returns the record also written to `<file>.json`: path, bytes, format, int8, "parity" against the source

@@ -80,7 +80,7 @@ def test_recipe_transform_runs_in_litert_and_round_trips(digits, tmp_path):
     from condense.recipes.steps import STEP_KINDS, resolve_class
 
     task, model = digits
-    assert resolve_class(STEP_KINDS.get("export").methods["tflite-int8"], where="t")().quantize == "full"
+    assert resolve_class(STEP_KINDS.get("export").methods["tflite-int8"], where="t")().quantize == "dynamic"
     lm = apply_(copy.deepcopy(model), LiteRtConfig(), task=task)
     assert isinstance(lm, LiteRtModule)
     entry = condense.core.lineage.lineage(lm)["transforms"][-1]
