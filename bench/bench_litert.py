@@ -97,7 +97,8 @@ def run(name: str, args: argparse.Namespace) -> None:
              f"for every runtime; {what}. LiteRT: litert-torch conversion, ai-edge-quantizer int8, ai_edge_litert "
              f"interpreter with XNNPACK. {verdict(p50, bss)}. Load average (1/5/15 min) before: "
              f"{' / '.join(f'{v:.2f}' for v in load_before)}, after: {' / '.join(f'{v:.2f}' for v in load_after)} "
-             f"(the 2-vCPU machine is shared with other jobs, so absolute times are inflated and noisy; "
+             f"(the 2-vCPU machine is shared with other jobs, so absolute times are inflated and noisy, PyTorch "
+             f"eager's spinning 2-thread pool the most: compare the runtimes with each other, not with its row; "
              f"{time.time() - t_start:.0f} s in all).")
     title = "the digits CNN" if name == "digits" else "minilm (sentence embeddings)"
     body = (f"## LiteRT vs ONNX Runtime vs PyTorch on {title}\n\n"

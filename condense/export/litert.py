@@ -220,9 +220,10 @@ def quantize_tflite(data: bytes, mode: str, calibration: list[tuple[torch.Tensor
             chunks = [tuple(t[i:i + step] for t in inputs) if step else inputs for inputs in calibration
                       for i in (range(0, inputs[0].shape[0] - step + 1, step) if step else [0])]
             feeds = [{n: _to_input(t, d) for (n, d), t in zip(graph._in, c)} for c in chunks]
-            with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar cannot be switched off otherwise
+            with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bars cannot be switched off otherwise
                 result = q.calibrate({graph._key: feeds}, num_threads=torch.get_num_threads())
-        out = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
+        with contextlib.redirect_stderr(io.StringIO()):
+            out = q.quantize(result, enable_progress_bar=False, enable_progress_report=False).quantized_model
     return bytes(out)
 
 
