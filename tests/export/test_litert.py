@@ -94,6 +94,28 @@ def test_recipe_transform_runs_in_litert_and_round_trips(digits, tmp_path):
     assert count_macs(lm, lambda: lm(one)) == count_macs(model, lambda: model(one))  # recorded at conversion
 
 
+def test_bert_encoder_converts_at_fixed_shapes_and_encodes_like_pytorch():
+    """litert-torch 0.10 cannot lower BERT's mask indexing on dynamic axes: the fallback converts at batch 1 and the
+    longest sequence, and the wrapper pads and runs sample by sample, so encode() still matches."""
+    pytest.importorskip("litert_torch")
+    from tokenizers import Tokenizer
+
+    from condense.export.litert_runtime import LiteRtSentenceEncoder, build_litert
+    from condense.tasks.bert import Bert, BertConfig
+    from condense.tasks.encoder import SentenceEncoder, minilm_path
+
+    torch.manual_seed(0)
+    tok = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    enc = SentenceEncoder(Bert(BertConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)), tok,
+                          max_seq_length=32).eval()
+    texts = ["return the sum", "open a file and read every line of it into a list", "sort", "a b c d e f"]
+    lm, details = build_litert(enc, texts[:2])
+    assert isinstance(lm, LiteRtSentenceEncoder) and details["shapes"] == "static"
+    assert lm.graph.static_shape(0) == (1, 32) and details["parity_vs_torch"]["max_abs_diff"] < 1e-5
+    ref, got = torch.as_tensor(enc.encode(texts)), torch.as_tensor(lm.encode(texts))
+    assert got.shape == (4, 32) and (ref - got).abs().max() < 1e-5
+
+
 def test_conversion_failure_names_the_op():
     pytest.importorskip("litert_torch")
     from condense.export.litert import tflite_bytes
@@ -139,3 +161,15 @@ def test_import_condense_does_not_load_litert():
             "print(sorted(m for m in ('litert_torch', 'ai_edge_litert', 'ai_edge_quantizer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_folder_holding_an_earlier_tflite_export_may_be_exported_into_again(tmp_path):
+    from condense.core.outputs import check_output_dir
+
+    (tmp_path / "model.tflite").write_bytes(b"x")
+    check_output_dir(tmp_path, kind="export")  # no error: an export folder, not someone else's files
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(CondenseError, match="not a condense"):
+        check_output_dir(other, kind="export")  # someone else's folder is still refused
