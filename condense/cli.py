@@ -31,6 +31,7 @@ EPILOG = """examples:
   condense search --task minilm --budget 1% --storage postgresql://u:pw@db/condense --study s1 --workers 2 --out runs/s1
   condense run recipes/digits.yaml --out runs/digits-recipe        # a YAML recipe: steps in order, measured
   condense export --model runs/digits-recipe --out runs/digits.onnx --int8   # ONNX file + parity check
+  condense export --model runs/digits-recipe --format tflite --out runs/digits.tflite   # LiteRT file + parity
 """
 
 
@@ -522,16 +523,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from condense.core.artifact import load
-    from condense.export.files import export_model
+    from condense.export.files import check_export_target, check_format, export_model
 
-    if args.format != "onnx":
-        raise CondenseError(f"unknown export format {args.format!r}; use --format onnx")
-    from condense.export.files import check_export_target
-
-    check_export_target(args.out)  # before any work
+    suffix = check_format(args.format)
+    if args.int8_mode and not args.int8:
+        raise CondenseError("--int8-mode needs --int8")
+    check_export_target(args.out, suffix=suffix)  # before any work
     task, d = _artifact_task(args)
     model = load(d, task=task)
-    rec = export_model(model, task, args.out, int8=args.int8, opset=args.opset)
+    rec = export_model(model, task, args.out, int8=args.int8, opset=args.opset, format=args.format,
+                       int8_mode=args.int8_mode)
+    if args.format == "tflite":
+        return _print_tflite(rec)
     p = rec["parity"]
     kind = "int8" if rec["int8"] else "fp32"
     print(f"wrote {rec['path']} ({kind}, {rec['bytes'] / 2**20:.2f} MB, opset {rec['opset']}); record: "
@@ -542,6 +545,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         r = rec["recorded_parity_vs_torch"]
         print(f"parity vs PyTorch recorded when the model was converted: max abs diff {r['max_abs_diff']:.3g}, "
               f"cosine {r['cosine']:.6f}")
+    return 0
+
+
+def _print_tflite(rec: dict[str, Any]) -> int:
+    p, q = rec["parity"], rec["quality"]
+    kind = {None: "fp32", "full": "int8 full-integer", "dynamic": "int8 weights"}[rec["int8"]]
+    print(f"wrote {rec['path']} ({kind}, {rec['bytes'] / 2**20:.2f} MB); record: "
+          f"{Path(rec['path']).with_suffix('.json')}")
+    print(f"parity vs {rec['parity_against']} (LiteRT interpreter, batch sizes 2 and 1): max abs diff "
+          f"{p['max_abs_diff']:.3g}, cosine {p['cosine']:.6f} (min {p['min_cosine']:.6f})")
+    if q:
+        print("quality: " + ", ".join(f"{k} {q['source'][k]:.4f} -> {v:.4f} (LiteRT)" for k, v in q["litert"].items()
+                                      if k in q["source"]))
     return 0
 
 
@@ -558,7 +574,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "info": (cmd_info, "describe a saved artifact"),
     "search": (cmd_search, "search compression steps for the fastest model within a quality budget (optuna)"),
     "run": (cmd_run, "run a YAML recipe: every step in order, measured after each; artifact and report"),
-    "export": (cmd_export, "write an artifact as an ONNX file (fp32 or int8) with a parity check in ONNX Runtime"),
+    "export": (cmd_export, "write an artifact as an ONNX or LiteRT (.tflite) file, fp32 or int8, with a parity check"),
 }
 
 
@@ -791,13 +807,21 @@ exit codes: 0 found a model within budget; 2 bad input, unreachable database or 
 
     p = subs["export"]
     p.epilog = ("examples:\n  condense export --model runs/digits-recipe --out runs/digits.onnx\n"
-                "  condense export --model runs/minilm-recipe --out runs/minilm-onnx --int8")
+                "  condense export --model runs/minilm-recipe --out runs/minilm-onnx --int8\n"
+                "  condense export --model runs/digits-recipe --format tflite --int8 --out runs/digits.tflite")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True, metavar="ARTIFACT", help="artifact or run folder (e.g. a recipe's)")
-    p.add_argument("--format", default="onnx", help="export format (onnx)")
+    p.add_argument("--format", default="onnx",
+                   help="onnx (ONNX Runtime) or tflite (LiteRT; needs pip install 'condense[litert]')")
     p.add_argument("--out", required=True, metavar="FILE_OR_DIR",
-                   help="a .onnx file, or a folder to write model.onnx into (a .json record goes beside it)")
-    p.add_argument("--int8", action="store_true", help="quantize to int8 with ONNX Runtime's dynamic quantization")
+                   help="a .onnx/.tflite file, or a folder to write model.onnx/model.tflite into (a .json record "
+                        "goes beside it)")
+    p.add_argument("--int8", action="store_true",
+                   help="quantize to int8: ONNX Runtime's dynamic quantization; tflite: see --int8-mode")
+    p.add_argument("--int8-mode", choices=("dynamic", "full"), default=None,
+                   help="tflite only: dynamic (int8 weights, float activations; default) or full (int8 weights and "
+                        "activations, calibrated on the task's data: for integer-only hardware; check the quality "
+                        "it prints, BERT loses much)")
     p.add_argument("--opset", type=_opset, default=17, help="ONNX opset (17 or 18)")
     _add_task_args(p, required=False)
     _add_trust_arg(p, "the artifact (--model)")

@@ -23,7 +23,7 @@ from condense.errors import CondenseError
 RUN_FILES = ("report.json", "report.html", "train.json", "metrics.jsonl", "search.db", "condense.json")
 RUN_DIRS = ("model", "checkpoints", "stages", "tb")
 RECORDS = ("report.json", "train.json")  # written after DIR/model, each with the run id
-EXPORT_FILES = ("model.onnx", "model.json")
+EXPORT_FILES = ("model.onnx", "model.tflite", "model.json")
 
 
 def new_run_id() -> str:
@@ -72,7 +72,7 @@ def check_output_dir(path: str | os.PathLike, *, kind: str = "run") -> Path:
     Accepted: a new folder (its parent writable), an empty one, or a condense run folder (a report, a model, a
     training or search record...; rerunning into it replaces them). Refused: an existing file, a folder holding
     other files and no condense output, a place that cannot be written. `kind="export"` also accepts a folder
-    holding an earlier export (model.onnx / model.json). Nothing is written.
+    holding an earlier export (model.onnx / model.tflite / model.json). Nothing is written.
 
     Example:
         >>> import tempfile

@@ -1,7 +1,9 @@
-"""ONNX export and ONNX Runtime execution. Importing this package registers the ONNX Runtime transform, its
-artifact codec and replay; onnxruntime itself is imported only when a model is exported or run."""
+"""ONNX export and ONNX Runtime execution; LiteRT (.tflite) export and execution. Importing this package registers
+the ONNX Runtime and LiteRT transforms, their artifact codecs and replays; onnxruntime, litert-torch and
+ai-edge-litert are imported only when a model is exported or run."""
 from condense.export.onnx import EXPORT_ADAPTERS, ExportAdapter, ExportSpec, export_onnx, parity
 from condense.export.runtime import OnnxRuntimeConfig, OrtModule, OrtSentenceEncoder
+from condense.export.litert_runtime import LiteRtConfig, LiteRtInt8Config, LiteRtModule
 from condense.export import gpt as _gpt  # noqa: F401  (registers the tinygpt export adapter)
 
 __all__ = [
@@ -9,4 +11,6 @@ __all__ = [
     "export_onnx", "parity", "ExportSpec", "ExportAdapter", "EXPORT_ADAPTERS",
     # runtime
     "OrtModule", "OrtSentenceEncoder", "OnnxRuntimeConfig",
+    # LiteRT
+    "LiteRtModule", "LiteRtConfig", "LiteRtInt8Config",
 ]

@@ -43,22 +43,32 @@ def is_int8(data: bytes) -> bool:
     return any(n.op_type in INT8_OPS for n in onnx.load_from_string(data).graph.node)
 
 
-def target_path(out: str | os.PathLike) -> Path:
-    """`out` if it names a .onnx file, else `out/model.onnx`."""
+FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}  # export format -> file suffix
+
+
+def target_path(out: str | os.PathLike, *, suffix: str = ".onnx") -> Path:
+    """`out` if it names a `suffix` (.onnx, .tflite) file, else `out/model<suffix>`."""
     p = Path(out)
-    return p if p.suffix == ".onnx" else p / "model.onnx"
+    return p if p.suffix == suffix else p / ("model" + suffix)
 
 
-def check_export_target(out: str | os.PathLike) -> Path:
-    """Raise a CondenseError naming the fix unless `out` (a .onnx file or a folder) can be written; returns the
+def check_export_target(out: str | os.PathLike, *, suffix: str = ".onnx") -> Path:
+    """Raise a CondenseError naming the fix unless `out` (a `suffix` file or a folder) can be written; returns the
     file path. Called before any work; writes nothing."""
     from condense.core.outputs import check_output_dir, check_output_file
 
-    if Path(out).suffix == ".onnx":
+    if Path(out).suffix == suffix:
         check_output_file(out)
     else:
         check_output_dir(out, kind="export")
-    return target_path(out)
+    return target_path(out, suffix=suffix)
+
+
+def check_format(fmt: str) -> str:
+    """The export file suffix of `fmt`, or a CondenseError naming the formats."""
+    if fmt not in FORMATS:
+        raise CondenseError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)} (e.g. --format onnx)")
+    return FORMATS[fmt]
 
 
 def _as_tensor(out: Any) -> torch.Tensor:
@@ -86,13 +96,17 @@ def _quantize(data: bytes, opset: int) -> bytes:
 
 
 def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: bool = False,
-                 opset: int = 17) -> dict[str, Any]:
+                 opset: int = 17, format: str = "onnx", int8_mode: str | None = None) -> dict[str, Any]:
     """Write `model` to ONNX (int8 via ONNX Runtime's dynamic quantization if `int8`) and check it.
 
     Args:
         model: a PyTorch model (e.g. a loaded recipe result) or one already running in ONNX Runtime.
         task: the task the model belongs to (gives example batches and how to run them).
         out: a .onnx file path, or a folder (the file is then `out/model.onnx`).
+        format: "onnx", or "tflite" for LiteRT (see `condense.export.litert.export_tflite`; needs
+            `pip install 'condense[litert]'`); `opset` is ONNX's only.
+        int8_mode: how `int8` quantizes; ONNX: "dynamic" only (the default); tflite: "dynamic" (int8 weights, float
+            activations; the default) or "full" (int8 weights and activations, calibrated on the task's data).
 
     Returns the record also written to `<file>.json`: path, bytes, int8, opset, "parity" against the source
     (max_abs_diff, cosine, min_cosine; the worse of batch sizes 2 and 1), "parity_against" ("pytorch" or, for a
@@ -106,6 +120,16 @@ def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: b
         >>> rec["parity"]["cosine"] > 0.9999  # doctest: +SKIP
         True
     """
+    check_format(format)
+    if format == "tflite":
+        from condense.export.litert import export_tflite
+
+        if int8_mode not in (None, "full", "dynamic"):
+            raise CondenseError(f"tflite int8_mode must be 'full' or 'dynamic', got {int8_mode!r}")
+        return export_tflite(model, task, out, int8=(int8_mode or "dynamic") if int8 else None)
+    if int8_mode not in (None, "dynamic"):
+        raise CondenseError(f"ONNX int8 is ONNX Runtime's dynamic quantization; int8_mode {int8_mode!r} is for "
+                            "format='tflite' only: omit it")
     from condense.quantize.ort import OrtInt8Config
 
     path = check_export_target(out)
@@ -146,7 +170,8 @@ def _rewrap(model: nn.Module, data: bytes) -> nn.Module:
 
 
 def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool = False) -> nn.Module:
-    """An exported ONNX file as a module run by ONNX Runtime; a sentence encoder gets `encode` back.
+    """An exported ONNX file as a module run by ONNX Runtime (a .tflite file: by LiteRT); a sentence encoder gets
+    `encode` back.
 
     `task` (default: the one recorded in the sidecar JSON) supplies the tokenizer for text models; a recorded
     `module:factory` task is rebuilt only with `trust_task=True` (see `condense.load`). A graph that names
@@ -159,10 +184,17 @@ def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool
     """
     from condense.tasks import get_task, task_from_spec
 
-    path = target_path(path)
+    tflite = Path(path).suffix == ".tflite" or (Path(path).is_dir() and (Path(path) / "model.tflite").is_file()
+                                                and not (Path(path) / "model.onnx").is_file())
+    path = target_path(path, suffix=".tflite" if tflite else ".onnx")
     if not path.is_file():
         raise CondenseError(f"{path} does not exist; create it with `condense export --model ARTIFACT --out {path}`")
-    graph = OrtModule(path.read_bytes())
+    if tflite:
+        from condense.export.litert_runtime import LiteRtModule, wrap as litert_wrap
+
+        graph, wrap_fn = LiteRtModule(path.read_bytes()), litert_wrap
+    else:
+        graph, wrap_fn = OrtModule(path.read_bytes()), wrap
     side = path.with_suffix(".json")
     if task is None and side.is_file():
         try:
@@ -175,8 +207,6 @@ def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool
         task = get_task(task)
     if task is None:
         return graph
-    from condense.export.runtime import ORT_WRAPPERS
-
     # the wrapper (e.g. the encoder's tokenizer) comes from the task's architecture, or its model if it has none
     like = task.build_skeleton() if task.skeleton is not None else task.build_model()
-    return graph if ORT_WRAPPERS.find(like) is None else wrap(like, graph)
+    return wrap_fn(like, graph)

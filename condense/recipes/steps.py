@@ -73,6 +73,8 @@ register_step("fuse", "method", {"blocks": "condense.fusion:FuseConfig"}, defaul
 register_step("export", "format", {
     "onnx": "condense.export.runtime:OnnxRuntimeConfig",       # run in ONNX Runtime, fp32
     "onnx-int8": "condense.quantize.ort:OrtInt8Config",        # run in ONNX Runtime, dynamic int8
+    "tflite": "condense.export.litert_runtime:LiteRtConfig",          # run in LiteRT, fp32
+    "tflite-int8": "condense.export.litert_runtime:LiteRtInt8Config",  # run in LiteRT, int8 weights
 }, default="onnx")
 # Issue-5 techniques: resolved lazily; until they ship, validation says they are not available.
 register_step("distill", "method", {"kd": "condense.distillation:DistillConfig"}, default="kd")

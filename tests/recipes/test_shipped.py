@@ -97,5 +97,5 @@ def test_run_and_export_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["run", str(RECIPES / "digits.yaml"), "--out", str(tmp_path / "o"), "--set", "steps.9.x=1"]) == 2
     assert "not a step index" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.onnx")]) == 2
-    assert main(["export", "--model", str(tmp_path), "--format", "tflite", "--out", str(tmp_path / "x")]) == 2
-    assert "use --format onnx" in capsys.readouterr().err
+    assert main(["export", "--model", str(tmp_path), "--format", "coreml", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown export format 'coreml'; use one of ['onnx', 'tflite']" in capsys.readouterr().err
