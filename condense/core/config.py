@@ -101,6 +101,10 @@ def describe(tp: Any) -> str:
                 return f"a list of {what} ({', '.join(describe(a) for a in inner)})"
             return f"a list of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
         return f"a list of {len(args)} values ({', '.join(describe(a) for a in args)})"
+    if origin is list:
+        return f"a list of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict:
+        return "a mapping"
     if origin is typing.Literal:
         return f"one of {list(args)}"
     if isinstance(tp, type) and issubclass(tp, enum.Enum):

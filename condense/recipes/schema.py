@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any
 
-from condense.core.config import registered_configs
+from condense.core.config import describe, registered_configs
 from condense.errors import ConfigError
 
 _NONE = type(None)
@@ -30,25 +30,6 @@ class _Mismatch(Exception):
 
 def _is_config(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp) and registered_configs().get(tp.__name__) is tp
-
-
-def describe(tp: Any) -> str:
-    """A type hint in words, e.g. 'an integer', 'a list of strings', 'one of ['rtn', 'gptq']'."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        parts = [describe(a) for a in args if a is not _NONE]
-        return " or ".join(parts) + (" or null" if _NONE in args else "")
-    if origin in (tuple, list):
-        return f"a list of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    if origin is typing.Literal:
-        return f"one of {list(args)}"
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return f"one of {[m.value for m in tp]}"
-    if _is_config(tp):
-        return f"a mapping of {tp.__name__} fields"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
 
 
 def coerce(value: Any, tp: Any, *, field: str, where: str) -> Any:
