@@ -670,6 +670,25 @@ COMMANDS["federated"] = (cmd_federated, "train federated (Flower, FedAvg) over s
                          "client updates")
 
 
+def _list_config_fields(p: argparse.ArgumentParser, configs: dict[str, str]) -> None:
+    """`p --help` ends with each config's fields, types and defaults (imported only when help is asked for)."""
+    base = p.format_help
+
+    def format_help() -> str:
+        import importlib
+
+        from condense.core.config_help import fields_text
+
+        parts = [base()]
+        for label, path in configs.items():
+            mod, _, name = path.partition(":")
+            parts.append(f"\n{label}: {name} fields (--set FIELD=VALUE)\n"
+                         f"{fields_text(getattr(importlib.import_module(mod), name))}\n")
+        return "".join(parts)
+
+    p.format_help = format_help  # type: ignore[method-assign]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="condense", description="Make neural networks cheaper to run, and prove "
                                      "it with measurements.", epilog=EPILOG,
@@ -706,8 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_trust_arg(p, "the artifact (--model)")
         p.add_argument("--out", required=True, metavar="DIR",
                        help="run folder: artifact in DIR/model, report.json and report.html beside it")
+        example = "--set bits=4 --set group_size=32" if name == "quantize" else "--set scope=global"
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="any field of the technique's config (repeatable), e.g. --set bits=4 --set group_size=32")
+                       help=f"any field of the technique's config (repeatable; listed below), e.g. {example}")
+        _list_config_fields(p, {f"{flag} {k}": v for k, v in choices.items()})
         p.add_argument("--include", action="append", metavar="PATTERN", help="module-name pattern to include")
         p.add_argument("--exclude", action="append", metavar="PATTERN", help="module-name pattern to leave alone")
         _add_measure_args(p)
@@ -722,7 +743,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, metavar="DIR",
                        help="run folder: artifact in DIR/model, report.json and report.html beside it")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="any field of the config (repeatable), e.g. --set layers=3 --set fit='{\"steps\": 200}'")
+                       help="any field of the config (repeatable; listed below), e.g. --set layers=3 "
+                       "--set fit='{\"steps\": 200}'")
+        _list_config_fields(p, {name: TECHNIQUES[name]})
         if name == "factorize":
             p.add_argument("--include", action="append", metavar="PATTERN", help="module-name pattern to include")
             p.add_argument("--exclude", action="append", metavar="PATTERN", help="module-name pattern to leave alone")
