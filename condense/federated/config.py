@@ -1,8 +1,7 @@
 """`FederatedConfig`: one frozen, JSON-round-tripping config for a federated run."""
 from __future__ import annotations
 
-from condense.core.config import config
-from condense.errors import ConfigError
+from condense.core.config import check_choice, check_float, check_int, config
 
 SPLITS = ("iid", "dirichlet", "groups", "same")
 LR_SCHEDULES = ("constant", "cosine")
@@ -54,20 +53,15 @@ class FederatedConfig:
     engine: str = "inprocess"
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # the shared validators every config uses (finite, integral, in range)
         for name, example in (("clients", 20), ("rounds", 10), ("local_steps", 10), ("batch_size", 32),
                               ("rank", 4)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"FederatedConfig.{name} must be an integer >= 1, got {v!r}; e.g. {name}={example}")
-        if not self.lr > 0:
-            raise ConfigError(f"FederatedConfig.lr must be > 0, got {self.lr}; e.g. lr=0.05")
-        if not self.alpha > 0:
-            raise ConfigError(f"FederatedConfig.alpha must be > 0, got {self.alpha}; e.g. alpha=0.5 (smaller: more "
-                              "label skew)")
-        if not 0 < self.topk_fraction <= 1:
-            raise ConfigError(f"FederatedConfig.topk_fraction must be in (0, 1], got {self.topk_fraction}; e.g. 0.01")
+            check_int(self, name, lo=1, example=example)
+        check_int(self, "seed", lo=0, hi=2**32 - 1, example=0)
+        check_float(self, "lr", lo=0, lo_open=True, example=0.05)
+        check_float(self, "momentum", lo=0, hi=1, hi_open=True, example=0.9)
+        check_float(self, "alpha", lo=0, lo_open=True, example=0.5)  # smaller: more label skew
+        check_float(self, "topk_fraction", lo=0, hi=1, lo_open=True, example=0.01)
         for name, choices in (("lr_schedule", LR_SCHEDULES), ("split", SPLITS), ("engine", ENGINES),
                               ("codec", CODEC_NAMES)):
-            if getattr(self, name) not in choices:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+            check_choice(self, name, choices)
