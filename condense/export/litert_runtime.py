@@ -8,7 +8,7 @@ returns int8 tensors; the module quantizes float inputs with the graph's input s
 dequantizes the outputs, so callers always see float in, float out. The converter narrows int64 inputs (token
 ids) to int32; the module casts to whatever the graph declares.
 
-Saved artifacts hold the flatbuffer as one uint8 tensor (`LiteRtModuleCodec`); loading replays the transform on
+Saved artifacts hold the flatbuffer as one uint8 tensor (`runtime.ModelBytesCodec`); loading replays the transform on
 the task's skeleton (`REPLAY`) to get the wrapper back, then the codec restores the model. Importing this module
 imports neither litert-torch nor ai-edge-litert: they load when a model is converted or run.
 """
@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from condense.core import lineage
-from condense.core.artifact import CODECS, REPLAY, TensorCodec
+from condense.core.artifact import CODECS, REPLAY
 from condense.core.config import check_positive_int, config
 from condense.core.registry import TypeRegistry
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.errors import CondenseError, ConfigError
-from condense.export.runtime import OrtSentenceEncoder
+from condense.export.runtime import ModelBytesCodec, OrtSentenceEncoder
 from condense.measurement.macs import MAC_COUNTERS
 from condense.tasks.encoder import SentenceEncoder
 
@@ -230,19 +230,7 @@ def litert_graph(model: nn.Module) -> LiteRtModule | None:
     return g if isinstance(g, LiteRtModule) else None
 
 
-class LiteRtModuleCodec(TensorCodec):
-    """The flatbuffer as one uint8 tensor."""
-
-    def export(self, m: LiteRtModule) -> dict[str, torch.Tensor]:
-        return {"tflite_model": torch.frombuffer(bytearray(m.tflite_model), dtype=torch.uint8)}
-
-    def load(self, m: LiteRtModule, t: dict[str, torch.Tensor]) -> None:
-        if "tflite_model" not in t:
-            raise CondenseError("the artifact has no LiteRT model for this LiteRT module; re-save it")
-        m.set_model(t["tflite_model"].numpy().tobytes())
-
-
-CODECS.register(LiteRtModule)(LiteRtModuleCodec())
+CODECS.register(LiteRtModule)(ModelBytesCodec("tflite_model", "LiteRT"))
 
 
 def _litert_macs(m: LiteRtModule, inputs: tuple, out: Any) -> int:

@@ -6,7 +6,7 @@ Sessions run sequentially with every graph optimisation on, and with `intra_op_n
 thread count (ORT does not follow `torch.set_num_threads`): a session is created with torch's current count and
 rebuilt if that count has changed by the next call, so `measure(threads=N)` times ORT on N threads too.
 
-Saved artifacts hold the ONNX model bytes as one uint8 tensor (`OrtModuleCodec`); loading replays the transform
+Saved artifacts hold the ONNX model bytes as one uint8 tensor (`ModelBytesCodec`); loading replays the transform
 on the task's skeleton (`REPLAY`) to get the wrapper back, then the codec restores the graph.
 """
 from __future__ import annotations
@@ -264,19 +264,23 @@ def wrap(source: nn.Module, graph: OrtModule) -> nn.Module:
     return graph if fn is None else fn(source, graph)
 
 
-class OrtModuleCodec(TensorCodec):
-    """The ONNX model bytes as one uint8 tensor."""
+class ModelBytesCodec(TensorCodec):
+    """A runtime module's serialized model (`m.<attr>`: bytes) as one uint8 tensor named `attr`; loading hands the
+    bytes back through `m.set_model`. Serves every runtime module (ONNX Runtime here, LiteRT in litert_runtime)."""
 
-    def export(self, m: OrtModule) -> dict[str, torch.Tensor]:
-        return {"onnx_model": torch.frombuffer(bytearray(m.onnx_model), dtype=torch.uint8)}
+    def __init__(self, attr: str, runtime: str):
+        self.attr, self.runtime = attr, runtime
 
-    def load(self, m: OrtModule, t: dict[str, torch.Tensor]) -> None:
-        if "onnx_model" not in t:
-            raise CondenseError("the artifact has no ONNX model for this ONNX Runtime module; re-save it")
-        m.set_model(t["onnx_model"].numpy().tobytes())
+    def export(self, m: nn.Module) -> dict[str, torch.Tensor]:
+        return {self.attr: torch.frombuffer(bytearray(getattr(m, self.attr)), dtype=torch.uint8)}
+
+    def load(self, m: nn.Module, t: dict[str, torch.Tensor]) -> None:
+        if self.attr not in t:
+            raise CondenseError(f"the artifact has no {self.runtime} model for this {self.runtime} module; re-save it")
+        m.set_model(t[self.attr].numpy().tobytes())
 
 
-CODECS.register(OrtModule)(OrtModuleCodec())
+CODECS.register(OrtModule)(ModelBytesCodec("onnx_model", "ONNX Runtime"))
 
 
 def _weights_view(m: OrtModule) -> dict[str, torch.Tensor]:
