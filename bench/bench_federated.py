@@ -39,6 +39,21 @@ def centralized(task, cfg: FederatedConfig, total_samples: int, samples_per_roun
 PACKAGES = ("asyncio", "email", "json", "xml", "http", "unittest", "multiprocessing", "importlib")
 
 
+
+def _run_all(task, cfg0, variants, *, tag):
+    """Centralized training on the samples one federated round sees, then every variant: (samples per round,
+    centralized curve, its seconds, runs, seconds per run)."""
+    per_round = cfg0.clients * cfg0.local_steps * cfg0.batch_size
+    t0 = time.perf_counter()
+    central = centralized(task, cfg0, per_round * cfg0.rounds, per_round)
+    t_central = time.perf_counter() - t0
+    runs, secs = {}, {}
+    for name, cfg in variants.items():
+        t0 = time.perf_counter()
+        runs[name] = federated(task, cfg, log=lambda line, n=name: print(f"[{tag}{n}] {line}", file=sys.stderr))
+        secs[name] = time.perf_counter() - t0
+    return per_round, central, t_central, runs, secs
+
 def stdlib_package_task(packages: tuple[str, ...] = PACKAGES, windows: int = 256, preset: str = "tiny",
                         seed: int = 0):
     """tinygpt (`preset`) whose training data is `windows` random byte windows from each stdlib package's training
@@ -109,16 +124,8 @@ def main() -> int:
     from condense.federated.rounds import Federation
 
     skew = label_skew(y, Federation(task, cfg0).parts)
-    per_round = cfg0.clients * cfg0.local_steps * cfg0.batch_size
-    t0 = time.perf_counter()
-    central = centralized(task, cfg0, per_round * cfg0.rounds, per_round)
-    t_central = time.perf_counter() - t0
+    per_round, central, t_central, runs, secs = _run_all(task, cfg0, variants, tag="")
     print(f"centralized: {central[-1]:.4f} after {len(central)} evaluations ({t_central:.0f} s)", file=sys.stderr)
-    runs, secs = {}, {}
-    for name, cfg in variants.items():
-        t0 = time.perf_counter()
-        runs[name] = federated(task, cfg, log=lambda line, n=name: print(f"[{n}] {line}", file=sys.stderr))
-        secs[name] = time.perf_counter() - t0
 
     dense = runs["FedAvg, uncompressed"]
     dense_final = dense.rows[-1]["accuracy"]
@@ -197,15 +204,7 @@ def tinygpt_part(args) -> None:
                 f"FedAvg, low-rank r={args.rank} + error feedback": FederatedConfig(codec="lowrank", rank=args.rank,
                                                                                     **base)}
     cfg0 = variants["FedAvg, uncompressed"]
-    per_round = cfg0.clients * cfg0.local_steps * cfg0.batch_size
-    t0 = time.perf_counter()
-    central = centralized(task, cfg0, per_round * cfg0.rounds, per_round)
-    t_central = time.perf_counter() - t0
-    runs, secs = {}, {}
-    for name, cfg in variants.items():
-        t0 = time.perf_counter()
-        runs[name] = federated(task, cfg, log=lambda line, n=name: print(f"[gpt {n}] {line}", file=sys.stderr))
-        secs[name] = time.perf_counter() - t0
+    per_round, central, t_central, runs, secs = _run_all(task, cfg0, variants, tag="gpt ")
     dense = runs["FedAvg, uncompressed"]
     d_last, d_bytes = dense.rows[-1]["bits_per_byte"], dense.rows[-1]["cum_bytes"]
     tgt = args.gpt_target
