@@ -106,17 +106,13 @@ class FSDP(Single):
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(folder / "dcp"))
 
     def load_parts(self, folder: Path, wrapped: nn.Module, opt: torch.optim.Optimizer) -> None:
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        from condense.core.safe_pickle import check_pickle
+        from condense.core.safe_pickle import safe_dcp_load
 
-        # dcp reads .metadata with pickle.load: admit only plain checkpoint data types first
-        check_pickle(folder / "dcp" / ".metadata", what="sharded checkpoint metadata",
-                     fix="resume from a checkpoint written by condense train")
         msd, osd = get_state_dict(wrapped, opt)
         state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=str(folder / "dcp"))
+        safe_dcp_load(state, folder / "dcp")  # dcp's own load unpickles .metadata and shard items: this runs none
         set_state_dict(wrapped, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
 
