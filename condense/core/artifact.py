@@ -338,14 +338,19 @@ def save(model: nn.Module, path: str | os.PathLike, *, measurements: dict | None
     return path
 
 
+def _weights_path(path: Path, meta: dict[str, Any]) -> Path:
+    """The weights file `condense.json` names, refused unless it is a plain file in the artifact folder."""
+    from condense.core.paths import file_in_folder
+
+    return file_in_folder(path, meta.get("weights_file"), what=f"weights_file in {path / META_FILE}")
+
+
 def _read_weights(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of the weights file `meta` names, checked against its sha256."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from condense.core.paths import file_in_folder
-
-    wpath = file_in_folder(path, meta.get("weights_file"), what=f"weights_file in {path / META_FILE}")
+    wpath = _weights_path(path, meta)
     if not wpath.is_file():
         raise ArtifactError(f"artifact {path} is missing its weights file {wpath.name}; re-create the artifact")
     if _sha256(wpath) != meta.get("weights_sha256"):
@@ -555,10 +560,9 @@ def artifact_size(path: str | os.PathLike) -> int:
     path = Path(path)
     with _folder_lock(path, shared=True):
         meta = read_metadata(path)
-        name = str(meta.get("weights_file", ""))
-        wpath = path / name
-        if Path(name).name != name or not wpath.is_file():
-            raise ArtifactError(f"artifact {path} is missing its weights file {name!r}; re-create the artifact")
+        wpath = _weights_path(path, meta)
+        if not wpath.is_file():
+            raise ArtifactError(f"artifact {path} is missing its weights file {wpath.name}; re-create the artifact")
         return (path / META_FILE).stat().st_size + wpath.stat().st_size
 
 

@@ -318,3 +318,24 @@ def test_a_weights_file_name_the_file_system_refuses_is_an_artifact_error(tmp_pa
 
     with pytest.raises(ArtifactError, match="not a plain name inside"):
         file_in_folder(tmp_path, "1" * 400, what="weights_file")
+
+
+def test_info_size_never_stats_a_weights_file_outside_the_artifact(tmp_path):
+    """`condense info` / artifact_size follow the same rule as load: a symlinked weights file leading out is refused."""
+    import json
+
+    import torch
+
+    import condense
+    from condense.core.artifact import artifact_size
+    from condense.errors import ArtifactError
+
+    d = condense.save(torch.nn.Linear(3, 2), tmp_path / "a")
+    meta = json.loads((d / "condense.json").read_text())
+    outside = tmp_path / "outside.safetensors"
+    (d / meta["weights_file"]).rename(outside)
+    (d / "link.safetensors").symlink_to(outside)
+    meta["weights_file"] = "link.safetensors"
+    (d / "condense.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="not a plain name inside"):
+        artifact_size(d)
