@@ -307,9 +307,10 @@ def build_litert(model: nn.Module, batch: Any, *, quantize: str = "none",
         data = quantize_tflite(data, quantize, [spec.to_inputs(b) for b in (calibration or [])])
     graph = LiteRtModule(data)
     with torch.inference_mode():
-        graph.__dict__["macs_per_sample"], graph.__dict__["macs_shapes"] = _source_macs(spec.module, inputs)
+        macs = dict(zip(("macs_per_sample", "macs_shapes"), _source_macs(spec.module, inputs)))
+    graph.__dict__.update(macs)  # the flatbuffer cannot be counted: the source's count, kept in lineage for load
     details = {"inputs": list(spec.input_names), "shapes": spec.litert_shapes, "quantize": quantize,
-               "tflite_bytes": len(data),
+               "tflite_bytes": len(data), **macs,
                "parity_vs_torch": parity_tensors(spec.module, graph, inputs)}
     new = wrap(model, graph)
     lineage.copy_lineage(model, new)
@@ -348,7 +349,12 @@ TRANSFORMS.register("LiteRtInt8Config")(to_litert)
 
 @REPLAY.register("LiteRtConfig")
 def _replay(model: nn.Module, cfg: LiteRtConfig, details: dict) -> nn.Module:
-    return replay_litert(model)
+    new = replay_litert(model)
+    graph = litert_graph(new)
+    for key in ("macs_per_sample", "macs_shapes"):  # recorded at conversion (artifacts from before: no MACs)
+        if key in details:
+            graph.__dict__[key] = details[key]
+    return new
 
 
 REPLAY.register("LiteRtInt8Config")(_replay)

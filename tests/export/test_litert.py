@@ -92,6 +92,7 @@ def test_recipe_transform_runs_in_litert_and_round_trips(digits, tmp_path):
 
     one = task.batch(1)
     assert count_macs(lm, lambda: lm(one)) == count_macs(model, lambda: model(one))  # recorded at conversion
+    assert count_macs(loaded, lambda: loaded(one)) == count_macs(model, lambda: model(one))  # and kept by save/load
 
 
 def test_bert_encoder_converts_at_fixed_shapes_and_encodes_like_pytorch():
