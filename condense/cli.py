@@ -659,6 +659,9 @@ def cmd_federated(args: argparse.Namespace) -> int:
 
     base = _task_options(args.set, flag="--set", example="momentum=0") if args.set else {}
     cfg = _build_config("condense.federated.config:FederatedConfig", overrides(args, base))
+    from condense.core.outputs import check_output_dir
+
+    check_output_dir(args.out, kind="federated")  # before the task is built, as every command does
     task = _task(args)
     res = federated(task, cfg, out_dir=args.out, resume=True if args.resume else None)
     _print(table(res.rows, task.primary_metric))

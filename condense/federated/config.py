@@ -62,6 +62,8 @@ class FederatedConfig:
         check_float(self, "momentum", lo=0, hi=1, hi_open=True, example=0.9)
         check_float(self, "alpha", lo=0, lo_open=True, example=0.5)  # smaller: more label skew
         check_float(self, "topk_fraction", lo=0, hi=1, lo_open=True, example=0.01)
+        from condense.train.optim import OPTIMIZERS  # the clients train with condense's engine
+
         for name, choices in (("lr_schedule", LR_SCHEDULES), ("split", SPLITS), ("engine", ENGINES),
-                              ("codec", CODEC_NAMES)):
+                              ("codec", CODEC_NAMES), ("optimizer", sorted(OPTIMIZERS))):
             check_choice(self, name, choices)

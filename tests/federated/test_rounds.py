@@ -112,3 +112,11 @@ def test_cosine_round_schedule_runs_from_lr_to_a_tenth(task):
     assert lrs[0] == pytest.approx(0.2) and lrs[-1] == pytest.approx(0.02) and lrs == sorted(lrs, reverse=True)
     flat = Federation(task, FederatedConfig(clients=2, rounds=5, lr=0.2, split="iid", lr_schedule="constant"))
     assert [flat.lr(r) for r in range(1, 6)] == [0.2] * 5
+
+
+def test_an_unknown_client_optimizer_is_refused_when_the_config_is_built():
+    from condense.errors import ConfigError
+    from condense.federated.config import FederatedConfig
+
+    with pytest.raises(ConfigError, match="FederatedConfig.optimizer must be one of"):
+        FederatedConfig(optimizer="bogus")
