@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from condense.core.atomic import atomic_write_text
+from condense.core.atomic import atomic_write_bytes
 
 
 class MetricsLog:
@@ -88,15 +88,15 @@ def truncate_jsonl(path: str | Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+    for line in path.read_bytes().splitlines():  # bytes: kept lines are written back exactly as they were
         try:
             row = json.loads(line)
-        except ValueError:
+        except ValueError:  # a line cut short by a kill (or not UTF-8)
             continue
         s = row.get("step") if isinstance(row, dict) else None
         if not isinstance(s, (int, float)) or s <= step:
-            keep.append(line + "\n")
-    atomic_write_text(path, "".join(keep))
+            keep.append(line + b"\n")
+    atomic_write_bytes(path, b"".join(keep))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
