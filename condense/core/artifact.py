@@ -406,7 +406,7 @@ META_MAX_DEPTH = 64  # nesting levels condense.json may have; saved artifacts us
 
 def _check_metadata(meta: dict[str, Any], meta_path: Path) -> None:
     """Every field `load` and the CLI read has the type `save` writes; an error names the field and the fix."""
-    from condense.core.validate import Cycle, nesting_depth
+    from condense.core.validate import nesting_depth
 
     def bad(field: str, want: str) -> ArtifactError:
         got = meta.get(field) if "[" not in field and "." not in field else None
@@ -414,11 +414,7 @@ def _check_metadata(meta: dict[str, Any], meta_path: Path) -> None:
         return ArtifactError(f"{meta_path}: {field} must be {want}{shown}; the metadata was edited or damaged: "
                              "re-create the artifact")
 
-    try:
-        depth = nesting_depth(meta, limit=META_MAX_DEPTH)
-    except Cycle:  # json.loads cannot build one; a caller's dict can
-        depth = META_MAX_DEPTH + 1
-    if depth > META_MAX_DEPTH:
+    if nesting_depth(meta, limit=META_MAX_DEPTH) > META_MAX_DEPTH:  # `meta` comes from json.loads: no cycles
         raise ArtifactError(f"{meta_path} is nested more than {META_MAX_DEPTH} levels deep; the metadata was edited "
                             "or damaged: re-create the artifact")
     version = meta.get("format_version", 1)
