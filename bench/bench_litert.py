@@ -63,7 +63,7 @@ def verdict(p50: dict, bss: tuple[int, ...], suffix: str = "fp32") -> str:
 
 
 def run(name: str, args: argparse.Namespace) -> None:
-    load_before = os.getloadavg()
+    load_before = _common.load_average()
     t_start = time.time()
     task = condense.get_task(name)
     fp32 = task.build_model()
@@ -91,15 +91,15 @@ def run(name: str, args: argparse.Namespace) -> None:
         "LiteRT int8 full-integer (calibrated)": port(LiteRtConfig(quantize="full")),
     }
     p50, quality, size = time_and_score(task, variants, bss, args.rounds)
-    load_after = os.getloadavg()
+    load_after = _common.load_average()
+    busy = os.getloadavg()[0] > (os.cpu_count() or 1) + 1
     cmd = "python bench/bench_litert.py " + " ".join(sys.argv[1:])
     notes = (f"Baseline: PyTorch eager fp32. {args.rounds} interleaved rounds per batch size, {args.threads} threads "
              f"for every runtime; {what}. LiteRT: litert-torch conversion, ai-edge-quantizer int8, ai_edge_litert "
-             f"interpreter with XNNPACK. {verdict(p50, bss)}. Load average (1/5/15 min) before: "
-             f"{' / '.join(f'{v:.2f}' for v in load_before)}, after: {' / '.join(f'{v:.2f}' for v in load_after)} "
-             f"(the 2-vCPU machine is shared with other jobs, so absolute times are inflated and noisy, PyTorch "
-             f"eager's spinning 2-thread pool the most: compare the runtimes with each other, not with its row; "
-             f"{time.time() - t_start:.0f} s in all).")
+             f"interpreter with XNNPACK. {verdict(p50, bss)}. Before: {load_before}; after: {load_after} "
+             + ("(more load than CPUs: absolute times are inflated and noisy, PyTorch eager's spinning 2-thread pool "
+                "the most; compare the runtimes with each other, not with its row; " if busy else "(")
+             + f"{time.time() - t_start:.0f} s in all).")
     title = "the digits CNN" if name == "digits" else "minilm (sentence embeddings)"
     body = (f"## LiteRT vs ONNX Runtime vs PyTorch on {title}\n\n"
             + _common.header(cmd.strip(), args.threads, notes) + "\n\n"
