@@ -29,6 +29,10 @@ _LAZY = {
     # artifacts
     "save": "condense.core.artifact",
     "load": "condense.core.artifact",
+    # any transform, by its config; adding one
+    "apply_": "condense.core.transforms",
+    "register_transform": "condense.core.transforms",
+    "TransformContext": "condense.core.transforms",
     # quantization
     "quantize_": "condense.quantize.api",
     "Int8Config": "condense.quantize.backends",
@@ -80,6 +84,12 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
+
+# Packages that register transforms, tensor codecs and replays; imported only when a lookup needs all of them.
+from condense.core import plugins as _plugins  # noqa: E402  (cheap: no torch)
+
+_plugins.declare("condense.quantize", "condense.prune", "condense.export", "condense.train", "condense.fusion",
+                 "condense.distillation", "condense.factorize", "condense.early_exit")
 
 
 def __getattr__(name: str) -> Any:

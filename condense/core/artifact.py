@@ -41,12 +41,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from condense.core import lineage as _lineage
+from condense.core import plugins
 from condense.core.atomic import atomic_write_json
 from condense.core.registry import Registry, TypeRegistry
 from condense.errors import ArtifactError
@@ -73,9 +74,6 @@ class TensorCodec:
 
 
 CODECS: TypeRegistry[TensorCodec] = TypeRegistry("tensor codec")
-
-# config type name -> fn(model, config, details) -> model: re-applies a transform's architecture change.
-REPLAY: Registry[Callable[[nn.Module, Any, dict], nn.Module]] = Registry("transform")
 
 
 class TensorEncoding:
@@ -121,9 +119,7 @@ def _decode_tensors(tensors: dict[str, torch.Tensor], encoded: dict[str, dict]) 
 
 
 def _import_techniques() -> None:
-    from condense.core.transforms import load_techniques
-
-    load_techniques()
+    plugins.load_all()  # every declared technique registers its tensor codecs and transform replays
 
 
 # -- tensors ----------------------------------------------------------------------------------------------------
@@ -539,7 +535,12 @@ def _replay(model: nn.Module, i: int, entry: dict[str, Any], path: Path) -> nn.M
     except (TypeError, ValueError, KeyError, ArithmeticError, RecursionError) as e:
         raise ArtifactError(f"artifact {path}: transforms[{i}] has an invalid config ({type(e).__name__}: {e}); "
                             "re-create the artifact") from None
-    replay = REPLAY.get(type(cfg).__name__)
+    from condense.core.transforms import TRANSFORMS
+
+    try:
+        replay = TRANSFORMS.get(cfg).replay
+    except CondenseError as e:
+        raise ArtifactError(f"artifact {path}: transforms[{i}] cannot be replayed ({e})") from None
     try:
         return replay(model, cfg, entry.get("details", {}))
     except (CondenseError, KeyboardInterrupt):

@@ -13,11 +13,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from condense.core.artifact import REPLAY
-from condense.core.config import MAX_COUNT, check_choice, check_float, check_int, check_nested, config, show
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.config import MAX_COUNT, config_from_dict, check_choice, check_float, check_int, check_nested, config, show
+from condense.core.transforms import TRANSFORMS, TransformContext, apply_, register_family, register_transform
 from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
-from condense.distillation.students import paired_layers, student_from_teacher
+from condense.distillation.students import build_student, paired_layers
 from condense.errors import CondenseError, ConfigError
 from condense.prune.layers import CRITERIA
 from condense.train.loop import FitConfig, fit
@@ -204,12 +203,9 @@ def distill(teacher: nn.Module, student: nn.Module | None = None, config: Distil
         >>> student(x).shape
         torch.Size([16, 4])
     """
-    ctx = TransformContext(task=task)
-    kept = None
-    if student is None:
-        student, details = student_from_teacher(teacher, config, ctx)
-        kept = details["kept"]
-    return _train(teacher, student, config, data, ctx, kept, task=task)
+    if student is None:  # built from the teacher: a transform, recorded in the student's lineage
+        return apply_(teacher, config, task=task, data=data, family="distill")
+    return _train(teacher, student, config, data, TransformContext(task=task), None, task=task)
 
 
 def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: Any, ctx: TransformContext,
@@ -238,22 +234,31 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
     return student.eval()
 
 
-@TRANSFORMS.register("DistillConfig")
 def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -> nn.Module:
     """Pipeline step: the incoming model is the teacher; the student is built from it and trained on task data."""
-    if ctx.task is None or ctx.task.train_data is None:
-        raise ConfigError("a DistillConfig step needs a task with train_data (digits, tinygpt, minilm have it)")
-    student, details = student_from_teacher(model, cfg, ctx)
+    if ctx.data is None and (ctx.task is None or ctx.task.train_data is None):
+        raise ConfigError("a DistillConfig step needs a task with train_data (digits, tinygpt, minilm have it), or "
+                          "data=[batches]")
+    student, details = build_student(model, cfg, ctx)
+    ctx.record(**details)
     if not cfg.fit.steps:
         return student
     # the kept block indices pair each student block with its origin for the hidden-state loss
-    return _train(model, student, cfg, ctx.task.train_data, ctx, details["kept"], task=ctx.task)
+    return _train(model, student, cfg, ctx.training_data(what="distillation"), ctx, details["kept"], task=ctx.task)
 
 
-@REPLAY.register("DistillConfig")
 def _replay(model: nn.Module, cfg: DistillConfig, details: dict) -> nn.Module:
     from condense.prune.layers import drop_blocks_
 
     if details.get("kept") is not None:
         drop_blocks_(model, details["container"], list(details["kept"]))
+    width = details.get("width")  # the narrowing StructuredConfig it applied (artifacts from before: its own entry)
+    if width:
+        sub = config_from_dict(width["config"])
+        model = TRANSFORMS.get(sub).replay(model, sub, width.get("details", {}))
     return model
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_family("distill", default="kd", noun="distillation config")
+register_transform(DistillConfig, family="distill", name="kd", replay=_replay, search=True)(_distill_step)

@@ -2,8 +2,8 @@
 
 Starting from the teacher's own weights (rather than random ones) is what makes a few hundred distillation steps
 enough: DistilBERT keeps every other layer, MiniLM/TinyBERT students are likewise initialised from the teacher.
-The kept block indices go to the lineage (as a `DistillConfig` entry), and a narrower width as the pruning step's
-own `StructuredConfig` entry, so `condense.load` rebuilds the student's architecture.
+The kept block indices and a narrower width (the `StructuredConfig` it applied, with its details) go to the
+lineage as one `DistillConfig` entry, so `condense.load` rebuilds the student's architecture.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from condense.core import lineage
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, run_transform
 from condense.errors import ConfigError
 
 
@@ -43,17 +43,26 @@ def kept_layers(n: int, layers: int | tuple[int, ...] | None) -> list[int]:
 
 def student_from_teacher(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = None
                          ) -> tuple[nn.Module, dict[str, Any]]:
-    """A copy of `teacher` keeping `cfg.layers` blocks and `cfg.width_ratio` of its width; returns (student, details).
+    """A copy of `teacher` keeping `cfg.layers` blocks and `cfg.width_ratio` of its width, recorded in its lineage
+    (so it saves and loads); returns (student, details). See `build_student`."""
+    student, details = build_student(teacher, cfg, ctx)
+    lineage.record_transform(student, cfg, **details)
+    return student, details
+
+
+def build_student(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = None
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """A copy of `teacher` keeping `cfg.layers` blocks and `cfg.width_ratio` of its width; returns (student,
+    details). It records no lineage: the DistillConfig transform (or `student_from_teacher`) records `details`.
 
     Example:
         >>> from condense.distillation import DistillConfig
         >>> from condense.tasks.gpt import GPT, GPTConfig
-        >>> s, d = student_from_teacher(GPT(GPTConfig(block_size=8, n_layer=4, n_head=2, n_embd=8)),
-        ...                             DistillConfig(layers=2))
+        >>> s, d = build_student(GPT(GPTConfig(block_size=8, n_layer=4, n_head=2, n_embd=8)),
+        ...                      DistillConfig(layers=2))
         >>> len(s.blocks), d["kept"]
         (2, [1, 3])
     """
-    from condense.prune import prune_
     from condense.prune.layers import drop_blocks_, find_block_list
     from condense.prune.structured import StructuredConfig
 
@@ -69,10 +78,10 @@ def student_from_teacher(teacher: nn.Module, cfg: Any, ctx: TransformContext | N
             _, keep, _ = plan_layer_drop(teacher, drop, ctx)
         details = {"container": name, "kept": keep, "n_before": len(blocks)}
         drop_blocks_(student, name, keep)
-    lineage.record_transform(student, cfg, **details)
     if cfg.width_ratio < 1:
-        prune_(student, StructuredConfig(ratio=1 - cfg.width_ratio, target=cfg.width_target),
-               task=ctx.task if ctx is not None else None)
+        width = StructuredConfig(ratio=1 - cfg.width_ratio, target=cfg.width_target)
+        student, d = run_transform(student, width, ctx.child() if ctx is not None else TransformContext())
+        details["width"] = {"config": width.to_dict(), "details": d or {}}
     return student, details
 
 

@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import MAX_COUNT, check_choice, check_float, check_nested, config, show
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TransformContext, register_family, apply_, register_transform
 from condense.early_exit.model import CRITERIA, EarlyExitModel, with_exits
 from condense.errors import ConfigError
 from condense.train.loop import FitConfig, fit
@@ -99,11 +97,15 @@ def early_exit_(model: nn.Module, config: EarlyExitConfig, *, task: Any = None,
         task: supplies labelled `train_data` (digits, tinygpt) when `data` is not given.
         data: labelled `(x, y)` batches (an iterable or a zero-argument callable).
     """
-    if data is None:
-        if task is None or task.train_data is None:
-            raise ConfigError("early exit trains its heads on labelled data: pass data=[(x, y), ...] or a task "
-                              "with train_data (digits, tinygpt)")
-        data = task.train_data
+    return apply_(model, config, task=task, data=data, family="early-exit")
+
+
+def _attach(model: nn.Module, config: EarlyExitConfig, ctx: TransformContext) -> EarlyExitModel:
+    """Wrap `model` with exit heads (or reuse its wrapper) and train them on the context's labelled data."""
+    if ctx.data is None and (ctx.task is None or ctx.task.train_data is None):
+        raise ConfigError("early exit trains its heads on labelled data: pass data=[(x, y), ...] or a task "
+                          "with train_data (digits, tinygpt)")
+    data = ctx.training_data()
     wrapped = model if isinstance(model, EarlyExitModel) else with_exits(model, config.exits, config.threshold,
                                                                           config.criterion)
     wrapped.threshold, wrapped.criterion = config.threshold, config.criterion
@@ -115,23 +117,29 @@ def early_exit_(model: nn.Module, config: EarlyExitConfig, *, task: Any = None,
     return wrapped.eval()
 
 
-@TRANSFORMS.register("EarlyExitConfig")
 def _early_exit_step(model: nn.Module, cfg: EarlyExitConfig, ctx: TransformContext) -> nn.Module:
     from condense.early_exit.sweep import sweep_thresholds
 
-    wrapped = early_exit_(model, cfg, task=ctx.task)
+    wrapped = _attach(model, cfg, ctx)
     details: dict[str, Any] = {"exits": list(wrapped.exits), "threshold": cfg.threshold}
     if cfg.thresholds:
+        if ctx.task is None:
+            raise ConfigError("EarlyExitConfig.thresholds picks a threshold by measuring the task's quality: pass "
+                              "task=..., or set one threshold (threshold=0.9, thresholds=())")
         curve = sweep_thresholds(wrapped, ctx.task, cfg.thresholds, quality_budget=cfg.quality_budget)
         if curve.chosen is not None:
             wrapped.threshold = curve.chosen.threshold
         details.update(threshold=wrapped.threshold, curve=curve.to_dict())
-    lineage.record_transform(wrapped, cfg, **details)
+    ctx.record(**details)
     wrapped.exit_counts = [0] * len(wrapped.exit_counts)
     return wrapped
 
 
-@REPLAY.register("EarlyExitConfig")
 def _replay(model: nn.Module, cfg: EarlyExitConfig, details: dict) -> nn.Module:
     exits = tuple(details.get("exits") or ()) or cfg.exits
     return with_exits(model, exits, float(details.get("threshold", cfg.threshold)), cfg.criterion)
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_family("early-exit", default="confidence", noun="early-exit config")
+register_transform(EarlyExitConfig, family="early-exit", name="confidence", replay=_replay, search=True)(_early_exit_step)

@@ -9,7 +9,7 @@ dequantizes the outputs, so callers always see float in, float out. The converte
 ids) to int32; the module casts to whatever the graph declares.
 
 Saved artifacts hold the flatbuffer as one uint8 tensor (`runtime.ModelBytesCodec`); loading replays the transform on
-the task's skeleton (`REPLAY`) to get the wrapper back, then the codec restores the model. Importing this module
+the task's skeleton (its registered replay) to get the wrapper back, then the codec restores the model. Importing this module
 imports neither litert-torch nor ai-edge-litert: they load when a model is converted or run.
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from condense.core import lineage
-from condense.core.artifact import CODECS, REPLAY
+from condense.core.artifact import CODECS
 from condense.core.config import check_positive_int, config
 from condense.core.registry import TypeRegistry
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
 from condense.export.runtime import ModelBytesCodec, OrtSentenceEncoder
 from condense.measurement.macs import MAC_COUNTERS
@@ -331,7 +331,6 @@ def replay_litert(model: nn.Module) -> nn.Module:
     return new
 
 
-@TRANSFORMS.register("LiteRtConfig")
 def to_litert(model: nn.Module, cfg: LiteRtConfig, ctx: TransformContext) -> nn.Module:
     """Convert `model` and return the LiteRT-backed module that replaces it."""
     from condense.export.runtime import example_batch
@@ -340,14 +339,12 @@ def to_litert(model: nn.Module, cfg: LiteRtConfig, ctx: TransformContext) -> nn.
         if cfg.quantize == "full" else None
     new, details = build_litert(model, example_batch(ctx, type(cfg).__name__), quantize=cfg.quantize,
                                 calibration=calib)
-    lineage.record_transform(new, cfg, **details)
+    ctx.record(**details)
     return new
 
 
-TRANSFORMS.register("LiteRtInt8Config")(to_litert)
 
 
-@REPLAY.register("LiteRtConfig")
 def _replay(model: nn.Module, cfg: LiteRtConfig, details: dict) -> nn.Module:
     new = replay_litert(model)
     graph = litert_graph(new)
@@ -357,4 +354,8 @@ def _replay(model: nn.Module, cfg: LiteRtConfig, details: dict) -> nn.Module:
     return new
 
 
-REPLAY.register("LiteRtInt8Config")(_replay)
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(LiteRtConfig, family="export", name="tflite", replay=_replay)(to_litert)
+register_transform(LiteRtInt8Config, family="export", name="tflite-int8", replay=_replay)(to_litert)

@@ -7,7 +7,7 @@ thread count (ORT does not follow `torch.set_num_threads`): a session is created
 rebuilt if that count has changed by the next call, so `measure(threads=N)` times ORT on N threads too.
 
 Saved artifacts hold the ONNX model bytes as one uint8 tensor (`ModelBytesCodec`); loading replays the transform
-on the task's skeleton (`REPLAY`) to get the wrapper back, then the codec restores the graph.
+on the task's skeleton (its registered replay) to get the wrapper back, then the codec restores the graph.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from condense.core import lineage
-from condense.core.artifact import CODECS, REPLAY, TensorCodec
+from condense.core.artifact import CODECS, TensorCodec
 from condense.core.config import config
 from condense.core.registry import TypeRegistry
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.errors import CondenseError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
@@ -379,15 +379,18 @@ def replay_ort(model: nn.Module) -> nn.Module:
     return new
 
 
-@TRANSFORMS.register("OnnxRuntimeConfig")
 def to_onnx_runtime(model: nn.Module, cfg: OnnxRuntimeConfig, ctx: TransformContext) -> nn.Module:
     """Export `model` and return the ORT-backed module that replaces it."""
     new, details = build_ort(model, example_batch(ctx, "OnnxRuntimeConfig"), opset=cfg.opset,
                              optimize=cfg.optimize)
-    lineage.record_transform(new, cfg, **details)
+    ctx.record(**details)
     return new
 
 
-@REPLAY.register("OnnxRuntimeConfig")
 def _replay(model: nn.Module, cfg: OnnxRuntimeConfig, details: dict) -> nn.Module:
     return replay_ort(model)
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_family("export", key="format", default="onnx", noun="export config")
+register_transform(OnnxRuntimeConfig, family="export", name="onnx", replay=_replay)(to_onnx_runtime)

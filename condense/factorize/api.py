@@ -20,11 +20,10 @@ import torch
 from torch import nn
 
 from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_float, check_int, check_nested, check_patterns, check_positive_int, \
     config
 from condense.core.hooks import run_with_hooks
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TransformContext, register_family, apply_, register_transform
 from condense.errors import ConfigError
 from condense.factorize.svd import factor, factorized, layer_inputs, low_rank_module, max_rank, rank_for_ratio, \
     weight_matrix
@@ -138,10 +137,9 @@ def factorize_(model: nn.Module, config: FactorizeConfig, *, task: Any = None, c
         >>> bool(torch.allclose(factorize_(lin, FactorizeConfig(rank=6))(x), lin(x), atol=1e-5))
         True
     """
-    return _factorize(model, config, TransformContext(task=task, calibration=calibration))
+    return apply_(model, config, task=task, calibration=calibration, family="factorize")
 
 
-@TRANSFORMS.register("FactorizeConfig")
 def _factorize(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext) -> nn.Module:
     names = plan_ranks(model, cfg)
     modules = dict(model.named_modules())
@@ -161,16 +159,20 @@ def _factorize(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext) ->
             continue  # this rank would not save anything: keep the layer dense
         model = _set_module(model, n, factorized(layer, a, b))
         ranks[n] = r
-    lineage.record_transform(model, cfg, ranks=ranks)
+    ctx.record(ranks=ranks)
     if cfg.finetune is not None and cfg.finetune.steps:
         ctx.finetune(model, cfg.finetune, description="fine-tuning after factorization")
         model.eval()
     return model
 
 
-@REPLAY.register("FactorizeConfig")
 def _replay(model: nn.Module, cfg: FactorizeConfig, details: dict) -> nn.Module:
     for n, r in details.get("ranks", {}).items():
         layer = model.get_submodule(n) if n else model
         model = _set_module(model, n, low_rank_module(layer, int(r)))
     return model
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_family("factorize", default="svd", noun="factorization config")
+register_transform(FactorizeConfig, family="factorize", name="svd", replay=_replay, search=True)(_factorize)

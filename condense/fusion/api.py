@@ -21,11 +21,9 @@ from typing import Any, Callable
 
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import config
 from condense.core.registry import TypeRegistry
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.errors import ConfigError
 from condense.fusion.gpt import FusedBlock
 from condense.tasks.gpt import Block
@@ -72,18 +70,21 @@ def _fuse(model: nn.Module, prefix: str) -> list[str]:
     return names
 
 
-@TRANSFORMS.register("FuseConfig")
 def fuse_blocks(model: nn.Module, cfg: FuseConfig, ctx: TransformContext) -> nn.Module:
     """Swap the blocks in place; a ConfigError if there is nothing to fuse."""
     names = _fuse(model, cfg.include)
     if not names:
         raise ConfigError(f"FuseConfig found no block it knows how to fuse (known: gpt.Block) under "
                           f"{cfg.include or 'the model'}; this model does not need it")
-    lineage.record_transform(model, cfg, fused=names)
+    ctx.record(fused=names)
     return model
 
 
-@REPLAY.register("FuseConfig")
 def _replay(model: nn.Module, cfg: FuseConfig, details: dict[str, Any]) -> nn.Module:
     _fuse(model, cfg.include)
     return model
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_family("fuse", default="blocks", noun="fusion config")
+register_transform(FuseConfig, family="fuse", name="blocks", replay=_replay)(fuse_blocks)

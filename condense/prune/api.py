@@ -1,26 +1,20 @@
-"""`prune_(model, config)`: one verb; the config's type picks its handler from `PRUNERS`."""
+"""`prune_(model, config)`: one verb; the config's type picks its handler from the transform registry."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from torch import nn
 
-from condense.core.registry import Registry
-from condense.core.transforms import TRANSFORMS, TransformContext
-from condense.errors import ConfigError
+from condense.core.transforms import apply_, register_family
 
-PRUNERS: Registry[Callable[[nn.Module, Any, TransformContext], nn.Module]] = Registry("pruning config")
+register_family("prune", key="method", noun="pruning config")
 
 
 def register_pruner(config_name: str) -> Callable:
-    """Register a pruning handler for `prune_` and for pipelines (`condense.core.transforms`)."""
-
-    def deco(fn: Callable) -> Callable:
-        PRUNERS.register(config_name, fn)
-        TRANSFORMS.register(config_name, fn)
-        return fn
-
-    return deco
+    """Deprecated: use `condense.core.transforms.register_transform(Config, family="prune", name=..., replay=...)`,
+    which registers the handler by config *type* together with its name and replay."""
+    raise TypeError(f"register_pruner({config_name!r}) is gone: register the handler with "
+                    "condense.core.transforms.register_transform(ConfigClass, family='prune', name=..., replay=...)")
 
 
 def prune_(model: nn.Module, config: Any, *, task: Any = None, calibration: Any = None) -> nn.Module:
@@ -30,9 +24,4 @@ def prune_(model: nn.Module, config: Any, *, task: Any = None, calibration: Any 
         task: gives calibration/training data and how to run the model, for criteria and fine-tuning that need it.
         calibration: explicit calibration batches (overrides the task's).
     """
-    import condense.prune  # noqa: F401  (make sure every handler is registered)
-
-    name = type(config).__name__
-    if name not in PRUNERS:
-        raise ConfigError(f"{name} is not a pruning config; use one of: {', '.join(PRUNERS)}")
-    return PRUNERS.get(name)(model, config, TransformContext(task=task, calibration=calibration))
+    return apply_(model, config, task=task, calibration=calibration, family="prune")

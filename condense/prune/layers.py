@@ -24,13 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import MAX_COUNT, check_choice, check_int, check_nested, check_positive_int, config, show
 from condense.core.hooks import run_with_hooks
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
-from condense.prune.api import register_pruner
 from condense.train.loop import FitConfig
 
 CRITERIA = ("importance", "output", "subset", "last")
@@ -269,7 +266,6 @@ def plan_layer_drop(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContex
     return name, [i for i in range(n) if i not in drop], scores
 
 
-@register_pruner("LayerDropConfig")
 def prune_layers(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext) -> nn.Module:
     """Choose blocks, remove them, record the kept indices, then recover if `cfg.finetune` says so."""
     import copy
@@ -282,15 +278,18 @@ def prune_layers(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext) 
         teacher = copy.deepcopy(model).eval()
     n = len(find_block_list(model, name)[1])
     drop_blocks_(model, name, keep)
-    lineage.record_transform(model, cfg, container=name, kept=keep, n_before=n,
-                             scores={str(i): round(s, 6) for i, s in scores.items()})
+    ctx.record(container=name, kept=keep, n_before=n,
+               scores={str(i): round(s, 6) for i, s in scores.items()})
     if cfg.finetune is not None:
         recover_(model, teacher, ctx, cfg.finetune)
     return model
 
 
-@REPLAY.register("LayerDropConfig")
 def _replay(model: nn.Module, cfg: LayerDropConfig, details: dict) -> nn.Module:
     if "container" not in details:
         raise CondenseError("the artifact's LayerDropConfig entry has no container; re-create the artifact")
     return drop_blocks_(model, details["container"], list(details["kept"]))
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(LayerDropConfig, family="prune", name="layer-drop", replay=_replay, search=True)(prune_layers)

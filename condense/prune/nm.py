@@ -19,11 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from condense.core.artifact import REPLAY
 from condense.core.config import config, show
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
-from condense.prune.api import register_pruner
 from condense.prune.importance import score
 from condense.prune.unstructured import apply_masks, check_common, current_mask, finish, replay_masks, select_layers
 
@@ -96,7 +94,6 @@ def check_layer(name: str, module: nn.Module, m: int) -> None:
                           f"not a multiple of m={m}; exclude it, e.g. exclude=({name!r},), or pick an m dividing {k}")
 
 
-@register_pruner("NMConfig")
 def prune_nm(model: nn.Module, cfg: NMConfig, ctx: TransformContext) -> nn.Module:
     """N:M-mask the selected layers (in place); every layer is checked before any is changed."""
     names = select_layers(model, cfg.include, cfg.exclude, what="NMConfig")
@@ -109,7 +106,8 @@ def prune_nm(model: nn.Module, cfg: NMConfig, ctx: TransformContext) -> nn.Modul
         old = current_mask(model.get_submodule(n))
         masks[n] = keep if old is None else keep & old
     apply_masks(model, masks)
-    return finish(model, cfg, names, permanent=cfg.permanent, pattern=f"{cfg.n}:{cfg.m}")
+    return finish(model, ctx, names, permanent=cfg.permanent, pattern=f"{cfg.n}:{cfg.m}")
 
 
-REPLAY.register("NMConfig", replay_masks)
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(NMConfig, family="prune", name="nm", replay=replay_masks)(prune_nm)

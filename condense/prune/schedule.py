@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core.artifact import REPLAY
 from condense.core.config import MAX_COUNT, check_float, config, show
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
-from condense.prune.api import register_pruner
 from condense.prune.importance import score
 from condense.prune.unstructured import (Scope, apply_masks, check_common, check_sparsity, compute_masks,
                                          current_mask, finish, replay_masks, select_layers)
@@ -136,7 +134,6 @@ def _distilling_loss(task: Any, teacher: nn.Module, ctx: TransformContext, tempe
     return loss_fn
 
 
-@register_pruner("GradualPruneConfig")
 def prune_gradually(model: nn.Module, cfg: GradualPruneConfig, ctx: TransformContext) -> nn.Module:
     """Alternate pruning to the scheduled sparsity and fine-tuning with masks fixed; then bake the masks."""
     names = select_layers(model, cfg.include, cfg.exclude, what="GradualPruneConfig")
@@ -166,7 +163,8 @@ def prune_gradually(model: nn.Module, cfg: GradualPruneConfig, ctx: TransformCon
                              fit_cfg, description=what)
         history.append({"event": event, "sparsity": round(target, 6),
                         "final_loss": round(losses[-1], 6) if losses else None})
-    return finish(model, cfg, names, permanent=True, history=history)
+    return finish(model, ctx, names, permanent=True, history=history)
 
 
-REPLAY.register("GradualPruneConfig", replay_masks)
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(GradualPruneConfig, family="prune", name="gradual", replay=replay_masks)(prune_gradually)

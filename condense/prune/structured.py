@@ -26,14 +26,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_choice, check_int, check_nested, check_patterns, check_positive_int, \
     config, show
 from condense.core.hooks import run_with_hooks
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
-from condense.prune.api import register_pruner
 from condense.prune.graph import DependencyGraph, Group, build_graph
 from condense.prune.recover import check_recovery, obs_scores, reconstruct_, recover_
 from condense.train.loop import FitConfig
@@ -408,7 +405,6 @@ def apply_plan(model: nn.Module, plan: StructuredPlan) -> dict[str, dict[str, in
     return {n: shape_of(modules[n]) for n in touched}
 
 
-@register_pruner("StructuredConfig")
 def prune_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformContext) -> nn.Module:
     """Plan and validate, cut, reconstruct and record the kept shapes, then recover if `cfg.finetune` says so."""
     plan = plan_structured(model, cfg, ctx)
@@ -418,13 +414,16 @@ def prune_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformCont
     if plan.refit:
         batches = ctx.calibration_batches(cfg.calibration_batches)
         reconstruct_(model, dense, plan.refit, batches, ctx.run_batch)
-    lineage.record_transform(model, cfg, shapes=shapes, kept={g: len(k) for g, k in plan.keep.items()},
-                             graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported)
+    ctx.record(shapes=shapes, kept={g: len(k) for g, k in plan.keep.items()},
+               graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported)
     if cfg.finetune is not None:
         recover_(model, dense, ctx, cfg.finetune)
     return model
 
 
-@REPLAY.register("StructuredConfig")
 def _replay(model: nn.Module, cfg: StructuredConfig, details: dict) -> nn.Module:
     return resize_(model, details["shapes"])
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(StructuredConfig, family="prune", name="structured", replay=_replay, search=True)(prune_structured)

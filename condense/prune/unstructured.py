@@ -29,13 +29,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_float, check_int, check_patterns, config, show
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, apply_, register_transform
 from condense.core.select import select_modules
 from condense.errors import ConfigError
-from condense.prune.api import register_pruner
 from condense.prune.importance import IMPORTANCE, Scores, score
 
 PRUNABLE: tuple[type, ...] = (nn.Linear, nn.Conv2d)
@@ -249,18 +246,18 @@ def make_permanent(model: nn.Module) -> nn.Module:
         >>> hasattr(make_permanent(net), "parametrizations"), int((net.weight == 0).sum())
         (False, 8)
     """
+    return apply_(model, BakeMasksConfig())
+
+
+def _bake_handler(model: nn.Module, cfg: BakeMasksConfig, ctx: TransformContext) -> nn.Module:
     names = bake_masks(model)
     if names:
-        lineage.record_transform(model, BakeMasksConfig(), layers=names)
+        ctx.record(layers=names)
+    else:
+        ctx.skip_record()  # no mask was left: nothing to replay
     return model
 
 
-@register_pruner("BakeMasksConfig")
-def _bake_handler(model: nn.Module, cfg: BakeMasksConfig, ctx: TransformContext) -> nn.Module:
-    return make_permanent(model)
-
-
-@REPLAY.register("BakeMasksConfig")
 def _replay_bake(model: nn.Module, cfg: BakeMasksConfig, details: dict) -> nn.Module:
     bake_masks(model)
     return model
@@ -283,16 +280,15 @@ def sparsity_of(model: nn.Module, names: list[str]) -> dict[str, float]:
     return {n: round(float((model.get_submodule(n).weight == 0).float().mean()), 6) for n in names}
 
 
-def finish(model: nn.Module, cfg: object, names: list[str], *, permanent: bool, **details: object) -> nn.Module:
-    """Bake (if permanent) and record the transform in the lineage."""
+def finish(model: nn.Module, ctx: TransformContext, names: list[str], *, permanent: bool,
+           **details: object) -> nn.Module:
+    """Bake (if permanent) and put the layers, masks and sparsity in the transform's lineage details."""
     if permanent:
         bake_masks(model, names)
-    lineage.record_transform(model, cfg, layers=names, masked=not permanent, sparsity=sparsity_of(model, names),
-                             **details)
+    ctx.record(layers=names, masked=not permanent, sparsity=sparsity_of(model, names), **details)
     return model
 
 
-@register_pruner("UnstructuredConfig")
 def prune_unstructured(model: nn.Module, cfg: UnstructuredConfig, ctx: TransformContext) -> nn.Module:
     """Score, compute every mask, then mask (in place); nothing changes if selection or scoring fails."""
     names = select_layers(model, cfg.include, cfg.exclude, what="UnstructuredConfig")
@@ -301,7 +297,9 @@ def prune_unstructured(model: nn.Module, cfg: UnstructuredConfig, ctx: Transform
     masks = compute_masks(scores, scope=cfg.scope, sparsity=cfg.sparsity, threshold_alpha=cfg.threshold_alpha,
                           prior=prior)
     apply_masks(model, masks)
-    return finish(model, cfg, names, permanent=cfg.permanent)
+    return finish(model, ctx, names, permanent=cfg.permanent)
 
 
-REPLAY.register("UnstructuredConfig", replay_masks)
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(UnstructuredConfig, family="prune", name="unstructured", replay=replay_masks, search=True)(prune_unstructured)
+register_transform(BakeMasksConfig, family="prune", name="bake-masks", replay=_replay_bake, listed=False)(_bake_handler)

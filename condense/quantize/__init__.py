@@ -4,6 +4,6 @@ from condense.quantize import backends, ort, static  # noqa: F401  (register han
 from condense.quantize import qat  # noqa: F401  (registers QATConfig)
 from condense.quantize.weight_only import api as _weight_only  # noqa: F401  (registers handlers)
 from condense.quantize import sensitivity  # noqa: F401  (registers MixedPrecisionConfig)
-from condense.quantize.api import QUANTIZERS, quantize_
+from condense.quantize.api import quantize_
 
-__all__ = ["quantize_", "QUANTIZERS"]
+__all__ = ["quantize_"]

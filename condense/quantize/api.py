@@ -1,26 +1,20 @@
-"""`quantize_(model, config)`: one verb; the config's type picks its handler from `QUANTIZERS`."""
+"""`quantize_(model, config)`: one verb; the config's type picks its handler from the transform registry."""
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from torch import nn
 
-from condense.core.registry import Registry
-from condense.core.transforms import TRANSFORMS, TransformContext
-from condense.errors import ConfigError
+from condense.core.transforms import apply_, register_family
 
-QUANTIZERS: Registry[Callable[[nn.Module, Any], nn.Module]] = Registry("quantization config")
+register_family("quantize", key="scheme", default="int8", noun="quantization config")
 
 
 def register_quantizer(config_name: str) -> Callable:
-    """Register a quantization handler for `quantize_` and for pipelines (`condense.core.transforms`)."""
-
-    def deco(fn: Callable) -> Callable:
-        QUANTIZERS.register(config_name, fn)
-        TRANSFORMS.register(config_name, fn)
-        return fn
-
-    return deco
+    """Deprecated: use `condense.core.transforms.register_transform(Config, family="quantize", name=..., replay=...)`,
+    which registers the handler by config *type* together with its name and replay."""
+    raise TypeError(f"register_quantizer({config_name!r}) is gone: register the handler with "
+                    "condense.core.transforms.register_transform(ConfigClass, family='quantize', name=..., replay=...)")
 
 
 def quantize_(model: nn.Module, config: Any, *, task: Any = None, calibration: Any = None) -> nn.Module:
@@ -36,9 +30,4 @@ def quantize_(model: nn.Module, config: Any, *, task: Any = None, calibration: A
         >>> condense.quantize_(m, condense.DynamicInt8Config())[0].__class__.__name__
         'Linear'
     """
-    import condense.quantize  # noqa: F401  (make sure every handler is registered)
-
-    name = type(config).__name__
-    if name not in QUANTIZERS:
-        raise ConfigError(f"{name} is not a quantization config; use one of: {', '.join(QUANTIZERS)}")
-    return QUANTIZERS.get(name)(model, config, TransformContext(task=task, calibration=calibration))
+    return apply_(model, config, task=task, calibration=calibration, family="quantize")

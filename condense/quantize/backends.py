@@ -17,13 +17,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_float, check_int, config, config_from_dict, show
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TRANSFORMS, TransformContext, register_transform, run_transform
 from condense.errors import CondenseError, ConfigError
 from condense.measurement.timing import interleaved_p50
-from condense.quantize.api import register_quantizer
 
 
 class Backend(str, enum.Enum):
@@ -166,22 +163,17 @@ def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,
 
 # -- the handler --------------------------------------------------------------------------------------------------
 def _apply(backend: Backend, cfg: Int8Config, model: nn.Module, ctx: TransformContext) -> tuple[nn.Module, dict]:
-    """Apply one backend; returns the model and the lineage entry the technique recorded (removed from it)."""
+    """Apply one backend without recording it; returns the model and the entry Int8Config keeps in its details."""
     sub = backend_config(backend, cfg, model)
-    out = TRANSFORMS.get(type(sub).__name__)(model, sub, ctx)
-    rec = lineage.lineage(out)
-    entry = rec["transforms"].pop()
-    object.__setattr__(out, "_condense_lineage", rec)
-    return out, entry
+    out, details = run_transform(model, sub, ctx)
+    return out, {"config": sub.to_dict(), "details": details or {}}
 
 
-@register_quantizer("Int8Config")
 def quantize_int8(model: nn.Module, cfg: Int8Config, ctx: TransformContext) -> nn.Module:
     """Int8 on `cfg.backend`, or on the measured fastest backend that keeps quality (`"auto"`)."""
     if cfg.backend is not Backend.AUTO:
         out, entry = _apply(cfg.backend, cfg, model, ctx)
-        lineage.record_transform(out, cfg, backend=cfg.backend.value, reason="asked for", candidates=[],
-                                 applied=entry)
+        ctx.record(backend=cfg.backend.value, reason="asked for", candidates=[], applied=entry)
         return out
     task = ctx.task
     if task is None:
@@ -202,13 +194,16 @@ def quantize_int8(model: nn.Module, cfg: Int8Config, ctx: TransformContext) -> n
     baseline = next(r for r in rows if r["backend"] == "fp32")["metric"]
     name, reason = pick(rows, baseline=baseline, tolerance=cfg.tolerance, within=task.within_budget)
     out = built[name]
-    lineage.record_transform(out, cfg, backend=name, reason=reason, batch_size=batch_size,
-                             threads=torch.get_num_threads(), candidates=rows, applied=entries[name])
+    ctx.record(backend=name, reason=reason, batch_size=batch_size, threads=torch.get_num_threads(), candidates=rows,
+               applied=entries[name])
     return out
 
 
-@REPLAY.register("Int8Config")
 def _replay(model: nn.Module, cfg: Int8Config, details: dict) -> nn.Module:
     entry = details["applied"]
     sub = config_from_dict(entry["config"])
-    return REPLAY.get(type(sub).__name__)(model, sub, entry.get("details", {}))
+    return TRANSFORMS.get(sub).replay(model, sub, entry.get("details", {}))
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(Int8Config, family="quantize", name="int8", replay=_replay)(quantize_int8)

@@ -7,19 +7,18 @@ in the int8 GEMM kernel: a real kernel path, not a simulation.
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.ao.nn.quantized import dynamic as nnqd
 
-from condense.core import lineage
-from condense.core.artifact import CODECS, REPLAY, TensorCodec
+from condense.core.artifact import CODECS, TensorCodec
 from condense.core.config import check_patterns, config
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
-from condense.quantize.api import register_quantizer
 from condense.core.select import select_modules
 
 
@@ -36,6 +35,8 @@ class DynamicInt8Config:
         >>> DynamicInt8Config(exclude=("classifier",)).to_dict()["exclude"]
         ['classifier']
     """
+
+    LAYER_TYPES: ClassVar[tuple[type, ...]] = (nn.Linear,)  # what it quantizes (not a field)
 
     per_channel: bool = True
     include: tuple[str, ...] = ("*",)
@@ -54,18 +55,16 @@ def _quantize_layers(model: nn.Module, names: list[str], per_channel: bool) -> n
                                                       inplace=True)
 
 
-@register_quantizer("DynamicInt8Config")
 def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, ctx: TransformContext) -> nn.Module:
     """Swap the selected Linears for int8 dynamic ones (in place)."""
-    names = select_modules(model, (nn.Linear,), cfg.include, cfg.exclude, what="DynamicInt8Config")
+    names = select_modules(model, cfg.LAYER_TYPES, cfg.include, cfg.exclude, what="DynamicInt8Config")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ConfigError("DynamicInt8Config runs on CPU int8 kernels; move the model to CPU first (model.cpu())")
     model = _quantize_layers(model, names, cfg.per_channel)
-    lineage.record_transform(model, cfg, layers=names)
+    ctx.record(layers=names)
     return model
 
 
-@REPLAY.register("DynamicInt8Config")
 def _replay(model: nn.Module, cfg: DynamicInt8Config, details: dict) -> nn.Module:
     return _quantize_layers(model, list(details["layers"]), cfg.per_channel)
 
@@ -101,3 +100,7 @@ CODECS.register(nnqd.Linear)(DynamicLinearCodec())
 PARAM_VIEWS.register(nnqd.Linear)(lambda m: dict(zip(("weight", "bias"), m._weight_bias())))
 MAC_COUNTERS.register(nnqd.Linear)(
     lambda m, inp, out: (inp[0].numel() // m.in_features) * m.in_features * m.out_features)
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(DynamicInt8Config, family="quantize", name="dynamic", replay=_replay, search=True)(quantize_dynamic_int8)

@@ -25,14 +25,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_int, check_patterns, check_positive_int, config, show
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.export.onnx import check_opset, quiet_onnxruntime_tools
 from condense.export.runtime import build_ort, example_batch, replay_ort, with_disabled_optimizers
-from condense.quantize.api import register_quantizer
 from condense.core.select import select_modules
 
 # Op types ORT's dynamic quantizer handles (see onnxruntime.quantization.registry.IntegerOpsRegistry).
@@ -196,7 +193,6 @@ _INT8_OPS = {"MatMulInteger", "QAttention", "ConvInteger", "DynamicQuantizeMatMu
              "DynamicQuantizeLinear", "DequantizeLinear", "QEmbedLayerNormalization"}
 
 
-@register_quantizer("OrtInt8Config")
 def quantize_ort_int8(model: nn.Module, cfg: OrtInt8Config, ctx: TransformContext) -> nn.Module:
     """Export `model`, (optionally) fuse, quantize to int8 in ONNX Runtime; returns the ORT module replacing it."""
     chosen = select_modules(model, _WEIGHTED, cfg.include, cfg.exclude, what="OrtInt8Config")
@@ -221,7 +217,7 @@ def quantize_ort_int8(model: nn.Module, cfg: OrtInt8Config, ctx: TransformContex
     if details["float_nodes"]:
         warnings.warn(f"OrtInt8Config: ONNX Runtime's quantizer kept float weights in {len(details['float_nodes'])} "
                       f"node(s) of the op types asked for: {details['float_nodes'][:6]}", stacklevel=2)
-    lineage.record_transform(new, cfg, layers=chosen, excluded=excluded, **details)
+    ctx.record(layers=chosen, excluded=excluded, **details)
     return new
 
 
@@ -241,6 +237,9 @@ def _outlier_channels(model: nn.Module, cfg: OrtInt8Config, ctx: TransformContex
     return adapter_for(model).outlier_channels(model, run, cfg.float_channels)
 
 
-@REPLAY.register("OrtInt8Config")
 def _replay(model: nn.Module, cfg: OrtInt8Config, details: dict) -> nn.Module:
     return replay_ort(model)
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(OrtInt8Config, family="quantize", name="ort", replay=_replay, also=[("export", "onnx-int8")], search=True)(quantize_ort_int8)

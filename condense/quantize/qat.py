@@ -28,11 +28,10 @@ from torch.ao.quantization.backend_config.x86 import get_x86_backend_config
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
 
 from condense.core import lineage
-from condense.core.artifact import CODECS, REPLAY
+from condense.core.artifact import CODECS
 from condense.core.config import MAX_COUNT, check_patterns, config, show
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
-from condense.quantize.api import register_quantizer
 from condense.quantize import static as _static  # noqa: F401  (registers the int8 layer codecs QAT output uses)
 from condense.quantize.fake import ActivationFakeQuantize, WeightFakeQuantize
 from condense.quantize.primitives import Granularity, QuantSpec
@@ -190,7 +189,6 @@ def _example_input(batch: Any) -> torch.Tensor:
     return batch[0][:1].detach().clone()
 
 
-@register_quantizer("QATConfig")
 def quantize_qat(model: nn.Module, cfg: QATConfig, ctx: TransformContext) -> nn.Module:
     """Fine-tune with fake quantization, then convert to an int8 `GraphModule` (returned; `model` is unchanged)."""
     if any(p.device.type != "cpu" for p in model.parameters()):
@@ -212,15 +210,18 @@ def quantize_qat(model: nn.Module, cfg: QATConfig, ctx: TransformContext) -> nn.
                 ctx.run_batch(prepared, b)
     converted = _convert(prepared, names)
     lineage.copy_lineage(model, converted)
-    lineage.record_transform(converted, cfg, layers=names, example_shape=list(example.shape),
+    ctx.record(layers=names, example_shape=list(example.shape),
                              example_dtype=str(example.dtype).removeprefix("torch."))
     return converted
 
 
-@REPLAY.register("QATConfig")
 def _replay(model: nn.Module, cfg: QATConfig, details: dict) -> nn.Module:
     example = torch.zeros(details["example_shape"], dtype=getattr(torch, details.get("example_dtype", "float32")))
     names = list(details["layers"])
     converted = _convert(_prepare(model, cfg, names, example), names)
     lineage.copy_lineage(model, converted)
     return converted
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(QATConfig, family="quantize", name="qat", replay=_replay)(quantize_qat)

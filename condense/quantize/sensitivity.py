@@ -14,12 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_float, config, show
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError, CondenseError
-from condense.quantize.api import quantize_, register_quantizer
+from condense.quantize.api import quantize_
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class LayerSensitivity:
 def _layers_of(model: nn.Module, cfg: Any) -> list[str]:
     from condense.core.select import select_modules
 
-    types = (nn.Linear, nn.Conv2d)
+    types = getattr(type(cfg), "LAYER_TYPES", (nn.Linear, nn.Conv2d))  # the layers the base config quantizes
     return select_modules(model, types, tuple(getattr(cfg, "include", ("*",))), tuple(getattr(cfg, "exclude", ())),
                           what=type(cfg).__name__)
 
@@ -109,7 +107,6 @@ def _apply(model: nn.Module, cfg: MixedPrecisionConfig, kept: list[str], ctx: Tr
     return model
 
 
-@register_quantizer("MixedPrecisionConfig")
 def quantize_mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: TransformContext) -> nn.Module:
     """Measure per-layer sensitivity, then keep the fewest most-sensitive layers that meet the budget."""
     task = ctx.task
@@ -135,13 +132,15 @@ def quantize_mixed_precision(model: nn.Module, cfg: MixedPrecisionConfig, ctx: T
     if best is None:
         ok, best, tried[lo] = meets(lo)
     kept = order[:lo]
-    lineage.copy_lineage(best, best)
-    lineage.record_transform(best, cfg, kept=kept, float_metric=base_metric,
+    ctx.record(kept=kept, float_metric=base_metric,
                              sensitivity=[dataclasses.asdict(s) for s in sens],
                              evaluated={str(k): v for k, v in sorted(tried.items())})
     return best
 
 
-@REPLAY.register("MixedPrecisionConfig")
 def _replay(model: nn.Module, cfg: MixedPrecisionConfig, details: dict) -> nn.Module:
     return model  # the base and fallback quantizations it applied are recorded (and replayed) on their own
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(MixedPrecisionConfig, family="quantize", name="mixed", replay=_replay)(quantize_mixed_precision)

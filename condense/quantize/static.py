@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import enum
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from condense.core import lineage
-from condense.core.artifact import CODECS, REPLAY, TensorCodec
+from condense.core.artifact import CODECS, TensorCodec
 from condense.core.config import check_patterns, check_positive_int, config, show
 from condense.core.task import batch_tensors
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
-from condense.quantize.api import register_quantizer
 from condense.quantize.dynamic import DynamicLinearCodec
 from condense.core.select import select_modules
 
@@ -58,6 +57,8 @@ class StaticInt8Config:
         >>> StaticInt8Config(observer="minmax").to_dict()["observer"]
         'minmax'
     """
+
+    LAYER_TYPES: ClassVar[tuple[type, ...]] = _LAYERS  # what it quantizes (not a field)
 
     observer: Observer = Observer.HISTOGRAM
     per_channel: bool = True
@@ -130,12 +131,11 @@ def _float_layers(model: nn.Module) -> list[str]:
     return out
 
 
-@register_quantizer("StaticInt8Config")
 def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: TransformContext) -> nn.Module:
     """Fuse, calibrate and convert `model` to int8 conv/linear kernels; returns a new (FX) module."""
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ConfigError("StaticInt8Config runs on CPU int8 kernels; move the model to CPU first (model.cpu())")
-    names = select_modules(model, _LAYERS, cfg.include, cfg.exclude, what="StaticInt8Config")
+    names = select_modules(model, cfg.LAYER_TYPES, cfg.include, cfg.exclude, what="StaticInt8Config")
     kept_float = [n for n, m in model.named_modules() if isinstance(m, _LAYERS) and n and n not in names]
     batches = ctx.calibration_batches(cfg.calibration_batches, what="StaticInt8Config")
     example = batch_tensors(batches[0], "StaticInt8Config traces the model on tensor batches, but the calibration "
@@ -158,14 +158,13 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: Transform
         warnings.warn(f"StaticInt8Config: {len(skipped)} layer(s) kept in float because torch's x86 int8 backend "
                       f"has no kernel for them: {skipped[:8]}{' ...' if len(skipped) > 8 else ''}", stacklevel=2)
     lineage.copy_lineage(model, q)
-    lineage.record_transform(q, cfg, layers=names, quantized=quantized, skipped=skipped, excluded=kept_float,
+    ctx.record(layers=names, quantized=quantized, skipped=skipped, excluded=kept_float,
                              calibration_batches=len(batches), engine=torch.backends.quantized.engine,
                              example_inputs=[{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                                              for t in example])
     return q
 
 
-@REPLAY.register("StaticInt8Config")
 def _replay(model: nn.Module, cfg: StaticInt8Config, details: dict) -> nn.Module:
     """Rebuild the converted graph without data: placeholder scales, overwritten by the saved ones."""
     from torch.ao.quantization.observer import MinMaxObserver
@@ -240,3 +239,7 @@ def _prod(xs: tuple[int, ...]) -> int:
 
 
 _register()
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(StaticInt8Config, family="quantize", name="static", replay=_replay)(quantize_static_int8)

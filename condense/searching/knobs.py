@@ -1,7 +1,7 @@
 """The knobs a search turns: each one proposes (or skips) one pipeline step per trial.
 
-A knob names the config class it builds as "module:Class" and resolves it only when used, so techniques built
-elsewhere (distillation, factorization, early exit) join the search by being installed, with no central switch.
+A knob's choices are its transform family's methods registered with `search=True` (`register_transform`), read
+from the registry when the search starts, so a technique joins its family's knob by registering.
 `Space` carries what the sensitivity probes learned (layers too sensitive to quantize, groups too sensitive to
 prune, which kinds apply to this task at all), so trials are not wasted on steps that cannot meet the budget.
 A knob whose technique cannot apply to the task's model at all (distillation without a block list to drop from,
@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 from condense.core.registry import Registry
 from condense.errors import CondenseError
@@ -50,7 +50,7 @@ class Knob:
 
     name: str
     order: int
-    configs: dict[str, str]
+    configs: Mapping[str, str]
     suggest: Callable[[Any, Space], Any]
     examples: dict[str, dict[str, Any]] = field(default_factory=dict)
     check: Callable[[Any, Any, Any], None] | None = None
@@ -80,6 +80,39 @@ class Knob:
 KNOBS: Registry[Knob] = Registry("search knob")
 
 
+class Searchable(Mapping):
+    """{method name: "module:Class"} of one transform family's methods registered with `search=True`, read from
+    the transform registry when first used (so a technique joins its family's knob by registering)."""
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+
+    def _items(self) -> dict[str, str]:
+        from condense.core.transforms import TRANSFORMS
+
+        return {n: f"{t.config.__module__}:{t.config.__qualname__}"
+                for n, t in TRANSFORMS.names(self.family).items() if t.search}
+
+    def __getitem__(self, name: str) -> str:
+        items = self._items()
+        if name not in items:
+            raise CondenseError(f"no searchable {self.family} method {name!r}; registered: {', '.join(items)}")
+        return items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def only(self) -> str:
+        """The path of the family's single searchable method."""
+        items = self._items()
+        if len(items) != 1:
+            raise CondenseError(f"expected one searchable {self.family} method, found {sorted(items)}")
+        return next(iter(items.values()))
+
+
 def resolve(path: str) -> type:
     """The class at "module:Class"."""
     mod, _, name = path.partition(":")
@@ -106,9 +139,7 @@ def _recovery(space: Space) -> Any:
 
 
 # -- pruning ----------------------------------------------------------------------------------------------------
-PRUNE = {"structured": "condense.prune.structured:StructuredConfig",
-         "layer-drop": "condense.prune.layers:LayerDropConfig",
-         "unstructured": "condense.prune.unstructured:UnstructuredConfig"}
+PRUNE = Searchable("prune")  # structured, layer-drop, unstructured
 
 
 def suggest_prune(trial: Any, space: Space) -> Any:
@@ -129,8 +160,7 @@ def suggest_prune(trial: Any, space: Space) -> Any:
 
 
 # -- quantization -----------------------------------------------------------------------------------------------
-QUANT = {"dynamic": "condense.quantize.dynamic:DynamicInt8Config",
-         "ort": "condense.quantize.ort:OrtInt8Config"}
+QUANT = Searchable("quantize")  # dynamic, ort
 
 
 def suggest_quantize(trial: Any, space: Space) -> Any:
@@ -149,7 +179,7 @@ def suggest_quantize(trial: Any, space: Space) -> Any:
 def suggest_factorize(trial: Any, space: Space) -> Any:
     if not trial.suggest_categorical("factorize.use", [False, True]):
         return None
-    return build(FACTORIZE, rank_ratio=round(trial.suggest_float("factorize.rank_ratio", 0.2, 0.8, step=0.1), 4))
+    return build(FACTORIZES.only(), rank_ratio=round(trial.suggest_float("factorize.rank_ratio", 0.2, 0.8, step=0.1), 4))
 
 
 def suggest_distill(trial: Any, space: Space) -> Any:
@@ -161,19 +191,19 @@ def suggest_distill(trial: Any, space: Space) -> Any:
     fit = _recovery(space)
     choices = space.extra.get("distill_layers") or list(space.cfg.distill_layers)  # fewer blocks than the model's
     layers = trial.suggest_categorical("distill.layers", list(choices))
-    return build(DISTILL, layers=layers, layer_criterion="subset",
+    return build(DISTILLS.only(), layers=layers, layer_criterion="subset",
                  **({"fit": fit} if fit is not None else {}))
 
 
 def suggest_early_exit(trial: Any, space: Space) -> Any:
     if not trial.suggest_categorical("early_exit.use", [False, True]):
         return None
-    return build(EARLY_EXIT, threshold=round(trial.suggest_float("early_exit.threshold", 0.8, 0.99, step=0.01), 4))
+    return build(EARLY_EXITS.only(), threshold=round(trial.suggest_float("early_exit.threshold", 0.8, 0.99, step=0.01), 4))
 
 
-FACTORIZE = "condense.factorize:FactorizeConfig"
-DISTILL = "condense.distillation:DistillConfig"
-EARLY_EXIT = "condense.early_exit:EarlyExitConfig"
+FACTORIZES = Searchable("factorize")
+DISTILLS = Searchable("distill")
+EARLY_EXITS = Searchable("early-exit")
 
 
 # -- applicability: decided once, on the task's model, before any trial ------------------------------------------
@@ -215,13 +245,13 @@ def check_distill(model: Any, task: Any, cfg: Any) -> None:
     from condense.distillation.students import student_from_teacher
 
     _needs_train_data(task, "distillation")
-    student_from_teacher(model, build(DISTILL, layers=min(distill_choices(model, cfg))))  # builds it on a copy
+    student_from_teacher(model, build(DISTILLS.only(), layers=min(distill_choices(model, cfg))))  # builds it on a copy
 
 
 def check_factorize(model: Any, task: Any, cfg: Any) -> None:
     from condense.factorize.api import plan_ranks
 
-    plan_ranks(model, build(FACTORIZE, rank_ratio=0.5))  # at least one Linear / Conv2d layer to factorize
+    plan_ranks(model, build(FACTORIZES.only(), rank_ratio=0.5))  # at least one Linear / Conv2d layer to factorize
 
 
 def check_early_exit(model: Any, task: Any, cfg: Any) -> None:
@@ -231,15 +261,14 @@ def check_early_exit(model: Any, task: Any, cfg: Any) -> None:
     with_exits(copy.deepcopy(model), None, 0.9, "max_prob")  # a splitter for the architecture, heads sized on it
 
 
-KNOBS.register("distill", Knob("distill", 0, {"distill": DISTILL}, suggest_distill,
-                               {"distill": {"layers": 2}}, check_distill))
+KNOBS.register("distill", Knob("distill", 0, DISTILLS, suggest_distill, {"kd": {"layers": 2}}, check_distill))
 KNOBS.register("prune", Knob("prune", 10, PRUNE, suggest_prune,
                              {"structured": {"ratio": 0.5, "exclude": ()}, "layer-drop": {"n_drop": 1},
                               "unstructured": {"sparsity": 0.5}}))
-KNOBS.register("factorize", Knob("factorize", 20, {"factorize": FACTORIZE}, suggest_factorize,
-                                 {"factorize": {"rank_ratio": 0.5}}, check_factorize))
-KNOBS.register("early_exit", Knob("early_exit", 30, {"early_exit": EARLY_EXIT}, suggest_early_exit,
-                                  {"early_exit": {"threshold": 0.9}}, check_early_exit))
+KNOBS.register("factorize", Knob("factorize", 20, FACTORIZES, suggest_factorize, {"svd": {"rank_ratio": 0.5}},
+                                 check_factorize))
+KNOBS.register("early_exit", Knob("early_exit", 30, EARLY_EXITS, suggest_early_exit,
+                                  {"confidence": {"threshold": 0.9}}, check_early_exit))
 KNOBS.register("quantize", Knob("quantize", 40, QUANT, suggest_quantize,
                                 {"dynamic": {"exclude": ()}, "ort": {"float_channels": 0, "exclude": ()}}))
 

@@ -16,10 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_nested, config
-from condense.core.transforms import TRANSFORMS, TransformContext
+from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.train.loop import FitConfig
 
 
@@ -41,18 +39,21 @@ class FineTuneConfig:
         check_nested(self, "fit", FitConfig)  # in a recipe: a mapping such as {steps: 100, lr: 1e-4}
 
 
-@TRANSFORMS.register("FineTuneConfig")
 def finetune_transform(model: nn.Module, cfg: FineTuneConfig, ctx: TransformContext) -> nn.Module:
     """Fine-tune `model` in place; the first and last losses go to the lineage."""
     losses = ctx.finetune(model, cfg.fit, description="fine-tuning")
     model.eval()
     tail = losses[-10:]
-    lineage.record_transform(model, cfg, steps=len(losses),
-                             first_loss=round(losses[0], 6) if losses else None,
-                             last_loss_mean10=round(sum(tail) / len(tail), 6) if tail else None)
+    ctx.record(steps=len(losses),
+               first_loss=round(losses[0], 6) if losses else None,
+               last_loss_mean10=round(sum(tail) / len(tail), 6) if tail else None)
     return model
 
 
-@REPLAY.register("FineTuneConfig")
 def _replay(model: nn.Module, cfg: FineTuneConfig, details: dict[str, Any]) -> nn.Module:
     return model  # weights only: the saved tensors already hold the fine-tuned values
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_family("fine-tune", default="task-loss", noun="fine-tuning config")
+register_transform(FineTuneConfig, family="fine-tune", name="task-loss", replay=_replay)(finetune_transform)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from condense.core.transforms import register_trainer
 from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
 from condense.train.optim import OPTIMIZERS
@@ -125,3 +126,6 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
     from condense.train.trainer import run_loop
 
     return run_loop(model, batches, loss_fn, cfg, params=params, description=description).losses
+
+
+register_trainer(fit)  # TransformContext.finetune (core) trains with this loop

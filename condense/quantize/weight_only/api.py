@@ -7,16 +7,14 @@ The lineage records the layers, so `condense.load` rebuilds the packed modules a
 from __future__ import annotations
 
 import enum
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from condense.core import lineage
-from condense.core.artifact import REPLAY
 from condense.core.config import check_choice, check_float, check_patterns, check_positive_int, config
-from condense.core.transforms import TransformContext
+from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
-from condense.quantize.api import register_quantizer
 from condense.core.select import select_modules
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
 from condense.quantize.weight_only.linear import WeightOnlyLinear
@@ -60,6 +58,8 @@ class WeightOnlyConfig:
         >>> cfg.to_dict()["method"], cfg.exclude
         ('gptq', ('lm_head',))
     """
+
+    LAYER_TYPES: ClassVar[tuple[type, ...]] = (nn.Linear,)  # what it quantizes (not a field)
 
     method: WeightOnlyMethod = WeightOnlyMethod.RTN
     bits: int = 4
@@ -106,10 +106,9 @@ def _check_layers(model: nn.Module, names: list[str], cfg: WeightOnlyConfig) -> 
         effective_group_size(cfg.group_size, model.get_submodule(n).in_features, layer=n)
 
 
-@register_quantizer("WeightOnlyConfig")
 def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: TransformContext) -> nn.Module:
     """Swap the selected Linears for `WeightOnlyLinear`s quantized by RTN or GPTQ (in place)."""
-    names = select_modules(model, (nn.Linear,), cfg.include, cfg.exclude, what="WeightOnlyConfig")
+    names = select_modules(model, cfg.LAYER_TYPES, cfg.include, cfg.exclude, what="WeightOnlyConfig")
     _check_layers(model, names, cfg)
     sdt = SCALE_DTYPES[cfg.scale_dtype]
     if cfg.method is WeightOnlyMethod.RTN:
@@ -132,11 +131,10 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
             gptq_model_(model, names, batches, ctx.run_batch, quantize_layer, sequential=cfg.sequential)
         finally:
             model.train(was_training)
-    lineage.record_transform(model, cfg, layers=names, bits=cfg.bits, group_size=cfg.group_size)
+    ctx.record(layers=names, bits=cfg.bits, group_size=cfg.group_size)
     return model
 
 
-@REPLAY.register("WeightOnlyConfig")
 def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
     """Rebuild empty `WeightOnlyLinear`s of the recorded layers' shapes (the codec fills them)."""
     act_order = cfg.method is WeightOnlyMethod.GPTQ and cfg.act_order
@@ -146,3 +144,7 @@ def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module
                                         bias=lin.bias is not None, act_order=act_order,
                                         scale_dtype=SCALE_DTYPES[cfg.scale_dtype], device=lin.weight.device))
     return model
+
+
+# -- registered transforms ----------------------------------------------------------------------------------------
+register_transform(WeightOnlyConfig, family="quantize", name="weight-only", replay=_replay)(quantize_weight_only)
