@@ -18,6 +18,11 @@ from condense.core.atomic import atomic_write, atomic_write_json
 from condense.core.paths import cache_dir
 from condense.core.task import Task
 from condense.data.digits import digits_split
+from condense.train.loop import FitConfig, fit
+
+# Part of the cache key: bump when the training code changes the weights a DigitsConfig gives, so cached models
+# from older code are not mixed with new ones. 2: trained by condense.train's engine (was a hand-written loop).
+_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,17 @@ class DigitsConfig:
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0
+
+    def fit_config(self, n_train: int) -> FitConfig:
+        """How `train_digits` trains on `n_train` images: AdamW, one-cycle LR peaking at `lr`, `epochs` epochs.
+
+        Example:
+            >>> DigitsConfig(epochs=2, batch_size=64).fit_config(100).steps  # 2 epochs of 2 batches
+            4
+        """
+        steps = self.epochs * -(-n_train // self.batch_size)
+        return FitConfig(steps=steps, lr=self.lr, optimizer="adamw", weight_decay=1e-4, grad_clip=None,
+                         schedule="onecycle", min_lr_ratio=0.0, seed=self.seed)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -53,26 +69,30 @@ class DigitsCNN(nn.Module):
         return self.classifier(h)            # (B, 10)
 
 
+def cross_entropy_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The task's loss: cross-entropy of `model` on one `(x, y)` batch."""
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
 def train_digits(cfg: DigitsConfig) -> DigitsCNN:
-    """Train a DigitsCNN on the fixed split (deterministic for a given config)."""
-    g = torch.Generator().manual_seed(cfg.seed)
+    """Train a DigitsCNN on the fixed split with condense's training engine (deterministic for a given config).
+
+    Each epoch visits the training images in a fresh order drawn from a generator seeded with `cfg.seed`.
+    """
     torch.manual_seed(cfg.seed)
     data = digits_split()
     model = DigitsCNN(cfg.channels)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     n = data.x_train.shape[0]
-    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
-    model.train()
-    for _ in range(cfg.epochs):
+    g = torch.Generator().manual_seed(cfg.seed)
+
+    def epoch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # called once per epoch by the engine
         perm = torch.randperm(n, generator=g)
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            yield data.x_train[idx], data.y_train[idx]
+
+    fit(model, epoch, cross_entropy_loss, cfg.fit_config(n), description="training digits")
     return model.eval()
 
 
@@ -97,7 +117,7 @@ def load_digits_model(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
     """The trained model for `cfg`, from the cache if present, else trained (seconds) and cached atomically."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps({"format": _FORMAT, **asdict(cfg)}, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_dir() / f"digits-{key}.safetensors"
     model = DigitsCNN(cfg.channels)
     if path.exists():
@@ -109,7 +129,7 @@ def load_digits_model(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
     model = train_digits(cfg)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
-    atomic_write_json(path.with_suffix(".json"), {"config": asdict(cfg)})
+    atomic_write_json(path.with_suffix(".json"), {"format": _FORMAT, "config": asdict(cfg)})
     return model
 
 
@@ -142,10 +162,6 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
             idx = perm[i:i + 64]
             yield data.x_train[idx], data.y_train[idx]
 
-    def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
-
     return Task(
         name="digits",
         model=lambda: load_digits_model(cfg),
@@ -155,7 +171,7 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         inputs=inputs,
         calibration_data=calibration_data,
         train_data=train_data,
-        loss=loss,
+        loss=cross_entropy_loss,
         skeleton=lambda: DigitsCNN(cfg.channels),
         batch_sizes=(1, 256),
         description="small CNN on scikit-learn's 8x8 digits; test accuracy",

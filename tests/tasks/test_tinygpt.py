@@ -1,7 +1,9 @@
 """The tinygpt task: the stdlib byte corpus, training the tiny preset, the cache, and the Task's pieces."""
 import json
 import math
+import random
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from condense.errors import CondenseError
 from condense.tasks import get_task
 from condense.tasks import tinygpt as tg
 from condense.tasks.gpt import GPT, generate
+from condense.train.loop import lr_factor
 
 PRESET = tg.PRESETS["tiny"]
 T = PRESET.model.block_size
@@ -80,26 +83,69 @@ def test_evaluate_matches_model_loss_on_the_same_windows(trained):
         assert float(tg.lm_loss(model, (chunk[:, :-1], chunk[:, 1:]))) == pytest.approx(float(loss), rel=1e-6)
 
 
-def test_cosine_schedule_warms_up_then_decays_to_the_floor():
-    lrs = [tg.cosine_lr(s, 100, 1.0, 10, 0.1) for s in range(100)]
-    assert lrs[9] == pytest.approx(1.0) and lrs[0] == pytest.approx(0.1)
-    assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
-    assert tg.cosine_lr(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+@pytest.mark.parametrize("name", sorted(tg.PRESETS))
+def test_preset_trains_with_warm_up_then_cosine_decay_to_the_floor(name):
+    """The engine's schedule for a preset equals the hand-written one the presets were tuned with."""
+    p = tg.PRESETS[name]
+    cfg = p.fit_config()
+    assert (cfg.steps, cfg.lr, cfg.seed, cfg.grad_clip) == (p.steps, p.lr, p.seed, p.grad_clip)
+    assert (cfg.optimizer, cfg.betas, cfg.weight_decay, cfg.decay_matrices_only) == ("adamw", (0.9, 0.95),
+                                                                                     p.weight_decay, True)
+
+    def reference(step: int) -> float:
+        if step < p.warmup_steps:
+            return (step + 1) / p.warmup_steps
+        t = (step - p.warmup_steps) / (p.steps - p.warmup_steps)
+        return p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    for step in range(p.steps):
+        assert lr_factor(step, cfg) == pytest.approx(reference(step), rel=1e-12, abs=1e-15)
+    assert lr_factor(p.steps, cfg) == pytest.approx(p.min_lr_ratio)
 
 
 # -- cache ------------------------------------------------------------------------------------------------------
-def test_training_is_deterministic():
-    def run():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(PRESET.seed)
-            model = GPT(PRESET.model)
-        data = tg.random_windows(tg.byte_tensor("train", PRESET.train_bytes), 4, T, seed=PRESET.seed)
-        return tg.train_lm(model, data, 5, warmup_steps=2, progress=False), model.state_dict()
+def _reference_training(p: tg.TinyGPTPreset) -> GPT:
+    """The hand-written loop the cached weights were first made with (before training moved onto condense.train)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(p.seed)
+        model = GPT(p.model)
+    data = tg.random_windows(tg.byte_tensor("train", p.train_bytes), p.batch_size, T, seed=p.seed)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW([{"params": [q for q in params if q.dim() >= 2], "weight_decay": p.weight_decay},
+                             {"params": [q for q in params if q.dim() < 2], "weight_decay": 0.0}],
+                            lr=p.lr, betas=(0.9, 0.95))
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(p.train_threads or threads)  # as train_tinygpt: the bits depend on the thread count
+    for step, batch in zip(range(p.steps), data):
+        if step < p.warmup_steps:
+            lr = p.lr * (step + 1) / p.warmup_steps
+        else:
+            t = (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps)
+            lr = p.lr * (p.min_lr_ratio + (1 - p.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = tg.lm_loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, p.grad_clip)
+        opt.step()
+    torch.set_num_threads(threads)
+    return model.eval()
 
-    (losses_a, state_a), (losses_b, state_b) = run(), run()
-    assert losses_a == losses_b
-    assert all(torch.equal(v, state_b[k]) for k, v in state_a.items())
+
+def test_training_reproduces_the_cached_weights_and_leaves_the_callers_rng_alone(monkeypatch):
+    """Bit for bit what the loop the cache format was made with gives (else `_FORMAT` must be bumped)."""
+    short = replace(PRESET, steps=PRESET.warmup_steps + 5)  # the warm-up, where the LRs' last bits differ, and more
+    monkeypatch.setitem(tg.PRESETS, "tiny", short)
+    torch.manual_seed(123)
+    random.seed(123)
+    torch_state, py_state = torch.get_rng_state(), random.getstate()
+    model, meta = tg.train_tinygpt("tiny")
+    assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
+    assert len(meta["train"]["losses"]) == short.steps and not model.training
+    reference = _reference_training(short).state_dict()  # a second, independent run from the same seed
+    assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
 
 
 def test_second_load_reads_the_cache_without_training(trained, monkeypatch):
@@ -112,7 +158,7 @@ def test_second_load_reads_the_cache_without_training(trained, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the cache holds the model")
 
-    monkeypatch.setattr(tg, "train_lm", no_training)
+    monkeypatch.setattr(tg, "train_tinygpt", no_training)
     again = tg.load_tinygpt("tiny", train_if_missing=False)
     assert not again.training
     reference = model.state_dict()
@@ -133,11 +179,13 @@ def test_corrupt_cache_names_the_fix(fresh_cache):
         tg.load_tinygpt("tiny")
 
 
-def test_cache_key_follows_the_preset_config():
-    from dataclasses import replace
+def test_cache_key_follows_the_preset_config_and_the_format(monkeypatch):
     assert PRESET.key() == tg.TinyGPTPreset(**{**PRESET.__dict__}).key()
     assert replace(PRESET, steps=PRESET.steps + 1).key() != PRESET.key()
     assert tg.PRESETS["default"].key() != PRESET.key()
+    key = PRESET.key()
+    monkeypatch.setattr(tg, "_FORMAT", tg._FORMAT - 1)  # weights cached by older training code use other files
+    assert PRESET.key() != key
 
 
 def test_unknown_preset_lists_the_valid_ones():
@@ -152,7 +200,7 @@ def make_tiny_task() -> Task:
 
 
 def test_making_the_task_trains_nothing(fresh_cache, monkeypatch):
-    monkeypatch.setattr(tg, "train_lm", lambda *a, **k: pytest.fail("make_task trained a model"))
+    monkeypatch.setattr(tg, "train_tinygpt", lambda *a, **k: pytest.fail("make_task trained a model"))
     task = tg.make_task("default")
     assert (task.name, task.primary_metric, task.higher_is_better) == ("tinygpt", "bits_per_byte", False)
     assert task.batch_sizes == (1, 32) and task.description
