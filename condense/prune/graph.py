@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from condense.prune.rules import PRODUCERS, Blocked, Member, follow
+from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, follow, lookup
 from condense.prune.tracing import Node, from_fx, from_recording
 
 __all__ = ["HEAD_PATTERNS", "FFN_PATTERNS", "Member", "Group", "DependencyGraph", "build_graph"]
@@ -109,7 +109,8 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
     """
     modules = dict(model.named_modules())
     heads = _head_groups(model)
-    owners = {id(modules[g.name]) for g in heads}
+    owners = {id(modules[g.name]) for g in heads}  # leaves of the trace, besides torch.nn layers
+    owners |= {id(m) for m in modules.values() if type(m) in MODULE_RULES and m is not model}
     claimed = {m.module for g in heads for m in g.members}
     ffn = _ffn_pairs(model)
     nodes: list[Node] | None = None
@@ -127,7 +128,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         else:
             method = "patterns"
     graph = DependencyGraph(groups=list(heads), method=method)
-    layers = [n for n, m in modules.items() if PRODUCERS.find(m) is not None and n not in claimed]
+    layers = [n for n, m in modules.items() if lookup(PRODUCERS, m) is not None and n not in claimed]
     if nodes is None:
         for a, b in ffn.items():
             graph.groups.append(Group(a, "ffn", modules[a].out_features, (Member(a, "out"), Member(b, "in"))))
@@ -155,7 +156,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
             graph.blocked[name] = "called more than once (shared weights)"
             continue
         try:
-            source = PRODUCERS.find(m)(m, nodes[where[name]].ndim)
+            source = lookup(PRODUCERS, m)(m, nodes[where[name]].ndim)
         except Blocked as e:
             graph.blocked[name] = str(e)
             continue

@@ -23,12 +23,11 @@ rule (and its cutter in `condense.prune.cutters`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import torch  # noqa: F401  (used by the module docstring's example)
 from torch import nn
 
-from condense.core.registry import TypeRegistry
 from condense.prune.tracing import META_OPS, TENSOR, Node
 
 
@@ -101,14 +100,29 @@ class _Unsupported(Blocked):
 
 
 Rule = Callable[[Site, Flow], Union[Flow, Reached]]
-MODULE_RULES: TypeRegistry[Rule] = TypeRegistry("module pruning rule")
+MODULE_RULES: dict[type, Rule] = {}
 OP_RULES: dict[str, Rule] = {}
-PRODUCERS: TypeRegistry[Callable[[nn.Module, "int | None"], Source]] = TypeRegistry("pruning producer")
+PRODUCERS: dict[type, Callable[[nn.Module, "int | None"], Source]] = {}
+
+
+def lookup(table: dict[type, Any], module: nn.Module) -> Any:
+    """The entry of `table` for `module`'s type or its nearest base class (None if none)."""
+    return next((table[t] for t in type(module).__mro__ if t in table), None)
+
+
+def _register_types(table: dict[type, Any], types: tuple[type, ...]) -> Callable:
+    def deco(fn: Any) -> Any:
+        for t in types:
+            table[t] = fn
+        return fn
+
+    return deco
 
 
 def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
-    """Register `rule(site, flow) -> Flow | Reached` for modules of `types` (and their subclasses)."""
-    return MODULE_RULES.register(*types)
+    """Register `rule(site, flow) -> Flow | Reached` for modules of `types` (and their subclasses). A module whose
+    own type has a rule is a leaf of the trace: the walk asks its rule instead of looking inside it."""
+    return _register_types(MODULE_RULES, types)
 
 
 def register_op_rule(*names: str) -> Callable[[Rule], Rule]:
@@ -124,7 +138,7 @@ def register_op_rule(*names: str) -> Callable[[Rule], Rule]:
 
 def register_producer(*types: type) -> Callable:
     """Register `fn(module, ndim) -> Source` for layer types whose outputs start a prunable group."""
-    return PRODUCERS.register(*types)
+    return _register_types(PRODUCERS, types)
 
 
 # -- producers ----------------------------------------------------------------------------------------------------
@@ -250,7 +264,7 @@ def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: 
             raise Blocked(f"feeds {n.target} ({type(m).__name__}) together with other tensors")
         if counts.get(n.target, 0) > 1:
             raise Blocked(f"feeds {n.target}, which is called more than once (shared weights)")
-        rule = MODULE_RULES.find(m)
+        rule = lookup(MODULE_RULES, m)
         if rule is None:
             raise _Unsupported(f"feeds {n.target} ({type(m).__name__}), which has no pruning rule")
         return rule(Site(n, m, size), flow)
