@@ -1,11 +1,18 @@
-"""Importance scores: how much each weight matters, one number per weight, by a named criterion.
+"""Importance scores: how much each weight, group unit or block matters, by a named criterion.
 
 Why a separate module: scoring is one job (pruners decide how much and where to cut, schedules decide when), so
-every pruner shares the same criteria through one narrow interface:
+every pruner finds its criteria in one place, registered with `register_importance(name, scope=...)` and looked up
+with `criterion(name, scope)`. The scope says what is scored, and so the call:
 
-    IMPORTANCE.get(name)(model, layer_names, ctx, batches=8) -> {layer name: scores shaped like its weight}
+* "weights" (`IMPORTANCE`; unstructured, N:M, schedules):
+  `fn(model, layer_names, ctx, *, batches) -> {layer name: scores shaped like its weight}`
+* "groups" (structured pruning; `condense.prune.group_importance`):
+  `fn(model, groups, ctx, *, kept, batches) -> {group name: (group.size,) scores}`
+* "blocks" (layer drop; `condense.prune.layers`):
+  `fn(blocks: BlockSet, n_drop) -> (block indices to keep, {block index: score})`
 
-Scores are non-negative; a pruned (masked) weight scores 0 because the effective weight is used. Criteria:
+Higher = keep. `needs_data=False` marks a criterion that reads no calibration data. Weight criteria (their scores
+are non-negative; a pruned (masked) weight scores 0 because the effective weight is used):
 
 * "magnitude" / "l1": |W|.   "l2": W² (sums over a group give the squared L2 norm; see `group_scores`).
 * "taylor": Σ_batches |W ⊙ ∂L/∂W|, the first-order estimate of the loss change when a weight is zeroed
@@ -31,20 +38,59 @@ from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 
 Scores = dict[str, torch.Tensor]
-IMPORTANCE: Registry[Callable[..., Scores]] = Registry("importance criterion")
+SCOPES = ("weights", "groups", "blocks")
+IMPORTANCE: Registry[Callable[..., Scores]] = Registry("importance criterion")  # the "weights" scope
+_REGISTRIES: dict[str, Registry[Callable]] = {"weights": IMPORTANCE, "groups": Registry("group importance criterion"),
+                                              "blocks": Registry("block importance criterion")}
 # How per-weight scores of a criterion combine over a group (a row, a channel): "sum", or "l2" (sqrt of sum).
 GROUP_REDUCE: dict[str, str] = {}
+NEEDS_DATA: dict[tuple[str, str], bool] = {}  # (scope, name) -> whether the criterion reads calibration data
 
 
-def register_importance(name: str, *, group_reduce: str = "sum") -> Callable:
-    """Register `fn(model, layer_names, ctx, *, batches) -> {name: scores}` under `name`."""
+def register_importance(name: str, *, scope: str = "weights", group_reduce: str = "sum",
+                        needs_data: bool = True) -> Callable:
+    """Register criterion `fn` under `name` for `scope` ("weights", "groups" or "blocks"; calls in the module doc).
 
-    def deco(fn: Callable[..., Scores]) -> Callable[..., Scores]:
-        IMPORTANCE.register(name, fn)
-        GROUP_REDUCE[name] = group_reduce
+    Example:
+        >>> @register_importance("first", scope="groups", needs_data=False)
+        ... def first(model, groups, ctx, *, kept, batches):  # keep the first units of every group
+        ...     return {g.name: -torch.arange(g.size, dtype=torch.float) for g in groups}
+        >>> "first" in criteria("groups")
+        True
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"importance scope must be one of {SCOPES}, got {scope!r}")
+
+    def deco(fn: Callable) -> Callable:
+        _REGISTRIES[scope].register(name, fn)
+        NEEDS_DATA[scope, name] = needs_data
+        if scope == "weights":
+            GROUP_REDUCE[name] = group_reduce
         return fn
 
     return deco
+
+
+def criteria(scope: str = "weights") -> tuple[str, ...]:
+    """The names of every criterion registered for `scope`, sorted."""
+    return tuple(_REGISTRIES[scope])
+
+
+def criterion(name: str, scope: str = "weights") -> Callable:
+    """The criterion `name` of `scope`; a ConfigError lists the registered names."""
+    return _lookup(name, scope)
+
+
+def _lookup(name: str, scope: str) -> Callable:
+    reg = _REGISTRIES[scope]
+    if not isinstance(name, str) or name not in reg:
+        raise ConfigError(f"unknown {reg.what} {name!r}; choose one of: {', '.join(reg)}")
+    return reg.get(name)
+
+
+def needs_data(name: str, scope: str = "weights") -> bool:
+    """Whether criterion `name` of `scope` reads calibration (or training) data."""
+    return NEEDS_DATA.get((scope, name), True)
 
 
 def score(model: nn.Module, layer_names: list[str], ctx: TransformContext | None = None, *,
@@ -62,9 +108,7 @@ def score(model: nn.Module, layer_names: list[str], ctx: TransformContext | None
         >>> score(lin, [""], criterion="magnitude")[""].tolist()
         [[1.0, 2.0, 3.0], [0.0, 5.0, 6.0]]
     """
-    if criterion not in IMPORTANCE:
-        raise ConfigError(f"unknown importance criterion {criterion!r}; choose one of: {', '.join(IMPORTANCE)}")
-    return IMPORTANCE.get(criterion)(model, layer_names, ctx or TransformContext(), batches=batches)
+    return _lookup(criterion, "weights")(model, layer_names, ctx or TransformContext(), batches=batches)
 
 
 def group_scores(scores: torch.Tensor, dim: int, criterion: str = "magnitude") -> torch.Tensor:
@@ -93,17 +137,17 @@ def weight_leaf(module: nn.Module) -> nn.Parameter:
 
 
 # -- criteria ---------------------------------------------------------------------------------------------------
-@register_importance("magnitude")
+@register_importance("magnitude", needs_data=False)
 def magnitude(model: nn.Module, layer_names: list[str], ctx: TransformContext, *, batches: int = 8) -> Scores:
     return {n: effective_weight(model.get_submodule(n)).abs() for n in layer_names}
 
 
-@register_importance("l1")
+@register_importance("l1", needs_data=False)
 def l1(model: nn.Module, layer_names: list[str], ctx: TransformContext, *, batches: int = 8) -> Scores:
     return magnitude(model, layer_names, ctx)
 
 
-@register_importance("l2", group_reduce="l2")
+@register_importance("l2", group_reduce="l2", needs_data=False)
 def l2(model: nn.Module, layer_names: list[str], ctx: TransformContext, *, batches: int = 8) -> Scores:
     return {n: effective_weight(model.get_submodule(n)).pow(2) for n in layer_names}
 

@@ -2,8 +2,9 @@
 
 A block whose output is nearly its input (high cosine similarity on calibration data) adds little; removing it
 saves a whole block of compute. The "output" criterion measures instead how much the model's output moves when
-the block is skipped (one calibration pass per block). Kept indices go to the lineage, so `condense.load`
-removes the same blocks from a fresh model before loading tensors.
+the block is skipped (one calibration pass per block). Criteria are registered in the "blocks" scope of
+`condense.prune.importance` (`register_importance(name, scope="blocks")`, called with a `BlockSet`). Kept indices
+go to the lineage, so `condense.load` removes the same blocks from a fresh model before loading tensors.
 
 Example:
     >>> import torch
@@ -28,9 +29,10 @@ from condense.core.config import MAX_COUNT, check_choice, check_int, check_neste
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
+from condense.prune.importance import criteria, criterion, needs_data, register_importance
 from condense.train.loop import FitConfig
 
-CRITERIA = ("importance", "output", "subset", "last")
+CRITERIA = ("importance", "output", "subset", "last")  # the built-in criteria; any "blocks" criterion is accepted
 MAX_SUBSETS = 256  # "subset" tries every set of kept blocks up to this many, else removes greedily
 BLOCK_LIST_NAMES = ("layers", "blocks", "layer", "h")  # ModuleLists found without `container=`
 
@@ -80,7 +82,7 @@ class LayerDropConfig:
                     or len(set(self.keep)) != len(self.keep):
                 raise ConfigError(f"LayerDropConfig.keep must be distinct non-negative block indices, at least one, "
                                   f"got {show(self.keep)}; e.g. keep=(0, 2, 5)")
-        check_choice(self, "criterion", CRITERIA, example="importance")
+        check_choice(self, "criterion", criteria("blocks"), example="importance")
         if self.container is not None and not isinstance(self.container, str):
             raise ConfigError(f"LayerDropConfig.container must be a module name or None, got {show(self.container)}; "
                               "e.g. container='blocks'")
@@ -227,6 +229,47 @@ def drop_blocks_(model: nn.Module, container: str, keep: list[int]) -> nn.Module
     return model
 
 
+# -- criteria: the "blocks" scope of condense.prune.importance ------------------------------------------------------
+@dataclasses.dataclass
+class BlockSet:
+    """What a block criterion sees: the model, its block list, the blocks that may go (same output shape as input),
+    the calibration `batches` and how to `run` one, and each candidate's `similarity` score (1 - cosine between
+    its input and output; empty without data)."""
+
+    model: nn.Module
+    blocks: nn.Module
+    candidates: list[int]
+    batches: list[Any]
+    run: Callable[[nn.Module, Any], Any]
+    similarity: dict[int, float]
+
+    def keep_all_but(self, drop: list[int]) -> list[int]:
+        """Every block index not in `drop`."""
+        return [i for i in range(len(self.blocks)) if i not in drop]
+
+
+@register_importance("importance", scope="blocks")
+def _by_similarity(b: BlockSet, n_drop: int) -> tuple[list[int], dict[int, float]]:
+    return b.keep_all_but(sorted(b.candidates, key=lambda i: b.similarity[i])[:n_drop]), b.similarity
+
+
+@register_importance("output", scope="blocks")
+def _by_output(b: BlockSet, n_drop: int) -> tuple[list[int], dict[int, float]]:
+    scores = output_scores(b.model, b.blocks, b.candidates, b.batches, b.run)
+    return b.keep_all_but(sorted(b.candidates, key=lambda i: scores[i])[:n_drop]), scores
+
+
+@register_importance("subset", scope="blocks")
+def _by_subset(b: BlockSet, n_drop: int) -> tuple[list[int], dict[int, float]]:
+    keep, _ = subset_scores(b.model, b.blocks, len(b.blocks) - n_drop, b.candidates, b.batches, b.run)
+    return keep, b.similarity
+
+
+@register_importance("last", scope="blocks", needs_data=False)
+def _last(b: BlockSet, n_drop: int) -> tuple[list[int], dict[int, float]]:
+    return b.keep_all_but(b.candidates[-n_drop:]), b.similarity
+
+
 def plan_layer_drop(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext | None = None
                     ) -> tuple[str, list[int], dict[int, float]]:
     """(container name, block indices to keep, score per block) without changing the model."""
@@ -234,9 +277,9 @@ def plan_layer_drop(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContex
     name, blocks = find_block_list(model, cfg.container)
     n = len(blocks)
     where = name or "the model"
-    needs_data = cfg.criterion != "last" or isinstance(blocks, nn.Sequential)
+    data = needs_data(cfg.criterion, "blocks") or isinstance(blocks, nn.Sequential)  # a Sequential: shapes checked
     batches = ctx.calibration_batches(cfg.calibration_batches, what=f"LayerDropConfig(criterion={cfg.criterion!r}) "
-                                      f"on {where}") if needs_data else []
+                                      f"on {where}") if data else []
     scores: dict[int, float] = {}
     candidates = list(range(n))
     if batches:
@@ -254,16 +297,9 @@ def plan_layer_drop(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContex
     if cfg.n_drop >= n or cfg.n_drop > len(candidates):
         raise ConfigError(f"n_drop={cfg.n_drop} but {where} has {n} blocks, {len(candidates)} of them removable "
                           f"(same output shape as input); use n_drop <= {min(n - 1, len(candidates))}")
-    if cfg.criterion == "last":
-        drop = candidates[-cfg.n_drop:]
-    elif cfg.criterion == "subset":
-        keep, _ = subset_scores(model, blocks, n - cfg.n_drop, candidates, batches, ctx.run_batch)
-        return name, keep, scores
-    else:
-        if cfg.criterion == "output":
-            scores = output_scores(model, blocks, candidates, batches, ctx.run_batch)
-        drop = sorted(candidates, key=lambda i: scores[i])[:cfg.n_drop]
-    return name, [i for i in range(n) if i not in drop], scores
+    choose = criterion(cfg.criterion, "blocks")
+    keep, scores = choose(BlockSet(model, blocks, candidates, batches, ctx.run_batch, scores), cfg.n_drop)
+    return name, list(keep), scores
 
 
 def prune_layers(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext) -> nn.Module:

@@ -17,10 +17,11 @@ from torch import nn
 from condense.core.atomic import atomic_write_json
 from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
+from condense.train.distributed import pipeline as _pipeline_strategy  # noqa: F401  (registers "pipeline")
 from condense.train.distributed.hooks import COMM_HOOKS
-from condense.train.distributed.strategy import STRATEGIES
 from condense.train.loop import FitConfig
-from condense.train.trainer import TrainResult, run_loop
+from condense.train.strategies import TRAINING_STRATEGIES
+from condense.train.trainer import TrainResult
 
 
 def comm_hook_names() -> tuple[str, ...]:
@@ -42,7 +43,8 @@ class TrainConfig(FitConfig):
         checkpoint_every: write a checkpoint every N steps (and at the end); keep_checkpoints: how many (0: all).
         tensorboard: also write TensorBoard events to out/tb.
         strategy: auto (DDP when several processes) | single | ddp | fsdp | pipeline (GPT models: blocks split
-            into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation).
+            into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation),
+            or a name registered with `condense.train.strategies.register_training_strategy`.
         comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8, or a name added to
             `condense.train.distributed.hooks.COMM_HOOKS` (fn(cfg) -> (state, hook) for `register_comm_hook`).
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
@@ -83,18 +85,11 @@ class TrainConfig(FitConfig):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"TrainConfig.{name} must be a string, got {show(getattr(self, name))}; "
                                   f"e.g. {name}={'auto' if name == 'strategy' else 'none'!r}")
-        if self.strategy not in ("auto", "pipeline") and self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of "
-                              f"{['auto', *STRATEGIES, 'pipeline']}")
-        if self.strategy == "pipeline" and (self.checkpoint_every or self.eval_every or self.patience or
-                                            self.comm_hook != "none" or self.grad_accum != 1 or
-                                            self.batch_schedule != "constant" or self.precision == "fp16"):
-            raise ConfigError("strategy='pipeline' supports plain training only: leave checkpoint_every, "
-                              "eval_every, patience, comm_hook, grad_accum, batch_schedule and fp16 at their defaults")
+        if self.strategy not in TRAINING_STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of {list(TRAINING_STRATEGIES)}")
         if self.comm_hook not in comm_hook_names():
             raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(comm_hook_names())}")
-        if self.comm_hook != "none" and self.strategy == "fsdp":
-            raise ConfigError("comm_hook applies to DDP only; use strategy='ddp' or comm_hook='none'")
+        TRAINING_STRATEGIES.get(self.strategy).check(self)
 
 
 def fresh_model(task: Any, seed: int) -> nn.Module:
@@ -147,15 +142,8 @@ def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None
     model = model.to(device)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
-    if cfg.strategy == "pipeline":
-        if resume is not None:
-            raise ConfigError("--resume is not supported with strategy='pipeline'; use ddp or fsdp")
-        result = _pipeline(task, model, cfg, device)
-    else:
-        evaluate = task.evaluate if (cfg.eval_every or cfg.target is not None or cfg.patience) else None
-        result = run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}",
-                          device=device, out=out, resume=resume, evaluate=evaluate, primary=task.primary_metric,
-                          higher_is_better=task.higher_is_better)
+    strategy = TRAINING_STRATEGIES.get(cfg.strategy)
+    result = strategy.run(task, model, cfg, device=device, out=out, resume=resume)
     if out is not None:
         _write_outputs(task, model, cfg, result, Path(out))
     return model.eval(), result
@@ -172,41 +160,6 @@ def train_task(task: Any, cfg: TrainConfig = TrainConfig(), **kwargs: Any) -> tu
         1
     """
     return train(task, cfg, **kwargs)
-
-
-def _pipeline(task: Any, model: nn.Module, cfg: TrainConfig, device: Any) -> TrainResult:
-    """Pipeline-parallel training (every process a stage), then the stages' weights gathered on rank 0."""
-    import time
-
-    import torch.distributed as dist
-
-    from condense.train.distributed import init_from_env
-    from condense.train.distributed.pipeline import pipeline_fit
-
-    if not hasattr(model, "blocks"):
-        raise ConfigError(f"strategy='pipeline' splits a transformer's blocks; task {task.name!r} has none "
-                          "(use ddp or fsdp)")
-    world = init_from_env(device)
-    t0 = time.perf_counter()
-    stage, losses = pipeline_fit(model, task.train_data, cfg, n_microbatches=cfg.n_microbatches)
-    train_s = time.perf_counter() - t0
-    names = {id(p): n for n, p in model.named_parameters()}
-    mine = {names[id(p)]: p.detach().cpu() for p in stage.parameters()}
-    parts: list = [None] * world.size if world.is_main else None  # type: ignore[assignment]
-    dist.gather_object(mine, parts, dst=0)
-    if world.is_main:
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for part in parts:
-                for n, v in part.items():
-                    params[n].copy_(v)
-    from condense.train.trainer import _peak_memory_mb
-
-    x = next(iter(task.train_data()))[0]  # every process reads the same batches: the world trains on these
-    return TrainResult(losses=losses, steps=len(losses), train_s=train_s, wall_s=train_s, precision="fp32",
-                       world_size=world.size, samples=len(losses) * x.shape[0],
-                       tokens=len(losses) * (x.numel() if not x.is_floating_point() else 0),
-                       peak_memory_mb=_peak_memory_mb(torch.device(device)))
 
 
 def _write_outputs(task: Any, model: nn.Module, cfg: TrainConfig, result: TrainResult, out: Path) -> None:

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.errors import ConfigError
+from condense.train.strategies import TrainingStrategy, register_training_strategy
+from condense.train.trainer import TrainResult, _peak_memory_mb
 
 
 class GPTStage(nn.Module):
@@ -115,3 +117,45 @@ def pipeline_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterab
         dist.broadcast(loss, src=world - 1)
         losses.append(float(loss))
     return stage_mod, losses
+
+
+@register_training_strategy("pipeline")
+class PipelineTraining(TrainingStrategy):
+    """Pipeline-parallel training of a GPT (every process a stage), then the stages' weights gathered on rank 0.
+    Plain training only: fp32, no checkpoints, evaluation, early stopping or gradient compression."""
+
+    def check(self, cfg: Any) -> None:
+        if (cfg.checkpoint_every or cfg.eval_every or cfg.patience or cfg.comm_hook != "none" or cfg.grad_accum != 1
+                or cfg.batch_schedule != "constant" or cfg.precision == "fp16"):
+            raise ConfigError("strategy='pipeline' supports plain training only: leave checkpoint_every, "
+                              "eval_every, patience, comm_hook, grad_accum, batch_schedule and fp16 at their defaults")
+
+    def run(self, task: Any, model: nn.Module, cfg: Any, *, device: Any, out: Any, resume: Any) -> TrainResult:
+        import time
+
+        from condense.train.distributed import init_from_env
+
+        if resume is not None:
+            raise ConfigError("--resume is not supported with strategy='pipeline'; use ddp or fsdp")
+        if not hasattr(model, "blocks"):
+            raise ConfigError(f"strategy='pipeline' splits a transformer's blocks; task {task.name!r} has none "
+                              "(use ddp or fsdp)")
+        world = init_from_env(device)
+        t0 = time.perf_counter()
+        stage, losses = pipeline_fit(model, task.train_data, cfg, n_microbatches=cfg.n_microbatches)
+        train_s = time.perf_counter() - t0
+        names = {id(p): n for n, p in model.named_parameters()}
+        mine = {names[id(p)]: p.detach().cpu() for p in stage.parameters()}
+        parts: list = [None] * world.size if world.is_main else None  # type: ignore[assignment]
+        dist.gather_object(mine, parts, dst=0)
+        if world.is_main:
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for part in parts:
+                    for n, v in part.items():
+                        params[n].copy_(v)
+        x = next(iter(task.train_data()))[0]  # every process reads the same batches: the world trains on these
+        return TrainResult(losses=losses, steps=len(losses), train_s=train_s, wall_s=train_s, precision="fp32",
+                           world_size=world.size, samples=len(losses) * x.shape[0],
+                           tokens=len(losses) * (x.numel() if not x.is_floating_point() else 0),
+                           peak_memory_mb=_peak_memory_mb(torch.device(device)))

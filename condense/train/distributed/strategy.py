@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from condense.core.registry import Registry
+from condense.errors import ConfigError
 from condense.train.checkpoint import load_tensors, save_tensors
 from condense.train.distributed import World
 from condense.train.distributed.hooks import COMM_HOOKS
@@ -29,6 +30,10 @@ class Single:
 
     def __init__(self, cfg: Any, world: World, device: torch.device):
         self.cfg, self.world, self.device = cfg, world, device
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Refuse (ConfigError naming the fix) a TrainConfig this wrapper cannot run; called when it is built."""
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model
@@ -77,6 +82,11 @@ class DDP(Single):
 
 @STRATEGIES.register("fsdp")
 class FSDP(Single):
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        if getattr(cfg, "comm_hook", "none") != "none":
+            raise ConfigError("comm_hook applies to DDP only; use strategy='ddp' or comm_hook='none'")
+
     def wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.fsdp import fully_shard
 
@@ -122,8 +132,6 @@ def strategy_for(cfg: Any, world: World, device: torch.device) -> Single:
     if name == "auto":
         name = "ddp" if world.size > 1 else "single"
     if name != "single" and not dist.is_initialized():
-        from condense.errors import ConfigError
-
         raise ConfigError(f"strategy={name!r} needs several processes: launch with `condense train --nproc N` "
                           "(torchrun), or use strategy='single'")
     return STRATEGIES.get(name)(cfg, world, device)

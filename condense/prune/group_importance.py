@@ -1,0 +1,135 @@
+"""Group importance: one score per unit of a coupled group (a channel, a neuron, a head), for structured pruning.
+
+Criteria live in the "groups" scope of `condense.prune.importance` (see there for the call):
+* "l1" / "l2": per member the Lp norm of its slices of each unit, mean-normalised, summed over members;
+* "activation" (calibration data): mean |input| of every consuming layer times its weight column norm, summed;
+* "obs" (calibration data): Optimal Brain Surgeon on the one Linear that consumes the group: the units whose
+  removal that Linear can best make up for go first (`condense.prune.recover.obs_scores`); groups with other
+  consumers fall back to "activation".
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from condense.core.hooks import run_with_hooks
+from condense.core.transforms import TransformContext
+from condense.prune.cutters import unit_weights
+from condense.prune.graph import Group
+from condense.prune.importance import criterion, register_importance
+from condense.prune.recover import obs_scores
+
+
+def _per_unit(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    return t.detach().float().movedim(axis, 0).reshape(size, -1)  # (size, unit * rest)
+
+
+def _normalised(s: torch.Tensor) -> torch.Tensor:
+    return s / s.mean().clamp_min(1e-12)
+
+
+def magnitude_scores(model: nn.Module, group: Group, p: int = 2) -> torch.Tensor:
+    """Importance (size,) of a group's units: per member the Lp norm of its slices, mean-normalised, summed."""
+    modules = dict(model.named_modules())
+    total = torch.zeros(group.size)
+    for mem in group.members:
+        parts = [_per_unit(t, ax, group.size) for t, ax in unit_weights(modules[mem.module], mem.dim)]
+        if parts:
+            total += _normalised(torch.cat(parts, dim=1).norm(p=p, dim=1).cpu())
+    return total
+
+
+def consumer_statistics(model: nn.Module, names: list[str], batches: list[Any], run: Callable[[nn.Module, Any], Any],
+                        *, gram: tuple[str, ...] = ()) -> dict[str, dict[str, torch.Tensor]]:
+    """Per consuming layer: mean |input| per feature; for Linears in `gram` also [X 1]^T [X 1] / rows (float64)."""
+    modules = dict(model.named_modules())
+    acc: dict[str, dict[str, Any]] = {n: {} for n in names}
+
+    def hook(name: str) -> Callable:
+        def pre(m: nn.Module, args: tuple) -> None:
+            x = args[0].detach().float()
+            x = x.movedim(1, -1) if isinstance(m, nn.Conv2d) else x  # channels last
+            flat = x.reshape(-1, x.shape[-1])  # (rows, in)
+            a = acc[name]
+            a["abs"] = a.get("abs", 0) + flat.abs().sum(0).cpu()
+            a["rows"] = a.get("rows", 0) + flat.shape[0]
+            if name in gram:  # products in float32 (fast), sums over batches in float64
+                z = torch.cat([flat, flat.new_ones(flat.shape[0], 1)], 1)
+                a["gram"] = a.get("gram", 0) + (z.T @ z).double().cpu()  # (in + 1, in + 1)
+        return pre
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in names]
+    run_with_hooks(model, batches, run, handles)
+    return {n: {k: a[k] / a["rows"] for k in ("abs", "gram") if k in a} for n, a in acc.items() if a}
+
+
+def activation_scores(model: nn.Module, groups: list[Group], stats: dict[str, dict[str, torch.Tensor]]
+                      ) -> dict[str, torch.Tensor]:
+    """Importance of each unit: mean |input| of every consuming layer times its weight column norm, summed."""
+    modules = dict(model.named_modules())
+    out = {}
+    for g in groups:
+        total = torch.zeros(g.size)
+        for mem in g.members:
+            if mem.dim != "in" or mem.module not in stats:
+                continue
+            w = modules[mem.module].weight.detach().float()
+            col = w.movedim(1, 0).reshape(w.shape[1], -1).norm(dim=1).cpu()  # (in,)
+            total += _normalised((stats[mem.module]["abs"] * col).reshape(g.size, -1).sum(1))
+        out[g.name] = total
+    return out
+
+
+def group_scores(model: nn.Module, groups: list[Group], importance: str, kept: dict[str, int],
+                 ctx: TransformContext, n_batches: int = 8) -> dict[str, torch.Tensor]:
+    """Every unit's importance (higher = keep) per group by the "groups" criterion `importance`; "obs" needs the
+    number `kept` of each group."""
+    return criterion(importance, "groups")(model, groups, ctx, kept=kept, batches=n_batches)
+
+
+@register_importance("l1", scope="groups", needs_data=False)
+def _l1(model: nn.Module, groups: list[Group], ctx: TransformContext, *, kept: dict[str, int], batches: int
+        ) -> dict[str, torch.Tensor]:
+    return {g.name: magnitude_scores(model, g, 1) for g in groups}
+
+
+@register_importance("l2", scope="groups", needs_data=False)
+def _l2(model: nn.Module, groups: list[Group], ctx: TransformContext, *, kept: dict[str, int], batches: int
+        ) -> dict[str, torch.Tensor]:
+    return {g.name: magnitude_scores(model, g, 2) for g in groups}
+
+
+def _consumers(groups: list[Group]) -> list[str]:
+    return sorted({mem.module for g in groups for mem in g.members if mem.dim == "in"})
+
+
+@register_importance("activation", scope="groups")
+def _activation(model: nn.Module, groups: list[Group], ctx: TransformContext, *, kept: dict[str, int],
+                batches: int) -> dict[str, torch.Tensor]:
+    data = ctx.calibration_batches(batches, what="importance='activation'")
+    return activation_scores(model, groups, consumer_statistics(model, _consumers(groups), data, ctx.run_batch))
+
+
+def _single_linear_consumer(g: Group, modules: dict[str, nn.Module]) -> str | None:
+    ins = [m for m in g.members if m.dim == "in"]
+    if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit:
+        return ins[0].module
+    return None
+
+
+@register_importance("obs", scope="groups")
+def _obs(model: nn.Module, groups: list[Group], ctx: TransformContext, *, kept: dict[str, int], batches: int
+         ) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    data = ctx.calibration_batches(batches, what="importance='obs'")
+    solo = {g.name: _single_linear_consumer(g, modules) for g in groups}
+    stats = consumer_statistics(model, _consumers(groups), data, ctx.run_batch,
+                                gram=tuple(c for c in solo.values() if c is not None))
+    scores = activation_scores(model, groups, stats)
+    for g in groups:
+        if solo[g.name] is not None and kept[g.name] < g.size:
+            layer, unit = modules[solo[g.name]], g.members[0].unit
+            scores[g.name] = obs_scores(layer, stats[solo[g.name]]["gram"], g.size - kept[g.name], unit)
+    return scores

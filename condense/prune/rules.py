@@ -1,0 +1,305 @@
+"""Pruning rules: how a group of channels travels through each layer type and op, one handler per type in a table.
+
+Removing output channel c of a producer (a Linear, a Conv2d) removes the matching slice of every layer its output
+reaches. `follow` walks from a producer to its users; at each node it asks the rule registered for that node:
+
+* `MODULE_RULES`, keyed by module type (resolved through the MRO, so a subclass uses its base's rule), and
+* `OP_RULES`, keyed by the op's name as traced (`"relu"`, `"flatten"`, `"mean"`, ...).
+
+A rule gets the `Site` (the node, its module, the group's size) and the `Flow` (where the channels sit in the
+incoming tensor) and returns the `Flow` they continue with, or `Reached(members, flow)` to add slices to the group
+(`flow=None`: the channels are consumed here, e.g. a Linear's inputs); it raises `Blocked("why")` when the group
+cannot pass. A node with no rule blocks the group too, reported by name: never a silent skip.
+
+`PRODUCERS` says which layer types start a group and how big it is. To make a custom layer prunable, register its
+rule (and its cutter in `condense.prune.cutters`):
+
+    >>> class Scale(nn.Module):  # multiplies each channel by a learned factor
+    ...     def __init__(self, n): super().__init__(); self.weight = nn.Parameter(torch.ones(n))
+    >>> @register_module_rule(Scale)
+    ... def _scale(site, flow):
+    ...     return Reached((Member(site.name, "out"),), flow)  # its weight loses entry c too; channels go on
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import torch  # noqa: F401  (used by the module docstring's example)
+from torch import nn
+
+from condense.prune.tracing import META_OPS, TENSOR, Node
+
+
+@dataclass(frozen=True)
+class Member:
+    """One slice of a group: `dim` ("out", "in" or "heads") of module `module`, `unit` elements per group unit."""
+
+    module: str
+    dim: str
+    unit: int = 1
+
+
+@dataclass(frozen=True)
+class Flow:
+    """Where a group's channels sit in a tensor: dimension `cdim` (-1: the last) of a rank-`ndim` tensor (None:
+    unknown); `flat`: they were flattened together with the spatial positions (a conv map through Flatten)."""
+
+    cdim: int
+    ndim: int | None
+    flat: bool = False
+
+    @property
+    def last(self) -> bool:
+        """The channels are the last dimension (what a Linear reads)."""
+        return self.cdim == -1 or (self.ndim is not None and self.cdim == self.ndim - 1)
+
+    @property
+    def conv_map(self) -> bool:
+        """The channels are dimension 1 of an unflattened (N, C, H, W) map."""
+        return self.cdim == 1 and self.ndim == 4 and not self.flat
+
+
+@dataclass(frozen=True)
+class Site:
+    """The node a rule is asked about: `node`, its `module` (None for an op) and the group's `size` in units."""
+
+    node: Node
+    module: nn.Module | None
+    size: int
+
+    @property
+    def name(self) -> str:
+        """The module's name, or the op's."""
+        return self.node.target
+
+
+@dataclass(frozen=True)
+class Reached:
+    """A rule's answer that adds `members` to the group; `flow` is how the channels go on (None: consumed here)."""
+
+    members: tuple[Member, ...] = ()
+    flow: Flow | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A producer's group: `size` units, leaving it as `flow`, of `kind` "channels" or "neurons"."""
+
+    size: int
+    flow: Flow
+    kind: str
+
+
+class Blocked(Exception):
+    """Raised by a rule: the group cannot pass this node (the message says why, e.g. 'feeds a residual add')."""
+
+
+class _Unsupported(Blocked):
+    """Blocked by a layer with no rule: the layer is also reported as unsupported."""
+
+
+Rule = Callable[[Site, Flow], Union[Flow, Reached]]
+MODULE_RULES: dict[type, Rule] = {}
+OP_RULES: dict[str, Rule] = {}
+PRODUCERS: dict[type, Callable[[nn.Module, "int | None"], Source]] = {}
+
+
+def lookup(table: dict[type, Any], module: nn.Module) -> Any:
+    """The entry of `table` for `module`'s type or its nearest base class (None if none)."""
+    return next((table[t] for t in type(module).__mro__ if t in table), None)
+
+
+def _register_types(table: dict[type, Any], types: tuple[type, ...]) -> Callable:
+    def deco(fn: Any) -> Any:
+        for t in types:
+            table[t] = fn
+        return fn
+
+    return deco
+
+
+def register_module_rule(*types: type) -> Callable[[Rule], Rule]:
+    """Register `rule(site, flow) -> Flow | Reached` for modules of `types` (and their subclasses). A module whose
+    own type has a rule is a leaf of the trace: the walk asks its rule instead of looking inside it."""
+    return _register_types(MODULE_RULES, types)
+
+
+def register_op_rule(*names: str) -> Callable[[Rule], Rule]:
+    """Register `rule(site, flow) -> Flow | Reached` for the traced ops called `names` (e.g. "relu", "mean")."""
+
+    def deco(rule: Rule) -> Rule:
+        for name in names:
+            OP_RULES[name] = rule
+        return rule
+
+    return deco
+
+
+def register_producer(*types: type) -> Callable:
+    """Register `fn(module, ndim) -> Source` for layer types whose outputs start a prunable group."""
+    return _register_types(PRODUCERS, types)
+
+
+# -- producers ----------------------------------------------------------------------------------------------------
+@register_producer(nn.Linear)
+def _linear_source(m: nn.Linear, ndim: int | None) -> Source:
+    return Source(m.out_features, Flow(ndim - 1 if ndim else -1, ndim), "neurons")
+
+
+@register_producer(nn.Conv2d)
+def _conv_source(m: nn.Conv2d, ndim: int | None) -> Source:
+    if m.groups != 1:
+        raise Blocked(f"grouped convolution (groups={m.groups})")
+    return Source(m.out_channels, Flow(1, ndim or 4), "channels")
+
+
+# -- module rules -------------------------------------------------------------------------------------------------
+@register_module_rule(nn.Linear)
+def _linear(site: Site, flow: Flow) -> Reached:
+    m = site.module
+    if not flow.last:
+        raise Blocked(f"feeds Linear {site.name} along a non-channel dimension")
+    unit = m.in_features // site.size if flow.flat else 1
+    if m.in_features != site.size * unit:
+        raise Blocked(f"feeds {site.name} whose {m.in_features} inputs do not match {site.size} channels")
+    return Reached((Member(site.name, "in", unit),))
+
+
+@register_module_rule(nn.Conv2d)
+def _conv2d(site: Site, flow: Flow) -> Reached:
+    m = site.module
+    if m.groups != 1 or flow.cdim != 1 or flow.flat or m.in_channels != site.size:
+        raise Blocked(f"feeds Conv2d {site.name} with groups={m.groups} or mismatched channels")
+    return Reached((Member(site.name, "in"),))
+
+
+@register_module_rule(nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm(site: Site, flow: Flow) -> Reached:
+    m = site.module
+    if m.num_features != site.size or flow.flat or not (flow.cdim == 1 or (flow.cdim == -1 and flow.ndim is None)):
+        raise Blocked(f"feeds {site.name} ({type(m).__name__}) over another dimension")
+    return Reached((Member(site.name, "out"),), flow)
+
+
+@register_module_rule(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+def _pool(site: Site, flow: Flow) -> Flow:
+    if not flow.conv_map:
+        raise Blocked(f"feeds pooling {site.name} over the channel dimension")
+    return flow
+
+
+@register_module_rule(nn.Flatten)
+def _flatten_module(site: Site, flow: Flow) -> Flow:
+    m = site.module
+    if m.start_dim != 1 or m.end_dim != -1 or flow.cdim != 1 or flow.ndim != 4:
+        raise Blocked(f"feeds {site.name} (Flatten) that mixes the channel dimension")
+    return Flow(1, 2, True)
+
+
+@register_module_rule(nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.Hardswish,
+                      nn.Hardtanh, nn.Mish, nn.Softplus, nn.Dropout, nn.Dropout2d, nn.Identity)
+def _elementwise_module(site: Site, flow: Flow) -> Flow:
+    return flow  # acts on each element alone: channel c stays channel c
+
+
+# -- op rules -----------------------------------------------------------------------------------------------------
+@register_op_rule("relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "leaky_relu", "elu", "hardswish",
+                  "hardtanh", "mish", "softplus", "dropout", "contiguous", "clone", "float", "to", "detach")
+def _elementwise_op(site: Site, flow: Flow) -> Flow:
+    return flow
+
+
+@register_op_rule("add", "sub", "mul", "truediv", "div", "__add__", "__radd__", "__sub__", "__mul__", "__rmul__",
+                  "__truediv__")
+def _scalar_op(site: Site, flow: Flow) -> Flow:
+    n = site.node
+    if sum(a is TENSOR for a in (*n.args, *n.kwargs.values())) != 1:
+        raise Blocked(f"meets another tensor in `{site.name}`")
+    return flow  # with a number: elementwise
+
+
+@register_op_rule("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d")
+def _pool_op(site: Site, flow: Flow) -> Flow:
+    if not flow.conv_map:
+        raise Blocked(f"goes through `{site.name}` over the channel dimension")
+    return flow
+
+
+@register_op_rule("mean", "sum", "amax", "amin")
+def _reduce_op(site: Site, flow: Flow) -> Flow:
+    name, n, cdim, nd = site.name, site.node, flow.cdim, flow.ndim
+    dims = n.arg(1, "dim", None)
+    if dims is None or flow.flat:
+        raise Blocked(f"is reduced over every dimension by `{name}`")
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if nd is None and any(d >= 0 for d in dims):
+        raise Blocked(f"`{name}` over dims {dims} of a tensor of unknown rank; pass calibration data")
+    norm = {d % nd if nd else d for d in dims}
+    if (cdim % nd if nd else cdim) in norm:
+        raise Blocked(f"`{name}` reduces the channel dimension")
+    if nd is not None and not bool(n.arg(2, "keepdim", False)):
+        cdim = cdim - sum(1 for d in norm if d < cdim % nd)
+        nd -= len(norm)
+    return Flow(cdim, nd, flow.flat)
+
+
+@register_op_rule("flatten")
+def _flatten_op(site: Site, flow: Flow) -> Flow:
+    n = site.node
+    if n.arg(1, "start_dim", 0) != 1 or n.arg(2, "end_dim", -1) != -1 or flow.cdim != 1 or flow.ndim != 4:
+        raise Blocked("`flatten` mixes the channel dimension")
+    return Flow(1, 2, True)
+
+
+# -- the walk -----------------------------------------------------------------------------------------------------
+def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: int, flow: Flow
+          ) -> Flow | Reached | None:
+    """What the group does at node `n` (None: the node is metadata, not followed); raises Blocked."""
+    if n.kind == "output":
+        raise Blocked("its output is a model output")
+    if n.kind == "module":
+        m = modules[n.target]
+        if len(n.inputs) != 1:
+            raise Blocked(f"feeds {n.target} ({type(m).__name__}) together with other tensors")
+        if counts.get(n.target, 0) > 1:
+            raise Blocked(f"feeds {n.target}, which is called more than once (shared weights)")
+        rule = lookup(MODULE_RULES, m)
+        if rule is None:
+            raise _Unsupported(f"feeds {n.target} ({type(m).__name__}), which has no pruning rule")
+        return rule(Site(n, m, size), flow)
+    if n.target in META_OPS:
+        return None
+    if len(n.inputs) != 1:
+        raise Blocked(f"meets another tensor in `{n.target}` (e.g. a residual add): its width is shared")
+    rule = OP_RULES.get(n.target)
+    if rule is None:
+        raise Blocked(f"goes through `{n.target}`, which has no pruning rule")
+    return rule(Site(n, None, size), flow)
+
+
+def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn.Module], counts: dict[str, int],
+           start: int, source: Source) -> tuple[list[Member], str | None, str | None]:
+    """(members reached from producer node `start`, why they cannot be pruned or None, unsupported layer or None)."""
+    members: list[Member] = []
+    todo = [(u, source.flow) for u in users.get(start, [])]
+    seen: set[int] = set()
+    while todo:
+        i, flow = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        try:
+            out = _step(nodes[i], modules, counts, source.size, flow)
+        except _Unsupported as e:
+            return members, str(e), nodes[i].target
+        except Blocked as e:
+            return members, str(e), None
+        if isinstance(out, Reached):
+            members.extend(out.members)
+            out = out.flow
+        if out is not None:
+            todo.extend((u, out) for u in users.get(i, []))
+    if not any(m.dim == "in" for m in members):
+        return members, "no layer consumes its outputs", None
+    return members, None, None
