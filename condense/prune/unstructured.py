@@ -236,7 +236,7 @@ class BakeMasksConfig:
 
     Example:
         >>> BakeMasksConfig().to_dict()
-        {'type': 'BakeMasksConfig'}
+        {'type': 'BakeMasksConfig', 'version': 1}
     """
 
 
