@@ -41,7 +41,7 @@ def main() -> None:
     cnn = task.build_model()
     t0 = time.perf_counter()
     model = early_exit_(cnn, EarlyExitConfig(criterion=args.criterion,
-                                             fit=FitConfig(steps=args.steps, lr=3e-3, schedule="cosine")), task=task)
+                                             finetune=FitConfig(steps=args.steps, lr=3e-3, schedule="cosine")), task=task)
     train_s = time.perf_counter() - t0
     with torch.inference_mode():
         from condense.data.digits import digits_split

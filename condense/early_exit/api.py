@@ -8,7 +8,7 @@ without early exit, and records the whole curve in the artifact's lineage.
 
 Example:
     >>> from condense.tasks.digits import DigitsCNN
-    >>> m = early_exit_(DigitsCNN((8, 16, 32)), EarlyExitConfig(fit=FitConfig(steps=2)),
+    >>> m = early_exit_(DigitsCNN((8, 16, 32)), EarlyExitConfig(finetune=FitConfig(steps=2)),
     ...                 data=[(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))])
     >>> len(m.heads)
     2
@@ -23,7 +23,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import REPLAY
-from condense.core.config import MAX_COUNT, check_choice, check_float, check_nested, config, show
+from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_nested, config, show
 from condense.core.transforms import TRANSFORMS, TransformContext
 from condense.early_exit.model import CRITERIA, EarlyExitModel, with_exits
 from condense.errors import ConfigError
@@ -40,7 +40,8 @@ class EarlyExitConfig:
         threshold: a sample leaves at the first exit whose confidence is above this, in [0, 1] (0: always the
             first exit; 1: never early).
         criterion: "max_prob" (largest softmax probability) or "entropy" (1 - normalised entropy).
-        fit: training of the heads (and, with mode="joint", of the backbone).
+        finetune: training of the heads (and, with mode="joint", of the backbone); `fit` is its deprecated old
+            name.
         mode: "frozen" (only the heads learn; the model's own output is unchanged) or "joint".
         exits: stage indices that get a head (digits: 0, 1; tinygpt: 0..n_layer-2); None: all of them.
         thresholds: if given, the pipeline step sweeps these and keeps the fastest within `quality_budget`.
@@ -53,14 +54,15 @@ class EarlyExitConfig:
 
     threshold: float = 0.9
     criterion: str = "max_prob"
-    fit: FitConfig = FitConfig(steps=300, lr=3e-3, schedule="cosine")
+    finetune: FitConfig = FitConfig(steps=300, lr=3e-3, schedule="cosine")
     mode: str = "frozen"
     exits: tuple[int, ...] | None = None
     thresholds: tuple[float, ...] = ()
     quality_budget: float = 0.005
+    renamed = (Renamed("fit", "finetune"),)
 
     def __post_init__(self) -> None:
-        check_nested(self, "fit", FitConfig)
+        check_nested(self, "finetune", FitConfig)
         for name in ("exits", "thresholds"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -109,8 +111,8 @@ def early_exit_(model: nn.Module, config: EarlyExitConfig, *, task: Any = None,
     wrapped.threshold, wrapped.criterion = config.threshold, config.criterion
     frozen = config.mode == "frozen"
     params = wrapped.heads.parameters() if frozen else wrapped.parameters()
-    if config.fit.steps:
-        fit(wrapped, data, lambda m, b: exit_loss(m, b, frozen=frozen), config.fit, params=params,
+    if config.finetune.steps:
+        fit(wrapped, data, lambda m, b: exit_loss(m, b, frozen=frozen), config.finetune, params=params,
             description="training exit heads")
     return wrapped.eval()
 
