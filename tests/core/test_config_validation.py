@@ -90,8 +90,8 @@ def test_bad_value_is_a_config_error_naming_the_field(d, message):
     (lambda: FitConfig(seed=-1), "FitConfig.seed must be an integer in 0..4294967295, got -1; e.g. seed=0"),
     (lambda: FitConfig(lr_gamma=2.0), "FitConfig.lr_gamma must be in (0, 1], got 2.0"),
     (lambda: DistillConfig(finetune={"stpes": 1}), "DistillConfig.finetune: FitConfig has no field 'stpes'"),
-    (lambda: DistillConfig(finetune=[1, 2]), "DistillConfig.finetune must be a FitConfig (or a mapping of its fields, e.g. "
-                                        '{"steps": 100}), got [1, 2]'),
+    (lambda: DistillConfig(finetune=[1, 2]),
+     'DistillConfig.finetune must be a FitConfig (or a mapping of its fields, e.g. {"steps": 100}), got [1, 2]'),
     (lambda: DistillConfig(temperature=INF), "DistillConfig.temperature must be a finite number > 0, got inf"),
     (lambda: LayerDropConfig(n_drop=1, finetune=3), "LayerDropConfig.finetune must be a FitConfig or None"),
     (lambda: TrainConfig(ddp_bucket_mb=NAN), "TrainConfig.ddp_bucket_mb must be in (0, 1000000.0], got nan"),

@@ -160,6 +160,6 @@ def test_pipeline_step_pairs_hidden_states_with_the_blocks_the_student_kept(monk
     real = api.paired_layers
     monkeypatch.setattr(api, "paired_layers", lambda *a: seen.append(a) or real(*a))
     task = gpt_task()
-    apply_(copy.deepcopy(task.build_model()), DistillConfig(layers=(0, 1), hidden_weight=1.0, finetune=FitConfig(steps=1)),
-           task=task)
+    apply_(copy.deepcopy(task.build_model()),
+           DistillConfig(layers=(0, 1), hidden_weight=1.0, finetune=FitConfig(steps=1)), task=task)
     assert seen == [(4, 2, [0, 1])]  # not spread(4, 2) == [1, 3]

@@ -87,8 +87,8 @@ def test_without_masks_training_would_revive_zeros():
 def test_gradual_pruning_keeps_accuracy_on_the_toy_task_and_round_trips(tmp_path):
     task = toy_task()
     dense_acc = task.metrics(task.build_model())["acc"]
-    model = prune_(task.build_model(), GradualPruneConfig(final_sparsity=0.8, steps=4, finetune={"steps": 30, "lr": 5e-3},
-                                                          distill_from_dense=True), task=task)
+    cfg = GradualPruneConfig(final_sparsity=0.8, steps=4, finetune={"steps": 30, "lr": 5e-3}, distill_from_dense=True)
+    model = prune_(task.build_model(), cfg, task=task)
     one_shot = prune_(task.build_model(), condense.prune.unstructured.UnstructuredConfig(sparsity=0.8))
     acc, one_shot_acc = task.metrics(model)["acc"], task.metrics(one_shot)["acc"]
     # measured: dense 1.00, gradual + distillation 0.87, one-shot 0.55

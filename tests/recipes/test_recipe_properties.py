@@ -161,5 +161,5 @@ def test_bad_set_paths(pair, message):
 
 def test_float_fields_reject_integers_beyond_float_range():
     assert math.isinf(float("1e400"))  # YAML/JSON text 1e400 is inf, which the configs judge; 10**400 is not a float
-    with pytest.raises(CondenseError, match=r"FitConfig.lr must be a finite number \(at most 1e308\), got <an integer of 1329 bits>"):
+    with pytest.raises(CondenseError, match=r"FitConfig.lr must be a finite number \(at most 1e308\), got <an integer "):
         parse_recipe(_replace(VALID, ("steps", 0, "prune", "finetune", "lr"), 10**400))
