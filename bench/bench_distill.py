@@ -54,7 +54,7 @@ def bench_minilm(args: argparse.Namespace) -> str:
     teacher = task.build_model()
     fit = FitConfig(steps=args.minilm_steps, lr=args.minilm_lr, schedule="cosine", warmup_steps=20)
     cfgs = [DistillConfig(layers=args.minilm_layers, layer_criterion=args.minilm_layer_criterion,
-                          hidden_weight=args.minilm_hidden_weight, fit=fit, max_tokens=args.minilm_tokens,
+                          hidden_weight=args.minilm_hidden_weight, finetune=fit, max_tokens=args.minilm_tokens,
                           contrastive_weight=w) for w in args.minilm_contrastive]
     t0 = time.perf_counter()
     student0, details = student_from_teacher(teacher, cfgs[0], TransformContext(task=task))
@@ -119,7 +119,7 @@ def bench_tinygpt(args: argparse.Namespace) -> str:
     for label, alpha in (("student, task loss only (alpha=0)", 0.0),
                          (f"student, distilled (alpha={args.alpha}, T={args.temperature})", args.alpha)):
         s = copy.deepcopy(student0)
-        cfg = DistillConfig(alpha=alpha, temperature=args.temperature, fit=fit, **shape)
+        cfg = DistillConfig(alpha=alpha, temperature=args.temperature, finetune=fit, **shape)
         t0 = time.perf_counter()
         distill(teacher, s, cfg, task.train_data, task=task)
         rows.append((label, s, task.metrics(s), time.perf_counter() - t0))

@@ -40,8 +40,8 @@ def main() -> None:
     task = get_task("digits")
     cnn = task.build_model()
     t0 = time.perf_counter()
-    model = early_exit_(cnn, EarlyExitConfig(criterion=args.criterion,
-                                             fit=FitConfig(steps=args.steps, lr=3e-3, schedule="cosine")), task=task)
+    cfg = EarlyExitConfig(criterion=args.criterion, finetune=FitConfig(steps=args.steps, lr=3e-3, schedule="cosine"))
+    model = early_exit_(cnn, cfg, task=task)
     train_s = time.perf_counter() - t0
     with torch.inference_mode():
         from condense.data.digits import digits_split

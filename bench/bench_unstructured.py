@@ -104,11 +104,11 @@ def bench_digits(args: argparse.Namespace) -> str:
     variants: list[tuple[str, nn.Module, float]] = [("fp32 dense", dense, 0.0)]
     one_shot = UnstructuredConfig(sparsity=0.9)
     gradual = [("gradual 90%, layer scope, 10 events x 40 steps", GradualPruneConfig(
-                   final_sparsity=0.9, steps=10, finetune_steps_per_event=40, lr=1e-3)),
+                   final_sparsity=0.9, steps=10, finetune={"steps": 40, "lr": 1e-3})),
                ("gradual 90%, layer scope, 10 events x 80 steps", GradualPruneConfig(
-                   final_sparsity=0.9, steps=10, finetune_steps_per_event=80, lr=1e-3)),
+                   final_sparsity=0.9, steps=10, finetune={"steps": 80, "lr": 1e-3})),
                ("gradual 90%, global scope, 10 events x 40 steps", GradualPruneConfig(
-                   final_sparsity=0.9, steps=10, finetune_steps_per_event=40, lr=1e-3, scope="global"))]
+                   final_sparsity=0.9, steps=10, finetune={"steps": 40, "lr": 1e-3}, scope="global"))]
     torch.set_num_threads(args.train_threads)
     t0 = time.perf_counter()
     variants.append(("one-shot 90% magnitude, layer scope, no fine-tuning",

@@ -51,13 +51,13 @@ def files(tmp_path_factory):
     recipes = {
         "ok": "task: digits\nsteps: [{quantize: {scheme: dynamic}}]\n",
         "deep": "steps: " + "[" * 5000 + "]" * 5000 + "\n",
-        "huge-int": "steps:\n  - fine-tune: {fit: {steps: " + "9" * 5000 + "}}\n",
+        "huge-int": "steps:\n  - fine-tune: {finetune: {steps: " + "9" * 5000 + "}}\n",
         "steps-mapping": "steps: {quantize: {scheme: dynamic}}\n",
         "step-not-mapping": "steps: [quantize]\n",
         "unknown-step": "steps: [{sharpen: {}}]\n",
         "scheme-list": "steps: [{quantize: {scheme: [dynamic]}}]\n",
         "alias-loop": "steps: &a [*a]\n",
-        "lr": "task: digits\nsteps: [{fine-tune: {fit: {steps: 2, lr: -5}}}]\n",
+        "lr": "task: digits\nsteps: [{fine-tune: {finetune: {steps: 2, lr: -5}}}]\n",
     }
     for name, text in recipes.items():
         (root / f"{name}.yaml").write_text(text)
@@ -118,22 +118,23 @@ CASES = [
     (["info", "{d}/huge-int"], "is corrupt"),
     (["measure", "--model", "{d}/task-of-wrong-type"], "task must be null or a mapping"),
     # config values, refused before the task is built (no training, no search)
-    (["distill", "--task", "digits", "--set", 'fit={"steps": 1e400}', "--out", "{d}/o"], "is not a finite number"),
+    (["distill", "--task", "digits", "--set", 'finetune={"steps": 1e400}', "--out", "{d}/o"], "is not a finite number"),
     (["train", "--task", "digits", "--set", "lr=Infinity", "--out", "{d}/o"], "is not a finite number"),
     (["train", "--task", "digits", "--set", "lr=1e400", "--out", "{d}/o"], "is not a finite number"),
     (["train", "--task", "digits", "--set", "grad_clip=NaN", "--out", "{d}/o"], "is not a finite number"),
-    (["train", "--task", "digits", "--set", "steps=1.5", "--out", "{d}/o"], "field 'steps' of TrainConfig must be an "
-     "integer, got 1.5"),
+    (["train", "--task", "digits", "--set", "steps=1.5", "--out", "{d}/o"], "--set: TrainConfig.steps must be "
+     "an integer (not a fraction), got 1.5; e.g. steps=100"),
     (["train", "--task", "digits", "--set", "steps=99999999999999999999999999", "--out", "{d}/o"],
      "does not fit in 64 bits"),
-    (["train", "--task", "digits", "--set", "seed=abc", "--out", "{d}/o"], "field 'seed' of TrainConfig must be an "
-     "integer, got 'abc'"),
-    (["early-exit", "--task", "digits", "--set", "fit=[1,2]", "--out", "{d}/o"],
-     "field 'fit' of EarlyExitConfig must be a mapping of FitConfig fields"),
-    (["quantize", "--task", "digits", "--scheme", "static", "--set", "include=x*", "--out", "{d}/o"],
-     "field 'include' of StaticInt8Config must be a list of strings, got 'x*'"),
-    (["quantize", "--task", "digits", "--set", "nosuch=1", "--out", "{d}/o"], "unknown field 'nosuch'"),
-    (["run", "{d}/lr.yaml", "--out", "{d}/o"], "steps[0] (fine-tune), field 'fit': FitConfig.lr must be > 0, got -5.0"),
+    (["train", "--task", "digits", "--set", "seed=abc", "--out", "{d}/o"], "--set: TrainConfig.seed must be an "
+     "integer, got 'abc'; e.g. seed=0"),
+    (["early-exit", "--task", "digits", "--set", "finetune=[1,2]", "--out", "{d}/o"],
+     '--set: EarlyExitConfig.finetune must be a mapping of FitConfig fields, got [1, 2]; e.g. finetune={"steps": '),
+    (["quantize", "--task", "digits", "--scheme", "static", "--set", "include=[3]", "--out", "{d}/o"],
+     "--set: StaticInt8Config.include must be a list of strings, got [3]; e.g. include=[\"*\"]"),
+    (["quantize", "--task", "digits", "--set", "nosuch=1", "--out", "{d}/o"], "Int8Config has no field 'nosuch'"),
+    (["run", "{d}/lr.yaml", "--out", "{d}/o"],
+     "steps[0] (fine-tune): FineTuneConfig.finetune: FitConfig.lr must be > 0, got -5.0"),
 ]
 # range checks of TrainConfig's own validation (torch's optimizer used to refuse eps/betas only once training
 # started, and a huge step count ran on)

@@ -17,6 +17,34 @@ from condense.core import lineage
 from condense.errors import CondenseError
 
 
+def run_batch(model: nn.Module, batch: Any) -> Any:
+    """Run `model` on one batch of *inputs*, by the one batch convention every task and transform shares:
+
+    - a mapping: keyword inputs, `model(**batch)` (a tokenizer's `{"input_ids": ..., "attention_mask": ...}`);
+    - a tuple or list whose first item is a tensor: positional inputs, `model(*batch)` (`(input_ids, mask)`);
+    - anything else (a tensor, a list of strings, any other object): the one input, `model(batch)`.
+
+    A batch given here holds inputs only. Labelled training batches, `(inputs, target)` as `Task.train_data` and
+    distillation's data yield them, are split by whoever reads the target (the task's `loss`, distillation's
+    labelled-batch split) before the inputs reach `run_batch`; passing the pair itself would run
+    `model(inputs, target)`. A task whose model takes its batch another way sets `Task.run`.
+
+    Example:
+        >>> import torch
+        >>> run_batch(torch.nn.Linear(4, 2), torch.ones(3, 4)).shape
+        torch.Size([3, 2])
+        >>> run_batch(lambda a, b: a + b, (torch.ones(2), torch.ones(2))).tolist()
+        [2.0, 2.0]
+        >>> run_batch(len, ["some text", "more text"])  # a list of texts is one input, not two
+        2
+    """
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return model(*batch)
+    return model(batch)
+
+
 @dataclass
 class Task:
     """A model, the inputs to time it on, and how to judge its quality.
@@ -29,7 +57,8 @@ class Task:
         higher_is_better: direction of the primary metric.
         inputs: `inputs(batch_size) -> batch`, or one example batch (a tensor, or a tuple/dict of tensors whose
             first dimension is the batch) that is tiled to any batch size.
-        run: `run(model, batch)` runs one batch; default `model(batch)` (`*batch` for tuples, `**batch` for dicts).
+        run: `run(model, batch)` runs one batch; default: the module-level `run_batch` convention (`**batch`
+            for a mapping, `*batch` for a tuple/list starting with a tensor, else `model(batch)`).
         calibration_data: zero-argument callable yielding batches for calibration (quantization, pruning).
         train_data: zero-argument callable yielding `(inputs, targets)` batches for fine-tuning, where available.
         loss: `loss(model, train_batch) -> scalar` for fine-tuning on `train_data` (e.g. cross-entropy).
@@ -109,14 +138,11 @@ class Task:
         return _tile(self.inputs, batch_size)
 
     def run_batch(self, model: nn.Module, batch: Any) -> Any:
-        """Run `model` on one batch the way this task does."""
+        """Run `model` on one batch the way this task does: `run` if set, else the module-level `run_batch`
+        convention (mapping -> keywords, tuple/list starting with a tensor -> positional, else one input)."""
         if self.run is not None:
             return self.run(model, batch)
-        if isinstance(batch, dict):
-            return model(**batch)
-        if isinstance(batch, (tuple, list)):
-            return model(*batch)
-        return model(batch)
+        return run_batch(model, batch)
 
     # -- quality --------------------------------------------------------------------------------------------
     def metrics(self, model: nn.Module) -> dict[str, float]:

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from condense.core.config import MAX_COUNT, config_from_dict, check_choice, check_float, check_int, check_nested, config, show
+from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_int, check_nested, config, \
+    config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext, apply_, register_family, register_transform
 from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
 from condense.distillation.students import build_student, paired_layers
@@ -43,7 +44,7 @@ class DistillConfig:
         temperature: softmax temperature T of logit distillation (> 0; the KL term is scaled by T^2). For a
             language model T=1 (its actual next-token distribution) did better than T=2 in bench/bench_distill.py.
         alpha: weight of the distillation term in [0, 1]; 1 - alpha weighs the task loss on labelled batches.
-        fit: the training run (steps, lr, schedule, ...).
+        finetune: the student's training run (steps, lr, schedule, ...; `fit` is its deprecated old name).
         loss: "logits", "embedding" (sentence encoders), or "auto" (embedding for encoders, else logits).
         hidden_weight: weight of per-layer hidden-state distillation (learned projection when widths differ);
             for encoders, of the last hidden states over tokens.
@@ -59,7 +60,7 @@ class DistillConfig:
             bench/bench_distill.py): to keep embeddings interchangeable with an index the teacher built, use 0.
 
     Example:
-        >>> DistillConfig(layers=3, temperature=4.0).fit.steps
+        >>> DistillConfig(layers=3, temperature=4.0).finetune.steps
         200
     """
 
@@ -68,7 +69,7 @@ class DistillConfig:
     width_ratio: float = 1.0
     temperature: float = 2.0
     alpha: float = 0.5
-    fit: FitConfig = FitConfig(steps=200, lr=1e-3, schedule="cosine")
+    finetune: FitConfig = FitConfig(steps=200, lr=1e-3, schedule="cosine")
     loss: str = "auto"
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
@@ -76,11 +77,12 @@ class DistillConfig:
     container: str | None = None
     max_tokens: int | None = None
     contrastive_weight: float = 1.0
+    renamed = (Renamed("fit", "finetune"),)
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):
             object.__setattr__(self, "layers", tuple(self.layers))
-        check_nested(self, "fit", FitConfig)
+        check_nested(self, "finetune", FitConfig)
         ly = self.layers
         if isinstance(ly, bool) or (isinstance(ly, int) and not 1 <= ly <= MAX_COUNT) or (
                 isinstance(ly, tuple) and (not ly or any(
@@ -180,7 +182,7 @@ def _distill_logits(teacher: nn.Module, student: nn.Module, cfg: DistillConfig, 
 
     params = list(student.parameters()) + list(projections.parameters())
     try:
-        return fit(student, data, loss_fn, cfg.fit, params=params, description="distillation")
+        return fit(student, data, loss_fn, cfg.finetune, params=params, description="distillation")
     finally:
         for h in handles:
             h.remove()
@@ -199,7 +201,7 @@ def distill(teacher: nn.Module, student: nn.Module | None = None, config: Distil
         >>> import torch
         >>> from condense.testing import TinyMLP
         >>> teacher, x = TinyMLP(), torch.randn(16, 8)
-        >>> student = distill(teacher, TinyMLP(), DistillConfig(fit=FitConfig(steps=3)), [x])
+        >>> student = distill(teacher, TinyMLP(), DistillConfig(finetune=FitConfig(steps=3)), [x])
         >>> student(x).shape
         torch.Size([16, 4])
     """
@@ -226,7 +228,7 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
         if teacher.dim != student.dim:
             raise ConfigError(f"teacher and student embeddings cannot be matched: {teacher.dim} vs {student.dim} "
                               "dimensions; keep the hidden size (narrow only heads/FFN: width_target='ffn')")
-        distill_embeddings_(student, teacher, data, config.fit, max_tokens=config.max_tokens,
+        distill_embeddings_(student, teacher, data, config.finetune, max_tokens=config.max_tokens,
                             token_weight=config.hidden_weight, attention_weight=config.attention_weight,
                             contrastive_weight=config.contrastive_weight)
     else:
@@ -241,7 +243,7 @@ def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -
                           "data=[batches]")
     student, details = build_student(model, cfg, ctx)
     ctx.record(**details)
-    if not cfg.fit.steps:
+    if not cfg.finetune.steps:
         return student
     # the kept block indices pair each student block with its origin for the hidden-state loss
     return _train(model, student, cfg, ctx.training_data(what="distillation"), ctx, details["kept"], task=ctx.task)

@@ -8,7 +8,7 @@ without early exit, and records the whole curve in the artifact's lineage.
 
 Example:
     >>> from condense.tasks.digits import DigitsCNN
-    >>> m = early_exit_(DigitsCNN((8, 16, 32)), EarlyExitConfig(fit=FitConfig(steps=2)),
+    >>> m = early_exit_(DigitsCNN((8, 16, 32)), EarlyExitConfig(finetune=FitConfig(steps=2)),
     ...                 data=[(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))])
     >>> len(m.heads)
     2
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core.config import MAX_COUNT, check_choice, check_float, check_nested, config, show
-from condense.core.transforms import TransformContext, register_family, apply_, register_transform
+from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_nested, config, show
+from condense.core.transforms import TransformContext, apply_, register_family, register_transform
 from condense.early_exit.model import CRITERIA, EarlyExitModel, with_exits
 from condense.errors import ConfigError
 from condense.train.loop import FitConfig, fit
@@ -38,7 +38,8 @@ class EarlyExitConfig:
         threshold: a sample leaves at the first exit whose confidence is above this, in [0, 1] (0: always the
             first exit; 1: never early).
         criterion: "max_prob" (largest softmax probability) or "entropy" (1 - normalised entropy).
-        fit: training of the heads (and, with mode="joint", of the backbone).
+        finetune: training of the heads (and, with mode="joint", of the backbone); `fit` is its deprecated old
+            name.
         mode: "frozen" (only the heads learn; the model's own output is unchanged) or "joint".
         exits: stage indices that get a head (digits: 0, 1; tinygpt: 0..n_layer-2); None: all of them.
         thresholds: if given, the pipeline step sweeps these and keeps the fastest within `quality_budget`.
@@ -51,14 +52,15 @@ class EarlyExitConfig:
 
     threshold: float = 0.9
     criterion: str = "max_prob"
-    fit: FitConfig = FitConfig(steps=300, lr=3e-3, schedule="cosine")
+    finetune: FitConfig = FitConfig(steps=300, lr=3e-3, schedule="cosine")
     mode: str = "frozen"
     exits: tuple[int, ...] | None = None
     thresholds: tuple[float, ...] = ()
     quality_budget: float = 0.005
+    renamed = (Renamed("fit", "finetune"),)
 
     def __post_init__(self) -> None:
-        check_nested(self, "fit", FitConfig)
+        check_nested(self, "finetune", FitConfig)
         for name in ("exits", "thresholds"):
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -111,8 +113,8 @@ def _attach(model: nn.Module, config: EarlyExitConfig, ctx: TransformContext) ->
     wrapped.threshold, wrapped.criterion = config.threshold, config.criterion
     frozen = config.mode == "frozen"
     params = wrapped.heads.parameters() if frozen else wrapped.parameters()
-    if config.fit.steps:
-        fit(wrapped, data, lambda m, b: exit_loss(m, b, frozen=frozen), config.fit, params=params,
+    if config.finetune.steps:
+        fit(wrapped, data, lambda m, b: exit_loss(m, b, frozen=frozen), config.finetune, params=params,
             description="training exit heads")
     return wrapped.eval()
 

@@ -156,7 +156,8 @@ class RoundBook:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         saved = json.loads(meta["config"])
         mine = self.cfg.to_dict()
-        diff = sorted(k for k in mine if k not in ("rounds", "engine") and saved.get(k) != mine[k])
+        # "version": a run saved before configs wrote one resumes (the decoder reads it as version 1)
+        diff = sorted(k for k in mine if k not in ("rounds", "engine", "version") and saved.get(k) != mine[k])
         if diff:
             shown = ", ".join(f"{k}={saved.get(k)!r} (now {mine[k]!r})" for k in diff)
             raise ConfigError(f"{self.out} holds a federated run with other settings: {shown}; use the same "

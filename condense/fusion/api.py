@@ -44,7 +44,7 @@ class FuseConfig:
 
     Example:
         >>> FuseConfig().to_dict()
-        {'type': 'FuseConfig', 'include': ''}
+        {'type': 'FuseConfig', 'version': 1, 'include': ''}
     """
 
     include: str = ""

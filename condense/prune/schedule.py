@@ -17,13 +17,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core.config import MAX_COUNT, check_float, config, show
+from condense.core.config import MAX_COUNT, Renamed, check_float, check_nested, config, merged, show
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.prune.importance import score
@@ -54,8 +55,8 @@ class GradualPruneConfig:
         final_sparsity: fraction of zero weights at the end, in [0, 1).
         initial_sparsity: the schedule's starting point s_i (event 0, not itself pruned).
         steps: number of pruning events n; event t prunes to `cubic_sparsity(t, ...)`.
-        finetune_steps_per_event: optimizer steps of fine-tuning after each event (0: none).
-        lr: fine-tuning learning rate (AdamW, constant).
+        finetune: the fine-tuning run after each event (its seed + the event's number seeds it); None: none.
+            Deprecated old names: `finetune_steps_per_event` (finetune.steps; 0: None) and `lr` (finetune.lr).
         criterion, scope, calibration_batches, include, exclude: as in `UnstructuredConfig`.
         distill_from_dense: fine-tune on task loss + T² · KL(teacher ‖ student) at temperature `temperature`,
             the teacher being the model as it was before pruning.
@@ -68,8 +69,7 @@ class GradualPruneConfig:
     final_sparsity: float = 0.9
     initial_sparsity: float = 0.0
     steps: int = 10
-    finetune_steps_per_event: int = 50
-    lr: float = 1e-3
+    finetune: FitConfig | None = FitConfig(steps=50)
     criterion: str = "magnitude"
     scope: Scope = Scope.LAYER
     calibration_batches: int = 8
@@ -77,6 +77,14 @@ class GradualPruneConfig:
     exclude: tuple[str, ...] = ()
     distill_from_dense: bool = False
     temperature: float = 2.0
+    renamed = (
+        Renamed("finetune_steps_per_event", "finetune",
+                convert=lambda steps, ft: None if steps == 0 else merged(ft or {}, steps=steps),
+                read=lambda cfg: cfg.finetune.steps if cfg.finetune is not None else 0,
+                path="finetune.steps (0: finetune=None)"),
+        Renamed("lr", "finetune", convert=lambda lr, ft: merged(ft, lr=lr),
+                read=lambda cfg: (cfg.finetune or FitConfig()).lr, path="finetune.lr"),
+    )
 
     def __post_init__(self) -> None:
         check_sparsity(self.final_sparsity, "GradualPruneConfig.final_sparsity")
@@ -87,15 +95,11 @@ class GradualPruneConfig:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100_000:
             raise ConfigError(f"GradualPruneConfig.steps (pruning events) must be an integer >= 1 (at most 100000), "
                               f"got {show(self.steps)}; e.g. steps=10")
-        f = self.finetune_steps_per_event
-        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= MAX_COUNT:
-            raise ConfigError(f"GradualPruneConfig.finetune_steps_per_event must be an integer >= 0 (at most "
-                              f"{MAX_COUNT}), got {show(f)}; 0 skips fine-tuning")
-        if self.steps * self.finetune_steps_per_event > MAX_COUNT:
-            raise ConfigError(f"GradualPruneConfig: steps x finetune_steps_per_event = "
-                              f"{self.steps * self.finetune_steps_per_event} fine-tuning steps in all, more than "
-                              f"{MAX_COUNT}; e.g. steps=10, finetune_steps_per_event=50")
-        check_float(self, "lr", lo=0, lo_open=True, example=1e-3)
+        check_nested(self, "finetune", FitConfig, optional=True)
+        if self.finetune is not None and self.steps * self.finetune.steps > MAX_COUNT:
+            raise ConfigError(f"GradualPruneConfig: steps x finetune.steps = {self.steps * self.finetune.steps} "
+                              f"fine-tuning steps in all, more than {MAX_COUNT}; e.g. steps=10, "
+                              'finetune={"steps": 50}')
         check_float(self, "temperature", lo=0, lo_open=True, example=2.0)
         check_common(self, "GradualPruneConfig")
 
@@ -138,11 +142,12 @@ def prune_gradually(model: nn.Module, cfg: GradualPruneConfig, ctx: TransformCon
     """Alternate pruning to the scheduled sparsity and fine-tuning with masks fixed; then bake the masks."""
     names = select_layers(model, cfg.include, cfg.exclude, what="GradualPruneConfig")
     task = ctx.task
-    if cfg.finetune_steps_per_event and (task is None or task.train_data is None or task.loss is None):
+    tune = cfg.finetune if cfg.finetune is not None and cfg.finetune.steps else None
+    if tune is not None and (task is None or task.train_data is None or task.loss is None):
         raise ConfigError("GradualPruneConfig fine-tunes between pruning events, which needs a task with "
-                          "train_data and loss (digits has them); pass task=..., or set finetune_steps_per_event=0")
+                          "train_data and loss (digits has them); pass task=..., or set finetune=None")
     teacher = None
-    if cfg.distill_from_dense and cfg.finetune_steps_per_event:
+    if cfg.distill_from_dense and tune is not None:
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -153,8 +158,8 @@ def prune_gradually(model: nn.Module, cfg: GradualPruneConfig, ctx: TransformCon
         prior = {n: m for n in names if (m := current_mask(model.get_submodule(n))) is not None}
         apply_masks(model, compute_masks(scores, scope=cfg.scope, sparsity=target, prior=prior))
         losses: list[float] = []
-        if cfg.finetune_steps_per_event:
-            fit_cfg = FitConfig(steps=cfg.finetune_steps_per_event, lr=cfg.lr, seed=event)
+        if tune is not None:
+            fit_cfg = dataclasses.replace(tune, seed=(tune.seed + event) % 2**32)
             what = f"fine-tuning after pruning to {target:.1%} ({event}/{cfg.steps})"
             if teacher is None:
                 losses = ctx.finetune(model, fit_cfg, description=what)

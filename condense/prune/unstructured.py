@@ -233,7 +233,7 @@ class BakeMasksConfig:
 
     Example:
         >>> BakeMasksConfig().to_dict()
-        {'type': 'BakeMasksConfig'}
+        {'type': 'BakeMasksConfig', 'version': 1}
     """
 
 

@@ -4,8 +4,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from condense.core.config import check_float, check_int, config, show
+from condense.core.config import Renamed, check_float, check_int, check_nested, config, merged, show
 from condense.errors import ConfigError
+from condense.train.loop import FitConfig
+
+
+def _from_recovery_steps(steps: Any) -> Any:
+    """The recovery run the old `recovery_steps` field meant (0: none)."""
+    if isinstance(steps, str) and steps.strip().isascii() and steps.strip().isdigit():  # YAML or --set: "200"
+        steps = int(steps)
+    if steps == 0:
+        return None
+    ok = isinstance(steps, int) and not isinstance(steps, bool) and steps > 0
+    return {"steps": steps, "lr": 2e-4, "schedule": "cosine", **({"warmup_steps": min(20, steps // 10)} if ok else {})}
 
 
 def parse_budget(text: Any) -> float:
@@ -47,9 +58,10 @@ class SearchConfig:
         threads: torch threads while timing (None: torch's current setting).
         timing_repeats / timing_min_s: the cheap timing used for each trial; the final pick is re-measured with
             `final_repeats` and `final_min_s` side by side with the baseline.
-        recovery_steps: fine-tuning steps after structured pruning or layer drop, and the training of a distilled
-            student (0: no recovery after pruning; a student then trains with DistillConfig's default run).
-        recovery_lr: learning rate of that recovery.
+        finetune: the recovery run: fine-tuning after structured pruning or layer drop, and the training of a
+            distilled student (None: no recovery after pruning; a student then trains with DistillConfig's default
+            run). Deprecated old names: `recovery_steps` (finetune.steps, with lr 2e-4, a cosine schedule and
+            min(20, steps // 10) warm-up steps; 0: None) and `recovery_lr` (finetune.lr).
         sensitivity: run per-layer probes (quantization and pruning) first and use them to narrow the knobs.
         prune_importance: structured-pruning importances to try ("l2" is cheapest; "activation" and "obs" use
             calibration data and refit the consumers by least squares; "obs" is the most accurate and slowest).
@@ -78,8 +90,7 @@ class SearchConfig:
     timing_min_s: float = 0.3
     final_repeats: int = 10
     final_min_s: float = 1.0
-    recovery_steps: int = 0
-    recovery_lr: float = 2e-4
+    finetune: FitConfig | None = None
     sensitivity: bool = True
     max_prune_ratio: float = 0.7
     prune_importance: tuple[str, ...] = ("l2", "obs")
@@ -88,6 +99,13 @@ class SearchConfig:
     heartbeat_s: int = 30
     distill_layers: tuple[int, ...] = (2, 3, 4)
     stage_dir: str | None = None
+    renamed = (
+        Renamed("recovery_steps", "finetune", convert=lambda steps, ft: _from_recovery_steps(steps),
+                read=lambda cfg: cfg.finetune.steps if cfg.finetune is not None else 0,
+                path="finetune.steps (0: finetune=None)"),
+        Renamed("recovery_lr", "finetune", convert=lambda lr, ft: merged(ft, lr=lr),
+                read=lambda cfg: cfg.finetune.lr if cfg.finetune is not None else 2e-4, path="finetune.lr"),
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "budget", parse_budget(self.budget))
@@ -106,8 +124,7 @@ class SearchConfig:
         check_int(self, "final_repeats", lo=1, example=10)
         check_float(self, "timing_min_s", lo=0, hi=3600, example=0.3)
         check_float(self, "final_min_s", lo=0, hi=3600, example=1.0)
-        check_int(self, "recovery_steps", lo=0, example=200)
-        check_float(self, "recovery_lr", lo=0, lo_open=True, example=2e-4)
+        check_nested(self, "finetune", FitConfig, optional=True)
         check_float(self, "max_prune_ratio", lo=0, hi=1, lo_open=True, hi_open=True, example=0.7)
         if not self.prune_importance or any(not isinstance(p, str) for p in self.prune_importance):
             raise ConfigError(f"SearchConfig.prune_importance needs at least one of 'l2', 'activation', 'obs', got "

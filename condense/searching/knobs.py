@@ -130,12 +130,9 @@ def build(path: str, **fields: Any) -> Any:
 
 
 def _recovery(space: Space) -> Any:
-    from condense.train.loop import FitConfig
-
-    steps = space.cfg.recovery_steps
-    if steps <= 0:
-        return None
-    return FitConfig(steps=steps, lr=space.cfg.recovery_lr, schedule="cosine", warmup_steps=min(20, steps // 10))
+    """The search's recovery run (`SearchConfig.finetune`), or None when it has none or 0 steps."""
+    ft = space.cfg.finetune
+    return ft if ft is not None and ft.steps > 0 else None
 
 
 # -- pruning ----------------------------------------------------------------------------------------------------
@@ -192,7 +189,7 @@ def suggest_distill(trial: Any, space: Space) -> Any:
     choices = space.extra.get("distill_layers") or list(space.cfg.distill_layers)  # fewer blocks than the model's
     layers = trial.suggest_categorical("distill.layers", list(choices))
     return build(DISTILLS.only(), layers=layers, layer_criterion="subset",
-                 **({"fit": fit} if fit is not None else {}))
+                 **({"finetune": fit} if fit is not None else {}))
 
 
 def suggest_early_exit(trial: Any, space: Space) -> Any:

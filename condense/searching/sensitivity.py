@@ -131,7 +131,7 @@ def probe(model: nn.Module, task: Any, cfg: Any, knobs: list[Knob], base: float)
     if "distill" in names:  # student sizes: only those with fewer blocks than the model (the knob checked some exist)
         space.extra["distill_layers"] = distill_choices(model, cfg)
     # With recovery training a pruned group wins back part of its loss: allow it more before excluding it.
-    prune_threshold = cfg.budget * (4 if cfg.recovery_steps > 0 else 1)
+    prune_threshold = cfg.budget * (4 if cfg.finetune is not None and cfg.finetune.steps > 0 else 1)
     with progress.steps("sensitivity probes", 2) as bar:
         if "prune" in names:
             bar.start("pruning")

@@ -7,7 +7,7 @@ replays it as nothing (the weights already hold its effect).
 Example:
     >>> from condense.train.finetune import FineTuneConfig
     >>> from condense.train.loop import FitConfig
-    >>> FineTuneConfig(fit=FitConfig(steps=50, lr=1e-4)).to_dict()["fit"]["steps"]
+    >>> FineTuneConfig(finetune=FitConfig(steps=50, lr=1e-4)).to_dict()["finetune"]["steps"]
     50
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from condense.core.config import check_nested, config
+from condense.core.config import Renamed, check_nested, config
 from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.train.loop import FitConfig
 
@@ -26,22 +26,24 @@ class FineTuneConfig:
     """Train the model on the task's `train_data` with the task's `loss` (the shared `fit` loop).
 
     Args:
-        fit: steps, learning rate, optimizer and schedule (`condense.train.loop.FitConfig`).
+        finetune: steps, learning rate, optimizer and schedule (`condense.train.loop.FitConfig`; `fit` is its
+            deprecated old name).
 
     Example:
-        >>> FineTuneConfig().fit.steps
+        >>> FineTuneConfig().finetune.steps
         100
     """
 
-    fit: FitConfig = FitConfig()
+    finetune: FitConfig = FitConfig()
+    renamed = (Renamed("fit", "finetune"),)
 
     def __post_init__(self) -> None:
-        check_nested(self, "fit", FitConfig)  # in a recipe: a mapping such as {steps: 100, lr: 1e-4}
+        check_nested(self, "finetune", FitConfig)  # in a recipe: a mapping such as {steps: 100, lr: 1e-4}
 
 
 def finetune_transform(model: nn.Module, cfg: FineTuneConfig, ctx: TransformContext) -> nn.Module:
     """Fine-tune `model` in place; the first and last losses go to the lineage."""
-    losses = ctx.finetune(model, cfg.fit, description="fine-tuning")
+    losses = ctx.finetune(model, cfg.finetune, description="fine-tuning")
     model.eval()
     tail = losses[-10:]
     ctx.record(steps=len(losses),

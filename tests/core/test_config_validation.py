@@ -27,14 +27,14 @@ INF, NAN = float("inf"), float("nan")
 
 
 @pytest.mark.parametrize("d, message", [
-    # `--set 'fit={"steps": 1e400}'` hung: json reads 1e400 as infinity
-    ({"type": "DistillConfig", "fit": {"steps": INF}},
-     "DistillConfig.fit: FitConfig.steps must be an integer (not NaN or infinity), got inf; e.g. steps=100"),
-    ({"type": "DistillConfig", "fit": {"lr": INF}}, "FitConfig.lr must be a finite number (not NaN or infinity)"),
-    ({"type": "DistillConfig", "fit": {"grad_clip": NAN}},
+    # `--set 'finetune={"steps": 1e400}'` hung: json reads 1e400 as infinity
+    ({"type": "DistillConfig", "finetune": {"steps": INF}},
+     "DistillConfig.finetune: FitConfig.steps must be an integer (not NaN or infinity), got inf; e.g. steps=100"),
+    ({"type": "DistillConfig", "finetune": {"lr": INF}}, "FitConfig.lr must be a finite number (not NaN or infinity)"),
+    ({"type": "DistillConfig", "finetune": {"grad_clip": NAN}},
      "FitConfig.grad_clip must be a finite number or null, got nan; e.g. grad_clip=1.0"),
     ({"type": "TrainConfig", "steps": 1.5}, "TrainConfig.steps must be an integer (not a fraction), got 1.5"),
-    ({"type": "DistillConfig", "fit": {"eps": -5}}, "FitConfig.eps must be > 0, got -5.0; e.g. eps=1e-08"),
+    ({"type": "DistillConfig", "finetune": {"eps": -5}}, "FitConfig.eps must be > 0, got -5.0; e.g. eps=1e-08"),
     ({"type": "TrainConfig", "seed": "abc"}, "TrainConfig.seed must be an integer, got 'abc'; e.g. seed=0"),
     ({"type": "TrainConfig", "betas": [2, 3]}, "TrainConfig.betas must be two numbers in [0, 1), got (2.0, 3.0)"),
     ({"type": "TrainConfig", "betas": [0.9]}, "TrainConfig.betas must be a list of 2 values"),
@@ -46,12 +46,12 @@ INF, NAN = float("inf"), float("nan")
     ({"type": "TrainConfig", "steps": True}, "TrainConfig.steps must be an integer, got True"),
     ({"type": "Int8Config", "backend": ["dynamic"]}, "Int8Config.backend must be one of ['auto', 'torch',"),
     ({"type": "WeightOnlyConfig", "method": {"a": 1}}, "WeightOnlyConfig.method must be one of ['rtn', 'gptq']"),
-    ({"type": "EarlyExitConfig", "fit": [1, 2]},
-     'EarlyExitConfig.fit must be a mapping of FitConfig fields, got [1, 2]; e.g. fit={"steps": 100}'),
-    ({"type": "DistillConfig", "fit": {"stpes": 3}},
-     "DistillConfig.fit: FitConfig has no field 'stpes' (did you mean 'steps'?); valid fields: steps, lr,"),
-    ({"type": "DistillConfig", "fit": {"type": "DynamicInt8Config"}},
-     "DistillConfig.fit must be a mapping of FitConfig fields (its 'type', if given, must be 'FitConfig')"),
+    ({"type": "EarlyExitConfig", "finetune": [1, 2]},
+     'EarlyExitConfig.finetune must be a mapping of FitConfig fields, got [1, 2]; e.g. finetune={"steps": 100}'),
+    ({"type": "DistillConfig", "finetune": {"stpes": 3}},
+     "DistillConfig.finetune: FitConfig has no field 'stpes' (did you mean 'steps'?); valid fields: steps, lr,"),
+    ({"type": "DistillConfig", "finetune": {"type": "DynamicInt8Config"}},
+     "DistillConfig.finetune must be a mapping of FitConfig fields (its 'type', if given, must be 'FitConfig')"),
     ({"type": "DistillConfig", "loss": ["auto"]}, "DistillConfig.loss must be a string, got ['auto']"),
     ({"type": "DistillConfig", "alpha": 2}, "DistillConfig.alpha must be in [0, 1], got 2.0"),
     ({"type": "DynamicInt8Config", "include": [["x"]]}, "DynamicInt8Config.include must be a list of strings"),
@@ -61,8 +61,8 @@ INF, NAN = float("inf"), float("nan")
     ({"type": "Int8Config", "min_time_s": 1e9}, "Int8Config.min_time_s must be in (0, 3600], got 1000000000.0"),
     ({"type": "MeasureConfig", "min_time_s": INF},
      "MeasureConfig.min_time_s must be a finite number (not NaN or infinity), got inf"),
-    ({"type": "GradualPruneConfig", "steps": 100_000, "finetune_steps_per_event": MAX_COUNT},
-     "steps x finetune_steps_per_event"),
+    ({"type": "GradualPruneConfig", "steps": 100_000, "finetune": {"steps": MAX_COUNT}},
+     "GradualPruneConfig: steps x finetune.steps = 100000000000000 fine-tuning steps in all"),
     ({"type": "MixedPrecisionConfig", "base": [1]}, "MixedPrecisionConfig needs base=<a quantization config"),
     ({"type": "SearchConfig", "budget": INF}, "SearchConfig.budget must be a finite number or a string, got inf"),
     ({"type": "SearchConfig", "budget": "200%"}, "budget must be in [0%, 100%), got '200%'"),
@@ -89,9 +89,9 @@ def test_bad_value_is_a_config_error_naming_the_field(d, message):
     (lambda: FitConfig(optimizer=["sgd"]), "FitConfig.optimizer: unknown optimizer ['sgd']; choose one of ["),
     (lambda: FitConfig(seed=-1), "FitConfig.seed must be an integer in 0..4294967295, got -1; e.g. seed=0"),
     (lambda: FitConfig(lr_gamma=2.0), "FitConfig.lr_gamma must be in (0, 1], got 2.0"),
-    (lambda: DistillConfig(fit={"stpes": 1}), "DistillConfig.fit: FitConfig has no field 'stpes'"),
-    (lambda: DistillConfig(fit=[1, 2]), "DistillConfig.fit must be a FitConfig (or a mapping of its fields, e.g. "
-                                        '{"steps": 100}), got [1, 2]'),
+    (lambda: DistillConfig(finetune={"stpes": 1}), "DistillConfig.finetune: FitConfig has no field 'stpes'"),
+    (lambda: DistillConfig(finetune=[1, 2]),
+     'DistillConfig.finetune must be a FitConfig (or a mapping of its fields, e.g. {"steps": 100}), got [1, 2]'),
     (lambda: DistillConfig(temperature=INF), "DistillConfig.temperature must be a finite number > 0, got inf"),
     (lambda: LayerDropConfig(n_drop=1, finetune=3), "LayerDropConfig.finetune must be a FitConfig or None"),
     (lambda: TrainConfig(ddp_bucket_mb=NAN), "TrainConfig.ddp_bucket_mb must be in (0, 1000000.0], got nan"),
@@ -112,8 +112,8 @@ def test_nested_mapping_decodes_into_the_nested_config():
         == LayerDropConfig(n_drop=1, finetune=FitConfig(steps=100, lr=1e-4))
     assert config_from_dict({"type": "FactorizeConfig", "finetune": {"type": "FitConfig", "steps": 7}}).finetune \
         == FitConfig(steps=7)
-    assert config_from_dict({"type": "DistillConfig", "fit": {"steps": 50}}).fit == FitConfig(steps=50)
-    assert EarlyExitConfig(fit={"steps": 5}).fit == FitConfig(steps=5)
+    assert config_from_dict({"type": "DistillConfig", "finetune": {"steps": 50}}).finetune == FitConfig(steps=50)
+    assert EarlyExitConfig(finetune={"steps": 5}).finetune == FitConfig(steps=5)
     cfg = config_from_dict({"type": "MixedPrecisionConfig", "base": {"type": "DynamicInt8Config"}})
     assert cfg.base == DynamicInt8Config()
 
@@ -163,13 +163,13 @@ def test_huge_values_are_abbreviated_in_messages():
 
 
 def test_cli_refuses_infinite_steps_at_once(tmp_path):
-    """`condense distill --task digits --set 'fit={"steps": 1e400}'` trained forever; now exit 2, one line."""
+    """`condense distill --task digits --set 'finetune={"steps": 1e400}'` trained forever; now exit 2, one line."""
     r = subprocess.run([sys.executable, "-m", "condense", "distill", "--task", "digits", "--out", str(tmp_path / "o"),
-                        "--set", 'fit={"steps": 1e400}'], capture_output=True, text=True, timeout=120,
+                        "--set", 'finetune={"steps": 1e400}'], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ))
     assert r.returncode == 2
     assert r.stdout == "" and r.stderr.count("\n") == 1
     # the CLI's --set parser refuses the non-finite number first; config_from_dict would too (tests above)
-    assert r.stderr.startswith('condense: error: --set fit={"steps": 1e400}: inf is not a finite number')
+    assert r.stderr.startswith('condense: error: --set finetune={"steps": 1e400}: inf is not a finite number')
     assert not (tmp_path / "o").exists()
 

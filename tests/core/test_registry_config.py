@@ -62,7 +62,8 @@ def test_every_registered_config_round_trips_through_json():
 def test_config_round_trip_keeps_enums_and_tuples():
     cfg = _DemoConfig(bits=4, colour=Colour.BLUE, patterns=("a.*", "b"), scale=0.5)
     d = cfg.to_dict()
-    assert d == {"type": "_DemoConfig", "bits": 4, "colour": "blue", "patterns": ["a.*", "b"], "scale": 0.5}
+    assert d == {"type": "_DemoConfig", "version": 1, "bits": 4, "colour": "blue", "patterns": ["a.*", "b"],
+                 "scale": 0.5}
     assert config_from_dict(d) == cfg
 
 

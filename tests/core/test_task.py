@@ -65,3 +65,32 @@ def test_every_public_name_resolves_and_import_stays_light():
     code = "import sys, condense; print(sorted(m for m in ('torch', 'onnxruntime', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+class _Seen(torch.nn.Module):
+    """Records how it was called."""
+
+    def forward(self, *args, **kwargs):
+        self.called = (args, kwargs)
+        return len(args) + len(kwargs)
+
+
+@pytest.mark.parametrize("batch, n_args, n_kwargs", [
+    (torch.zeros(2, 3), 1, 0),                                  # one tensor: one input
+    ((torch.zeros(2), torch.ones(2)), 2, 0),                    # a tuple starting with a tensor: positional
+    ([torch.zeros(2), torch.ones(2), torch.ones(2)], 3, 0),     # a list starting with a tensor: positional
+    ({"input_ids": torch.zeros(2), "mask": torch.ones(2)}, 0, 2),  # a mapping: keywords
+    (["some text", "more text"], 1, 0),                         # a list of texts is one input, not two
+    ((), 1, 0),                                                 # an empty tuple: one (empty) input
+])
+def test_run_batch_convention_is_shared_by_task_and_module(batch, n_args, n_kwargs):
+    from condense.core.task import run_batch
+
+    m = _Seen()
+    assert run_batch(m, batch) == n_args + n_kwargs
+    assert (len(m.called[0]), len(m.called[1])) == (n_args, n_kwargs)
+    task = Task("t", m, evaluate=lambda _: {"x": 1.0}, primary_metric="x", inputs=torch.zeros(1, 3))
+    assert task.run_batch(m, batch) == n_args + n_kwargs  # Task without `run`: the same convention
+    custom = Task("t", m, evaluate=lambda _: {"x": 1.0}, primary_metric="x", inputs=torch.zeros(1, 3),
+                  run=lambda model, b: "custom")
+    assert custom.run_batch(m, batch) == "custom"

@@ -35,10 +35,10 @@ def gpt_task() -> Task:
 
 
 def test_config_round_trips_and_rejects_bad_values():
-    for cfg in (DistillConfig(layers=3, temperature=4.0, fit=FitConfig(steps=5)),
+    for cfg in (DistillConfig(layers=3, temperature=4.0, finetune=FitConfig(steps=5)),
                 DistillConfig(layers=(0, 2), width_ratio=0.5, alpha=1.0, hidden_weight=1.0)):
         assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    assert DistillConfig(fit={"steps": 7}).fit == FitConfig(steps=7)
+    assert DistillConfig(finetune={"steps": 7}).finetune == FitConfig(steps=7)
     for bad in (dict(temperature=0), dict(temperature=-1.0), dict(alpha=1.5), dict(alpha=-0.1), dict(layers=0),
                 dict(layers=(1, 1)), dict(width_ratio=0), dict(loss="mse"), dict(layer_criterion="random")):
         with pytest.raises(ConfigError):
@@ -112,7 +112,7 @@ def test_unmatched_outputs_are_a_clear_error():
     teacher = TinyMLP()
     student = nn.Sequential(nn.Linear(8, 3))
     with pytest.raises(ConfigError, match=r"outputs cannot be matched.*\(4, 4\).*\(4, 3\)"):
-        distill(teacher, student, DistillConfig(fit=FitConfig(steps=1)), [torch.randn(4, 8)])
+        distill(teacher, student, DistillConfig(finetune=FitConfig(steps=1)), [torch.randn(4, 8)])
     with pytest.raises(ConfigError, match="needs data"):
         distill(teacher, TinyMLP(), DistillConfig())
 
@@ -120,7 +120,7 @@ def test_unmatched_outputs_are_a_clear_error():
 def test_pipeline_step_builds_student_and_artifact_reloads(tmp_path):
     task = gpt_task()
     teacher = task.build_model()
-    student = apply_(copy.deepcopy(teacher), DistillConfig(layers=2, width_ratio=0.75, fit=FitConfig(steps=3)),
+    student = apply_(copy.deepcopy(teacher), DistillConfig(layers=2, width_ratio=0.75, finetune=FitConfig(steps=3)),
                      task=task)
     assert len(student.blocks) == 2 and student.blocks[0].mlp.fc_in.out_features == 48
     path = condense.save(student, tmp_path / "student")
@@ -160,6 +160,6 @@ def test_pipeline_step_pairs_hidden_states_with_the_blocks_the_student_kept(monk
     real = api.paired_layers
     monkeypatch.setattr(api, "paired_layers", lambda *a: seen.append(a) or real(*a))
     task = gpt_task()
-    apply_(copy.deepcopy(task.build_model()), DistillConfig(layers=(0, 1), hidden_weight=1.0, fit=FitConfig(steps=1)),
-           task=task)
+    apply_(copy.deepcopy(task.build_model()),
+           DistillConfig(layers=(0, 1), hidden_weight=1.0, finetune=FitConfig(steps=1)), task=task)
     assert seen == [(4, 2, [0, 1])]  # not spread(4, 2) == [1, 3]

@@ -40,7 +40,7 @@ def digits_like_task() -> Task:
 
 def test_config_round_trips_and_validates():
     for cfg in (EarlyExitConfig(threshold=0.5, criterion="entropy", exits=(1,)),
-                EarlyExitConfig(thresholds=(0.5, 0.9), fit=FitConfig(steps=3), mode="joint")):
+                EarlyExitConfig(thresholds=(0.5, 0.9), finetune=FitConfig(steps=3), mode="joint")):
         assert config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     for bad in (dict(threshold=1.5), dict(criterion="margin"), dict(mode="both"), dict(exits=()),
                 dict(thresholds=(0.5, -1.0)), dict(quality_budget=-1)):
@@ -125,7 +125,7 @@ def test_sweep_curve_and_chosen_point_follow_the_rules():
 
 def test_pipeline_step_records_curve_and_artifact_reloads(tmp_path):
     task = digits_like_task()
-    cfg = EarlyExitConfig(fit=FitConfig(steps=5), thresholds=(0.3, 0.9), exits=(1,))
+    cfg = EarlyExitConfig(finetune=FitConfig(steps=5), thresholds=(0.3, 0.9), exits=(1,))
     m = apply_(task.build_model(), cfg, task=task)
     assert isinstance(m, EarlyExitModel) and m.exits == (1,)
     details = condense.core.lineage.lineage(m)["transforms"][-1]["details"]

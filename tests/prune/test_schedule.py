@@ -56,7 +56,7 @@ def test_gradual_pruning_reaches_exact_sparsity_with_masks_fixed_while_finetunin
     seen: list = []
     task = toy_task(seen)
     model = task.build_model()
-    cfg = GradualPruneConfig(final_sparsity=0.75, steps=3, finetune_steps_per_event=8, lr=5e-3)
+    cfg = GradualPruneConfig(final_sparsity=0.75, steps=3, finetune={"steps": 8, "lr": 5e-3})
     prune_(model, cfg, task=task)
     assert [int((model.get_submodule(n).weight == 0).sum()) for n in ("0", "2")] == [768, 192]
     assert type(model[0]) is nn.Linear  # masks baked in
@@ -87,8 +87,8 @@ def test_without_masks_training_would_revive_zeros():
 def test_gradual_pruning_keeps_accuracy_on_the_toy_task_and_round_trips(tmp_path):
     task = toy_task()
     dense_acc = task.metrics(task.build_model())["acc"]
-    model = prune_(task.build_model(), GradualPruneConfig(final_sparsity=0.8, steps=4, finetune_steps_per_event=30,
-                                                          lr=5e-3, distill_from_dense=True), task=task)
+    cfg = GradualPruneConfig(final_sparsity=0.8, steps=4, finetune={"steps": 30, "lr": 5e-3}, distill_from_dense=True)
+    model = prune_(task.build_model(), cfg, task=task)
     one_shot = prune_(task.build_model(), condense.prune.unstructured.UnstructuredConfig(sparsity=0.8))
     acc, one_shot_acc = task.metrics(model)["acc"], task.metrics(one_shot)["acc"]
     # measured: dense 1.00, gradual + distillation 0.87, one-shot 0.55
@@ -110,10 +110,10 @@ def test_distill_loss_matches_the_kl_formula():
 def test_needs_a_task_to_finetune_and_leaves_model_unchanged():
     model = toy_task().build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ConfigError, match="needs a task with train_data and loss .* or set finetune_steps_per_event=0"):
+    with pytest.raises(ConfigError, match="needs a task with train_data and loss .* or set finetune=None"):
         prune_(model, GradualPruneConfig(final_sparsity=0.5, steps=2))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
-    prune_(model, GradualPruneConfig(final_sparsity=0.5, steps=2, finetune_steps_per_event=0))
+    prune_(model, GradualPruneConfig(final_sparsity=0.5, steps=2, finetune=None))
     assert int((model[0].weight == 0).sum()) == 512
 
 
@@ -121,7 +121,8 @@ def test_needs_a_task_to_finetune_and_leaves_model_unchanged():
     ({"final_sparsity": 1.0}, r"final_sparsity must be in \[0, 1\)"),
     ({"final_sparsity": 0.5, "initial_sparsity": 0.6}, "must not exceed final_sparsity"),
     ({"steps": 0}, "steps .* must be an integer >= 1"),
-    ({"finetune_steps_per_event": -1}, "0 skips fine-tuning"),
+    ({"finetune": {"steps": -1}}, r"GradualPruneConfig.finetune: FitConfig.steps must be an integer in 0..1000000000"),
+    ({"finetune": 50}, r"GradualPruneConfig.finetune must be a FitConfig or None \(or a mapping of its fields"),
     ({"scope": "net"}, "scope must be one of"),
 ])
 def test_bad_configs_name_the_fix(kwargs, match):

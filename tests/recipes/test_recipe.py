@@ -17,12 +17,12 @@ def _doc(*steps, **top):
 def test_steps_build_the_same_configs_as_python():
     r = parse_recipe(_doc({"prune": {"method": "layer-drop", "n_drop": 2, "finetune": {"steps": 5, "lr": "1e-3"}}},
                           {"quantize": {"scheme": "weight-only", "method": "gptq", "bits": 4, "label": "gptq4"}},
-                          {"fine-tune": {"fit": {"steps": 3}}}, {"fine-tune": None},
+                          {"fine-tune": {"finetune": {"steps": 3}}}, {"fine-tune": None},
                           measure={"batch_sizes": [1, 8], "repeats": 2}))
     assert [s.config for s in r.steps] == [
         LayerDropConfig(n_drop=2, finetune=FitConfig(steps=5, lr=1e-3)),
         WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4),
-        FineTuneConfig(fit=FitConfig(steps=3)), FineTuneConfig()]
+        FineTuneConfig(finetune=FitConfig(steps=3)), FineTuneConfig()]
     assert [s.label for s in r.steps] == ["prune:layer-drop", "gptq4", "fine-tune:task-loss", "fine-tune:task-loss-2"]
     assert r.measure.batch_sizes == (1, 8) and r.measure.repeats == 2
     assert [s.index for s in r.steps] == [0, 1, 2, 3]
@@ -31,24 +31,25 @@ def test_steps_build_the_same_configs_as_python():
 @pytest.mark.parametrize("doc, message", [
     (_doc({"sharpen": {}}), "steps[0]: unknown step 'sharpen'; use one of:"),
     (_doc({"quantize": {"scheme": "dynamic"}}, {"prune": {"method": "layer-drop", "n_dorp": 2}}),
-     "steps[1] (prune): unknown field 'n_dorp' for LayerDropConfig; valid fields: n_drop, keep"),
+     "steps[1] (prune): LayerDropConfig has no field 'n_dorp' (did you mean 'n_drop'?); valid fields: n_drop, keep"),
     (_doc({"prune": {"method": "layer-drop", "n_drop": "two"}}),
-     "steps[0] (prune): field 'n_drop' of LayerDropConfig must be an integer or null, got 'two'"),
+     "steps[0] (prune): LayerDropConfig.n_drop must be an integer or null, got 'two'; e.g. n_drop=1"),
     (_doc({"prune": {"method": "layer-drop", "n_drop": 1, "finetune": {"steps": 1.5}}}),
-     "steps[0] (prune), field 'finetune': field 'steps' of FitConfig must be an integer, got 1.5"),
+     "steps[0] (prune): LayerDropConfig.finetune: FitConfig.steps must be an integer (not a fraction), got 1.5; "
+     "e.g. steps=100"),
     (_doc({"quantize": {"scheme": "weight-only", "bits": 4, "method": "awq"}}),
-     "steps[0] (quantize): field 'method' of WeightOnlyConfig must be one of ['rtn', 'gptq'], got 'awq'"),
+     "steps[0] (quantize): WeightOnlyConfig.method must be one of ['rtn', 'gptq'], got 'awq'; e.g. method=\"rtn\""),
     (_doc({"quantize": {"scheme": "int4"}}), "steps[0] (quantize): unknown scheme 'int4'; use one of:"),
     (_doc({"prune": {"n_drop": 1}}), "steps[0] (prune): say which method: one of"),
     (_doc({"prune": {"method": "layer-drop"}}), "steps[0] (prune): LayerDropConfig needs exactly one of n_drop"),
     (_doc({"quantize": {"scheme": "dynamic"}, "prune": {}}), "steps[0]: each step must be a one-key mapping"),
     (_doc({"quantize": [1, 2]}), "steps[0] (quantize): parameters must be a mapping"),
-    (_doc({"quantize": {"scheme": "static", "include": "fc1"}}),
-     "steps[0] (quantize): field 'include' of StaticInt8Config must be a list of strings, got 'fc1'"),
+    (_doc({"quantize": {"scheme": "static", "include": ["fc1", 3]}}),
+     "steps[0] (quantize): StaticInt8Config.include must be a list of strings, got ['fc1', 3]; e.g. include=[\"*\"]"),
     ({"name": "t"}, "a recipe needs a non-empty 'steps' list"),
     (_doc({"quantize": {}}, tasks="digits"), "unknown recipe key 'tasks'"),
     ([1, 2], "a recipe must be a mapping"),
-    (_doc({"fine-tune": {"fit": {"steps": 1}}}, measure={"repeats": 0}),
+    (_doc({"fine-tune": {"finetune": {"steps": 1}}}, measure={"repeats": 0}),
      "measure: MeasureConfig.repeats must be a positive integer up to 1000000, got 0"),
 ])
 def test_every_problem_names_step_field_and_fix(doc, message):
@@ -81,11 +82,11 @@ def test_distill_factorize_and_early_exit_steps_build_their_configs():
     for kind in ("distill", "factorize", "early-exit"):  # registered, resolved lazily
         assert kind in STEP_KINDS
     recipe = parse_recipe(_doc({"factorize": {"rank_ratio": 0.5, "activation_aware": True}},
-                               {"distill": {"layers": 2, "fit": {"steps": 5}}},
+                               {"distill": {"layers": 2, "finetune": {"steps": 5}}},
                                {"early-exit": {"threshold": 0.9}}))
     assert [type(s.config) for s in recipe.steps] == [FactorizeConfig, DistillConfig, EarlyExitConfig]
-    assert recipe.steps[0].config.activation_aware and recipe.steps[1].config.fit.steps == 5
-    with pytest.raises(ConfigError, match=r"steps\[0\] \(factorize\): unknown field 'rank_ratoi'"):
+    assert recipe.steps[0].config.activation_aware and recipe.steps[1].config.finetune.steps == 5
+    with pytest.raises(ConfigError, match=r"steps\[0\] \(factorize\): FactorizeConfig has no field 'rank_ratoi'"):
         parse_recipe(_doc({"factorize": {"rank_ratoi": 0.5}}))
 
 

@@ -30,7 +30,7 @@ VALID = {"name": "t", "task": "digits", "measure": {"batch_sizes": [1, 8], "repe
          "steps": [{"prune": {"method": "layer-drop", "n_drop": 1, "finetune": {"steps": 5, "lr": 1e-3}}},
                    {"prune": {"method": "unstructured", "sparsity": 0.5}},
                    {"quantize": {"scheme": "weight-only", "method": "gptq", "bits": 4, "label": "q"}},
-                   {"fine-tune": {"fit": {"steps": 3}}}, {"export": {"format": "onnx-int8"}}]}
+                   {"fine-tune": {"finetune": {"steps": 3}}}, {"export": {"format": "onnx-int8"}}]}
 
 
 def _paths(node, prefix=()):
@@ -122,8 +122,8 @@ def test_set_overrides(pairs):
     ("steps: " + "[" * 1000 + "]" * 1000 + "\n", "is nested too deeply to read"),
     ("steps: " + "[" * 40 + "]" * 40 + "\n", "is nested more than 32 levels deep"),
     ("steps: &a [*a]\nname: x\n", "contains itself"),
-    ("steps:\n  - fine-tune: {fit: {steps: " + "9" * 5000 + "}}\n", "has a value YAML cannot read"),
-    ("steps:\n  - fine-tune: {fit: {lr: " + "9" * 400 + "}}\n", "must be a number below 1.8e308"),
+    ("steps:\n  - fine-tune: {finetune: {steps: " + "9" * 5000 + "}}\n", "has a value YAML cannot read"),
+    ("steps:\n  - fine-tune: {finetune: {lr: " + "9" * 400 + "}}\n", "must be a finite number (at most 1e308)"),
     ("steps: {quantize: {scheme: dynamic}}\n", "'steps' must be a list, got a mapping"),
     ("steps: [quantize]\n", "steps[0]: each step must be a one-key mapping"),
     ("steps: [{sharpen: {}}]\n", "steps[0]: unknown step 'sharpen'"),
@@ -161,5 +161,5 @@ def test_bad_set_paths(pair, message):
 
 def test_float_fields_reject_integers_beyond_float_range():
     assert math.isinf(float("1e400"))  # YAML/JSON text 1e400 is inf, which the configs judge; 10**400 is not a float
-    with pytest.raises(CondenseError, match="below 1.8e308"):
+    with pytest.raises(CondenseError, match=r"FitConfig.lr must be a finite number \(at most 1e308\), got <an integer "):
         parse_recipe(_replace(VALID, ("steps", 0, "prune", "finetune", "lr"), 10**400))

@@ -16,8 +16,9 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 QUICK = ["measure.repeats=1", "measure.warmup=0", "measure.min_time_s=0", "measure.batch_sizes=[2]",
          "measure.memory=false", "measure.macs=false", "measure.size=false", "measure.generate_tokens=4"]
 SMALL = {  # per recipe: the same steps, scaled down
-    "digits.yaml": ["task_options.epochs=3", "steps.0.prune.finetune.steps=3", "steps.1.fine-tune.fit.steps=3"],
-    "minilm.yaml": ["task_options.n_pairs=16", "steps.0.distill.fit.steps=2", "steps.1.export.calibration_batches=1"],
+    "digits.yaml": ["task_options.epochs=3", "steps.0.prune.finetune.steps=3", "steps.1.fine-tune.finetune.steps=3"],
+    "minilm.yaml": ["task_options.n_pairs=16", "steps.0.distill.finetune.steps=2",
+                    "steps.1.export.calibration_batches=1"],
     "tinygpt.yaml": ["task_options.preset=tiny", "steps.0.prune.n_drop=1", "steps.0.prune.finetune.steps=3"],
 }
 
@@ -92,7 +93,7 @@ def test_run_and_export_bad_input_is_one_line_exit_2(tmp_path, capsys):
     bad.write_text("name: x\nsteps:\n  - quantize: {scheme: dynamic, bitz: 4}\n")
     assert main(["run", str(bad), "--task", "digits", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "steps[0] (quantize): unknown field 'bitz'" in err
+    assert err.count("\n") == 0 and "steps[0] (quantize): DynamicInt8Config has no field 'bitz'" in err
     assert not (tmp_path / "o").exists()
     assert main(["run", str(RECIPES / "digits.yaml"), "--out", str(tmp_path / "o"), "--set", "steps.9.x=1"]) == 2
     assert "not a step index" in capsys.readouterr().err

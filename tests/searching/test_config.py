@@ -18,7 +18,7 @@ def test_parse_budget():
 
 
 def test_search_config_round_trip_and_validation():
-    cfg = SearchConfig(budget="1%", trials=7, knobs=["prune", "quantize"], recovery_steps=5)
+    cfg = SearchConfig(budget="1%", trials=7, knobs=["prune", "quantize"], finetune={"steps": 5})
     assert cfg.budget == pytest.approx(0.01) and cfg.knobs == ("prune", "quantize")
     assert config_from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match="trials"):

@@ -156,13 +156,13 @@ def test_distill_knob_trains_the_student_with_the_search_recovery_run(steps):
     from condense.distillation import DistillConfig
     from condense.searching.knobs import Space, suggest_distill
 
-    space = Space(cfg=SearchConfig(recovery_steps=steps, recovery_lr=5e-5, distill_layers=[3, 4]))
+    space = Space(cfg=SearchConfig(finetune={"steps": steps, "lr": 5e-5}, distill_layers=[3, 4]))
     cfg = suggest_distill(optuna.trial.FixedTrial({"distill.use": True, "distill.layers": 3}), space)
     assert cfg.layers == 3 and cfg.layer_criterion == "subset"
     if steps:
-        assert (cfg.fit.steps, cfg.fit.lr) == (30, 5e-5)
+        assert (cfg.finetune.steps, cfg.finetune.lr) == (30, 5e-5)
     else:
-        assert cfg.fit == DistillConfig().fit  # no recovery run set: DistillConfig's own default
+        assert cfg.finetune == DistillConfig().finetune  # no recovery run (0 steps): DistillConfig's own default
     assert suggest_distill(optuna.trial.FixedTrial({"distill.use": False}), space) is None
     with pytest.raises(ValueError):  # a block count outside the configured choices
         suggest_distill(optuna.trial.FixedTrial({"distill.use": True, "distill.layers": 2}), space)

@@ -28,7 +28,7 @@ def test_finetune_step_trains_on_the_task_loss_and_reloads(tmp_path):
     torch.manual_seed(0)
     m = TinyMLP()
     before = task.evaluate(m)["mse"]
-    out = apply_(m, FineTuneConfig(fit=FitConfig(steps=200, lr=1e-2)), task=task)
+    out = apply_(m, FineTuneConfig(finetune=FitConfig(steps=200, lr=1e-2)), task=task)
     assert out is m and not m.training
     after = task.evaluate(m)["mse"]
     assert after < 0.6 * before
