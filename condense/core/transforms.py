@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from condense.core import lineage, plugins
+from condense.core.task import run_batch
 from condense.errors import ConfigError, CondenseError
 
 Handler = Callable[[nn.Module, Any, "TransformContext"], nn.Module]
@@ -239,11 +240,7 @@ class TransformContext:
         """Run `model` on one batch the way the task does (default `model(batch)`)."""
         if self.task is not None:
             return self.task.run_batch(model, batch)
-        if isinstance(batch, dict):
-            return model(**batch)
-        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-            return model(*batch)
-        return model(batch)
+        return run_batch(model, batch)
 
     def run_calibration(self, model: nn.Module, limit: int | None = None, *, what: str = "calibration") -> int:
         """Run `model` over the calibration batches (no grad); returns how many batches ran."""
