@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from condense.version import __version__
 
 # Every public name -> the module defining it, grouped; `__all__` is these names in this order.
 _LAZY = {
@@ -28,7 +28,7 @@ _LAZY = {
     "Measurement": "condense.measurement.api",
     # artifacts
     "save": "condense.core.artifact",
-    "load": "condense.core.artifact",
+    "load": "condense.loading",
     # quantization
     "quantize_": "condense.quantize.api",
     "Int8Config": "condense.quantize.backends",
@@ -67,7 +67,7 @@ _LAZY = {
     # export
     "export_onnx": "condense.export.onnx",
     "export_model": "condense.export.files",
-    "load_exported": "condense.export.files",
+    "load_exported": "condense.loading",
     # recipes, search, reports
     "load_recipe": "condense.recipes.recipe",
     "run_recipe": "condense.recipes.run",

@@ -169,20 +169,26 @@ def _rewrap(model: nn.Module, data: bytes) -> nn.Module:
     return new
 
 
-def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool = False) -> nn.Module:
+def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool = False,
+                  resolve_task: Any = None) -> nn.Module:
     """An exported ONNX file as a module run by ONNX Runtime (a .tflite file: by LiteRT); a sentence encoder gets
     `encode` back.
 
     `task` (default: the one recorded in the sidecar JSON) supplies the tokenizer for text models; a recorded
     `module:factory` task is rebuilt only with `trust_task=True` (see `condense.load`). A graph that names
-    external data files is refused.
+    external data files is refused. Use `condense.load_exported`, which knows the tasks; this one rebuilds a
+    recorded task or a task name only through `resolve_task(spec_or_name, trust=..., source=...)`.
 
     Example:
-        >>> enc = load_exported("runs/minilm-onnx/model.onnx")  # doctest: +SKIP
+        >>> enc = condense.load_exported("runs/minilm-onnx/model.onnx")  # doctest: +SKIP
         >>> enc.encode(["hello"]).shape  # doctest: +SKIP
         torch.Size([1, 384])
     """
-    from condense.tasks import get_task, task_from_spec
+    def resolve(spec: Any, source: str) -> Any:
+        if resolve_task is None:
+            raise CondenseError(f"{source} needs its task {spec!r} rebuilt; load it with condense.load_exported "
+                                "(it knows the tasks), or pass task=<a condense.Task>")
+        return resolve_task(spec, trust=trust_task, source=source)
 
     tflite = Path(path).suffix == ".tflite" or (Path(path).is_dir() and (Path(path) / "model.tflite").is_file()
                                                 and not (Path(path) / "model.onnx").is_file())
@@ -202,9 +208,9 @@ def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool
         except (OSError, ValueError, AttributeError) as e:
             raise CondenseError(f"{side} is not an export record ({e}); pass task= or re-export") from None
         if isinstance(spec, dict) and spec.get("name"):
-            task = task_from_spec(spec, trust=trust_task, source=f"export record {side}")
+            task = resolve(spec, f"export record {side}")
     elif isinstance(task, str):
-        task = get_task(task)
+        task = resolve(task, f"export {path}")
     if task is None:
         return graph
     # the wrapper (e.g. the encoder's tokenizer) comes from the task's architecture, or its model if it has none
