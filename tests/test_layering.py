@@ -56,6 +56,8 @@ SIZE_ALLOWED = {
 # Upward imports (importer, imported) inside files the lead owns (the transform registry rewrite).
 UPWARD_ALLOWED: set[tuple[str, str]] = {
     ("condense.core.transforms", "condense.train.loop"),  # TransformContext.finetune (the lead's)
+    # a deprecated shim for cli.py's import (being split); the new condense/cli/ imports condense.report.early_exit
+    ("condense.early_exit.sweep", "condense.report.early_exit"),
 }
 # Function-level imports (importer, imported) that close a cycle, inside files the lead owns; left out of the
 # function-level cycle check.

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.errors import ConfigError
-from condense.tasks.encoder import TextPairs, mean_pool
+from condense.core.text import TextPairs, mean_pool
 from condense.train.loop import FitConfig, fit
 
 
