@@ -98,7 +98,22 @@ def load_minilm(max_seq_length: int = 128) -> SentenceEncoder:
 
 
 # -- what techniques need to know about this model (registered here: techniques never import tasks) ---------------
+class _BertTokens:
+    """Embedding distillation's view of a SentenceEncoder (a `condense.distillation.losses.TokenEncoder`)."""
+
+    def hidden_states(self, model: SentenceEncoder, ids: torch.Tensor, mask: torch.Tensor, *,
+                      attentions: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        if attentions:
+            out = model.bert(ids, mask, output_attentions=True)
+            return out.last_hidden_state, out.attentions  # (B, T, C), per layer (B, H, T, T)
+        return model.bert(ids, mask), None  # (B, T, C)
+
+    def block_parameters(self, model: SentenceEncoder):
+        return model.bert.layers.parameters()
+
+
 def _register() -> None:
+    from condense.distillation.losses import TOKEN_ENCODERS
     from condense.export.bert import EncoderAdapter
     from condense.export.litert import STATIC_INPUTS, pad_to_max_length
     from condense.export.litert_session import LITERT_WRAPPERS, LiteRtSentenceEncoder
@@ -109,6 +124,7 @@ def _register() -> None:
     ORT_WRAPPERS.register(SentenceEncoder)(OrtSentenceEncoder.from_encoder)
     LITERT_WRAPPERS.register(SentenceEncoder)(LiteRtSentenceEncoder.from_encoder)
     STATIC_INPUTS.register(SentenceEncoder)(pad_to_max_length)
+    TOKEN_ENCODERS.register(SentenceEncoder)(_BertTokens())
 
 
 _register()
