@@ -9,6 +9,7 @@ doctest examples inside docstrings are ignored.
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +50,19 @@ MAX_LINES = 400
 # Files other helpers (or the lead) are rewriting; they may be over MAX_LINES until their part lands.
 SIZE_ALLOWED = {
     "condense/cli.py",  # being split into the condense/cli/ package
-    "condense/core/config.py",  # one decoder for nested configs (another helper)
-    "condense/prune/graph.py",  # op-rule registry (another helper)
-    "condense/prune/structured.py",  # criteria registry (another helper)
+    "condense/core/config.py",  # one decoder for nested configs
+    "condense/recipes/schema.py",  # the same
+    "condense/prune/graph.py",  # op rules by registry
+    "condense/prune/structured.py",  # criteria by registry
+    "condense/prune/layers.py",  # the same
+    "condense/train/api.py",  # training strategies by registry
+    "condense/tasks/tinygpt.py",  # its training loop goes to the training engine
+    "condense/tasks/digits.py",  # the same
+    # the lead's transform registry rewrite
+    "condense/core/transforms.py", "condense/core/lineage.py", "condense/core/registry.py", "condense/quantize/api.py",
+    "condense/prune/api.py", "condense/recipes/steps.py", "condense/searching/knobs.py",
 }
-# Upward imports (importer, imported) inside files the lead owns (the transform registry rewrite).
+# Upward imports (importer, imported) still in work in progress.
 UPWARD_ALLOWED: set[tuple[str, str]] = {
     ("condense.core.transforms", "condense.train.loop"),  # TransformContext.finetune (the lead's)
     # a deprecated shim for cli.py's import (being split); the new condense/cli/ imports condense.report.early_exit
@@ -118,6 +127,13 @@ def _targets(node: ast.stmt, importer: str, is_package: bool, modules: dict[str,
 
 
 def _imports(modules: dict[str, Path]) -> list[Import]:
+    """Every import statement of `modules` that names a condense module (parsed once per package folder)."""
+    return list(_parse(tuple(sorted(modules.items()))))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse(items: tuple[tuple[str, Path], ...]) -> tuple[Import, ...]:
+    modules = dict(items)
     result = []
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
@@ -134,7 +150,7 @@ def _imports(modules: dict[str, Path]) -> list[Import]:
                 visit(child, inner)
 
         visit(tree, True)
-    return result
+    return tuple(result)
 
 
 def _rank(module: str) -> int | None:
@@ -243,6 +259,13 @@ def test_no_upward_import():
             upward.append(f"{imp.importer} (rank {a}) -> {imp.imported} (rank {b}), line {imp.line}{where}")
     assert not upward, ("upward imports (invert them: register into a lower registry, or move the shared "
                         "piece down):\n" + "\n".join(sorted(set(upward))))
+
+
+def test_every_allowed_import_still_happens():
+    """An allow-list entry whose import is gone must go too, so the lists only shrink."""
+    edges = {(i.importer, i.imported) for i in _imports(_modules())}
+    stale = sorted((UPWARD_ALLOWED | CYCLE_EDGES_ALLOWED) - edges)
+    assert not stale, f"remove these from the allow-lists of {__file__}: {stale}"
 
 
 def test_no_module_over_the_line_limit():
