@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from condense.version import __version__
 
 # Every public name -> the module defining it, grouped; `__all__` is these names in this order.
 _LAZY = {
@@ -28,7 +28,7 @@ _LAZY = {
     "Measurement": "condense.measurement.api",
     # artifacts
     "save": "condense.core.artifact",
-    "load": "condense.core.artifact",
+    "load": "condense.loading",
     # any transform, by its config; adding one
     "apply_": "condense.core.transforms",
     "register_transform": "condense.core.transforms",
@@ -71,7 +71,7 @@ _LAZY = {
     # export
     "export_onnx": "condense.export.onnx",
     "export_model": "condense.export.files",
-    "load_exported": "condense.export.files",
+    "load_exported": "condense.loading",
     # recipes, search, reports
     "load_recipe": "condense.recipes.recipe",
     "run_recipe": "condense.recipes.run",

@@ -105,7 +105,9 @@ class DistillConfig:
 
 
 def _is_encoder(model: nn.Module) -> bool:
-    return hasattr(model, "tokenize") and hasattr(model, "bert")
+    from condense.distillation.losses import TOKEN_ENCODERS
+
+    return hasattr(model, "tokenize") and model in TOKEN_ENCODERS
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -223,8 +225,11 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
     kind = config.loss if config.loss != "auto" else ("embedding" if _is_encoder(teacher) else "logits")
     if kind == "embedding":
         if not (_is_encoder(teacher) and _is_encoder(student)):
-            raise ConfigError("loss='embedding' needs sentence encoders (with .tokenize and .bert) as teacher and "
-                              "student; use loss='logits' for models returning logits")
+            bad = student if _is_encoder(teacher) else teacher
+            raise ConfigError(f"loss='embedding' needs sentence encoders (with .tokenize, and a TokenEncoder "
+                              f"registered for their type) as teacher and student; {type(bad).__name__} is not one: "
+                              f"register it with condense.distillation.losses.TOKEN_ENCODERS.register("
+                              f"{type(bad).__name__})(...), or use loss='logits' for models returning logits")
         if teacher.dim != student.dim:
             raise ConfigError(f"teacher and student embeddings cannot be matched: {teacher.dim} vs {student.dim} "
                               "dimensions; keep the hidden size (narrow only heads/FFN: width_target='ffn')")

@@ -12,14 +12,15 @@
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from condense.errors import ConfigError
-from condense.tasks.encoder import TextPairs, mean_pool
+from condense.core.registry import TypeRegistry
+from condense.core.text import TextPairs, mean_pool
 from condense.train.loop import FitConfig, fit
 
 
@@ -119,6 +120,37 @@ def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, scale: floa
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+class TokenEncoder(Protocol):
+    """What embedding distillation needs from a sentence encoder type, besides `tokenize`: its per-token hidden
+    states before pooling (and attention maps), and which parameters are its blocks (the rest stays frozen)."""
+
+    def hidden_states(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, attentions: bool = False
+                      ) -> tuple[torch.Tensor, Sequence[torch.Tensor] | None]:
+        """(B, T) ids and mask -> ((B, T, C) last hidden states, the attention maps per layer if `attentions`)."""
+        ...
+
+    def block_parameters(self, model: nn.Module) -> Iterator[nn.Parameter]:
+        """The parameters of the transformer blocks (not the embedding tables)."""
+        ...
+
+
+# sentence encoder type -> its TokenEncoder; registered by the module defining the type (the minilm
+# `SentenceEncoder` registers one in condense/tasks/encoder.py).
+TOKEN_ENCODERS: TypeRegistry[Any] = TypeRegistry("token encoder")
+
+
+def token_encoder(model: nn.Module) -> TokenEncoder:
+    """The registered TokenEncoder of `model`'s type, or a ConfigError saying what to register."""
+    enc = TOKEN_ENCODERS.find(model)
+    if enc is None:
+        name = type(model).__name__
+        raise ConfigError(f"embedding distillation needs a sentence encoder whose type registered a TokenEncoder; "
+                          f"{name} has none: register one in the module that defines it, "
+                          f"condense.distillation.losses.TOKEN_ENCODERS.register({name})(...) (the minilm "
+                          "SentenceEncoder registers one), or use loss='logits' for models returning logits")
+    return enc
+
+
 def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = None, token_weight: float = 0.0,
                                 relation_weight: float = 1.0, temperature: float = 0.05,
                                 attention_weight: float = 0.0, contrastive_weight: float = 1.0,
@@ -144,6 +176,7 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    t_enc = token_encoder(teacher)
 
     def loss(student: nn.Module, batch: list[str] | TextPairs) -> torch.Tensor:
         pairs = isinstance(batch, TextPairs)
@@ -156,15 +189,10 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
             ids, mask = ids[:, :max_tokens], mask[:, :max_tokens]
         dev = next(student.parameters()).device
         ids, mask = ids.to(dev), mask.to(dev)
-        if attention_weight:
-            with torch.no_grad():
-                t_out = teacher.bert(ids, mask, output_attentions=True)
-            s_out = student.bert(ids, mask, output_attentions=True)
-            t_hidden, s_hidden = t_out.last_hidden_state, s_out.last_hidden_state  # (B, T, C)
-        else:
-            with torch.no_grad():
-                t_hidden = teacher.bert(ids, mask)  # (B, T, C)
-            s_hidden = student.bert(ids, mask)  # (B, T, C)
+        attn = bool(attention_weight)
+        with torch.no_grad():
+            t_hidden, t_attn = t_enc.hidden_states(teacher, ids, mask, attentions=attn)  # (B, T, C)
+        s_hidden, s_attn = token_encoder(student).hidden_states(student, ids, mask, attentions=attn)  # (B, T, C)
         t_emb, s_emb = mean_pool(t_hidden, mask), mean_pool(s_hidden, mask)  # (B, C)
         out = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
         if relation_weight and len(texts) > 2:
@@ -178,7 +206,7 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
             err = ((s_hidden - t_hidden) ** 2 * m).sum() / (m.sum() * s_hidden.shape[-1])
             out = out + token_weight * err / t_hidden.pow(2).mean().clamp_min(1e-12)
         if attention_weight:
-            out = out + attention_weight * attention_map_loss(s_out.attentions[-1:], t_out.attentions[-1:], mask)
+            out = out + attention_weight * attention_map_loss(s_attn[-1:], t_attn[-1:], mask)
         if contrastive_weight and pairs and len(batch.queries) > 1:
             n = len(batch.queries)
             out = out + contrastive_weight * contrastive_loss(s_emb[:n], s_emb[n:], contrastive_scale)
@@ -206,7 +234,7 @@ def distill_embeddings_(student: nn.Module, teacher: nn.Module,
     loss = embedding_distillation_loss(teacher, max_tokens=max_tokens, token_weight=token_weight,
                                        relation_weight=relation_weight, attention_weight=attention_weight,
                                        contrastive_weight=contrastive_weight)
-    params = student.parameters() if train_embeddings else student.bert.layers.parameters()
+    params = student.parameters() if train_embeddings else token_encoder(student).block_parameters(student)
     losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
     student.eval()
     return losses

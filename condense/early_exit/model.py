@@ -3,7 +3,8 @@
 Why per sample: easy inputs are recognised early, hard ones go on; a batch shrinks as its samples leave, so the
 work saved is real (rows that exited are not computed further). How a model splits into stages is its
 architecture's business: `SPLITTERS` maps a model type to a function giving its stages, final head and exit-head
-factory (the digits CNN and the GPT are built in). The wrapper keeps the original model as `backbone`, so its
+factory, registered by the module defining the model (condense/tasks/digits.py registers `split_digits_cnn`,
+condense/tasks/gpt.py `split_gpt`). The wrapper keeps the original model as `backbone`, so its
 tensors keep their names (`backbone.<name>`), plus `heads.<k>`.
 
 Confidence of one sample's logits (..., K): the maximum softmax probability ("max_prob") or one minus the
@@ -75,7 +76,8 @@ class TokenHead(nn.Module):
         return self.proj(self.norm(h))  # (B, T, C) -> (B, T, V)
 
 
-def _split_digits(model: nn.Module) -> Split:
+def split_digits_cnn(model: nn.Module) -> Split:
+    """The digits CNN (`features` of three conv blocks, `classifier`): an exit after each of the first two."""
     f = model.features
     stages = [f[0], f[1], nn.Sequential(*f[2:])]  # the last stage: pool, then the third conv block
     final = _Fn(lambda h: model.classifier(h.mean(dim=(2, 3))))  # (B, C3, 4, 4) -> (B, K)
@@ -83,7 +85,8 @@ def _split_digits(model: nn.Module) -> Split:
     return Split(stages, final, lambda i, h: PoolHead(h.shape[1], n_classes, pool=min(4, h.shape[-1])))
 
 
-def _split_gpt(model: nn.Module) -> Split:
+def split_gpt(model: nn.Module) -> Split:
+    """A GPT (`wte`, `wpe`, `blocks`, `ln_f`, `lm_head`): a stage per block; exit heads start as the final head."""
     def embed_and_first(idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)  # (T,)
         return model.blocks[0](model.wte(idx) + model.wpe(pos))  # (B, T, C)
@@ -98,17 +101,6 @@ def _split_gpt(model: nn.Module) -> Split:
         return hd
 
     return Split(stages, final, head)
-
-
-def _register_builtin() -> None:
-    from condense.tasks.digits import DigitsCNN
-    from condense.tasks.gpt import GPT
-
-    SPLITTERS.register(DigitsCNN)(_split_digits)
-    SPLITTERS.register(GPT)(_split_gpt)
-
-
-_register_builtin()
 
 
 def confidence(logits: torch.Tensor, criterion: str = "max_prob") -> torch.Tensor:
@@ -146,8 +138,10 @@ class EarlyExitModel(nn.Module):
         super().__init__()
         split = SPLITTERS.find(backbone)
         if split is None:
-            raise ConfigError(f"no early-exit splitter for {type(backbone).__name__}; built in: DigitsCNN, GPT "
-                              "(register one in condense.early_exit.model.SPLITTERS)")
+            raise ConfigError(f"no early-exit splitter is registered for {type(backbone).__name__}: register one "
+                              "in the module that defines it, condense.early_exit.model.SPLITTERS.register("
+                              f"{type(backbone).__name__})(fn) with fn(model) -> Split (the built-in tasks' DigitsCNN "
+                              "and GPT register theirs)")
         self.backbone = backbone
         s = self._split
         n = len(s.stages)

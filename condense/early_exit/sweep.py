@@ -107,25 +107,3 @@ def sweep_thresholds(model: EarlyExitModel, task: Any, thresholds: Sequence[floa
     ok = [p for p in points if sign * (base.quality[m] - p.quality[m]) <= quality_budget + 1e-12 and p.speedup > 1]
     chosen = min(ok, key=lambda p: p.latency_s) if ok else None
     return ExitCurve(m, base, points, chosen, quality_budget, samples, rounds, batch_size, task.higher_is_better)
-
-
-def curve_svg(curve: dict[str, Any]) -> str:
-    """The curve (as `ExitCurve.to_dict()`) as an SVG scatter chart: quality vs mean latency per sample.
-
-    Example:
-        >>> p = {"threshold": 0.9, "quality": {"acc": 0.9}, "latency_s": 1e-4}
-        >>> curve_svg({"metric": "acc", "baseline": {**p, "threshold": None}, "points": [p], "chosen": p,
-        ...            "batch_size": 1}).startswith("<svg")
-        True
-    """
-    from condense.report.pareto import pareto_svg
-
-    m = curve["metric"]
-    chosen = (curve.get("chosen") or {}).get("threshold")
-    pts = [{"x": curve["baseline"]["latency_s"] * 1e6, "y": curve["baseline"]["quality"][m], "label": "no exit"}]
-    pts += [{"x": p["latency_s"] * 1e6, "y": p["quality"][m],
-             "label": f"{p['threshold']:g}" + (" (chosen)" if p["threshold"] == chosen else "")}
-            for p in curve["points"]]
-    return pareto_svg(pts, x="x", y="y", y_dir="max" if curve.get("higher_is_better", True) else "min",
-                      title=f"early exit: {m} vs mean latency per sample (batch {curve.get('batch_size', 1)})",
-                      x_label="mean latency per sample (us)", y_label=m)

@@ -4,7 +4,6 @@ ai-edge-litert are imported only when a model is exported or run."""
 from condense.export.onnx import EXPORT_ADAPTERS, ExportAdapter, ExportSpec, export_onnx, parity
 from condense.export.runtime import OnnxRuntimeConfig, OrtModule, OrtSentenceEncoder
 from condense.export.litert_runtime import LiteRtConfig, LiteRtInt8Config, LiteRtModule
-from condense.export import gpt as _gpt  # noqa: F401  (registers the tinygpt export adapter)
 
 __all__ = [
     # export

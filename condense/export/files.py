@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from condense.core import lineage
@@ -23,17 +22,11 @@ from condense.core.atomic import atomic_write_bytes, atomic_write_json
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
 from condense.export.runtime import OrtModule, OnnxRuntimeConfig, wrap
+from condense.export.targets import (FORMATS, _as_tensor, check_export_target, check_format, ort_graph,  # noqa: F401
+                                     target_path, task_parity)
 
 INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention", "ConvInteger",
             "DynamicQuantizeLinear")
-
-
-def ort_graph(model: nn.Module) -> OrtModule | None:
-    """The OrtModule that runs `model` (the model itself, or e.g. OrtSentenceEncoder.graph); None for PyTorch."""
-    if isinstance(model, OrtModule):
-        return model
-    g = getattr(model, "graph", None)
-    return g if isinstance(g, OrtModule) else None
 
 
 def is_int8(data: bytes) -> bool:
@@ -41,52 +34,6 @@ def is_int8(data: bytes) -> bool:
     import onnx
 
     return any(n.op_type in INT8_OPS for n in onnx.load_from_string(data).graph.node)
-
-
-FORMATS = {"onnx": ".onnx", "tflite": ".tflite"}  # export format -> file suffix
-
-
-def target_path(out: str | os.PathLike, *, suffix: str = ".onnx") -> Path:
-    """`out` if it names a `suffix` (.onnx, .tflite) file, else `out/model<suffix>`."""
-    p = Path(out)
-    return p if p.suffix == suffix else p / ("model" + suffix)
-
-
-def check_export_target(out: str | os.PathLike, *, suffix: str = ".onnx") -> Path:
-    """Raise a CondenseError naming the fix unless `out` (a `suffix` file or a folder) can be written; returns the
-    file path. Called before any work; writes nothing."""
-    from condense.core.outputs import check_output_dir, check_output_file
-
-    if Path(out).suffix == suffix:
-        check_output_file(out)
-    else:
-        check_output_dir(out, kind="export")
-    return target_path(out, suffix=suffix)
-
-
-def check_format(fmt: str) -> str:
-    """The export file suffix of `fmt`, or a CondenseError naming the formats."""
-    if fmt not in FORMATS:
-        raise CondenseError(f"unknown export format {fmt!r}; use one of {sorted(FORMATS)} (e.g. --format onnx)")
-    return FORMATS[fmt]
-
-
-def _as_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return torch.as_tensor(out).detach().float()
-
-
-def task_parity(task: Any, reference: nn.Module, candidate: nn.Module, batch: Any) -> dict[str, float]:
-    """Max abs difference and cosine (mean and min over samples) between two models' task outputs on `batch`."""
-    with torch.inference_mode():
-        a, b = _as_tensor(task.run_batch(reference, batch)), _as_tensor(task.run_batch(candidate, batch))
-    if a.shape != b.shape:
-        raise CondenseError(f"the ONNX model's output shape {tuple(b.shape)} differs from the source's "
-                            f"{tuple(a.shape)}; re-export it")
-    a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)  # (B, D)
-    cos = F.cosine_similarity(a.double(), b.double(), dim=1, eps=1e-12)  # (B,)
-    return {"max_abs_diff": float((a - b).abs().max()), "cosine": float(cos.mean()), "min_cosine": float(cos.min())}
 
 
 def _quantize(data: bytes, opset: int) -> bytes:
@@ -169,20 +116,26 @@ def _rewrap(model: nn.Module, data: bytes) -> nn.Module:
     return new
 
 
-def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool = False) -> nn.Module:
+def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool = False,
+                  resolve_task: Any = None) -> nn.Module:
     """An exported ONNX file as a module run by ONNX Runtime (a .tflite file: by LiteRT); a sentence encoder gets
     `encode` back.
 
     `task` (default: the one recorded in the sidecar JSON) supplies the tokenizer for text models; a recorded
     `module:factory` task is rebuilt only with `trust_task=True` (see `condense.load`). A graph that names
-    external data files is refused.
+    external data files is refused. Use `condense.load_exported`, which knows the tasks; this one rebuilds a
+    recorded task or a task name only through `resolve_task(spec_or_name, trust=..., source=...)`.
 
     Example:
-        >>> enc = load_exported("runs/minilm-onnx/model.onnx")  # doctest: +SKIP
+        >>> enc = condense.load_exported("runs/minilm-onnx/model.onnx")  # doctest: +SKIP
         >>> enc.encode(["hello"]).shape  # doctest: +SKIP
         torch.Size([1, 384])
     """
-    from condense.tasks import get_task, task_from_spec
+    def resolve(spec: Any, source: str) -> Any:
+        if resolve_task is None:
+            raise CondenseError(f"{source} needs its task {spec!r} rebuilt; load it with condense.load_exported "
+                                "(it knows the tasks), or pass task=<a condense.Task>")
+        return resolve_task(spec, trust=trust_task, source=source)
 
     tflite = Path(path).suffix == ".tflite" or (Path(path).is_dir() and (Path(path) / "model.tflite").is_file()
                                                 and not (Path(path) / "model.onnx").is_file())
@@ -190,7 +143,7 @@ def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool
     if not path.is_file():
         raise CondenseError(f"{path} does not exist; create it with `condense export --model ARTIFACT --out {path}`")
     if tflite:
-        from condense.export.litert_runtime import LiteRtModule, wrap as litert_wrap
+        from condense.export.litert_session import LiteRtModule, wrap as litert_wrap
 
         graph, wrap_fn = LiteRtModule(path.read_bytes()), litert_wrap
     else:
@@ -202,9 +155,9 @@ def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool
         except (OSError, ValueError, AttributeError) as e:
             raise CondenseError(f"{side} is not an export record ({e}); pass task= or re-export") from None
         if isinstance(spec, dict) and spec.get("name"):
-            task = task_from_spec(spec, trust=trust_task, source=f"export record {side}")
+            task = resolve(spec, f"export record {side}")
     elif isinstance(task, str):
-        task = get_task(task)
+        task = resolve(task, f"export {path}")
     if task is None:
         return graph
     # the wrapper (e.g. the encoder's tokenizer) comes from the task's architecture, or its model if it has none

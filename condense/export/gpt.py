@@ -1,4 +1,5 @@
 """The tinygpt decoder's export adapter: token ids (B, T) in, logits (B, T, V) out, batch and time dynamic.
+condense/tasks/gpt.py registers it for `GPT`.
 
 Why: `GPT.forward` has keyword-only options (`kv_cache`, `output_hidden_states`) that the TorchScript-based
 exporter passes positionally and fails on; the adapter traces a thin module that calls `model(idx)`. The KV cache
@@ -12,8 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from condense.export.onnx import EXPORT_ADAPTERS, ExportAdapter, ExportSpec, _batch_tensors
-from condense.tasks.gpt import GPT
+from condense.export.onnx import ExportAdapter, ExportSpec, _batch_tensors
 
 
 class _LogitsOnly(nn.Module):
@@ -34,6 +34,3 @@ class GPTAdapter(ExportAdapter):
             super().spec(model, batch, float_channels=float_channels)  # raises the shared message
         axes = {"idx": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}
         return ExportSpec(_LogitsOnly(model), ("idx",), ("logits",), axes, _batch_tensors)
-
-
-EXPORT_ADAPTERS.register(GPT)(GPTAdapter())

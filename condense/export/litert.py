@@ -39,8 +39,9 @@ from torch import nn
 
 from condense.core.registry import TypeRegistry
 from condense.errors import CondenseError, ConfigError
-from condense.export.litert_runtime import INSTALL, LiteRtModule, _to_input, litert_graph, pad_tokens, wrap
-from condense.tasks.encoder import SentenceEncoder
+from condense.export.litert_session import INSTALL, LiteRtModule, _to_input, litert_graph, pad_tokens, wrap
+from condense.export.onnx import export_spec
+from condense.export.targets import check_export_target, ort_graph, task_parity
 
 SUFFIX = ".tflite"
 
@@ -143,15 +144,14 @@ def tflite_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...],
     return bytes(data)
 
 
-# model type -> fn(model, inputs) -> the inputs to trace at fixed shapes (e.g. token ids padded to the longest length)
+# model type -> fn(model, inputs) -> the inputs to trace at fixed shapes (e.g. token ids padded to the longest
+# length); registered by the module defining the model type (condense/tasks/encoder.py registers `pad_to_max_length`).
 STATIC_INPUTS: TypeRegistry[Callable[[nn.Module, tuple], tuple]] = TypeRegistry("LiteRT static inputs")
 
 
-def _encoder_static(model: nn.Module, inputs: tuple) -> tuple:
+def pad_to_max_length(model: nn.Module, inputs: tuple) -> tuple:
+    """A text encoder's (ids, mask) padded to its `max_seq_length`: the static shapes to convert at."""
     return pad_tokens(*inputs, model.max_seq_length)
-
-
-STATIC_INPUTS.register(SentenceEncoder)(_encoder_static)
 
 
 def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
@@ -162,8 +162,6 @@ def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
     `LiteRtModule` runs larger batches one sample at a time) and, for a text encoder, the longest sequence
     (`LiteRtSentenceEncoder` pads to it). `spec.litert_shapes` says which ("dynamic" or "static").
     """
-    from condense.export.onnx import export_spec
-
     _refuse_ort(model)
     spec = export_spec(model, batch)
     inputs = spec.to_inputs(batch)
@@ -185,8 +183,6 @@ def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
 
 
 def _refuse_ort(model: nn.Module) -> None:
-    from condense.export.files import ort_graph
-
     if ort_graph(model) is not None:
         raise CondenseError("this model runs in ONNX Runtime (e.g. after a recipe's `export: {format: onnx}` "
                             "step); convert its PyTorch version to LiteRT: the artifact saved before that step, "
@@ -272,7 +268,6 @@ def export_tflite(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: 
     """
     from condense.core import lineage
     from condense.core.atomic import atomic_write_bytes, atomic_write_json
-    from condense.export.files import check_export_target, task_parity
 
     path = check_export_target(out, suffix=SUFFIX)
     if int8 not in (None, "dynamic", "full"):

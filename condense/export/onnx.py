@@ -1,11 +1,10 @@
 """ONNX export with a measured parity check, and ONNX Runtime's transformer fusions.
 
 Why export adapters: `torch.onnx.export` traces whatever `forward` does, and the graph it writes decides what ONNX
-Runtime can fuse. Our BERT calls `scaled_dot_product_attention` with a boolean mask, which exports as a
-Where/IsNaN chain that ONNX Runtime's BERT fuser does not recognise; the sentence encoder's adapter traces the
-same weights through the textbook attention (additive -10000 mask, explicit softmax), which fuses into ORT's
-`Attention` op. Parity with the real PyTorch `forward` is measured on every export, so the adapter cannot drift
-unnoticed. Tokenisation stays in Python: the graph takes `(input_ids, attention_mask)`.
+Runtime can fuse or even export. `EXPORT_ADAPTERS` maps a model type to its adapter; the module defining the model
+registers it (condense/tasks/encoder.py registers the BERT adapter of condense/export/bert.py, condense/tasks/gpt.py
+the decoder's of condense/export/gpt.py). Other models export through the generic adapter. Parity with the real
+PyTorch `forward` is measured on every export, so an adapter cannot drift unnoticed.
 """
 from __future__ import annotations
 
@@ -24,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.core.registry import TypeRegistry
+from condense.core.registry import Registry, TypeRegistry
 from condense.core.task import batch_tensors
 from condense.errors import CondenseError, ConfigError
-from condense.tasks.encoder import mean_pool
+from condense.export.session import OrtModule, import_onnxruntime
 
 OPSETS = (17, 18)
 
@@ -90,132 +89,6 @@ def export_spec(model: nn.Module, batch: Any, *, float_channels: dict[int, list[
     return adapter_for(model).spec(model, batch, float_channels=float_channels)
 
 
-# -- the sentence encoder's adapter -----------------------------------------------------------------------------
-class _FusableAttention(nn.Module):
-    """Our SelfAttention's weights through the textbook attention that ORT's BERT fuser recognises."""
-
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.attn = attn
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        a = self.attn
-        B, T, _ = x.shape
-        nh, hd = a.n_heads, a.head_dim
-        q = a.query(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
-        k = a.key(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
-        v = a.value(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd) + bias  # (B, nh, T, T)
-        y = torch.matmul(scores.softmax(dim=-1), v)  # (B, nh, T, hd)
-        y = y.permute(0, 2, 1, 3).contiguous().view(B, T, nh * hd)  # (B, T, nh*hd)
-        return a.out(y)  # (B, T, C)
-
-
-def _linear_part(lin: nn.Linear, *, rows: list[int] | None = None, cols: list[int] | None = None,
-                 zero_rows: list[int] | None = None, bias: bool = True) -> nn.Linear:
-    """A new Linear holding a slice of `lin` (rows = outputs, cols = inputs), or `lin` with some outputs zeroed."""
-    w = lin.weight.detach().clone()
-    b = lin.bias.detach().clone() if lin.bias is not None and bias else None
-    if zero_rows:
-        w[zero_rows] = 0.0
-        if b is not None:
-            b[zero_rows] = 0.0
-    if rows is not None:
-        w, b = w[rows], (b[rows] if b is not None else None)
-    if cols is not None:
-        w = w[:, cols]
-    out = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
-    with torch.no_grad():
-        out.weight.copy_(w)
-        if b is not None:
-            out.bias.copy_(b)
-    return out
-
-
-class _EncoderGraph(nn.Module):
-    """SentenceEncoder.forward (ids, mask) -> unit embeddings, written so ORT fuses attention, LayerNorm, GELU.
-
-    With `float_channels`, each listed FFN hidden channel is taken out of the main (to-be-int8) path: its row of
-    `ffn_in` is zeroed (GELU(0) = 0, so `ffn_out` sees 0 there) and a small float side path computes it exactly,
-    LLM.int8()-style. The int8 matmuls' per-tensor activation scale is then no longer set by an outlier.
-    """
-
-    def __init__(self, encoder: nn.Module, float_channels: dict[int, list[int]] | None = None) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.attn = nn.ModuleList(_FusableAttention(b.attn) for b in encoder.bert.layers)
-        self.split = sorted(int(i) for i, ch in (float_channels or {}).items() if ch)
-        self.ffn_in, self.side_in, self.side_out = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for i, b in enumerate(encoder.bert.layers):
-            ch = list((float_channels or {}).get(i, []))
-            if ch:
-                self.ffn_in.append(_linear_part(b.ffn_in, zero_rows=ch))
-                self.side_in.append(_linear_part(b.ffn_in, rows=ch))
-                self.side_out.append(_linear_part(b.ffn_out, cols=ch, bias=False))
-            else:
-                self.ffn_in.append(b.ffn_in)
-                self.side_in.append(nn.Identity())
-                self.side_out.append(nn.Identity())
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        bert = self.encoder.bert
-        bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * -10000.0  # (B, 1, 1, T)
-        x = bert.embeddings(input_ids)  # (B, T, C)
-        for i, (block, attn) in enumerate(zip(bert.layers, self.attn)):
-            x = block.attn_norm(x + attn(x, bias))  # (B, T, C)
-            y = block.ffn_out(F.gelu(self.ffn_in[i](x)))  # (B, T, C)
-            if i in self.split:
-                y = y + self.side_out[i](F.gelu(self.side_in[i](x)))  # (B, T, C): the float outlier channels
-            x = block.ffn_norm(x + y)  # (B, T, C)
-        return mean_pool(x, attention_mask)  # (B, C)
-
-
-class EncoderAdapter(ExportAdapter):
-    """The minilm SentenceEncoder: (input_ids, attention_mask) in, embeddings out; tokenisation stays in Python."""
-
-    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
-             ) -> ExportSpec:
-        layers = list(model.bert.layers)
-        heads = {(b.attn.n_heads, b.attn.head_dim) for b in layers}
-        fusion = None
-        if len(heads) == 1 and (h := next(iter(heads)))[0] * h[1] == model.dim:  # ORT's Attention: uniform heads
-            fusion = {"model_type": "bert", "num_heads": h[0], "hidden_size": model.dim}
-        axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                "embeddings": {0: "batch"}}
-        graph = _EncoderGraph(model, float_channels)
-        side = [m.weight.detach().numpy() for m in list(graph.side_in) + list(graph.side_out)
-                if isinstance(m, nn.Linear)]
-        return ExportSpec(graph, ("input_ids", "attention_mask"), ("embeddings",), axes,
-                          lambda texts: tuple(model.tokenize(texts)), fusion, side)
-
-    def outlier_channels(self, model: nn.Module, run: Callable[[nn.Module], None], k: int) -> dict[int, list[int]]:
-        """Per block, the `k` FFN hidden channels (ffn_out inputs) with the largest |activation| seen by `run`."""
-        peaks: dict[int, torch.Tensor] = {}
-
-        def hook(i: int) -> Callable:
-            def h(mod: nn.Module, inp: tuple) -> None:
-                a = inp[0].detach().abs().reshape(-1, inp[0].shape[-1]).amax(dim=0)  # (I,)
-                peaks[i] = a if i not in peaks else torch.maximum(peaks[i], a)
-            return h
-
-        handles = [b.ffn_out.register_forward_pre_hook(hook(i)) for i, b in enumerate(model.bert.layers)]
-        try:
-            run(model)
-        finally:
-            for hd in handles:
-                hd.remove()
-        return {i: sorted(p.argsort(descending=True)[:k].tolist()) for i, p in sorted(peaks.items())}
-
-
-def _register_encoder() -> None:
-    from condense.tasks.encoder import SentenceEncoder
-
-    EXPORT_ADAPTERS.register(SentenceEncoder)(EncoderAdapter())
-
-
-_register_encoder()
-
-
 # -- export -----------------------------------------------------------------------------------------------------
 def check_opset(opset: int) -> int:
     """`opset` if supported, else a ConfigError naming the supported ones."""
@@ -227,8 +100,6 @@ def check_opset(opset: int) -> int:
 
 def onnx_bytes(spec: ExportSpec, inputs: tuple[torch.Tensor, ...], *, opset: int = 17) -> bytes:
     """Trace `spec.module` on `inputs` and return the serialised ONNX model (weights inline)."""
-    from condense.export.runtime import import_onnxruntime
-
     check_opset(opset)
     import_onnxruntime()  # fail early and clearly, before a long export
     if any(p.device.type != "cpu" for p in spec.module.parameters()):
@@ -257,8 +128,6 @@ def parity(model: nn.Module, graph: Any, inputs: tuple[torch.Tensor, ...]) -> di
 
     Returns {"max_abs_diff", "cosine" (mean over samples), "min_cosine"}; outputs are flattened per sample.
     """
-    from condense.export.runtime import OrtModule
-
     ort_model = graph if isinstance(graph, OrtModule) else OrtModule(_read(graph))
     with torch.inference_mode():
         ref = _first(model(*inputs)).float()
@@ -362,14 +231,48 @@ def onnx_weights(data: bytes) -> dict[str, np.ndarray]:
     return out
 
 
-_MATMULS = ("MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "Gemm")
+# ONNX op type -> fn(node, known) -> MACs of one node, or None when its shapes stayed unknown; `known(*names)`
+# gives the shapes of the named tensors (None unless all are fully known).
+NodeMacs = Callable[[Any, Callable[..., "list[list[int]] | None"]], "int | None"]
+NODE_MACS: Registry[NodeMacs] = Registry("ONNX op MAC counter")
+
+
+def _matmul_macs(node: Any, known: Callable[..., Any]) -> int | None:
+    if not (s := known(node.input[0], node.output[0])):
+        return None
+    a, out = s
+    trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+    return math.prod(out) * (a[-2] if trans_a else a[-1])
+
+
+def _conv_macs(node: Any, known: Callable[..., Any]) -> int | None:
+    if not (s := known(node.input[1], node.output[0])):
+        return None
+    w, out = s
+    return math.prod(out) * math.prod(w[1:])
+
+
+def _attention_macs(node: Any, known: Callable[..., Any]) -> int | None:
+    if not (s := known(node.input[0], node.input[1])):
+        return None
+    (b, t, h), w = s  # projections (h -> 3h'), then scores and context: 2 * t * t * h' per sample
+    return b * t * h * w[1] + 2 * b * t * t * (w[1] // 3)
+
+
+for _op in ("MatMul", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "Gemm"):
+    NODE_MACS.register(_op, _matmul_macs)
+for _op in ("Conv", "ConvInteger"):
+    NODE_MACS.register(_op, _conv_macs)
+for _op in ("Attention", "QAttention"):
+    NODE_MACS.register(_op, _attention_macs)
 
 
 def onnx_macs(data: bytes, input_shapes: list[tuple[int, ...]]) -> tuple[int, list[str]]:
     """Multiply-accumulates of one run of a serialised model on inputs of `input_shapes`, from shape inference.
 
-    Counts matmuls, Gemm, Conv/ConvInteger and (Q)Attention. Returns (MACs, names of nodes that could not be
-    counted because their shapes stayed unknown, e.g. contrib ops ONNX Runtime's shape inference lacks).
+    Counts the op types in `NODE_MACS` (matmuls, Gemm, Conv/ConvInteger and (Q)Attention). Returns (MACs, names
+    of nodes that could not be counted because their shapes stayed unknown, e.g. contrib ops ONNX Runtime's shape
+    inference lacks).
     """
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -397,17 +300,11 @@ def onnx_macs(data: bytes, input_shapes: list[tuple[int, ...]]) -> tuple[int, li
 
     macs, missing = 0, []
     for node in model.graph.node:
-        op = node.op_type
-        if op in _MATMULS and (s := known(node.input[0], node.output[0])):
-            a, out = s
-            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-            macs += math.prod(out) * (a[-2] if trans_a else a[-1])
-        elif op in ("Conv", "ConvInteger") and (s := known(node.input[1], node.output[0])):
-            w, out = s
-            macs += math.prod(out) * math.prod(w[1:])
-        elif op in ("Attention", "QAttention") and (s := known(node.input[0], node.input[1])):
-            (b, t, h), w = s  # projections (h -> 3h'), then scores and context: 2 * t * t * h' per sample
-            macs += b * t * h * w[1] + 2 * b * t * t * (w[1] // 3)
-        elif op in _MATMULS + ("Conv", "ConvInteger", "Attention", "QAttention"):
-            missing.append(node.name or op)
+        if node.op_type not in NODE_MACS:
+            continue
+        n = NODE_MACS.get(node.op_type)(node, known)
+        if n is None:
+            missing.append(node.name or node.op_type)
+        else:
+            macs += n
     return macs, missing

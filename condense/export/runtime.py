@@ -1,10 +1,9 @@
-"""ONNX Runtime as a torch module: `OrtModule` runs an ONNX graph (tensors in, tensors out), and
-`OrtSentenceEncoder` gives it the sentence encoder's `encode`/`tokenize` API, so tasks, `measure` and the pipeline
-use an ORT model exactly like the PyTorch one.
+"""ONNX Runtime as a transform: `OnnxRuntimeConfig` swaps a model for its ONNX graph run by ONNX Runtime
+(`OrtModule`, from condense.export.session), and `OrtSentenceEncoder` gives the graph a sentence encoder's
+`encode`/`tokenize` API, so tasks, `measure` and the pipeline use an ORT model exactly like the PyTorch one.
 
-Sessions run sequentially with every graph optimisation on, and with `intra_op_num_threads` equal to torch's
-thread count (ORT does not follow `torch.set_num_threads`): a session is created with torch's current count and
-rebuilt if that count has changed by the next call, so `measure(threads=N)` times ORT on N threads too.
+Which wrapper a model gets is its own module's business: `ORT_WRAPPERS` maps a model type to a function building
+the wrapper (the minilm `SentenceEncoder` registers `OrtSentenceEncoder.from_encoder` in condense/tasks/encoder.py).
 
 Saved artifacts hold the ONNX model bytes as one uint8 tensor (`ModelBytesCodec`); loading replays the transform
 on the task's skeleton (its registered replay) to get the wrapper back, then the codec restores the graph.
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -21,207 +19,18 @@ from condense.core import lineage
 from condense.core.artifact import CODECS, TensorCodec
 from condense.core.config import config
 from condense.core.registry import TypeRegistry
+from condense.core.text import TextEncoderAPI
 from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.errors import CondenseError
+from condense.export.onnx import (check_opset, export_spec, fuse_transformer, onnx_bytes, onnx_macs, onnx_weights,
+                                  parity)
+from condense.export.session import (DISABLED_OPTIMIZERS_KEY, OrtModule, disabled_optimizers,  # noqa: F401
+                                     import_onnxruntime, make_session, refuse_external_data, session_feeds,
+                                     with_disabled_optimizers)
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
-from condense.tasks.encoder import SentenceEncoder
 
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
-             "tensor(double)": np.float64, "tensor(bool)": np.bool_, "tensor(float16)": np.float16}
-
-
-def import_onnxruntime() -> Any:
-    """The `onnxruntime` module, or a CondenseError saying how to install it."""
-    try:
-        import onnx  # noqa: F401  (export, fusion and quantization all need it)
-        import onnxruntime
-    except ImportError:
-        raise CondenseError("running models in ONNX Runtime needs onnxruntime and onnx: "
-                            "pip install onnxruntime onnx") from None
-    return onnxruntime
-
-
-DISABLED_OPTIMIZERS_KEY = "condense.ort.disabled_optimizers"  # ONNX metadata: comma-separated ORT optimizer names
-
-
-def disabled_optimizers(data: bytes) -> tuple[str, ...]:
-    """The ONNX Runtime graph optimizers a graph asks to skip (its `condense.ort.disabled_optimizers` metadata)."""
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
-    return tuple(x for x in props.get(DISABLED_OPTIMIZERS_KEY, "").split(",") if x)
-
-
-def with_disabled_optimizers(data: bytes, names: tuple[str, ...]) -> bytes:
-    """`data` with its metadata saying which ORT graph optimizers to skip (read by `make_session`), so the choice
-    travels with the graph: artifacts and exported .onnx files open the same way."""
-    import onnx
-
-    model = onnx.load_from_string(data)
-    keep = [p for p in model.metadata_props if p.key != DISABLED_OPTIMIZERS_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    if names:
-        model.metadata_props.add(key=DISABLED_OPTIMIZERS_KEY, value=",".join(names))
-    return model.SerializeToString()
-
-
-def _graph_tensors(graph: Any) -> Any:
-    """Every TensorProto of an ONNX graph: initializers, sparse initializers, node attributes, subgraphs."""
-    yield from graph.initializer
-    for sp in graph.sparse_initializer:
-        yield sp.values
-        yield sp.indices
-    for node in graph.node:
-        yield from _node_tensors(node)
-
-
-def _node_tensors(node: Any) -> Any:
-    for a in node.attribute:
-        if a.HasField("t"):
-            yield a.t
-        yield from a.tensors
-        for sp in (*([a.sparse_tensor] if a.HasField("sparse_tensor") else []), *a.sparse_tensors):
-            yield sp.values
-            yield sp.indices
-        if a.HasField("g"):
-            yield from _graph_tensors(a.g)
-        for g in a.graphs:
-            yield from _graph_tensors(g)
-
-
-def refuse_external_data(data: bytes, *, source: str = "this ONNX graph") -> None:
-    """Raise a CondenseError if the serialised ONNX model names external data files.
-
-    condense keeps a graph whole (in the artifact, or in one .onnx file) and runs it from bytes, so a tensor stored
-    in another file is never legitimate there; following its `location` (e.g. `../../secret`) would read any
-    file the user can read. Checked with onnx's protobuf only, before ONNX Runtime or onnx open anything.
-
-    Example:
-        >>> import io, torch
-        >>> buf = io.BytesIO(); torch.onnx.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), buf, dynamo=False)
-        >>> refuse_external_data(buf.getvalue())  # nothing external: no error
-    """
-    import onnx
-
-    try:
-        model = onnx.load_from_string(data)  # parses the protobuf only: external data is never followed here
-    except Exception as e:  # noqa: BLE001  (protobuf's DecodeError and friends)
-        raise CondenseError(f"{source} is not a valid ONNX model ({type(e).__name__}); re-export it") from None
-    tensors = [*_graph_tensors(model.graph), *(t for f in model.functions for n in f.node for t in _node_tensors(n))]
-    for t in tensors:
-        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-            where = next((e.value for e in t.external_data if e.key == "location"), "?")
-            raise CondenseError(f"{source} stores tensor {t.name!r} in an external file ({where!r}); condense "
-                                "never reads external data (it could be any file on this machine): re-export the "
-                                "model with its weights inside the graph")
-
-
-def make_session(data: bytes, threads: int | None = None, disabled: tuple[str, ...] | None = None,
-                 optimized_model_path: str | None = None) -> Any:
-    """An `onnxruntime.InferenceSession` on CPU: sequential, all graph optimisations but `disabled` (default: those
-    the graph's metadata names, see `with_disabled_optimizers`), `threads` intra-op threads.
-
-    `optimized_model_path`: also write the graph as ONNX Runtime optimised it (to see which fusions applied).
-    """
-    ort = import_onnxruntime()
-
-    refuse_external_data(data)
-    if disabled is None:
-        disabled = disabled_optimizers(data)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or torch.get_num_threads()
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only
-    if optimized_model_path is not None:
-        so.optimized_model_filepath = optimized_model_path
-    try:
-        return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"], disabled_optimizers=list(disabled))
-    except Exception as e:  # onnxruntime raises its own exception types
-        raise CondenseError(f"ONNX Runtime cannot load this model ({e}); re-export it with "
-                            "condense.export.export_onnx (opset 17 or 18)") from None
-
-
-def session_feeds(inputs: list[Any], tensors: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
-    """`tensors` (positional, in the graph's input order) as the {input name: array} `session.run` takes;
-    `inputs`: the session's `get_inputs()` (read once per session by callers that run it often)."""
-    if len(tensors) != len(inputs):
-        raise CondenseError(f"the ONNX graph takes {len(inputs)} inputs ({[i.name for i in inputs]}), got "
-                            f"{len(tensors)}")
-    feeds = {}
-    for i, t in zip(inputs, tensors):
-        a, np_type = t.detach().cpu().numpy(), _NP_TYPES.get(i.type)
-        feeds[i.name] = a.astype(np_type, copy=False) if np_type is not None else a
-    return feeds
-
-
-class OrtModule(nn.Module):
-    """An ONNX model run by ONNX Runtime: `forward(*tensors)` returns torch tensors (one, or a tuple).
-
-    Args:
-        data: the serialised ONNX model; None makes an empty module (a skeleton the artifact loader fills).
-
-    Example:
-        >>> import io, torch
-        >>> buf = io.BytesIO(); torch.onnx.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), buf, dynamo=False)
-        >>> OrtModule(buf.getvalue())(torch.ones(1, 3)).shape
-        torch.Size([1, 2])
-    """
-
-    def __init__(self, data: bytes | None = None) -> None:
-        super().__init__()
-        self._data: bytes | None = None
-        self._disabled: tuple[str, ...] = ()
-        self._session: Any = None
-        self._inputs: list[Any] = []  # the session's input descriptions, read once per session
-        self._threads = 0
-        if data is not None:
-            self.set_model(data)
-
-    def set_model(self, data: bytes) -> None:
-        """Replace the ONNX graph (and its session)."""
-        self._data = bytes(data)
-        self._disabled = disabled_optimizers(self._data)  # read once: sessions reopen when the thread count changes
-        self._open()
-
-    @property
-    def onnx_model(self) -> bytes:
-        """The serialised ONNX model."""
-        if self._data is None:
-            raise CondenseError("this OrtModule holds no ONNX model yet; load it with condense.load or build it "
-                                "with condense.export")
-        return self._data
-
-    def _open(self) -> None:
-        self._threads = torch.get_num_threads()
-        self._session = make_session(self.onnx_model, self._threads, self._disabled)
-        self._inputs = self._session.get_inputs()
-
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Run the graph on `tensors` (positional, in the graph's input order); CPU torch tensors out."""
-        if self._session is None or self._threads != torch.get_num_threads():
-            self._open()
-        feeds = session_feeds(self._inputs, tensors)
-        try:
-            outs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
-        except Exception as e:  # onnxruntime's own error types; shapes or dtypes the graph does not accept
-            raise CondenseError(f"ONNX Runtime rejected the inputs {[tuple(t.shape) for t in tensors]}: {e}; pass "
-                                "inputs shaped as at export (only axes exported as dynamic may change)") from None
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle or deep-copy: rebuilt on first use
-        state = self.__dict__.copy()
-        state["_session"], state["_inputs"] = None, []
-        return state
-
-    def extra_repr(self) -> str:
-        return "empty" if self._data is None else f"{len(self._data) / 2**20:.1f} MB ONNX graph"
-
-
-class OrtSentenceEncoder(nn.Module):
+class OrtSentenceEncoder(TextEncoderAPI, nn.Module):
     """A sentence encoder whose (input_ids, attention_mask) -> embeddings graph runs in ONNX Runtime.
 
     Same API as `SentenceEncoder` (`encode`, `tokenize`, `forward`, `dim`); tokenisation stays in Python.
@@ -235,14 +44,11 @@ class OrtSentenceEncoder(nn.Module):
         self.dim = dim
 
     @classmethod
-    def from_encoder(cls, encoder: SentenceEncoder, graph: OrtModule) -> "OrtSentenceEncoder":
+    def from_encoder(cls, encoder: nn.Module, graph: OrtModule) -> "OrtSentenceEncoder":
         """Wrap `graph` with a copy of `encoder`'s tokenizer (same truncation and padding)."""
         import copy
 
         return cls(graph, copy.deepcopy(encoder.tokenizer), encoder.max_seq_length, encoder.dim)
-
-    tokenize = SentenceEncoder.tokenize
-    encode = SentenceEncoder.encode
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, C) unit-length embeddings."""
@@ -253,9 +59,9 @@ class OrtSentenceEncoder(nn.Module):
         return torch.device("cpu")
 
 
-# source module type -> fn(source, graph) -> the module that replaces the source (default: the OrtModule).
+# source module type -> fn(source, graph) -> the module that replaces the source (default: the OrtModule);
+# registered by the module defining the model type (e.g. condense/tasks/encoder.py).
 ORT_WRAPPERS: TypeRegistry[Callable[[nn.Module, OrtModule], nn.Module]] = TypeRegistry("ONNX Runtime wrapper")
-ORT_WRAPPERS.register(SentenceEncoder)(OrtSentenceEncoder.from_encoder)
 
 
 def wrap(source: nn.Module, graph: OrtModule) -> nn.Module:
@@ -284,8 +90,6 @@ CODECS.register(OrtModule)(ModelBytesCodec("onnx_model", "ONNX Runtime"))
 
 
 def _weights_view(m: OrtModule) -> dict[str, torch.Tensor]:
-    from condense.export.onnx import onnx_weights
-
     return {k.replace(".", "_"): torch.from_numpy(v.copy()) for k, v in onnx_weights(m.onnx_model).items()}
 
 
@@ -295,8 +99,6 @@ PARAM_VIEWS.register(OrtModule)(_weights_view)
 def _ort_macs(m: OrtModule, inputs: tuple, out: Any) -> int:
     """MACs of one ORT call, counted from the graph with these input shapes (cached per shapes)."""
     import warnings
-
-    from condense.export.onnx import onnx_macs
 
     key = tuple(tuple(t.shape) for t in inputs)
     cache = m.__dict__.setdefault("_macs_cache", {})
@@ -330,9 +132,7 @@ class OnnxRuntimeConfig:
     optimize: bool = False
 
     def __post_init__(self) -> None:
-        from condense.export.onnx import check_opset
-
-        check_opset(self.opset)
+            check_opset(self.opset)
 
 
 def example_batch(ctx: TransformContext, what: str) -> Any:
@@ -352,8 +152,6 @@ def build_ort(model: nn.Module, batch: Any, *, opset: int, optimize: bool,
     (num_heads, hidden_size); `float_channels` are passed to the export adapter (outliers kept in float).
     Returns (the ORT-backed module, JSON-able details: opset, inputs, fusions, bytes, parity vs `model`).
     """
-    from condense.export.onnx import export_spec, fuse_transformer, onnx_bytes, parity
-
     spec = export_spec(model, batch, float_channels=float_channels)
     inputs = spec.to_inputs(batch)
     data = onnx_bytes(spec, inputs, opset=opset)

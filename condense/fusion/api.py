@@ -26,10 +26,10 @@ from condense.core.registry import TypeRegistry
 from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.errors import ConfigError
 from condense.fusion.gpt import FusedBlock
-from condense.tasks.gpt import Block
 
+# block type -> fn(block) -> its fused replacement; registered by the module defining the block (tinygpt's
+# condense/tasks/gpt.py registers `FusedBlock.from_block` for `Block`).
 FUSERS: TypeRegistry[Callable[[nn.Module], nn.Module]] = TypeRegistry("block fuser")
-FUSERS.register(Block)(FusedBlock.from_block)
 
 
 @config
@@ -74,8 +74,9 @@ def fuse_blocks(model: nn.Module, cfg: FuseConfig, ctx: TransformContext) -> nn.
     """Swap the blocks in place; a ConfigError if there is nothing to fuse."""
     names = _fuse(model, cfg.include)
     if not names:
-        raise ConfigError(f"FuseConfig found no block it knows how to fuse (known: gpt.Block) under "
-                          f"{cfg.include or 'the model'}; this model does not need it")
+        raise ConfigError(f"FuseConfig found no block it knows how to fuse under {cfg.include or 'the model'} "
+                          f"({type(model).__name__}); fusers are registered by the module defining a block type, "
+                          "e.g. condense.fusion.api.FUSERS.register(MyBlock)(my_fuser) (tinygpt's gpt.Block has one)")
     ctx.record(fused=names)
     return model
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from condense.errors import ConfigError
-from condense.quantize.primitives import FAKE_QUANTIZERS, Granularity, QuantKind, QuantSpec, from_rows, to_rows
+from condense.quantize.spec import FAKE_QUANTIZERS, Granularity, QuantKind, QuantSpec, from_rows, to_rows
 
 
 def kmeans_rows(rows: torch.Tensor, k: int, iters: int = 100) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,8 @@ import torch
 
 from condense.core.registry import Registry
 from condense.errors import ConfigError
-from condense.quantize.primitives import (Granularity, QuantKind, QuantSpec, dequantize, qparams_from_range,
-                                          to_rows, uniform_codes)
+from condense.quantize.spec import (Granularity, QuantKind, QuantSpec, dequantize, qparams_from_range, to_rows,
+                                    uniform_codes)
 
 OBSERVERS: Registry[type] = Registry("observer")
 

@@ -286,9 +286,7 @@ def select_knobs(names: tuple[str, ...], *, model: Any = None, task: Any = None,
         (['prune', 'factorize', 'quantize'], ['distill', 'early_exit'])
     """
     if model is not None and cfg is None:
-        from condense.searching.config import SearchConfig
-
-        cfg = SearchConfig()
+        raise CondenseError("select_knobs(model=...) needs the SearchConfig too (cfg=...): the checks read it")
     auto = "auto" in names
     wanted = [n for n, _ in KNOBS.items()] if auto else list(names)
     out, skipped = [], {}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from torch import nn
 
-from condense import __version__, progress
+from condense import progress
 from condense.core import artifact
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
@@ -29,6 +29,7 @@ from condense.measurement.api import MeasureConfig, Measurement, measure
 from condense.searching.knobs import Knob, Space, select_knobs
 from condense.searching.sensitivity import probe, space_from_dict, space_to_dict
 from condense.searching.storage import open_storage
+from condense.version import __version__
 
 INTERRUPTED = "interrupted: its worker was stopped or died before the trial finished"
 

@@ -176,3 +176,12 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         batch_sizes=(1, 256),
         description="small CNN on scikit-learn's 8x8 digits; test accuracy",
     )
+
+
+def _register() -> None:  # what techniques need to know about DigitsCNN (techniques never import tasks)
+    from condense.early_exit.model import SPLITTERS, split_digits_cnn
+
+    SPLITTERS.register(DigitsCNN)(split_digits_cnn)
+
+
+_register()

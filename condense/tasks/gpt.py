@@ -294,3 +294,21 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, use_cache: b
             nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
         idx = torch.cat([idx, nxt.to(idx.dtype)], dim=1)
     return idx
+
+
+# -- what techniques need to know about this model (registered here: techniques never import tasks) ---------------
+def _register() -> None:
+    from functools import partial
+
+    from condense.early_exit.model import SPLITTERS, split_gpt
+    from condense.export.gpt import GPTAdapter
+    from condense.export.onnx import EXPORT_ADAPTERS
+    from condense.fusion.api import FUSERS
+    from condense.fusion.gpt import FusedBlock
+
+    FUSERS.register(Block)(partial(FusedBlock.from_block, attention=causal_attention))
+    SPLITTERS.register(GPT)(split_gpt)
+    EXPORT_ADAPTERS.register(GPT)(GPTAdapter())
+
+
+_register()

@@ -35,6 +35,22 @@ def test_round_trip_float_model_from_task(tmp_path):
     assert meta["weights_bytes"] == os.path.getsize(d / meta["weights_file"])
 
 
+def test_the_core_loader_knows_no_task_and_condense_load_resolves_it(tmp_path):
+    """core.artifact sits below the tasks: without a model, a Task or a resolver it names condense.load, which
+    rebuilds the recorded task; given a Task it loads the same tensors."""
+    from condense.core import artifact
+
+    task = get_task("condense.testing:tiny_task")
+    model = task.build_model()
+    x = task.batch(4)
+    d = condense.save(model, tmp_path / "a")
+    with pytest.raises(ArtifactError, match=r"needs its task .*testing:tiny_task.*load it with condense\.load"):
+        artifact.load(d)
+    assert torch.equal(artifact.load(d, task=task)(x), model(x))
+    assert torch.equal(condense.load(d)(x), model(x))
+    assert torch.equal(condense.load(d, task="condense.testing:tiny_task")(x), model(x))
+
+
 def test_round_trip_quantized_model_equals_saved_outputs(tmp_path):
     task = get_task("condense.testing:tiny_task")
     model = condense.quantize_(task.build_model(), condense.DynamicInt8Config())

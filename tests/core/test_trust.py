@@ -199,7 +199,7 @@ def test_a_search_worker_rebuilds_a_user_task_only_with_the_trust_its_parent_pas
 
 
 def test_an_export_record_task_factory_is_refused(tmp_path, monkeypatch):
-    from condense.export.files import load_exported
+    from condense.loading import load_exported
 
     monkeypatch.chdir(tmp_path)
     torch.onnx.export(torch.nn.Linear(3, 2), (torch.ones(1, 3),), str(tmp_path / "m.onnx"), dynamo=False)

@@ -100,3 +100,11 @@ def test_text_pairs_add_the_contrastive_term_to_embedding_distillation():
             0.0, abs=1e-5)
     with pytest.raises(ConfigError, match="one document per query"):
         loss(enc, TextPairs(["a query"], ["one", "two"]))
+
+
+def test_embedding_distillation_of_an_unregistered_model_says_what_to_register():
+    from condense.distillation.losses import embedding_distillation_loss
+    from condense.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Linear has none.*TOKEN_ENCODERS\.register\(Linear\)"):
+        embedding_distillation_loss(torch.nn.Linear(2, 2))

@@ -153,3 +153,9 @@ def test_joint_training_also_trains_the_backbone():
     w0 = model.features[0][0].weight.detach().clone()
     m = early_exit_(model, EarlyExitConfig(mode="joint", fit=FitConfig(steps=3, lr=1e-2)), task=task)
     assert not torch.equal(m.backbone.features[0][0].weight, w0) and not m.training
+
+
+def test_a_model_without_a_registered_splitter_is_told_what_to_register():
+    with pytest.raises(ConfigError, match=r"no early-exit splitter is registered for Sequential.*"
+                                          r"SPLITTERS\.register\(Sequential\)"):
+        EarlyExitModel(torch.nn.Sequential(torch.nn.Linear(2, 2)))

@@ -12,7 +12,8 @@ import condense
 from condense.cli import main
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
-from condense.export.files import export_model, load_exported
+from condense.export.files import export_model
+from condense.loading import load_exported
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -55,8 +55,42 @@ def test_quantized_linears_inside_a_fused_block_still_run():
 
 
 def test_nothing_to_fuse_is_a_clear_error():
-    with pytest.raises(ConfigError, match="found no block it knows how to fuse"):
+    with pytest.raises(ConfigError, match=r"found no block it knows how to fuse.*FUSERS\.register\(MyBlock\)"):
         apply_(torch.nn.Sequential(torch.nn.Linear(2, 2)), FuseConfig())
     q = apply_(_gpt(), DynamicInt8Config())
     with pytest.raises(ConfigError, match="apply it before quantization"):
         apply_(q, FuseConfig())
+
+
+def test_a_fresh_process_loads_a_fused_artifact_through_the_blocks_own_registration(tmp_path):
+    """The fuser is registered by condense/tasks/gpt.py, not by condense.fusion: loading in a process that imported
+    nothing but condense still finds it, because rebuilding the recorded task imports the model's module."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from condense.core import lineage
+    from condense.tasks.tinygpt import make_task
+
+    task = make_task("tiny")
+    torch.manual_seed(0)
+    model = task.build_skeleton().eval()  # random weights: the architecture is what matters here
+    lineage.set_task(model, task.spec)
+    fused = apply_(model, FuseConfig())
+    x = torch.randint(0, 256, (2, 10))
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        expected = fused(x)
+    save(fused, tmp_path / "a")
+    code = ("import sys, torch, condense\n"
+            "m = condense.load(sys.argv[1])\n"
+            "print(sorted({type(b).__name__ for b in m.blocks}))\n"
+            "with torch.no_grad(): torch.save(m(torch.load(sys.argv[2])), sys.argv[3])\n")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a"), str(tmp_path / "x.pt"),
+                        str(tmp_path / "y.pt")], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['FusedBlock']"
+    assert torch.equal(torch.load(tmp_path / "y.pt"), expected)

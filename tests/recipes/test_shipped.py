@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from condense.cli import main
-from condense.core.artifact import load
-from condense.export.files import load_exported
+from condense.loading import load
+from condense.loading import load_exported
 from condense.recipes import load_recipe
 from condense.tasks import get_task
 
