@@ -5,7 +5,6 @@ A transformation never measures or reports by itself; this module does, so every
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,10 +71,8 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
     for i, step in enumerate(steps, 1):
         recorded = len(lineage(model)["transforms"])
         if step.config is not None:
-            progress.note(f"step {i}/{len(steps)}: applying {step.label}: {type(step.config).__name__}")
-            t0 = time.perf_counter()
-            model = apply_(model, step.config, task=task)
-            progress.note(f"step {i}/{len(steps)}: {step.label} applied in {time.perf_counter() - t0:.1f} s")
+            with progress.activity(f"step {i}/{len(steps)} {step.label} ({type(step.config).__name__})"):
+                model = apply_(model, step.config, task=task)
         m = measure(model, task, measure_config, label=step.label)
         ms.append(m)
         details = [e.get("details", {}) for e in lineage(model)["transforms"][recorded:]]

@@ -1,10 +1,11 @@
 """Progress of long work: rich bars on a terminal; plain, flushed lines in a log.
 
 Off a terminal (`condense run recipe.yaml > log 2>&1`, CI, a pipe) a bar shows nothing, and a run went silent for
-an hour. So there every `steps(...)` writes a line when it starts and when it ends, and a progress line
-(`done/total`, what it is on, elapsed, an estimate of what is left) at most every `LOG_EVERY_S` seconds: from the
-loop's own `advance` / `start` calls, and from a heartbeat thread while one step takes longer than that. Lines go
-to stderr with the time of day, flushed; in a torchrun job only rank 0 writes them.
+an hour. So there every `steps(...)` and `activity(...)` writes a line when it starts and when it ends, and a
+progress line (`done/total`, what it is on, elapsed, an estimate of what is left) when the log has been silent
+for `LOG_EVERY_S` seconds: from the loop's own `advance` / `start` calls, and from a heartbeat thread while one
+step takes longer than that (only the innermost running one writes it). Lines go to stderr with the time of day,
+flushed; in a torchrun job only rank 0 writes them.
 """
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
-LOG_EVERY_S = 30.0  # at most one progress line per this many seconds, per `steps` (0: one per advance)
+LOG_EVERY_S = 30.0  # a progress line when the log has been silent this long (0: one per advance)
+
+_lock = threading.Lock()
+_last_line = [time.monotonic()]  # when the last log line was written (any writer)
+_running: list["LogStepper"] = []  # active log steppers, innermost last
 
 
 def enabled() -> bool:
@@ -33,8 +38,10 @@ def _main_rank() -> bool:
 
 def log_line(message: str) -> None:
     """One plain line to stderr, stamped with the time of day and flushed (for logs, never wrapped)."""
-    sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
-    sys.stderr.flush()
+    with _lock:
+        _last_line[0] = time.monotonic()
+        sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+        sys.stderr.flush()
 
 
 def _duration(s: float) -> str:
@@ -61,7 +68,26 @@ def steps(description: str, total: int) -> Iterator["Stepper | LogStepper"]:
             tid = prog.add_task(description, total=total, what="")
             yield Stepper(prog, tid)
         return
-    s = LogStepper(description, total, quiet=not _main_rank())
+    with _logged(LogStepper(description, total)) as s:
+        yield s
+
+
+@contextmanager
+def activity(description: str) -> Iterator[None]:
+    """One long piece of work without countable steps (a pipeline step): a note when it starts and when it ends;
+    in a log also `N elapsed` lines while it runs and nothing else is written."""
+    if enabled():
+        t0 = time.monotonic()
+        note(f"{description}: started")
+        yield
+        note(f"{description}: done in {_duration(time.monotonic() - t0)}")
+        return
+    with _logged(LogStepper(description, None)):
+        yield
+
+
+@contextmanager
+def _logged(s: "LogStepper") -> Iterator["LogStepper"]:
     s.begin()
     try:
         yield s
@@ -85,19 +111,21 @@ class Stepper:
 
 
 class LogStepper:
-    """The same calls as `Stepper`, written as log lines: a start line, a progress line at most every
-    `LOG_EVERY_S` seconds (a heartbeat thread writes them while no `advance` comes), an end line."""
+    """The same calls as `Stepper`, written as log lines: a start line, progress lines when the log has been silent
+    `LOG_EVERY_S` seconds (a heartbeat thread writes them while no `advance` comes), an end line. `total=None`:
+    no step count (an `activity`)."""
 
-    def __init__(self, description: str, total: int, *, quiet: bool = False):
-        self.description, self.total, self.quiet = description, total, quiet
+    def __init__(self, description: str, total: int | None):
+        self.description, self.total = description, total
+        self.quiet = not _main_rank()
         self.done, self.what = 0, ""
-        self._t0 = self._last = time.monotonic()
-        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
     def begin(self) -> None:
-        self._write(f"{self.description}: started ({self.total} steps)")
+        self._write(f"{self.description}: started" + (f" ({self.total} steps)" if self.total is not None else ""))
+        _running.append(self)
         if LOG_EVERY_S > 0 and not self.quiet:  # with 0 every advance writes a line: no heartbeat needed
             self._beat = threading.Thread(target=self._heartbeat, name="condense-progress", daemon=True)
             self._beat.start()
@@ -114,38 +142,41 @@ class LogStepper:
         self._stop.set()
         if self._beat is not None:
             self._beat.join()
+        if self in _running:
+            _running.remove(self)
         took = _duration(time.monotonic() - self._t0)
+        count = f" {self.done}/{self.total}" if self.total is not None else ""
         if failed:
-            self._write(f"{self.description}: stopped at {self.done}/{self.total} after {took} ({failed})")
+            self._write(f"{self.description}: stopped{' at' + count if count else ''} after {took} ({failed})")
         else:
-            self._write(f"{self.description}: done ({self.done}/{self.total}) in {took}")
+            self._write(f"{self.description}: done{' (' + count.strip() + ')' if count else ''} in {took}")
 
     def status(self) -> str:
         """`description: done/total (pct%), what, elapsed, ~left`."""
         elapsed = time.monotonic() - self._t0
-        pct = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        parts = [f"{self.description}: {self.done}/{self.total}{pct}"]
-        if self.what:
-            parts.append(self.what)
-        parts.append(f"{_duration(elapsed)} elapsed")
-        if 0 < self.done < self.total:
-            parts.append(f"~{_duration(elapsed / self.done * (self.total - self.done))} left")
-        return ", ".join(parts)
+        head, rest = self.description, [self.what] if self.what else []
+        if self.total is not None:
+            head += f": {self.done}/{self.total}" + (f" ({100 * self.done / self.total:.0f}%)" if self.total else "")
+        rest.append(f"{_duration(elapsed)} elapsed")
+        if self.total is not None and 0 < self.done < self.total:
+            rest.append(f"~{_duration(elapsed / self.done * (self.total - self.done))} left")
+        return head + (", " if self.total is not None else ": ") + ", ".join(rest)
+
+    def _silent(self) -> bool:
+        return time.monotonic() - _last_line[0] >= LOG_EVERY_S
 
     def _maybe_write(self) -> None:
-        if time.monotonic() - self._last >= LOG_EVERY_S:
+        if self._silent():
             self._write(self.status())
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(LOG_EVERY_S):
-            if time.monotonic() - self._last >= LOG_EVERY_S:
+        while not self._stop.wait(max(LOG_EVERY_S / 4, 0.01)):
+            if self._silent() and _running and _running[-1] is self:
                 self._write(self.status())
 
     def _write(self, line: str) -> None:
-        with self._lock:
-            self._last = time.monotonic()
-            if not self.quiet:
-                log_line(line)
+        if not self.quiet:
+            log_line(line)
 
 
 def note(message: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from condense.cli.common import (add_command, add_measure_args, add_task_args, add_trust_arg, artifact_task,
-                                 build_config_at, measure_config, set_overrides, show, task_of)
+                                 build_config_at, config_class, measure_config, set_overrides, show, task_of)
 from condense.cli.names import PRUNE_METHODS, QUANT_SCHEMES, TECHNIQUES
 from condense.errors import CondenseError
 
@@ -138,7 +138,6 @@ def _list_config_fields(p: argparse.ArgumentParser, configs: dict[str, str]) -> 
     base = p.format_help
 
     def format_help() -> str:
-        from condense.cli.common import config_class
         from condense.core.config_help import fields_text
 
         parts = [base()]
