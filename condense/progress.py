@@ -4,8 +4,9 @@ Off a terminal (`condense run recipe.yaml > log 2>&1`, CI, a pipe) a bar shows n
 an hour. So there every `steps(...)` and `activity(...)` writes a line when it starts and when it ends, and a
 progress line (`done/total`, what it is on, elapsed, an estimate of what is left) when the log has been silent
 for `LOG_EVERY_S` seconds: from the loop's own `advance` / `start` calls, and from a heartbeat thread while one
-step takes longer than that (only the innermost running one writes it). Lines go to stderr with the time of day,
-flushed; in a torchrun job only rank 0 writes them.
+step takes longer than that (only the innermost running one writes it). Lines go to stderr unwrapped and flushed,
+in the same words as on a terminal (scripts may read them: `trial 3: ...`); in a torchrun job only rank 0 writes
+progress lines.
 """
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ def _main_rank() -> bool:
 
 
 def log_line(message: str) -> None:
-    """One plain line to stderr, stamped with the time of day and flushed (for logs, never wrapped)."""
+    """One plain line to stderr, flushed (for logs: never wrapped to a terminal's width)."""
     with _lock:
         _last_line[0] = time.monotonic()
-        sys.stderr.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+        sys.stderr.write(f"{message}\n")
         sys.stderr.flush()
 
 
@@ -180,8 +181,8 @@ class LogStepper:
 
 
 def note(message: str) -> None:
-    """A one-line note to stderr (what is happening and roughly how long it takes): dim on a terminal, a
-    time-stamped flushed line in a log."""
+    """A one-line note to stderr (what is happening and roughly how long it takes): dim on a terminal, a plain
+    flushed line in a log."""
     if enabled():
         console.print(f"[dim]{message}[/dim]")
     else:
