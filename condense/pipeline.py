@@ -68,11 +68,11 @@ def run_pipeline(task: Task, steps: list[Step], out_dir: str | Path, *, name: st
         model = task.build_model()
     ms: list[Measurement] = []
     rows: list[dict[str, Any]] = []
-    for step in steps:
+    for i, step in enumerate(steps, 1):
         recorded = len(lineage(model)["transforms"])
         if step.config is not None:
-            progress.note(f"applying {step.label}: {type(step.config).__name__}")
-            model = apply_(model, step.config, task=task)
+            with progress.activity(f"step {i}/{len(steps)} {step.label} ({type(step.config).__name__})"):
+                model = apply_(model, step.config, task=task)
         m = measure(model, task, measure_config, label=step.label)
         ms.append(m)
         details = [e.get("details", {}) for e in lineage(model)["transforms"][recorded:]]

@@ -1,36 +1,65 @@
-"""`condense TECHNIQUE --help` lists every field of the technique's configs, with its type and default."""
+"""`condense TECHNIQUE --help` lists every field of the technique's configs, with its type and default, and shows
+examples of its own that build a valid config."""
 import dataclasses
-import importlib
+import shlex
 
 import pytest
 
 from condense import cli
+from condense.cli import compress, names
+from condense.cli.common import config_class
+
+DEFAULT_CONFIG = {"quantize": names.QUANT_SCHEMES["int8"], "prune": names.PRUNE_METHODS["unstructured"],
+                  **names.TECHNIQUES}
 
 
-def _cls(path):
-    mod, _, name = path.partition(":")
-    return getattr(importlib.import_module(mod), name)
-
-
-@pytest.mark.parametrize("command, configs", [("quantize", cli.QUANT_SCHEMES), ("prune", cli.PRUNE_METHODS),
-                                              *[(n, {n: p}) for n, p in cli.TECHNIQUES.items()]])
-def test_help_lists_every_config_field(command, configs, capsys):
+def _help(command, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
     assert e.value.code == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, configs", [("quantize", names.QUANT_SCHEMES), ("prune", names.PRUNE_METHODS),
+                                              *[(n, {n: p}) for n, p in names.TECHNIQUES.items()]])
+def test_help_lists_every_config_field(command, configs, capsys):
+    out = _help(command, capsys)
     for path in configs.values():
-        cls = _cls(path)
+        cls = config_class(path)
         section = out.split(f"{cls.__name__} fields (--set FIELD=VALUE)\n", 1)[1].split("\n\n", 1)[0]
-        names = [line.split(":", 1)[0].strip() for line in section.splitlines()]
-        assert names == [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+        names_ = [line.split(":", 1)[0].strip() for line in section.splitlines()]
+        assert names_ == [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
 
 
-def test_each_set_example_names_a_field_of_the_default_config(capsys):
-    for command, default in (("quantize", cli.QUANT_SCHEMES["weight-only"]),
-                             ("prune", cli.PRUNE_METHODS["unstructured"])):
-        with pytest.raises(SystemExit):
-            cli.main([command, "--help"])
-        out = capsys.readouterr().out
-        example = out.split("e.g. --set ", 1)[1].split("=", 1)[0]
-        assert example in {f.name for f in dataclasses.fields(_cls(default))}, (command, example)
+@pytest.mark.parametrize("command", sorted(DEFAULT_CONFIG))
+def test_the_set_example_names_a_field_of_the_default_config(command, capsys):
+    out = _help(command, capsys)
+    example = out.split("e.g. --set ", 1)[1].split("=", 1)[0]
+    assert example in {f.name for f in dataclasses.fields(config_class(DEFAULT_CONFIG[command]))}, example
+
+
+@pytest.mark.parametrize("command", sorted(DEFAULT_CONFIG))
+def test_each_help_example_is_of_its_own_command_and_builds_its_config(command, capsys):
+    """Every example line under `examples:` runs this command, parses, and its flags build a valid config of the
+    technique it picks (so `prune --help` can not show a quantize example again)."""
+    lines = _help(command, capsys).split("\nexamples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert len(lines) >= 2
+    parser = cli.build_parser()
+    for line in lines:
+        argv = shlex.split(line, comments=True)
+        assert argv[:2] == ["condense", command], line
+        args = parser.parse_args(argv[1:])
+        cfg, label = compress.CONFIG_OF[command](args)
+        picked = {"quantize": lambda: names.QUANT_SCHEMES[args.scheme],
+                  "prune": lambda: names.PRUNE_METHODS[args.method]}.get(command, lambda: names.TECHNIQUES[command])()
+        assert type(cfg) is config_class(picked) and label in (command, getattr(args, "scheme", None),
+                                                               getattr(args, "method", None)), line
+        for pair in args.set:  # each --set landed in the config
+            key = pair.split("=", 1)[0]
+            assert key in {f.name for f in dataclasses.fields(cfg)}, line
+
+
+def test_a_bad_set_names_an_example_of_the_same_command(tmp_path, capsys):
+    assert cli.main(["prune", "--task", "digits", "--set", "scope", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err == "condense: error: --set 'scope' must be KEY=VALUE, e.g. --set scope=global\n"
