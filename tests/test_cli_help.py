@@ -9,8 +9,9 @@ from condense import cli
 from condense.cli import compress, names
 from condense.cli.common import config_class
 
-DEFAULT_CONFIG = {"quantize": names.QUANT_SCHEMES["int8"], "prune": names.PRUNE_METHODS["unstructured"],
-                  **names.TECHNIQUES}
+QUANT_SCHEMES, PRUNE_METHODS = names.methods("quantize"), names.methods("prune")
+TECHNIQUES = {n: names.technique(n) for n in names.TECHNIQUE_COMMANDS}
+DEFAULT_CONFIG = {"quantize": QUANT_SCHEMES["int8"], "prune": PRUNE_METHODS["unstructured"], **TECHNIQUES}
 
 
 def _help(command, capsys):
@@ -20,8 +21,8 @@ def _help(command, capsys):
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command, configs", [("quantize", names.QUANT_SCHEMES), ("prune", names.PRUNE_METHODS),
-                                              *[(n, {n: p}) for n, p in names.TECHNIQUES.items()]])
+@pytest.mark.parametrize("command, configs", [("quantize", QUANT_SCHEMES), ("prune", PRUNE_METHODS),
+                                              *[(n, {n: p}) for n, p in TECHNIQUES.items()]])
 def test_help_lists_every_config_field(command, configs, capsys):
     out = _help(command, capsys)
     for path in configs.values():
@@ -50,8 +51,8 @@ def test_each_help_example_is_of_its_own_command_and_builds_its_config(command, 
         assert argv[:2] == ["condense", command], line
         args = parser.parse_args(argv[1:])
         cfg, label = compress.CONFIG_OF[command](args)
-        picked = {"quantize": lambda: names.QUANT_SCHEMES[args.scheme],
-                  "prune": lambda: names.PRUNE_METHODS[args.method]}.get(command, lambda: names.TECHNIQUES[command])()
+        picked = {"quantize": lambda: QUANT_SCHEMES[args.scheme],
+                  "prune": lambda: PRUNE_METHODS[args.method]}.get(command, lambda: TECHNIQUES[command])()
         assert type(cfg) is config_class(picked) and label in (command, getattr(args, "scheme", None),
                                                                getattr(args, "method", None)), line
         for pair in args.set:  # each --set landed in the config
@@ -63,3 +64,14 @@ def test_a_bad_set_names_an_example_of_the_same_command(tmp_path, capsys):
     assert cli.main(["prune", "--task", "digits", "--set", "scope", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err == "condense: error: --set 'scope' must be KEY=VALUE, e.g. --set scope=global\n"
+
+
+def test_cli_choices_are_the_registered_transforms():
+    """The CLI reads its --scheme / --method choices from the transform registry (no table of its own)."""
+    from condense.core.transforms import TRANSFORMS
+
+    parser = cli.build_parser()
+    for command, flag in (("quantize", "--scheme"), ("prune", "--method")):
+        sub = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001
+        action = next(a for a in sub._actions if flag in a.option_strings)  # noqa: SLF001
+        assert sorted(action.choices) == sorted(TRANSFORMS.names(command)), command

@@ -21,7 +21,7 @@ EPILOG = """examples:
   condense prune --task digits --method structured --ratio 0.5 --out runs/digits-half
   condense quantize --task digits --model runs/digits-half --out runs/digits-half-int8
   condense measure --model runs/digits-int8 --json runs/digits-int8/measure.json
-  condense distill --task tinygpt --set layers=2 --set temperature=1 --set fit='{"steps": 300}' --out runs/gpt-2l
+  condense distill --task tinygpt --set layers=2 --set temperature=1 --set finetune='{"steps": 300}' --out runs/gpt-2l
   condense factorize --task tinygpt --set activation_aware=true --include 'blocks.*.mlp.*' --out runs/gpt-svd
   condense early-exit --task digits --set thresholds='[0.9, 0.99, 0.999]' --out runs/digits-exit
   condense prepare tinygpt                        # train and cache the built-in language model once

@@ -11,7 +11,7 @@ from typing import Any
 
 from condense.cli.common import (add_command, add_measure_args, add_task_args, add_trust_arg, artifact_task,
                                  build_config_at, config_class, measure_config, set_overrides, show, task_of)
-from condense.cli.names import PRUNE_METHODS, QUANT_SCHEMES, TECHNIQUES
+from condense.cli.names import CHOICE_COMMANDS, TECHNIQUE_COMMANDS, methods, technique
 from condense.errors import CondenseError
 
 HELP = {
@@ -38,7 +38,7 @@ EXAMPLES = {
   condense prune --task digits --method gradual --sparsity 0.8 --set steps=5 --out runs/digits-gradual
   condense prune --task tinygpt --method layer-drop --set n_drop=1 --out runs/gpt-drop""",
     "distill": """\
-  condense distill --task tinygpt --set layers=2 --set temperature=1 --set fit='{"steps": 300}' --out runs/gpt-2l
+  condense distill --task tinygpt --set layers=2 --set temperature=1 --set finetune='{"steps": 300}' --out runs/gpt-2l
   condense distill --task minilm --set layers=4 --set layer_criterion=subset --out runs/minilm-4l""",
     "factorize": """\
   condense factorize --task digits --set rank_ratio=0.5 --out runs/digits-svd
@@ -52,7 +52,7 @@ EXAMPLES = {
 # -- from arguments to a config ---------------------------------------------------------------------------------
 def quantize_config(args: argparse.Namespace) -> tuple[Any, str]:
     """The config and step label `condense quantize ARGS` applies."""
-    return build_config_at(QUANT_SCHEMES[args.scheme], set_overrides(args, example=SET_EXAMPLE["quantize"])), \
+    return build_config_at(methods("quantize")[args.scheme], set_overrides(args, example=SET_EXAMPLE["quantize"])), \
         args.scheme
 
 
@@ -62,16 +62,16 @@ def prune_config(args: argparse.Namespace) -> tuple[Any, str]:
         over["sparsity" if args.method != "gradual" else "final_sparsity"] = args.sparsity
     if args.ratio is not None:
         over["ratio"] = args.ratio
-    return build_config_at(PRUNE_METHODS[args.method], over), args.method
+    return build_config_at(methods("prune")[args.method], over), args.method
 
 
 def technique_config(args: argparse.Namespace) -> tuple[Any, str]:
     """distill / factorize / early-exit: one config, built from --set (and --include/--exclude)."""
     over = set_overrides(args, example=SET_EXAMPLE[args.command])
-    return build_config_at(TECHNIQUES[args.command], over), args.command
+    return build_config_at(technique(args.command), over), args.command
 
 
-CONFIG_OF = {"quantize": quantize_config, "prune": prune_config, **{name: technique_config for name in TECHNIQUES}}
+CONFIG_OF = {"quantize": quantize_config, "prune": prune_config, **{name: technique_config for name in TECHNIQUE_COMMANDS}}
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -119,7 +119,7 @@ def _print_exit_curve(artifact: Any, out: Path) -> None:
         curve = t.get("details", {}).get("curve")
         if not curve:
             continue
-        from condense.early_exit.sweep import curve_svg
+        from condense.report.early_exit import curve_svg
 
         atomic_write_json(out / "early-exit-curve.json", curve)
         atomic_write_text(out / "early-exit-curve.svg", curve_svg(curve))
@@ -172,8 +172,8 @@ def _add_patterns(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub: Any) -> None:
     """quantize, prune, distill, factorize, early-exit."""
-    for name, choices, default, flag in (("quantize", QUANT_SCHEMES, "int8", "--scheme"),
-                                         ("prune", PRUNE_METHODS, "unstructured", "--method")):
+    for name, (family, flag, default) in CHOICE_COMMANDS.items():
+        choices = methods(family)
         p = add_command(sub, name, cmd_compress, HELP[name], epilog=f"examples:\n{EXAMPLES[name]}")
         _add_common(p, name, (flag, choices, default))
         _list_config_fields(p, {f"{flag} {k}": v for k, v in choices.items()})
@@ -182,7 +182,8 @@ def add_parser(sub: Any) -> None:
         if name == "prune":
             p.add_argument("--sparsity", type=float, help="fraction of weights to remove, in [0, 1)")
             p.add_argument("--ratio", type=float, help="structured: fraction of channels/heads to remove")
-    for name, path in TECHNIQUES.items():
+    for name in TECHNIQUE_COMMANDS:
+        path = technique(name)
         p = add_command(sub, name, cmd_compress, HELP[name], epilog=f"examples:\n{EXAMPLES[name]}")
         _add_common(p, name)
         _list_config_fields(p, {name: path})

@@ -1,31 +1,34 @@
-"""Technique names on the command line -> config classes ("module:Class", imported lazily).
+"""Technique names on the command line, read from the transform registry (`condense.core.transforms.TRANSFORMS`).
 
-The one place the CLI reads these names from (`quantize --scheme`, `prune --method`, `distill` / `factorize` /
-`early-exit`); their `--help` lists each config's fields.
+`quantize --scheme` and `prune --method` offer every listed transform of their family; `distill`, `factorize` and
+`early-exit` apply their family's default config. A technique registered with `register_transform` appears here
+(and in recipes and, with `search=True`, in `condense search`) without any edit to the CLI.
 """
 from __future__ import annotations
 
-QUANT_SCHEMES: dict[str, str] = {
-    "int8": "condense.quantize.backends:Int8Config",          # int8 on the backend measured fastest
-    "dynamic": "condense.quantize.dynamic:DynamicInt8Config",  # torch x86 dynamic int8
-    "static": "condense.quantize.static:StaticInt8Config",     # torch x86 static int8, calibrated
-    "ort": "condense.quantize.ort:OrtInt8Config",             # ONNX Runtime int8
-    "qat": "condense.quantize.qat:QATConfig",                 # quantization-aware training -> int8
-    "weight-only": "condense.quantize.weight_only:WeightOnlyConfig",  # RTN / GPTQ, packed 8/4/3/2-bit
-    "mixed": "condense.quantize.sensitivity:MixedPrecisionConfig",  # keep the most sensitive layers precise
+# command -> (transform family, flag choosing the method or None for one config, CLI default method)
+CHOICE_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "quantize": ("quantize", "--scheme", "int8"),
+    "prune": ("prune", "--method", "unstructured"),
 }
-PRUNE_METHODS: dict[str, str] = {
-    "unstructured": "condense.prune.unstructured:UnstructuredConfig",
-    "nm": "condense.prune.nm:NMConfig",
-    "gradual": "condense.prune.schedule:GradualPruneConfig",
-    "structured": "condense.prune.structured:StructuredConfig",
-    "layer-drop": "condense.prune.layers:LayerDropConfig",
-}
+TECHNIQUE_COMMANDS: tuple[str, ...] = ("distill", "factorize", "early-exit")  # one config each, --set reaches it
 
 
-# one config each; `--set FIELD=VALUE` reaches every field
-TECHNIQUES: dict[str, str] = {
-    "distill": "condense.distillation.api:DistillConfig",
-    "factorize": "condense.factorize.api:FactorizeConfig",
-    "early-exit": "condense.early_exit.api:EarlyExitConfig",
-}
+def _path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def methods(family: str) -> dict[str, str]:
+    """{method name: "module:Class"} of a transform family (imports the technique packages)."""
+    from condense.core.transforms import TRANSFORMS
+
+    return {name: _path(t.config) for name, t in TRANSFORMS.names(family).items()}
+
+
+def technique(family: str) -> str:
+    """"module:Class" of a single-config family's default method (distill -> DistillConfig)."""
+    from condense.core.transforms import TRANSFORMS
+
+    fam = TRANSFORMS.family(family)
+    names = methods(family)
+    return names[fam.default] if fam.default in names else next(iter(names.values()))

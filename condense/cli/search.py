@@ -9,8 +9,8 @@ from condense.cli.common import add_command, add_task_args, build_config_at, pos
 EPILOG = """examples:
   condense search --task digits --budget 1% --trials 20 --out runs/digits-search
   condense search --task digits --budget 1% --trials 40 --out runs/digits-search    # resumes: 20 more trials
-  condense search --task minilm --budget 1% --knobs distill,quantize --set recovery_steps=400 \\
-      --set recovery_lr=5e-5 --set distill_layers=[3,4] --out runs/minilm   # trained students: DIR/stages
+  condense search --task minilm --budget 1% --knobs distill,quantize --set finetune='{"steps": 400, "lr": 5e-5}' \\
+      --set distill_layers=[3,4] --out runs/minilm   # trained students: DIR/stages
   condense search --task minilm --budget 1% --storage postgresql://user:pw@db:5432/condense --study s1 \\
       --workers 2 --out runs/s1           # run the same command on other machines to add workers
 exit codes: 0 found a model within budget; 2 bad input, unreachable database or no trial within budget
@@ -27,7 +27,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         over["knobs"] = [k.strip() for k in args.knobs.split(",") if k.strip()]
     if args.threads:
         over["threads"] = args.threads
-    over.update(task_options(args.set, flag="--set", example="recovery_steps=200") if args.set else {})
+    over.update(task_options(args.set, flag="--set", example='finetune={"steps": 200}') if args.set else {})
     cfg = build_config_at("condense.searching.config:SearchConfig", over)
     from condense.core.outputs import check_output_dir
 
@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="batch size whose latency is minimised")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads while timing")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="any SearchConfig field, e.g. --set recovery_steps=200")
+                   help="any SearchConfig field, e.g. --set finetune='{\"steps\": 200}'")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="run folder: report.json, report.html, the chosen model in DIR/model, search.db, "
                    "trained stages in DIR/stages")
