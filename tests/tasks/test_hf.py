@@ -1,0 +1,209 @@
+"""`hf:PATH` tasks: tiny Hugging Face models built from configs offline, loaded back through the task, compared
+with the original; evaluation, generation, the CLI, artifacts, write-back, and the folders that are refused."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import condense  # noqa: E402
+from condense.cli import main  # noqa: E402
+from condense.errors import CondenseError  # noqa: E402
+from condense.tasks import get_task, task_from_spec, task_key  # noqa: E402
+from condense.tasks.hf import save_hf, why_not_hf  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[2]
+BERT = dict(vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64)
+
+
+def _models() -> dict:
+    t = transformers
+    return {
+        "llama": lambda: t.LlamaForCausalLM(t.LlamaConfig(
+            vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=64)),  # grouped-query attention: 2 kv heads for 4
+        "gpt2": lambda: t.GPT2LMHeadModel(t.GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=2,
+                                                       n_positions=64, bos_token_id=0, eos_token_id=0)),
+        "bert": lambda: t.BertModel(t.BertConfig(**BERT)),
+        "bertcls": lambda: t.BertForSequenceClassification(t.BertConfig(**BERT, num_labels=3)),
+    }
+
+
+KIND = {"llama": ("causal-lm", "bits_per_byte"), "gpt2": ("causal-lm", "bits_per_byte"),
+        "bert": ("encoder", "embedding_cosine"), "bertcls": ("classifier", "label_agreement")}
+OPTS = {"eval_windows": 4, "eval_texts": 16, "seq_len": 32}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Each tiny model saved with save_pretrained: name -> (folder, the original model)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for name, build in _models().items():
+        torch.manual_seed(0)
+        model = build().eval()
+        model.save_pretrained(root / name)
+        out[name] = (str(root / name), model)
+    return out
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("name", list(KIND))
+def test_task_model_equals_the_original(folders, name):
+    path, original = folders[name]
+    task = get_task("hf:" + path, **OPTS)
+    assert (task.extras["kind"], task.primary_metric) == KIND[name]
+    model = task.build_model()
+    batch = task.batch(3)
+    assert set(batch) == {"input_ids", "attention_mask"} and batch["input_ids"].shape == (3, 32)
+    with torch.no_grad():
+        got = task.run_batch(model, batch)
+        out = original(**batch)
+    want = out.last_hidden_state if name == "bert" else out.logits
+    assert got.shape == want.shape
+    assert _same(got, want) <= 1e-6
+
+
+def test_causal_lm_bits_per_byte_and_training(folders):
+    task = get_task("hf:" + folders["llama"][0], **OPTS)
+    model = task.build_model()
+    m = task.metrics(model)
+    # an untrained model is close to uniform over 256 byte ids: 8 bits per byte
+    assert math.isfinite(m["bits_per_byte"]) and 7.0 < m["bits_per_byte"] < 9.0
+    assert m["tokens"] == 4 * 32
+    x, y = next(iter(task.train_data()))
+    assert x.shape == y.shape == (8, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(3):  # the same batch three times: fine-tuning through task.loss must lower its loss
+        loss = task.loss(model, (x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+def test_decode_through_generate(folders):
+    task = get_task("hf:" + folders["gpt2"][0], **OPTS)
+    model = task.build_model()
+    assert task.generate(model, 2, 5) == 10
+
+
+def test_encoder_and_classifier_agreement(folders):
+    enc = get_task("hf:" + folders["bert"][0], **OPTS)
+    model = enc.build_model()
+    assert enc.metrics(model)["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    assert enc.metrics(model)["embedding_cosine"] < 0.999  # a changed model scores lower
+    emb = enc.extras["embed"](model, enc.batch(2))
+    assert emb.shape == (2, 32)
+
+    cls = get_task("hf:" + folders["bertcls"][0], **OPTS)
+    model = cls.build_model()
+    m = cls.metrics(model)
+    assert m["label_agreement"] == 1.0 and m["max_logit_change"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_artifact_round_trip_rebuilds_from_the_folder(folders, name, tmp_path):
+    task = get_task("hf:" + folders[name][0], **OPTS)
+    model = task.build_model()
+    condense.save(model, tmp_path / "art")
+    loaded = condense.load(tmp_path / "art")  # the recorded hf: spec is rebuilt without trust_task
+    batch = task.batch(2)
+    with torch.no_grad():
+        assert torch.equal(task.run_batch(loaded, batch), task.run_batch(model, batch))
+    if name == "gpt2":  # tied embedding and head stay one tensor
+        assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    rebuilt = task_from_spec(task.spec, source="test")
+    assert rebuilt.spec == task.spec and rebuilt.extras["seq_len"] == 32
+
+
+def test_task_key_names_one_folder_by_any_path(folders, monkeypatch):
+    path = Path(folders["llama"][0])
+    monkeypatch.chdir(path.parent)
+    assert task_key("hf:" + path.name) == task_key("hf:" + str(path)) != task_key("hf:other")
+    assert condense.hf_task(path.name, **OPTS).spec["name"] == "hf:" + str(path)
+
+
+def test_save_hf_writes_a_folder_from_pretrained_opens(folders, tmp_path):
+    path, _ = folders["llama"]
+    task = get_task("hf:" + path, **OPTS)
+    model = task.build_model()
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.mul_(0.5)  # a change config.json can hold
+    out = save_hf(model, tmp_path / "out")
+    back = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    batch = task.batch(2)
+    with torch.no_grad():
+        assert _same(back(**batch).logits, task.run_batch(model, batch)) <= 1e-6
+    with pytest.raises(CondenseError, match="not an empty folder"):
+        save_hf(model, out)
+
+
+def test_save_hf_says_why_not(folders, tmp_path):
+    task = get_task("hf:" + folders["llama"][0], **OPTS)
+    model = task.build_model()
+    mlp = model.model.layers[1].mlp
+    mlp.up_proj = torch.nn.Linear(32, 48, bias=False)  # per-layer width: 48 where the config says 64
+    assert "per-layer widths" in why_not_hf(model)
+    mlp.down_proj = torch.nn.Sequential(torch.nn.Linear(48, 8), torch.nn.Linear(8, 32))  # a factorized layer
+    with pytest.raises(CondenseError, match="mlp.down_proj.*condense.save"):
+        save_hf(model, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def _cli(capsys, *argv) -> tuple[int, str]:
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def test_refused_folders_exit_2_with_a_message(folders, tmp_path, capsys):
+    rc, err = _cli(capsys, "measure", "--task", "hf:" + str(tmp_path / "missing"))
+    assert rc == 2 and "no Hugging Face model folder" in err
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    cfg = json.loads((Path(folders["llama"][0]) / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (custom / "config.json").write_text(json.dumps(cfg))
+    (custom / "modeling_evil.py").write_text("raise SystemExit('this must never run')\n")
+    rc, err = _cli(capsys, "measure", "--task", "hf:" + str(custom))
+    assert rc == 2 and "auto_map" in err and "never runs their code" in err
+    cfg.pop("auto_map")
+    cfg["architectures"] = ["EvilForCausalLM"]
+    (custom / "config.json").write_text(json.dumps(cfg))
+    rc, err = _cli(capsys, "measure", "--task", "hf:" + str(custom))
+    assert rc == 2 and "'EvilForCausalLM'" in err and "does not ship" in err
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    (custom / "config.json").write_text(json.dumps(cfg))
+    (custom / "pytorch_model.bin").write_bytes(b"pickle")
+    rc, err = _cli(capsys, "measure", "--task", "hf:" + str(custom))
+    assert rc == 2 and "pickled weights" in err
+    rc, err = _cli(capsys, "measure", "--task", "hf:" + folders["llama"][0], "--task-option", "kind=seq2seq")
+    assert rc == 2 and "unknown Hugging Face task kind" in err
+
+
+def test_measure_cli_runs_on_an_hf_folder(folders):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "condense", "measure", "--task", "hf:" + folders["llama"][0],
+                        "--batch-sizes", "1", "--repeats", "2", "--task-option", "eval_windows=2",
+                        "--task-option", "seq_len=16"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "decode tokens/s @ batch 1" in r.stdout and "bits_per_byte" in r.stdout
