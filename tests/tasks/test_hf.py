@@ -207,3 +207,52 @@ def test_measure_cli_runs_on_an_hf_folder(folders):
                         "--task-option", "seq_len=16"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "decode tokens/s @ batch 1" in r.stdout and "bits_per_byte" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def with_tokenizer(tmp_path_factory):
+    """A BERT encoder and a Llama whose head is zero (uniform predictions), each with its own WordPiece tokenizer."""
+    import string
+
+    root = tmp_path_factory.mktemp("hf-tok")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase + string.digits
+                                                                  + string.punctuation)
+    (root / "vocab.txt").write_text("\n".join(words) + "\n")
+    tok = transformers.BertTokenizer(str(root / "vocab.txt"))
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(**{**BERT, "vocab_size": len(words)}))
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64))
+    torch.nn.init.zeros_(llama.lm_head.weight)
+    for name, model in (("bert", bert), ("llama", llama)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root, tok, len(words)
+
+
+def test_the_folders_own_tokenizer_is_used(with_tokenizer):
+    root, tok, vocab = with_tokenizer
+    task = get_task(f"hf:{root}/bert", **OPTS)
+    assert "the folder's tokenizer" in task.description and task.spec["options"]["tokenizer"] == "auto"
+    ids, mask = task.batch(2)["input_ids"], task.batch(2)["attention_mask"]
+    n = int(mask[0].sum())
+    assert ids[0, 0] == tok.cls_token_id and ids[0, n - 1] == tok.sep_token_id and (ids[0, n:] == 0).all()
+    raw = get_task(f"hf:{root}/bert", tokenizer="bytes", **OPTS)
+    assert "byte ids" in raw.description
+    text_bytes = raw.batch(1)["input_ids"][0, :4].tolist()
+    assert all(0 <= i < vocab for i in text_bytes) and raw.spec["options"]["tokenizer"] == "bytes"
+
+
+def test_bits_per_byte_counts_the_text_bytes_of_the_tokens(with_tokenizer):
+    root, tok, vocab = with_tokenizer
+    task = get_task(f"hf:{root}/llama", **OPTS)
+    m = task.metrics(task.build_model())
+    # a zero head predicts uniformly: log2(vocab) bits per token, over the bytes those tokens decode to
+    from condense.data.stdlib_source import corpus
+
+    text = corpus("val", 200_000).tobytes().decode("utf-8", "replace")
+    scored = tok(text, add_special_tokens=False)["input_ids"][1:4 * 32 + 1]
+    n_bytes = len(tok.decode(scored, clean_up_tokenization_spaces=False).encode("utf-8"))
+    assert m["loss"] == pytest.approx(math.log(vocab), rel=1e-5)
+    assert m["bits_per_byte"] == pytest.approx(4 * 32 * math.log2(vocab) / n_bytes, rel=1e-5)
