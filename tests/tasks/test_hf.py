@@ -256,3 +256,19 @@ def test_bits_per_byte_counts_the_text_bytes_of_the_tokens(with_tokenizer):
     n_bytes = len(tok.decode(scored, clean_up_tokenization_spaces=False).encode("utf-8"))
     assert m["loss"] == pytest.approx(math.log(vocab), rel=1e-5)
     assert m["bits_per_byte"] == pytest.approx(4 * 32 * math.log2(vocab) / n_bytes, rel=1e-5)
+
+
+def test_a_decoder_classifier_without_pad_token_takes_batches(tmp_path):
+    torch.manual_seed(0)
+    original = transformers.LlamaForSequenceClassification(transformers.LlamaConfig(
+        vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, num_labels=2)).eval()
+    assert original.config.pad_token_id is None  # transformers refuses batches > 1 of this model as it is
+    original.save_pretrained(tmp_path / "cls")
+    task = get_task(f"hf:{tmp_path}/cls", **OPTS)
+    model = task.build_model()
+    batch = task.batch(3)
+    original.config.pad_token_id = 0  # what the task pads with
+    with torch.no_grad():
+        assert _same(task.run_batch(model, batch), original(**batch).logits) <= 1e-6
+    assert task.metrics(model)["label_agreement"] == 1.0

@@ -154,8 +154,12 @@ def model_class(info: FolderInfo) -> Any:
     return getattr(transformers, AUTO_CLASS[info.kind])
 
 
-def load_model(info: FolderInfo) -> nn.Module:
-    """The folder's model in float32 on CPU, eval mode, loaded offline from its safetensors (no code run)."""
+def load_model(info: FolderInfo, pad_id: int | None = None) -> nn.Module:
+    """The folder's model in float32 on CPU, eval mode, loaded offline from its safetensors (no code run).
+
+    A classifier whose config has no `pad_token_id` gets `pad_id` (what batches are padded with): transformers'
+    decoder classifiers find each row's last token by it and refuse batches of more than one row without it.
+    """
     cls = model_class(info)
     kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True, "dtype": torch.float32}
     if cls.__name__.startswith("Auto"):
@@ -166,6 +170,8 @@ def load_model(info: FolderInfo) -> nn.Module:
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CondenseError(f"cannot load the model in {info.path} as {cls.__name__} ({type(e).__name__}: "
                             f"{str(e)[:300]}); check the folder was written by save_pretrained") from None
+    if info.kind is Kind.CLASSIFIER and pad_id is not None and getattr(model.config, "pad_token_id", 0) is None:
+        model.config.pad_token_id = pad_id
     return model.eval()
 
 

@@ -118,11 +118,13 @@ def make_task(path: str, kind: str | None = None, tokenizer: str = "auto", seq_l
     _positive("eval_texts", eval_texts, 10_000)
     _positive("train_batch_size", train_batch_size, 65_536)
     codec = Codec(info.vocab_size, load_tokenizer(info) if tokenizer == "auto" and info.has_tokenizer else None)
-    options = {"kind": info.kind.value, "tokenizer": "auto" if codec.tokenizer else "bytes", "seq_len": T, "eval_windows": eval_windows,
-               "eval_texts": eval_texts, "train_batch_size": train_batch_size}  # all resolved: the spec rebuilds this
+    # every option resolved, so the recorded spec rebuilds this task even if defaults change
+    options = {"kind": info.kind.value, "tokenizer": "auto" if codec.tokenizer else "bytes", "seq_len": T,
+               "eval_windows": eval_windows, "eval_texts": eval_texts, "train_batch_size": train_batch_size}
     metric, higher = _PRIMARY[info.kind]
     run = partial(run_hf, kind=info.kind)
-    common = dict(name=f"hf-{Path(info.path).name}", model=partial(load_model, info), primary_metric=metric,
+    common = dict(name=f"hf-{Path(info.path).name}", model=partial(load_model, info, pad_id=codec.pad_id),
+                  primary_metric=metric,
                   higher_is_better=higher, run=run, batch_sizes=(1, 8),
                   description=f"Hugging Face {info.architecture} from {info.path} as {info.kind.value}; "
                               f"{codec.describe()}; {metric}",
@@ -186,7 +188,7 @@ def _agreement_task(info: FolderInfo, codec: Codec, T: int, eval_texts: int, run
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         if not reference:
-            reference.append(outputs(load_model(info)))
+            reference.append(outputs(load_model(info, pad_id=codec.pad_id)))
         got = outputs(model)
         if info.kind is Kind.ENCODER:
             return ev.embedding_agreement(got, reference[0])
