@@ -143,17 +143,21 @@ def test_task_key_names_one_folder_by_any_path(folders, monkeypatch):
     assert condense.hf_task(path.name, **OPTS).spec["name"] == "hf:" + str(path)
 
 
-def test_save_hf_writes_a_folder_from_pretrained_opens(folders, tmp_path):
-    path, _ = folders["llama"]
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_save_hf_writes_a_folder_from_pretrained_opens(folders, name, tmp_path):
+    path, _ = folders[name]
     task = get_task("hf:" + path, **OPTS)
     model = task.build_model()
-    with torch.no_grad():
-        model.model.layers[0].mlp.down_proj.weight.mul_(0.5)  # a change config.json can hold
+    with torch.no_grad():  # a change config.json can hold
+        next(p for n, p in model.named_parameters() if n.endswith("mlp.c_proj.weight" if name == "gpt2"
+                                                                  else "mlp.down_proj.weight")).mul_(0.5)
     out = save_hf(model, tmp_path / "out")
     back = transformers.AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     batch = task.batch(2)
     with torch.no_grad():
         assert _same(back(**batch).logits, task.run_batch(model, batch)) <= 1e-6
+    if name == "gpt2":
+        assert back.lm_head.weight is back.transformer.wte.weight
     with pytest.raises(CondenseError, match="not an empty folder"):
         save_hf(model, out)
 
@@ -272,3 +276,18 @@ def test_a_decoder_classifier_without_pad_token_takes_batches(tmp_path):
     with torch.no_grad():
         assert _same(task.run_batch(model, batch), original(**batch).logits) <= 1e-6
     assert task.metrics(model)["label_agreement"] == 1.0
+
+
+def test_a_masked_lm_folder_is_its_base_encoder(tmp_path):
+    torch.manual_seed(0)
+    original = transformers.BertForMaskedLM(transformers.BertConfig(**BERT)).eval()
+    original.save_pretrained(tmp_path / "mlm")
+    task = get_task(f"hf:{tmp_path}/mlm", **OPTS)
+    assert task.extras["kind"] == "encoder"
+    a, b = task.build_model(), task.build_model()
+    assert type(a).__name__ == "BertModel"
+    # the pooler the folder lacks is initialised the same way on every build (artifacts and references agree)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    batch = task.batch(2)
+    with torch.no_grad():
+        assert _same(task.run_batch(a, batch), original.bert(**batch).last_hidden_state) <= 1e-6

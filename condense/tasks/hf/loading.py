@@ -165,7 +165,9 @@ def load_model(info: FolderInfo, pad_id: int | None = None) -> nn.Module:
     if cls.__name__.startswith("Auto"):
         kwargs["trust_remote_code"] = False
     try:
-        with _no_progress_bars():
+        # layers the folder lacks (the pooler of a *ForMaskedLM folder's base model) start the same on every build
+        with _no_progress_bars(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             model = cls.from_pretrained(info.path, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CondenseError(f"cannot load the model in {info.path} as {cls.__name__} ({type(e).__name__}: "
