@@ -162,6 +162,7 @@ def test_save_hf_writes_a_folder_from_pretrained_opens(folders, name, tmp_path):
         save_hf(model, out)
 
 
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 def test_save_hf_says_why_not(folders, tmp_path):
     task = get_task("hf:" + folders["llama"][0], **OPTS)
     model = task.build_model()
@@ -172,6 +173,8 @@ def test_save_hf_says_why_not(folders, tmp_path):
     with pytest.raises(CondenseError, match="mlp.down_proj.*condense.save"):
         save_hf(model, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+    q = torch.ao.quantization.quantize_dynamic(task.build_model(), {torch.nn.Linear}, dtype=torch.qint8)
+    assert "torch.ao.nn.quantized.dynamic" in why_not_hf(q)  # an int8 "Linear" is named by its module
 
 
 def _cli(capsys, *argv) -> tuple[int, str]:

@@ -36,7 +36,10 @@ def why_not_hf(model: nn.Module) -> str | None:
         if ref is None:
             return f"layer {name!r} ({type(mod).__name__}) is not in the architecture its config describes"
         if type(ref) is not type(mod):
-            return (f"layer {name!r} is a {type(mod).__name__} where the config builds a {type(ref).__name__} "
+            got, want_ = type(mod).__name__, type(ref).__name__
+            if got == want_:  # torch's dynamic int8 Linear is a "Linear" too
+                got, want_ = f"{type(mod).__module__}.{got}", f"{type(ref).__module__}.{want_}"
+            return (f"layer {name!r} is a {got} where the config builds a {want_} "
                     "(a compressed layer type config.json cannot express)")
     if want:
         return f"layer {next(iter(want))!r} of the architecture its config describes is missing"
