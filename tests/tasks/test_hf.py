@@ -107,7 +107,26 @@ def test_decode_through_generate(folders):
 def test_encoder_and_classifier_agreement(folders):
     enc = get_task("hf:" + folders["bert"][0], **OPTS)
     model = enc.build_model()
-    assert enc.metrics(model)["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
+    m = enc.metrics(model)
+    assert m["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
+    # retrieval on docstring pairs, against embeddings computed here from the original model
+    from condense.data.stdlib_docs import retrieval_pairs
+    from condense.tasks.minilm import retrieval_metrics
+
+    pairs, original = retrieval_pairs(16), folders["bert"][1]
+
+    def embed(texts):
+        ids = torch.zeros(len(texts), 32, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(texts):
+            row = list(t.encode("utf-8"))[:32]
+            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+        with torch.no_grad():
+            h = original(input_ids=ids, attention_mask=mask).last_hidden_state  # (n, T, H)
+        return ((h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).numpy()
+
+    want = retrieval_metrics(embed(pairs.queries), embed(pairs.documents))
+    assert m["mrr@10"] == pytest.approx(want["mrr@10"], abs=1e-6) and m["recall@1"] == want["recall@1"]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)

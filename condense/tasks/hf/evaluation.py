@@ -1,7 +1,8 @@
 """Built-in quality for Hugging Face model folders when the user gives no evaluation of their own.
 
 - causal LMs: bits per byte on held-out standard-library text (the tinygpt measure, in any tokenizer's units);
-- encoders: cosine between the model's mean-pooled embeddings and the original model's, on docstring texts;
+- encoders: cosine between the model's mean-pooled embeddings and the original model's, on docstring texts, and
+  the model's own retrieval (MRR@10, recall@1: find each docstring summary's body among all bodies);
 - sequence classifiers: how often the predicted label is the original model's.
 The last two measure agreement with the uncompressed model: a folder carries no labelled data, but any change a
 compression makes shows up there. Every function takes `run(model, batch) -> tensor` (the task's own run), so

@@ -10,19 +10,20 @@ from __future__ import annotations
 import math
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from condense.core.task import Task, to_device
-from condense.data.stdlib_docs import unlabelled_texts
+from condense.data.stdlib_docs import RetrievalSet, retrieval_pairs, unlabelled_texts
 from condense.errors import CondenseError
 from condense.tasks.hf import evaluation as ev
 from condense.tasks.hf.kinds import Kind
 from condense.tasks.hf.loading import FolderInfo, inspect_folder, load_model, load_tokenizer
 from condense.tasks.hf.text import Codec
+from condense.tasks.minilm import retrieval_metrics
 from condense.tasks.tinygpt import model_device, random_windows
 
 PREFIX = "hf:"
@@ -171,13 +172,19 @@ def _causal_task(info: FolderInfo, codec: Codec, T: int, eval_windows: int, trai
 def _agreement_task(info: FolderInfo, codec: Codec, T: int, eval_texts: int, run: Any,
                     common: dict[str, Any]) -> Task:
     @lru_cache(maxsize=1)
-    def texts() -> tuple[str, ...]:  # parsing the stdlib's docstrings takes seconds: only when first needed
-        return unlabelled_texts(eval_texts + CALIBRATION_TEXTS)
+    def pairs() -> RetrievalSet:  # parsing the stdlib's docstrings takes seconds: only when first needed
+        return retrieval_pairs(eval_texts)
+
+    @lru_cache(maxsize=1)
+    def texts() -> tuple[str, ...]:  # other docstrings than the retrieval pairs': compared, then calibration
+        return unlabelled_texts(eval_texts + CALIBRATION_TEXTS, exclude=pairs())
+
+    def batches(items: Sequence[str]) -> list[dict[str, torch.Tensor]]:
+        return [codec.texts_batch(items[i:i + ev.EVAL_BATCH], T) for i in range(0, len(items), ev.EVAL_BATCH)]
 
     @lru_cache(maxsize=1)
     def eval_batches() -> list[dict[str, torch.Tensor]]:
-        return [codec.texts_batch(texts()[i:min(i + ev.EVAL_BATCH, eval_texts)], T)
-                for i in range(0, eval_texts, ev.EVAL_BATCH)]
+        return batches(texts()[:eval_texts])
 
     reference: list[torch.Tensor] = []  # the original model's outputs, computed on first use
 
@@ -190,9 +197,11 @@ def _agreement_task(info: FolderInfo, codec: Codec, T: int, eval_texts: int, run
         if not reference:
             reference.append(outputs(load_model(info, pad_id=codec.pad_id)))
         got = outputs(model)
-        if info.kind is Kind.ENCODER:
-            return ev.embedding_agreement(got, reference[0])
-        return ev.label_agreement(got, reference[0])
+        if info.kind is Kind.CLASSIFIER:
+            return ev.label_agreement(got, reference[0])
+        q = ev.embeddings(model, run, batches(pairs().queries))  # (n, H)
+        d = ev.embeddings(model, run, batches(pairs().documents))  # (n, H)
+        return {**ev.embedding_agreement(got, reference[0]), **retrieval_metrics(q.numpy(), d.numpy())}
 
     def inputs(batch_size: int) -> dict[str, torch.Tensor]:
         return codec.texts_batch([texts()[i % eval_texts] for i in range(batch_size)], T)
