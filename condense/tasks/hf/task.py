@@ -102,7 +102,8 @@ def make_task(path: str, kind: str | None = None, tokenizer: str = "auto", seq_l
         tokenizer: "auto" (the folder's tokenizer when it has one, else byte ids) or "bytes".
         seq_len: tokens per sequence (default 128, or the model's positions when fewer).
         eval_windows: held-out windows scored for bits per byte (causal LMs).
-        eval_texts: docstring texts compared with the original model (encoders, classifiers).
+        eval_texts: docstring texts compared with the original model (encoders, classifiers), and retrieval
+            pairs scored (encoders).
         train_batch_size: sequences per fine-tuning batch (causal LMs).
 
     Example:
@@ -125,8 +126,7 @@ def make_task(path: str, kind: str | None = None, tokenizer: str = "auto", seq_l
     metric, higher = _PRIMARY[info.kind]
     run = partial(run_hf, kind=info.kind)
     common = dict(name=f"hf-{Path(info.path).name}", model=partial(load_model, info, pad_id=codec.pad_id),
-                  primary_metric=metric,
-                  higher_is_better=higher, run=run, batch_sizes=(1, 8),
+                  primary_metric=metric, higher_is_better=higher, run=run, batch_sizes=(1, 8),
                   description=f"Hugging Face {info.architecture} from {info.path} as {info.kind.value}; "
                               f"{codec.describe()}; {metric}",
                   spec={"name": PREFIX + info.path, "options": options},
