@@ -313,3 +313,15 @@ def test_a_masked_lm_folder_is_its_base_encoder(tmp_path):
     batch = task.batch(2)
     with torch.no_grad():
         assert _same(task.run_batch(a, batch), original.bert(**batch).last_hidden_state) <= 1e-6
+
+
+def test_an_artifact_takes_its_folder_by_any_path_and_no_other(folders, tmp_path, monkeypatch, capsys):
+    path = Path(folders["gpt2"][0])
+    task = get_task(f"hf:{path}", **OPTS)
+    condense.save(task.build_model(), tmp_path / "art")
+    monkeypatch.chdir(path.parent)
+    measure = ["measure", "--model", str(tmp_path / "art"), "--batch-sizes", "1", "--repeats", "1", "--no-quality"]
+    rc, err = _cli(capsys, *measure, "--task", f"hf:{path.name}", "--task-option", "seq_len=32")
+    assert rc == 0, err
+    rc, err = _cli(capsys, *measure, "--task", "hf:llama")
+    assert rc == 2 and f"this artifact is for task hf:{path}" in err
