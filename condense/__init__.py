@@ -22,6 +22,8 @@ _LAZY = {
     "Task": "condense.core.task",
     "get_task": "condense.tasks",
     "list_tasks": "condense.tasks",
+    "hf_task": "condense.tasks.hf",
+    "save_hf": "condense.tasks.hf",
     # measurement
     "measure": "condense.measurement.api",
     "MeasureConfig": "condense.measurement.api",

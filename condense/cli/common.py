@@ -151,8 +151,9 @@ def set_overrides(args: argparse.Namespace, *, example: str) -> dict[str, Any]:
 
 # -- shared arguments -------------------------------------------------------------------------------------------
 def add_task_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
-    p.add_argument("--task", required=required, metavar="NAME|MODULE:FACTORY",
-                   help="a built-in task (see `condense tasks`) or module:function returning a condense.Task"
+    p.add_argument("--task", required=required, metavar="NAME|MODULE:FACTORY|hf:PATH",
+                   help="a built-in task (see `condense tasks`), module:function returning a condense.Task, or "
+                   "hf:PATH, a local Hugging Face model folder (config.json + safetensors)"
                    + ("" if required else " (with --model: default the artifact's task; it must match)"))
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the task factory (repeatable), e.g. preset=tiny")
@@ -216,13 +217,10 @@ def _task_label(spec: Any) -> str | None:
 
 def _check_same_task(recorded: Any, task: str) -> None:
     """An artifact loads only into the model of the task it was made from: say which when --task names another."""
-    from condense.tasks import TASKS
-
-    def factory(label: str) -> str:  # a built-in name and its factory path are the same task
-        return TASKS.get(label).factory if label in TASKS else label
+    from condense.tasks import task_key  # a built-in name and its factory path are the same task; so are hf: paths
 
     want, got = _task_label(recorded), task
-    if want and got and factory(want) != factory(got):
+    if want and got and task_key(want) != task_key(got):
         raise CondenseError(f"this artifact is for task {want}; use --task {want} or omit --task")
 
 

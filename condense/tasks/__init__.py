@@ -6,11 +6,14 @@ A task named by a file (an artifact's `condense.json`, a recipe, an export recor
 built-in tasks only, unless the user trusts that file (`--trust-task`, `trust_task=True`), since a `module:factory`
 spec imports that module and calls the factory with the file's options (like Hugging Face's `trust_remote_code`).
 A task the user names directly (`get_task("my_mod:make_task")`, `--task my_mod:make_task`) is their own choice.
+`hf:PATH` names a local Hugging Face model folder (condense.tasks.hf): built in, since the folder is loaded as data
+(config.json + safetensors, never its own code), so a recorded `hf:` spec is rebuilt without trust.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,7 @@ TASKS.register("tinygpt", TaskEntry("condense.tasks.tinygpt:make_task",
 SHIPPED_FACTORIES: frozenset[str] = frozenset({"condense.testing:tiny_task"})
 
 TRUST_HINT = "pass --trust-task (trust_task=True in Python) if you trust it"
+HF_PREFIX = "hf:"  # "hf:PATH": a local Hugging Face model folder, see condense.tasks.hf
 
 
 def list_tasks() -> list[tuple[str, str]]:
@@ -80,8 +84,31 @@ def check_options(fn: Any, options: dict[str, Any], *, what: str) -> None:
         raise CondenseError(f"{what} needs the option {missing[0]!r}; pass --task-option {missing[0]}=VALUE")
 
 
+def task_key(label: str) -> str:
+    """What two task labels must share to name the same task: a built-in name and its factory path agree, and so
+    do two paths of one `hf:` folder.
+
+    Example:
+        >>> task_key("digits") == task_key("condense.tasks.digits:make_task")
+        True
+    """
+    if label.startswith(HF_PREFIX):
+        return HF_PREFIX + os.path.realpath(os.path.expanduser(label[len(HF_PREFIX):]))
+    return TASKS.get(label).factory if label in TASKS else label
+
+
+def _hf_task(path: str, options: dict[str, Any]) -> Task:
+    from condense.tasks.hf import make_task
+
+    if "path" in options:
+        raise CondenseError(f"the folder of task {HF_PREFIX}{path} is given in the name; drop the path option")
+    check_options(make_task, {"path": path, **options}, what=f"task {HF_PREFIX}{path}")
+    return make_task(path, **options)
+
+
 def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
-    """Find a task by built-in name ("minilm"), factory path ("my_mod:make_task"), saved spec dict, or pass-through.
+    """Find a task by built-in name ("minilm"), factory path ("my_mod:make_task"), a Hugging Face model folder
+    ("hf:PATH"), saved spec dict, or pass-through.
 
     Example:
         >>> from condense.tasks import get_task
@@ -97,6 +124,8 @@ def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
             raise CondenseError("a saved task spec needs a 'name' or 'factory'; re-save the artifact with a task")
     if not isinstance(spec, str):
         raise CondenseError(f"a task is a name, a module:function path or a condense.Task, got {type(spec).__name__}")
+    if spec.startswith(HF_PREFIX):
+        return _hf_task(spec[len(HF_PREFIX):], options)
     if ":" in spec:
         fn = _import_factory(spec, what="task factory")
         check_options(fn, options, what=f"task {spec!r}")
@@ -143,7 +172,9 @@ def task_from_spec(spec: Any, options: dict[str, Any] | None = None, *, trust: b
             or not all(isinstance(k, str) for k in {**saved, **(options or {})}):
         raise CondenseError(f"{source} gives task options that are not a mapping of names to values; fix the "
                             "file or give the task yourself with --task NAME")
-    if ":" in name:
+    if name.startswith(HF_PREFIX):
+        pass  # a model folder is data: built in, no code imported
+    elif ":" in name:
         if name not in SHIPPED_FACTORIES and not trust:
             raise CondenseError(f"{source} names the task factory {name!r}, code that condense imports and runs only "
                                 f"when you trust it: {TRUST_HINT}, or give the task yourself with --task")
