@@ -27,6 +27,14 @@ from condense.searching import BudgetNotMet, SearchConfig, search
 from condense.searching.api import rebuild
 
 
+def _finetune(args):
+    """The search's recovery run: --recovery-steps steps at --recovery-lr, cosine, short warm-up (0 steps: none)."""
+    from condense.train.loop import FitConfig
+
+    n = args.recovery_steps
+    return FitConfig(steps=n, lr=args.recovery_lr, schedule="cosine", warmup_steps=min(20, n // 10)) if n else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=40)
@@ -50,8 +58,8 @@ def main() -> None:
     t0 = time.time()
     task = condense.get_task("minilm")
     cfg = SearchConfig(budget=0.01, trials=args.trials, knobs=tuple(args.knobs.split(",")), batch_size=32,
-                       threads=args.threads, timing_repeats=3, timing_min_s=0.5, recovery_steps=args.recovery_steps,
-                       recovery_lr=args.recovery_lr, distill_layers=tuple(int(n) for n in args.distill_layers.split(",")),
+                       threads=args.threads, timing_repeats=3, timing_min_s=0.5, finetune=_finetune(args),
+                       distill_layers=tuple(int(n) for n in args.distill_layers.split(",")),
                        max_prune_ratio=0.6, final_repeats=5, final_min_s=0.5,
                        prune_importance=tuple(args.importance.split(",")), sensitivity=not args.no_sensitivity)
     try:

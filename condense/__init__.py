@@ -22,7 +22,7 @@ _LAZY = {
     "Task": "condense.core.task",
     "get_task": "condense.tasks",
     "list_tasks": "condense.tasks",
-    "hf_task": "condense.tasks.hf",
+    "hf_task": "condense.tasks",
     "save_hf": "condense.tasks.hf",
     # measurement
     "measure": "condense.measurement.api",

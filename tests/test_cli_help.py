@@ -27,7 +27,7 @@ def test_help_lists_every_config_field(command, configs, capsys):
     out = _help(command, capsys)
     for path in configs.values():
         cls = config_class(path)
-        section = out.split(f"{cls.__name__} fields (--set FIELD=VALUE)\n", 1)[1].split("\n\n", 1)[0]
+        section = out.split(f": {cls.__name__} fields (--set FIELD=VALUE)\n", 1)[1].split("\n\n", 1)[0]
         names_ = [line.split(":", 1)[0].strip() for line in section.splitlines()]
         assert names_ == [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
 

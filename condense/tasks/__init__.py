@@ -106,6 +106,18 @@ def _hf_task(path: str, options: dict[str, Any]) -> Task:
     return make_task(path, **options)
 
 
+def hf_task(path: str, **options: Any) -> Task:
+    """The task for the Hugging Face model folder `path`; `options` as `condense.tasks.hf.make_task` takes them
+    (kind, seq_len, ...). The same as `get_task("hf:" + path, **options)`.
+
+    Example:
+        >>> task = hf_task("runs/my-bert", eval_texts=32)  # doctest: +SKIP
+        >>> task.primary_metric
+        'embedding_cosine'
+    """
+    return get_task(HF_PREFIX + str(path), **options)
+
+
 def get_task(spec: str | dict[str, Any] | Task, **options: Any) -> Task:
     """Find a task by built-in name ("minilm"), factory path ("my_mod:make_task"), a Hugging Face model folder
     ("hf:PATH"), saved spec dict, or pass-through.

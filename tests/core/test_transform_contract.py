@@ -74,12 +74,12 @@ EXAMPLES = {
                                                   steps=2, finetune_steps_per_event=1), 0),
     ("prune", "structured"): (gpt_task, lambda: _cfg("condense.prune.structured.StructuredConfig", ratio=0.5), 0),
     ("prune", "layer-drop"): (gpt_task, lambda: _cfg("condense.prune.layers.LayerDropConfig", n_drop=1), 0),
-    ("fine-tune", "task-loss"): (gpt_task, lambda: _cfg("condense.train.finetune.FineTuneConfig", fit=_fit()), 0),
+    ("fine-tune", "task-loss"): (gpt_task, lambda: _cfg("condense.train.finetune.FineTuneConfig", finetune=_fit()), 0),
     ("fuse", "blocks"): (gpt_task, lambda: _cfg("condense.fusion.FuseConfig"), 1e-6),
-    ("distill", "kd"): (gpt_task, lambda: _cfg("condense.distillation.DistillConfig", layers=2, fit=_fit()), 0),
+    ("distill", "kd"): (gpt_task, lambda: _cfg("condense.distillation.DistillConfig", layers=2, finetune=_fit()), 0),
     ("factorize", "svd"): (gpt_task, lambda: _cfg("condense.factorize.FactorizeConfig", rank_ratio=0.5), 0),
     ("early-exit", "confidence"): (cnn_task, lambda: _cfg("condense.early_exit.EarlyExitConfig", threshold=0.9,
-                                                          fit=_fit()), 0),
+                                                          finetune=_fit()), 0),
     ("export", "onnx"): (cnn_task, lambda: _cfg("condense.export.runtime.OnnxRuntimeConfig"), 1e-5),
     ("export", "tflite"): (cnn_task, lambda: _cfg("condense.export.litert_runtime.LiteRtConfig"), 1e-5),
     ("export", "tflite-int8"): (cnn_task, lambda: _cfg("condense.export.litert_runtime.LiteRtInt8Config"), 1e-5),
@@ -122,7 +122,7 @@ def test_the_verbs_record_lineage_too(tmp_path):
     from condense.early_exit import EarlyExitConfig
 
     task = cnn_task()
-    model = condense.early_exit_(task.build_model(), EarlyExitConfig(threshold=0.9, fit=_fit()), task=task)
+    model = condense.early_exit_(task.build_model(), EarlyExitConfig(threshold=0.9, finetune=_fit()), task=task)
     with torch.no_grad():
         want = model(task.inputs)
     back = condense.load(condense.save(model, tmp_path / "ee"), model=cnn_task().build_model())

@@ -13,23 +13,8 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any
 
-from condense.core.task import Task
 from condense.tasks.hf.task import PREFIX, make_task
 from condense.tasks.hf.writeback import save_hf, why_not_hf
 
-__all__ = ["PREFIX", "hf_task", "make_task", "save_hf", "why_not_hf"]
-
-
-def hf_task(path: str, **options: Any) -> Task:
-    """The task for the Hugging Face model folder `path`; `options` as `make_task` takes them (kind, seq_len, ...).
-
-    Example:
-        >>> task = hf_task("runs/my-bert", eval_texts=32)  # doctest: +SKIP
-        >>> task.primary_metric
-        'embedding_cosine'
-    """
-    from condense.tasks import get_task
-
-    return get_task(PREFIX + str(path), **options)
+__all__ = ["PREFIX", "make_task", "save_hf", "why_not_hf"]  # condense.hf_task is condense.tasks.hf_task
