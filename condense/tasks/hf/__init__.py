@@ -13,7 +13,6 @@ Example:
 """
 from __future__ import annotations
 
-
 from condense.tasks.hf.task import PREFIX, make_task
 from condense.tasks.hf.writeback import save_hf, why_not_hf
 
