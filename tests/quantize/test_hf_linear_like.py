@@ -20,7 +20,7 @@ from condense.prune.nm import NMConfig
 from condense.prune.unstructured import UnstructuredConfig
 from condense.quantize import quantize_
 from condense.quantize.dynamic import DynamicInt8Config
-from condense.quantize.weight_only import WeightOnlyConfig, WeightOnlyLinear
+from condense.quantize.weight_only import WeightOnlyConfig, WeightOnlyLinear, WeightOnlyMethod
 
 transformers = pytest.importorskip("transformers")
 from transformers.pytorch_utils import Conv1D  # noqa: E402
@@ -110,6 +110,20 @@ def test_weight_only_group_size_not_dividing_llama_mlp_picks_the_nearest_divisor
     ref, out = _logits(base, IDS), _logits(q, IDS)
     assert (out - ref).abs().max() < 0.1  # 4-bit RTN of a random init: small, bounded logit change
     back = condense.load(condense.save(q, tmp_path / "w"), model=_llama())
+    torch.testing.assert_close(_logits(back, IDS), out, rtol=0, atol=0)
+
+
+def test_gptq_act_order_uses_the_per_layer_group_sizes_and_reloads(tmp_path):
+    base = _llama()
+    cal = [{"input_ids": torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(i))}
+           for i in range(4)]
+    with pytest.warns(UserWarning, match="nearest divisor"):
+        q = quantize_(copy.deepcopy(base), WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=32,
+                                                            act_order=True), calibration=cal)
+    assert q.model.layers[1].mlp.down_proj.group_size == 22
+    out = _logits(q, IDS)
+    assert (out - _logits(base, IDS)).abs().max() < 0.1
+    back = condense.load(condense.save(q, tmp_path / "g"), model=_llama())
     torch.testing.assert_close(_logits(back, IDS), out, rtol=0, atol=0)
 
 
