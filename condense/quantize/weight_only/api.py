@@ -1,7 +1,8 @@
 """Weight-only quantization (RTN or GPTQ) for generative models: `quantize_(model, WeightOnlyConfig(...))`.
 
 Each selected `nn.Linear` (or linear-like layer, e.g. GPT-2's Conv1D, converted first) becomes a
-`WeightOnlyLinear` holding 2/3/4/8-bit packed weights with per-group scales; activations stay float. Decoding a small batch is bound by reading weights, which is what this shrinks.
+`WeightOnlyLinear` holding 2/3/4/8-bit packed weights with per-group scales; activations stay float. Decoding a
+small batch is bound by reading weights, which is what this shrinks.
 The lineage records the layers, so `condense.load` rebuilds the packed modules and the codec fills them.
 
 A group size that does not divide a layer's in_features (Llama's intermediate_size=688 with 32) is replaced, for
