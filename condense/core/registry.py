@@ -80,3 +80,7 @@ class TypeRegistry(Generic[V]):
 
     def __contains__(self, obj_or_type: Any) -> bool:
         return self.find(obj_or_type) is not None
+
+    def types(self) -> tuple[type, ...]:
+        """The registered types, in registration order."""
+        return tuple(self._items)

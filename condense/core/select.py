@@ -20,7 +20,9 @@ def select_modules(model: nn.Module, types: tuple[type, ...], include: tuple[str
         >>> select_modules(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), (nn.Linear,), ("*",), (), what="demo")
         ['0']
     """
-    kinds = "/".join(t.__name__ for t in types)
+    types = tuple(dict.fromkeys(types))
+    present = [t for t in types if any(isinstance(m, t) for m in model.modules())]
+    kinds = "/".join(t.__name__ for t in present or types)  # name the kinds this model has
     candidates = [n for n, m in model.named_modules() if isinstance(m, types) and n]
     if not candidates and isinstance(model, types):
         candidates = [""]  # the model is itself one layer

@@ -5,6 +5,11 @@ With `activation_aware=True` the factors minimise the error of the layer's outpu
 the weight error (see `condense.factorize.svd`). The ranks go to the lineage, so `condense.load` rebuilds the
 factorized architecture before loading the tensors.
 
+Linear-like layers (GPT-2's Conv1D, see `condense.core.linear_like`) are factorized as the Linear they are. Tied
+layers (an lm_head sharing the token embedding's weight) are left out, with a warning and the lineage entry
+"tied_skipped": factorizing one would untie it and add its two factors beside the embedding that still holds
+the full matrix, so the model would grow.
+
 Example:
     >>> import torch
     >>> from torch import nn
@@ -16,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -23,6 +30,7 @@ from condense.core import lineage
 from condense.core.config import check_float, check_int, check_nested, check_patterns, check_positive_int, \
     config
 from condense.core.hooks import run_with_hooks
+from condense.core.linear_like import linear_like_types, linearize_, restore_, tied_weights
 from condense.core.transforms import TransformContext, register_family, apply_, register_transform
 from condense.errors import ConfigError
 from condense.factorize.svd import factor, factorized, layer_inputs, low_rank_module, max_rank, rank_for_ratio, \
@@ -110,9 +118,23 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return model
 
 
-def plan_ranks(model: nn.Module, cfg: FactorizeConfig) -> list[str]:
-    """The selected layer names; raises before anything changes if a fixed rank is too large."""
-    names = select_modules(model, LAYER_TYPES, cfg.include, cfg.exclude, what="FactorizeConfig", verb="factorize")
+def plan_ranks(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext | None = None) -> list[str]:
+    """The selected layer names, tied ones left out (warned and recorded in `ctx` when given); raises before
+    anything changes if a fixed rank is too large or only tied layers are chosen."""
+    types = tuple(dict.fromkeys(LAYER_TYPES + linear_like_types()))
+    names = select_modules(model, types, cfg.include, cfg.exclude, what="FactorizeConfig", verb="factorize")
+    tied = tied_weights(model, names)
+    if tied:
+        pairs = "; ".join(f"{n} with {', '.join(o)}" for n, o in tied.items())
+        if len(tied) == len(names):
+            raise ConfigError(f"FactorizeConfig: every chosen layer shares its weight with another module ({pairs}); "
+                              "factorizing it would untie it and grow the model; choose other layers")
+        names = [n for n in names if n not in tied]
+        if ctx is not None:
+            warnings.warn(f"FactorizeConfig: left out {len(tied)} tied layer(s) ({pairs}): factorizing a shared "
+                          "weight unties it and grows the model (recorded in the lineage as tied_skipped)",
+                          stacklevel=3)
+            ctx.record(tied_skipped=tied)
     modules = dict(model.named_modules())
     if cfg.rank is not None:
         for n in names:
@@ -141,7 +163,8 @@ def factorize_(model: nn.Module, config: FactorizeConfig, *, task: Any = None, c
 
 
 def _factorize(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext) -> nn.Module:
-    names = plan_ranks(model, cfg)
+    names = plan_ranks(model, cfg, ctx)
+    originals = linearize_(model, names)  # Conv1D -> nn.Linear; the ones left dense get their type back below
     modules = dict(model.named_modules())
     grams: dict[str, torch.Tensor] = {}
     if cfg.activation_aware:
@@ -159,6 +182,7 @@ def _factorize(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext) ->
             continue  # this rank would not save anything: keep the layer dense
         model = _set_module(model, n, factorized(layer, a, b))
         ranks[n] = r
+    restore_(model, {n: t for n, t in originals.items() if n not in ranks})
     ctx.record(ranks=ranks)
     if cfg.finetune is not None and cfg.finetune.steps:
         ctx.finetune(model, cfg.finetune, description="fine-tuning after factorization")
@@ -167,6 +191,7 @@ def _factorize(model: nn.Module, cfg: FactorizeConfig, ctx: TransformContext) ->
 
 
 def _replay(model: nn.Module, cfg: FactorizeConfig, details: dict) -> nn.Module:
+    linearize_(model, list(details.get("ranks", {})))
     for n, r in details.get("ranks", {}).items():
         layer = model.get_submodule(n) if n else model
         model = _set_module(model, n, low_rank_module(layer, int(r)))

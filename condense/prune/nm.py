@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from condense.core.config import config, show
+from condense.core.linear_like import restore_
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.prune.importance import score
-from condense.prune.unstructured import apply_masks, check_common, current_mask, finish, replay_masks, select_layers
+from condense.prune.unstructured import apply_masks, check_common, choose_layers, current_mask, finish, replay_masks
 
 
 @config
@@ -96,9 +97,13 @@ def check_layer(name: str, module: nn.Module, m: int) -> None:
 
 def prune_nm(model: nn.Module, cfg: NMConfig, ctx: TransformContext) -> nn.Module:
     """N:M-mask the selected layers (in place); every layer is checked before any is changed."""
-    names = select_layers(model, cfg.include, cfg.exclude, what="NMConfig")
-    for n in names:
-        check_layer(n, model.get_submodule(n), cfg.m)
+    names, originals = choose_layers(model, cfg.include, cfg.exclude, ctx, what="NMConfig")
+    try:
+        for n in names:
+            check_layer(n, model.get_submodule(n), cfg.m)
+    except ConfigError:
+        restore_(model, originals)  # a bad layer leaves the model as it was
+        raise
     scores = score(model, names, ctx, criterion=cfg.criterion, batches=cfg.calibration_batches)
     masks = {}
     for n, s in scores.items():
@@ -106,7 +111,7 @@ def prune_nm(model: nn.Module, cfg: NMConfig, ctx: TransformContext) -> nn.Modul
         old = current_mask(model.get_submodule(n))
         masks[n] = keep if old is None else keep & old
     apply_masks(model, masks)
-    return finish(model, ctx, names, permanent=cfg.permanent, pattern=f"{cfg.n}:{cfg.m}")
+    return finish(model, ctx, names, permanent=cfg.permanent, originals=originals, pattern=f"{cfg.n}:{cfg.m}")
 
 
 # -- registered transforms ----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.prune.importance import score
 from condense.prune.unstructured import (Scope, apply_masks, check_common, check_sparsity, compute_masks,
-                                         current_mask, finish, replay_masks, select_layers)
+                                         choose_layers, current_mask, finish, replay_masks)
 from condense.train.loop import FitConfig, fit
 
 
@@ -140,12 +140,12 @@ def _distilling_loss(task: Any, teacher: nn.Module, ctx: TransformContext, tempe
 
 def prune_gradually(model: nn.Module, cfg: GradualPruneConfig, ctx: TransformContext) -> nn.Module:
     """Alternate pruning to the scheduled sparsity and fine-tuning with masks fixed; then bake the masks."""
-    names = select_layers(model, cfg.include, cfg.exclude, what="GradualPruneConfig")
     task = ctx.task
     tune = cfg.finetune if cfg.finetune is not None and cfg.finetune.steps else None
     if tune is not None and (task is None or task.train_data is None or task.loss is None):
         raise ConfigError("GradualPruneConfig fine-tunes between pruning events, which needs a task with "
                           "train_data and loss (digits has them); pass task=..., or set finetune=None")
+    names, originals = choose_layers(model, cfg.include, cfg.exclude, ctx, what="GradualPruneConfig")
     teacher = None
     if cfg.distill_from_dense and tune is not None:
         teacher = copy.deepcopy(model).eval()
@@ -168,7 +168,7 @@ def prune_gradually(model: nn.Module, cfg: GradualPruneConfig, ctx: TransformCon
                              fit_cfg, description=what)
         history.append({"event": event, "sparsity": round(target, 6),
                         "final_loss": round(losses[-1], 6) if losses else None})
-    return finish(model, ctx, names, permanent=True, history=history)
+    return finish(model, ctx, names, permanent=True, originals=originals, history=history)
 
 
 # -- registered transforms ----------------------------------------------------------------------------------------

@@ -8,7 +8,13 @@ weight decay), the mask is a real buffer that saves and loads, and `make_permane
 and sparse storage see the zeros even before the masks are baked in.
 
 Default layers: every Linear and Conv2d, the classifier / lm_head included (exclude it by name, e.g.
-`exclude=("lm_head",)`); embeddings, norms and biases are never pruned.
+`exclude=("lm_head",)`); embeddings, norms and biases are never pruned. Linear-like layers (GPT-2's Conv1D, see
+`condense.core.linear_like`) are pruned as the Linear they are: converted for scoring and masking (rows are output
+features), and given back in their own layout when the masks are baked.
+
+Tied weights: a layer whose weight is shared with another module (an lm_head tied to the token embedding) is left
+out, with a warning and the lineage entry "tied_skipped": pruning it would zero the same entries of the embedding,
+which the user did not ask for. Untie it first (give it its own Parameter) to prune it.
 
 Example:
     >>> import torch
@@ -23,12 +29,14 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from condense.core.linear_like import linear_like_types, linearize_, restore_, tied_weights
 from condense.core.config import check_float, check_int, check_patterns, config, show
 from condense.core.transforms import TransformContext, apply_, register_transform
 from condense.core.select import select_modules
@@ -117,6 +125,29 @@ def select_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str
                   types: tuple[type, ...] = PRUNABLE) -> list[str]:
     """Names of Linear/Conv2d modules matching an `include` pattern and no `exclude` pattern (both checked)."""
     return select_modules(model, types, include, exclude, what=what, verb="prune", strict_exclude=True)
+
+
+def choose_layers(model: nn.Module, include: tuple[str, ...], exclude: tuple[str, ...], ctx: TransformContext, *,
+                  what: str) -> tuple[list[str], dict[str, type]]:
+    """The layers a pruner works on, ready to mask: Linear, Conv2d and linear-like ones matching the patterns,
+    without tied weights (warned, recorded as "tied_skipped"), linear-like ones turned into `nn.Linear` in place.
+    Returns the names and {name: original type} of the converted layers (for `finish`)."""
+    types = tuple(dict.fromkeys(PRUNABLE + linear_like_types()))
+    names = select_layers(model, include, exclude, what=what, types=types)
+    tied = tied_weights(model, names)
+    if tied:
+        pairs = "; ".join(f"{n} with {', '.join(o)}" for n, o in tied.items())
+        if len(tied) == len(names):
+            raise ConfigError(f"{what}: every chosen layer shares its weight with another module ({pairs}); pruning "
+                              "it would zero the other module's weights too. Untie it first (e.g. "
+                              "model.lm_head.weight = nn.Parameter(model.lm_head.weight.clone())) or choose other "
+                              "layers")
+        warnings.warn(f"{what}: left out {len(tied)} tied layer(s) ({pairs}): pruning a shared weight would zero "
+                      "the other module's weights too (recorded in the lineage as tied_skipped); untie them first "
+                      "to prune them", stacklevel=3)
+        ctx.record(tied_skipped=tied)
+        names = [n for n in names if n not in tied]
+    return names, linearize_(model, names)
 
 
 # -- masks from scores (pure: nothing is changed) ---------------------------------------------------------------
@@ -269,6 +300,7 @@ def replay_masks(model: nn.Module, cfg: object, details: dict) -> nn.Module:
     layers were baked too, so they are baked here as well."""
     layers = list(details["layers"])
     if details.get("masked"):
+        linearize_(model, list(details.get("linearized", [])))
         apply_masks(model, {n: torch.ones_like(model.get_submodule(n).weight, dtype=torch.bool) for n in layers})
     else:
         bake_masks(model, layers)
@@ -281,23 +313,27 @@ def sparsity_of(model: nn.Module, names: list[str]) -> dict[str, float]:
 
 
 def finish(model: nn.Module, ctx: TransformContext, names: list[str], *, permanent: bool,
-           **details: object) -> nn.Module:
-    """Bake (if permanent) and put the layers, masks and sparsity in the transform's lineage details."""
+           originals: dict[str, type] | None = None, **details: object) -> nn.Module:
+    """Bake (if permanent) and put the layers, masks and sparsity in the transform's lineage details; baked layers
+    `choose_layers` converted get their own type back, masked ones stay `nn.Linear` (recorded as "linearized")."""
     if permanent:
         bake_masks(model, names)
+        restore_(model, originals or {})
+    elif originals:
+        details["linearized"] = sorted(originals)
     ctx.record(layers=names, masked=not permanent, sparsity=sparsity_of(model, names), **details)
     return model
 
 
 def prune_unstructured(model: nn.Module, cfg: UnstructuredConfig, ctx: TransformContext) -> nn.Module:
     """Score, compute every mask, then mask (in place); nothing changes if selection or scoring fails."""
-    names = select_layers(model, cfg.include, cfg.exclude, what="UnstructuredConfig")
+    names, originals = choose_layers(model, cfg.include, cfg.exclude, ctx, what="UnstructuredConfig")
     scores = score(model, names, ctx, criterion=cfg.criterion, batches=cfg.calibration_batches)
     prior = {n: m for n in names if (m := current_mask(model.get_submodule(n))) is not None}
     masks = compute_masks(scores, scope=cfg.scope, sparsity=cfg.sparsity, threshold_alpha=cfg.threshold_alpha,
                           prior=prior)
     apply_masks(model, masks)
-    return finish(model, ctx, names, permanent=cfg.permanent)
+    return finish(model, ctx, names, permanent=cfg.permanent, originals=originals)
 
 
 # -- registered transforms ----------------------------------------------------------------------------------------

@@ -2,7 +2,13 @@
 
 Weights are stored int8 (per output channel by default); activations are quantized on the fly per batch, so no
 calibration data is needed. Each `nn.Linear` becomes `torch.ao.nn.quantized.dynamic.Linear`, whose matmul runs
-in the int8 GEMM kernel: a real kernel path, not a simulation.
+in the int8 GEMM kernel: a real kernel path, not a simulation. Linear-like layers (Hugging Face GPT-2's `Conv1D`,
+see `condense.core.linear_like`) are turned into `nn.Linear` first (weight transposed), so they are quantized too.
+
+Tied weights: a selected layer sharing its weight with another module (GPT-2's lm_head and token embedding) is
+quantized like any other, because the output projection is often the largest matmul of a language model; its int8
+copy unties it (the embedding stays float), which a warning says and the lineage records under "tied". Exclude it
+(e.g. `exclude=("lm_head",)`) to keep one shared float matrix.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from torch.ao.nn.quantized import dynamic as nnqd
 
 from condense.core.artifact import CODECS, TensorCodec
 from condense.core.config import check_patterns, config
+from condense.core.linear_like import linear_like_types, linearize_, tied_weights, warn_tied
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.measurement.counts import PARAM_VIEWS
@@ -24,7 +31,7 @@ from condense.core.select import select_modules
 
 @config
 class DynamicInt8Config:
-    """Dynamic int8 quantization of `nn.Linear` layers.
+    """Dynamic int8 quantization of `nn.Linear` and linear-like layers (GPT-2's Conv1D).
 
     Args:
         per_channel: one scale per output channel (more accurate) instead of one per tensor.
@@ -36,7 +43,7 @@ class DynamicInt8Config:
         ['classifier']
     """
 
-    LAYER_TYPES: ClassVar[tuple[type, ...]] = (nn.Linear,)  # what it quantizes (not a field)
+    LAYER_TYPES: ClassVar[tuple[type, ...]] = (nn.Linear,)  # what it quantizes (not a field), with linear-like ones
 
     per_channel: bool = True
     include: tuple[str, ...] = ("*",)
@@ -56,16 +63,25 @@ def _quantize_layers(model: nn.Module, names: list[str], per_channel: bool) -> n
 
 
 def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, ctx: TransformContext) -> nn.Module:
-    """Swap the selected Linears for int8 dynamic ones (in place)."""
-    names = select_modules(model, cfg.LAYER_TYPES, cfg.include, cfg.exclude, what="DynamicInt8Config")
+    """Swap the selected Linears (and linear-like layers, converted first) for int8 dynamic ones (in place)."""
+    names = select_modules(model, cfg.LAYER_TYPES + linear_like_types(), cfg.include, cfg.exclude,
+                           what="DynamicInt8Config")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ConfigError("DynamicInt8Config runs on CPU int8 kernels; move the model to CPU first (model.cpu())")
+    tied = tied_weights(model, names)
+    warn_tied(tied, "DynamicInt8Config")
+    converted = linearize_(model, names)
     model = _quantize_layers(model, names, cfg.per_channel)
     ctx.record(layers=names)
+    if converted:
+        ctx.record(linearized=sorted(converted))
+    if tied:
+        ctx.record(tied=tied)
     return model
 
 
 def _replay(model: nn.Module, cfg: DynamicInt8Config, details: dict) -> nn.Module:
+    linearize_(model, list(details["layers"]))
     return _quantize_layers(model, list(details["layers"]), cfg.per_channel)
 
 

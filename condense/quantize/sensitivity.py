@@ -28,9 +28,12 @@ class LayerSensitivity:
 
 
 def _layers_of(model: nn.Module, cfg: Any) -> list[str]:
+    from condense.core.linear_like import linear_like_types
     from condense.core.select import select_modules
 
     types = getattr(type(cfg), "LAYER_TYPES", (nn.Linear, nn.Conv2d))  # the layers the base config quantizes
+    if nn.Linear in types:  # configs quantizing Linear take linear-like layers (GPT-2's Conv1D) too
+        types = tuple(dict.fromkeys(types + linear_like_types()))
     return select_modules(model, types, tuple(getattr(cfg, "include", ("*",))), tuple(getattr(cfg, "exclude", ())),
                           what=type(cfg).__name__)
 

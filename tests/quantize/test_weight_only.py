@@ -49,11 +49,12 @@ def test_config_round_trips_through_json_and_validates():
         WeightOnlyConfig(scale_dtype="bfloat8")
 
 
-def test_group_size_must_divide_in_features_and_the_model_is_left_untouched():
+def test_a_group_size_not_dividing_in_features_uses_the_nearest_divisor_for_that_layer_and_says_so():
     m = nn.Sequential(nn.Linear(64, 8), nn.Linear(8, 4))
-    with pytest.raises(ConfigError, match=r"does not divide 1's in_features=8; use one of \[-1\]"):
-        quantize_(m, WeightOnlyConfig(group_size=32))
-    assert isinstance(m[0], nn.Linear) and isinstance(m[1], nn.Linear)
+    with pytest.warns(UserWarning, match=r"does not divide the in_features of 1 layer.*1 \(8 in\) -> 8"):
+        m = quantize_(m, WeightOnlyConfig(group_size=32))
+    assert (m[0].group_size, m[1].group_size) == (32, 8)
+    assert lineage(m)["transforms"][-1]["details"]["group_sizes"] == {"1": 8}
 
 
 # -- RTN against a straightforward reference --------------------------------------------------------------------

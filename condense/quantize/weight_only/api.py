@@ -1,24 +1,33 @@
 """Weight-only quantization (RTN or GPTQ) for generative models: `quantize_(model, WeightOnlyConfig(...))`.
 
-Each selected `nn.Linear` becomes a `WeightOnlyLinear` holding 2/3/4/8-bit packed weights with per-group
-scales; activations stay float. Decoding a small batch is bound by reading weights, which is what this shrinks.
+Each selected `nn.Linear` (or linear-like layer, e.g. GPT-2's Conv1D, converted first) becomes a
+`WeightOnlyLinear` holding 2/3/4/8-bit packed weights with per-group scales; activations stay float. Decoding a
+small batch is bound by reading weights, which is what this shrinks.
 The lineage records the layers, so `condense.load` rebuilds the packed modules and the codec fills them.
+
+A group size that does not divide a layer's in_features (Llama's intermediate_size=688 with 32) is replaced, for
+that layer only, by the divisor of in_features nearest to it (688 -> 43): a warning lists those layers and the
+lineage records them under "group_sizes", which replay reads. A tied layer (an lm_head sharing the token
+embedding's weight, quantized only if `exclude` lets it through) gets its own packed copy: the tie is broken, and
+a warning says so.
 """
 from __future__ import annotations
 
 import enum
+import warnings
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from condense.core.linear_like import linear_like_types, linear_weight, linearize_, tied_weights, warn_tied
 from condense.core.config import check_choice, check_float, check_patterns, check_positive_int, config
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.core.select import select_modules
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
 from condense.quantize.weight_only.linear import WeightOnlyLinear
-from condense.quantize.weight_only.rtn import effective_group_size, rtn_quantize
+from condense.quantize.weight_only.rtn import nearest_group_size, rtn_quantize
 
 BITS = (2, 3, 4, 8)
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -33,14 +42,15 @@ class WeightOnlyMethod(enum.Enum):
 
 @config
 class WeightOnlyConfig:
-    """Weight-only quantization of `nn.Linear` layers to packed low-bit integers.
+    """Weight-only quantization of `nn.Linear` (and linear-like) layers to packed low-bit integers.
 
     Args:
         method: RTN (no data) or GPTQ (needs calibration batches: a task or `calibration=`).
         bits: 2, 3, 4 or 8 bits per weight.
-        group_size: input columns sharing one scale/zero point; must divide every chosen layer's in_features;
-            -1 = one group per output channel. Default 32: it divides the widths of common models, including
-            tinygpt's default preset (160 and 640 wide, which 64 and 128 do not divide).
+        group_size: input columns sharing one scale/zero point; -1 = one group per output channel. A layer whose
+            in_features it does not divide uses the nearest divisor instead (warned, recorded in the lineage).
+            Default 32: it divides the widths of common models, including tinygpt's default preset (160 and 640
+            wide, which 64 and 128 do not divide).
         symmetric: symmetric grid (fixed zero point) instead of asymmetric min-max.
         damp: GPTQ dampening, as a fraction of the Hessian's mean diagonal.
         act_order: GPTQ: quantize columns in order of decreasing Hessian diagonal (stores a permutation).
@@ -101,27 +111,49 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, module)
 
 
-def _check_layers(model: nn.Module, names: list[str], cfg: WeightOnlyConfig) -> None:
-    for n in names:  # before any layer changes: a bad group size leaves the model untouched
-        effective_group_size(cfg.group_size, model.get_submodule(n).in_features, layer=n)
+def plan_group_sizes(model: nn.Module, names: list[str], group_size: int) -> dict[str, int]:
+    """{layer: group size} for the layers whose in_features `group_size` does not divide (nearest divisor), warned.
+
+    Example:
+        >>> plan_group_sizes(nn.Sequential(nn.Linear(88, 4), nn.Linear(4, 4)), ["0", "1"], 4)
+        {}
+    """
+    sizes = {}
+    for n in names:
+        in_features = linear_weight(model.get_submodule(n)).shape[1]
+        g = nearest_group_size(group_size, in_features)
+        if g != group_size:
+            sizes[n] = g
+    if sizes:
+        shown = ", ".join(f"{n} ({linear_weight(model.get_submodule(n)).shape[1]} in) -> {g}"
+                          for n, g in list(sizes.items())[:6])
+        warnings.warn(f"WeightOnlyConfig: group_size={group_size} does not divide the in_features of {len(sizes)} "
+                      f"layer(s); each uses the nearest divisor instead: {shown}{' ...' if len(sizes) > 6 else ''} "
+                      "(recorded in the lineage as group_sizes); pick a group_size dividing every layer, or "
+                      "-1 (per channel), to have one size", stacklevel=3)
+    return sizes
 
 
 def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: TransformContext) -> nn.Module:
     """Swap the selected Linears for `WeightOnlyLinear`s quantized by RTN or GPTQ (in place)."""
-    names = select_modules(model, cfg.LAYER_TYPES, cfg.include, cfg.exclude, what="WeightOnlyConfig")
-    _check_layers(model, names, cfg)
+    names = select_modules(model, cfg.LAYER_TYPES + linear_like_types(), cfg.include, cfg.exclude,
+                           what="WeightOnlyConfig")
+    sizes = plan_group_sizes(model, names, cfg.group_size)
+    tied = tied_weights(model, names)
+    warn_tied(tied, "WeightOnlyConfig")
+    converted = linearize_(model, names)
     sdt = SCALE_DTYPES[cfg.scale_dtype]
     if cfg.method is WeightOnlyMethod.RTN:
         for n in names:
             lin = model.get_submodule(n)
-            qw = rtn_quantize(lin.weight, bits=cfg.bits, group_size=cfg.group_size, symmetric=cfg.symmetric,
-                              scale_dtype=sdt)
+            qw = rtn_quantize(lin.weight, bits=cfg.bits, group_size=sizes.get(n, cfg.group_size),
+                              symmetric=cfg.symmetric, scale_dtype=sdt)
             _set(model, n, WeightOnlyLinear.from_quantized(qw, lin.bias))
     else:
         batches = ctx.calibration_batches(cfg.calibration_batches, what="GPTQ (WeightOnlyConfig)")
 
         def quantize_layer(name: str, lin: nn.Linear, hessian: torch.Tensor) -> nn.Module:
-            qw = gptq_quantize(lin.weight, hessian, bits=cfg.bits, group_size=cfg.group_size,
+            qw = gptq_quantize(lin.weight, hessian, bits=cfg.bits, group_size=sizes.get(name, cfg.group_size),
                                symmetric=cfg.symmetric, damp=cfg.damp, act_order=cfg.act_order, scale_dtype=sdt)
             return WeightOnlyLinear.from_quantized(qw, lin.bias)
 
@@ -132,15 +164,21 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
         finally:
             model.train(was_training)
     ctx.record(layers=names, bits=cfg.bits, group_size=cfg.group_size)
+    for key, value in (("group_sizes", sizes), ("linearized", sorted(converted)), ("tied", tied)):
+        if value:
+            ctx.record(**{key: value})
     return model
 
 
 def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
     """Rebuild empty `WeightOnlyLinear`s of the recorded layers' shapes (the codec fills them)."""
     act_order = cfg.method is WeightOnlyMethod.GPTQ and cfg.act_order
+    sizes = details.get("group_sizes", {})
+    linearize_(model, list(details["layers"]))
     for n in details["layers"]:
         lin = model.get_submodule(n)
-        _set(model, n, WeightOnlyLinear(lin.in_features, lin.out_features, bits=cfg.bits, group_size=cfg.group_size,
+        _set(model, n, WeightOnlyLinear(lin.in_features, lin.out_features, bits=cfg.bits,
+                                        group_size=int(sizes.get(n, cfg.group_size)),
                                         bias=lin.bias is not None, act_order=act_order,
                                         scale_dtype=SCALE_DTYPES[cfg.scale_dtype], device=lin.weight.device))
     return model

@@ -65,6 +65,19 @@ def effective_group_size(group_size: int, in_features: int, *, layer: str = "lay
     return group_size
 
 
+def nearest_group_size(group_size: int, in_features: int) -> int:
+    """The divisor of `in_features` closest to `group_size` (the smaller one on a tie); -1 stays per-channel.
+
+    Example:
+        >>> nearest_group_size(32, 88), nearest_group_size(32, 688), nearest_group_size(32, 96)
+        (22, 43, 32)
+    """
+    if group_size == -1 or in_features % group_size == 0:
+        return group_size
+    divisors = [g for g in range(1, in_features + 1) if in_features % g == 0]
+    return min(divisors, key=lambda g: (abs(g - group_size), g))
+
+
 def group_params(w: torch.Tensor, bits: int, *, symmetric: bool = False,
                  scale_dtype: torch.dtype = torch.float16) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point, each (..., 1) in `w`'s dtype, for the rows of `w` (..., group) (see module doc)."""
