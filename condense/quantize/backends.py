@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -117,25 +118,37 @@ def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module
     """Build each candidate from a copy of `model`, time it on `task.batch(batch_size)`, evaluate it.
 
     Returns (rows, built models); a row is {"backend", "p50_ms", "metric", "error"}. The fp32 model is timed too
-    (row "fp32"). A candidate whose build raises a CondenseError gets a row with the error and no timing.
+    (row "fp32"). A candidate that fails (to build, to run the task's batch or to evaluate: a model condense did
+    not write may take inputs a backend cannot) gets a row with the error, no timing, and a warning; the others go on.
     """
     built: dict[str, nn.Module] = {}
     rows: dict[str, dict[str, Any]] = {"fp32": {"backend": "fp32", "p50_ms": None, "metric": None, "error": None}}
+    batch = task.batch(batch_size)
     for name, build in builders.items():
         rows[name] = {"backend": name, "p50_ms": None, "metric": None, "error": None}
         try:
-            built[name] = build(copy.deepcopy(model))
-        except CondenseError as e:
-            rows[name]["error"] = str(e)
+            m = build(copy.deepcopy(model))
+            with torch.inference_mode():
+                task.run_batch(m, batch)  # runs the task's own inputs before it is timed
+            rows[name]["metric"] = task.metrics(m)[task.primary_metric]
+            built[name] = m
+        except Exception as e:  # noqa: BLE001  (one backend failing must not stop the others)
+            rows[name]["error"] = _first_line(e)
+            warnings.warn(f"Int8Config: backend {name!r} skipped: {rows[name]['error']}", stacklevel=2)
     timed = {"fp32": model, **built}
-    batch = task.batch(batch_size)
     with torch.inference_mode():  # interleaved, so load from elsewhere hits every candidate alike
         p50 = interleaved_p50({name: (lambda m=m: task.run_batch(m, batch)) for name, m in timed.items()},
                               rounds=rounds, warmup=2, repeats=3, min_time_s=min_time_s / rounds)
-    for name, m in timed.items():
+    rows["fp32"]["metric"] = task.metrics(model)[task.primary_metric]
+    for name in timed:
         rows[name]["p50_ms"] = round(p50[name] * 1e3, 3)
-        rows[name]["metric"] = task.metrics(m)[task.primary_metric]
     return list(rows.values()), built
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = text if isinstance(e, CondenseError) else f"{type(e).__name__}: {text}"
+    return msg if len(msg) <= limit else msg[:limit - 3] + "..."
 
 
 def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,

@@ -184,3 +184,38 @@ def test_session_tuning_keeps_ort_defaults_unless_clearly_faster(monkeypatch, ga
     best, ms = ort.fastest_session(b"graph", (), rounds=3)
     assert best == kept and len(calls) == 3 * len(ort.SESSION_VARIANTS)
     assert ms == {"defaults": 10.0, "without SkipLayerNormFusion": round(10.0 * (1 - gain), 3)}
+
+
+def test_auto_backend_skips_a_candidate_that_fails_and_says_why(monkeypatch):
+    """A backend that raises (any exception, at build or when it runs the task's batch) is skipped with a warning
+    and its error in the candidates; the others are still measured and one is picked."""
+    from condense.quantize import backends
+
+    real = backends.backend_config
+
+    def flaky(backend, cfg, model):
+        if backend is backends.Backend.ORT:
+            raise RuntimeError("ort cannot take this model\nsecond line")
+        return real(backend, cfg, model)
+
+    def refuses_batches(m):
+        raise TypeError("forward() got an unexpected keyword argument 'input_ids'")
+
+    monkeypatch.setattr(backends, "backend_config", flaky)
+    real_apply = backends._apply
+
+    def apply_then_break(backend, cfg, model, ctx):
+        out, entry = real_apply(backend, cfg, model, ctx)
+        if backend is backends.Backend.TORCH_STATIC:
+            out.forward = refuses_batches  # builds, then fails on the task's own batch
+        return out, entry
+
+    monkeypatch.setattr(backends, "_apply", apply_then_break)
+    task = condense.get_task("condense.testing:tiny_task")
+    with pytest.warns(UserWarning, match="backend 'ort' skipped: RuntimeError: ort cannot take this model"):
+        q = condense.quantize_(task.build_model(), Int8Config(min_time_s=0.2, tolerance=0.05), task=task)
+    d = lineage(q)["transforms"][-1]["details"]
+    rows = {r["backend"]: r for r in d["candidates"]}
+    assert rows["ort"]["error"] == "RuntimeError: ort cannot take this model" and rows["ort"]["p50_ms"] is None
+    assert rows["torch-static"]["error"].startswith("TypeError: forward() got an unexpected keyword")
+    assert d["backend"] == "torch" and rows["torch"]["error"] is None and rows["torch"]["p50_ms"] > 0
