@@ -29,12 +29,12 @@ from condense.core.config import MAX_COUNT, check_choice, check_int, check_neste
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
+from condense.prune.block_lists import BLOCK_LIST_NAMES, drop_blocks_, find_block_list  # noqa: F401  (re-exported)
 from condense.prune.importance import criteria, criterion, needs_data, register_importance
 from condense.train.loop import FitConfig
 
 CRITERIA = ("importance", "output", "subset", "last")  # the built-in criteria; any "blocks" criterion is accepted
 MAX_SUBSETS = 256  # "subset" tries every set of kept blocks up to this many, else removes greedily
-BLOCK_LIST_NAMES = ("layers", "blocks", "layer", "h")  # ModuleLists found without `container=`
 
 
 @config
@@ -88,24 +88,6 @@ class LayerDropConfig:
                               "e.g. container='blocks'")
         check_positive_int(self, "calibration_batches", example=4)
         check_nested(self, "finetune", FitConfig, optional=True)
-
-
-def find_block_list(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """(name, module) of the block list to drop from: `name`, else the one ModuleList called layers/blocks."""
-    modules = dict(model.named_modules())
-    if name is not None:
-        m = modules.get(name)
-        if not isinstance(m, (nn.ModuleList, nn.Sequential)):
-            lists = [n for n, x in modules.items() if isinstance(x, (nn.ModuleList, nn.Sequential))]
-            raise ConfigError(f"container {name!r} is not a ModuleList or Sequential of the model; choose one of "
-                              f"{lists[:8]}")
-        return name, m
-    found = [n for n, m in modules.items() if isinstance(m, nn.ModuleList) and n.split(".")[-1] in BLOCK_LIST_NAMES]
-    if len(found) != 1:
-        lists = [n for n, x in modules.items() if isinstance(x, (nn.ModuleList, nn.Sequential))]
-        raise ConfigError(f"found {len(found)} block lists named {list(BLOCK_LIST_NAMES)} ({found}); pass "
-                          f"container=... naming one of {lists[:8]}")
-    return found[0], modules[found[0]]
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -210,23 +192,6 @@ def subset_scores(model: nn.Module, blocks: nn.Module, keep: int, candidates: li
         tried = {k: distance(k) for k in options}
     best = min(tried, key=tried.get)
     return list(best), tried[best]
-
-
-def drop_blocks_(model: nn.Module, container: str, keep: list[int]) -> nn.Module:
-    """Keep only blocks `keep` (original indices) of `container`, renumbered from 0; updates a parent config."""
-    name, blocks = find_block_list(model, container)
-    n = len(blocks)
-    if any(i >= n for i in keep):
-        raise ConfigError(f"keep={keep} names blocks past the {n} of {name or 'the model'}; indices are 0..{n - 1}")
-    for i in sorted(set(range(n)) - set(keep), reverse=True):
-        del blocks[i]
-    parent = dict(model.named_modules())[name.rpartition(".")[0]] if name else None
-    cfg = getattr(parent, "config", None)
-    if dataclasses.is_dataclass(cfg):
-        for field in ("num_layers", "n_layer"):
-            if hasattr(cfg, field) and getattr(cfg, field) == n:
-                object.__setattr__(parent, "config", dataclasses.replace(cfg, **{field: len(keep)}))
-    return model
 
 
 # -- criteria: the "blocks" scope of condense.prune.importance ------------------------------------------------------
