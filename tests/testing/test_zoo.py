@@ -87,3 +87,25 @@ def test_a_cell_needing_a_missing_module_is_skipped():
     col = matrix.Column(lambda m, t: m, needs="no_such_module_condense")
     cell = matrix.run_cell(task, matrix.baseline(task, 8), "tiny", "x", col)
     assert (cell.status, cell.reason) == ("skipped", "no_such_module_condense is not installed")
+
+
+def test_bench_models_writes_the_table_between_its_markers(monkeypatch, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import _common
+    import bench_models
+
+    def boom(model, task):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(bench_models, "zoo_task", lambda name, **kw: tiny_task())
+    monkeypatch.setitem(matrix.COLUMNS, "ort-int8", matrix.Column(boom))
+    monkeypatch.setattr(_common, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    bench_models.main(["--rows", "resnet", "--cols", "dynamic-int8,ort-int8", "--rounds", "2", "--threads", "1"])
+    text = (tmp_path / "BENCHMARKS.md").read_text()
+    table = text.split("<!-- bench:models -->")[1].split("<!-- /bench:models -->")[0]
+    row = [line for line in table.splitlines() if line.startswith("| resnet |")]
+    assert len(row) == 1 and "| agreement 1.0000 |" in row[0] and row[0].endswith("| failed: RuntimeError: boom |")
+    assert "Measured: 1 of 2 cells" in table and "load average" in table
