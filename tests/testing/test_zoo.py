@@ -109,3 +109,21 @@ def test_bench_models_writes_the_table_between_its_markers(monkeypatch, tmp_path
     row = [line for line in table.splitlines() if line.startswith("| resnet |")]
     assert len(row) == 1 and "| agreement 1.0000 |" in row[0] and row[0].endswith("| failed: RuntimeError: boom |")
     assert "Measured: 1 of 2 cells" in table and "load average" in table
+
+
+def test_trained_lm_is_cached_by_config_and_steps(tmp_path):
+    import dataclasses
+    import os
+
+    from condense.testing.zoo import SMALL_LM, lm_folder
+
+    spec = dataclasses.replace(SMALL_LM["gpt2"], steps=2, batch_size=2, seq_len=16)
+    first = lm_folder(spec, tmp_path)
+    stamp = os.stat(first / "config.json").st_mtime_ns
+    assert lm_folder(spec, tmp_path) == first and os.stat(first / "config.json").st_mtime_ns == stamp  # not retrained
+    other = lm_folder(dataclasses.replace(spec, steps=3), tmp_path)
+    assert other != first and sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(other / "model.safetensors"))
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # a third training step changed the weights
