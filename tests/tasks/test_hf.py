@@ -109,6 +109,7 @@ def test_encoder_and_classifier_agreement(folders):
     model = enc.build_model()
     m = enc.metrics(model)
     assert m["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert enc.evaluate(model)["embedding_cosine"] == pytest.approx(1.0, abs=1e-6)  # outside no_grad too
     # retrieval on docstring pairs, against embeddings computed here from the original model
     from condense.data.stdlib_docs import retrieval_pairs
     from condense.tasks.minilm import retrieval_metrics

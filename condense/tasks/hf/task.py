@@ -193,6 +193,7 @@ def _agreement_task(info: FolderInfo, codec: Codec, T: int, eval_texts: int, run
             return ev.embeddings(model, run, eval_batches())
         return ev.class_logits(model, run, eval_batches())
 
+    @torch.no_grad()  # callable outside Task.metrics too (a user's own loop, a training callback)
     def evaluate(model: nn.Module) -> dict[str, float]:
         if not reference:
             reference.append(outputs(load_model(info, pad_id=codec.pad_id)))
