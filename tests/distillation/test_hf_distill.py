@@ -34,7 +34,8 @@ def llama(layers: int = 4) -> nn.Module:
 def gpt2() -> nn.Module:
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=V, n_embd=32, n_layer=4, n_head=2,
-                                                                n_positions=64)).eval()
+                                                                n_positions=64, bos_token_id=0,
+                                                                eos_token_id=0)).eval()
 
 
 def bert() -> nn.Module:
@@ -169,3 +170,18 @@ def test_search_distill_knob_check_passes_and_student_runs(build):
     assert student.config.num_hidden_layers == 2
     with torch.no_grad():
         student(**batch)
+
+
+def test_replay_rebuilds_the_gpt2_student_with_renumbered_cache_slots():
+    from condense.distillation.api import _replay  # what condense.load runs from the lineage entry
+
+    student, details = student_from_teacher(gpt2(), DistillConfig(layers=2))
+    rebuilt = _replay(gpt2(), DistillConfig(layers=2), details)
+    assert details["kept"] == [1, 3] and rebuilt.config.n_layer == 2
+    assert [blk.attn.layer_idx for blk in rebuilt.transformer.h] == [0, 1]
+    batch = token_batches(1, 0)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(**batch).logits, student(**batch).logits, rtol=0, atol=1e-6)
+    out = rebuilt.generate(input_ids=torch.tensor([[1, 2]]), max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                           pad_token_id=0)
+    assert out.shape == (1, 5)
