@@ -63,6 +63,9 @@ class Task:
         train_data: zero-argument callable yielding `(inputs, targets)` batches for fine-tuning, where available.
         loss: `loss(model, train_batch) -> scalar` for fine-tuning on `train_data` (e.g. cross-entropy).
         generate: for generative tasks, `generate(model, batch_size, new_tokens) -> tokens generated`.
+        embed: for encoders, `embed(model, inputs) -> (B, H)` sentence embeddings of one batch of inputs (e.g.
+            the mean-pooled last hidden states, which the `hf:` task sets for Hugging Face encoders); embedding
+            distillation matches the student's to the teacher's. None: not an encoder, or pooled by default.
         skeleton: builds the model's architecture without training or loading weights; `condense.load` uses it
             so loading an artifact never trains. Defaults to `model`.
         batch_sizes: batch sizes timed by default.
@@ -90,6 +93,7 @@ class Task:
     train_data: Callable[[], Iterable[Any]] | None = None
     loss: Callable[[nn.Module, Any], torch.Tensor] | None = None
     generate: Callable[[nn.Module, int, int], int] | None = None
+    embed: Callable[[nn.Module, Any], torch.Tensor] | None = None
     skeleton: Callable[[], nn.Module] | None = None
     batch_sizes: tuple[int, ...] = (1, 32)
     description: str = ""

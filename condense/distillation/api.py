@@ -5,6 +5,18 @@ distillation (token-level for LMs) plus the task loss when batches carry labels,
 states; sentence encoders (no labels, no logits) get embedding distillation on unlabelled text. Training runs in
 the shared loop (`condense.train.loop.fit`). In a pipeline the incoming model is the teacher and the student is
 built from it (`students.student_from_teacher`).
+
+What is read from the models' outputs (`outputs.OUTPUT_READERS`, by output type): a tensor, a tuple's first item,
+or a Hugging Face `ModelOutput`'s `.logits`, else its `.last_hidden_state` (an encoder). Per-layer hidden states
+come from forward hooks on the blocks (any model with a block list). Encoders other than condense's own get
+embedding distillation through their task's `Task.embed` (the `hf:` task sets it for Hugging Face encoders), by
+default the mean-pooled last hidden states (`outputs.default_embed`).
+
+Batch convention (`outputs.split_batch`): a training batch that is a 2-item tuple or list ending in a tensor is
+`(inputs, target)`; only `inputs` is run, through the task's `run` or `condense.core.task.run_batch` (a dict ->
+keywords, a tuple of tensors -> positional, else one input). An integer target adds the cross-entropy task loss
+(weighted 1 - alpha); a float target adds the task's `loss` on the whole batch when the task has one, else it is
+not used (warned). Every other batch is all inputs: pass positional input pairs as a dict or a 1-item tuple.
 """
 from __future__ import annotations
 
@@ -16,7 +28,9 @@ from torch import nn
 from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_int, check_nested, config, \
     config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext, apply_, register_family, register_transform
+from condense.distillation.hf_blocks import renumber_blocks_
 from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
+from condense.distillation.outputs import HIDDEN, default_embed, logits_of, read_output, split_batch
 from condense.distillation.students import build_student, paired_layers
 from condense.errors import CondenseError, ConfigError
 from condense.prune.layers import CRITERIA
@@ -30,6 +44,10 @@ LAYER_CRITERIA = ("spread",) + CRITERIA
 @config
 class DistillConfig:
     """How to build a student and distil the teacher into it.
+
+    Training batches follow the module's convention: `(inputs, target)` pairs (the second item a tensor: integer
+    labels or a float target) feed only `inputs` to the models (dict -> keywords, via `run_batch`); any other batch
+    is all inputs. Outputs may be tensors, tuples or Hugging Face `ModelOutput`s (logits, else hidden states).
 
     Args:
         layers: teacher blocks the student keeps: a number (chosen by `layer_criterion`) or exact indices;
@@ -45,7 +63,9 @@ class DistillConfig:
             language model T=1 (its actual next-token distribution) did better than T=2 in bench/bench_distill.py.
         alpha: weight of the distillation term in [0, 1]; 1 - alpha weighs the task loss on labelled batches.
         finetune: the student's training run (steps, lr, schedule, ...; `fit` is its deprecated old name).
-        loss: "logits", "embedding" (sentence encoders), or "auto" (embedding for encoders, else logits).
+        loss: "logits", "embedding" (sentence encoders: condense's own, a task with `Task.embed`, or any model
+            whose output has hidden states and no logits, mean-pooled), or "auto" (embedding for encoders, else
+            logits).
         hidden_weight: weight of per-layer hidden-state distillation (learned projection when widths differ);
             for encoders, of the last hidden states over tokens.
         attention_weight: weight of attention-map distillation (encoders: the last layer's maps).
@@ -110,27 +130,17 @@ def _is_encoder(model: nn.Module) -> bool:
     return hasattr(model, "tokenize") and model in TOKEN_ENCODERS
 
 
-def _logits(out: Any) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if not isinstance(out, torch.Tensor):
-        raise CondenseError(f"logit distillation needs a model returning logits, got {type(out).__name__}")
-    return out
-
-
-def _split(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    """(inputs, integer targets or None): labelled batches are (x, y) with integer y."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
-            and not batch[1].is_floating_point():
-        return batch[0], batch[1]
-    return batch, None
-
-
 def _first_batch(data: Callable[[], Iterable[Any]] | Iterable[Any]) -> Any:
     src = data() if callable(data) else data
     for b in src:
         return b
     raise ConfigError("the distillation data yielded no batches; pass data=[batches] or a task with train_data")
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):  # a block returns its hidden states, alone or first in a tuple
+        out = out[0]
+    return out
 
 
 def _block_outputs(model: nn.Module, container: str | None) -> tuple[list[torch.Tensor], list]:
@@ -142,7 +152,7 @@ def _block_outputs(model: nn.Module, container: str | None) -> tuple[list[torch.
 
     def hook(i: int) -> Callable:
         def post(m: nn.Module, args: tuple, out: Any) -> None:
-            store[i] = _logits(out)
+            store[i] = _first_tensor(out)
         return post
 
     return store, [b.register_forward_hook(hook(i)) for i, b in enumerate(blocks)]
@@ -152,14 +162,17 @@ def _distill_logits(teacher: nn.Module, student: nn.Module, cfg: DistillConfig, 
                     ctx: TransformContext, kept: list[int] | None) -> list[float]:
     run = ctx.run_batch
     dev = next(student.parameters()).device
-    first, _ = _split(_first_batch(data))
+    first, _ = split_batch(_first_batch(data))
     with torch.no_grad():
-        t_out, s_out = _logits(run(teacher, first)), _logits(run(student, first))
+        t_out, s_out = logits_of(run(teacher, first)), logits_of(run(student, first))
     if t_out.shape != s_out.shape:
         raise ConfigError(f"teacher and student outputs cannot be matched: teacher gives {tuple(t_out.shape)}, "
                           f"student {tuple(s_out.shape)}; a student must predict the same classes/vocabulary: "
                           "build it from the teacher (student=None, DistillConfig(layers=...)) or give it the "
                           "teacher's output layer")
+    task_loss = getattr(ctx.task, "loss", None)
+    if task_loss is None and _has_float_target(_first_batch(data)):
+        _warn_float_target(ctx)
     projections = nn.ModuleList()
     handles: list = []
     if cfg.hidden_weight:
@@ -173,11 +186,14 @@ def _distill_logits(teacher: nn.Module, student: nn.Module, cfg: DistillConfig, 
                                     for j in range(len(s_store))).to(dev)
 
     def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-        x, y = _split(batch)
+        x, y = split_batch(batch)
         with torch.no_grad():
-            t = _logits(run(teacher, x))
-        s = _logits(run(model, x))
-        loss = logit_kd_loss(s, t, temperature=cfg.temperature, alpha=cfg.alpha, targets=y)
+            t = logits_of(run(teacher, x))
+        s = logits_of(run(model, x))
+        labels = y if y is not None and not y.is_floating_point() else None
+        loss = logit_kd_loss(s, t, temperature=cfg.temperature, alpha=cfg.alpha, targets=labels)
+        if y is not None and labels is None and task_loss is not None:  # a float target: the task scores it
+            loss = cfg.alpha * loss + (1 - cfg.alpha) * task_loss(model, batch)
         if cfg.hidden_weight:
             loss = loss + cfg.hidden_weight * hidden_state_loss(s_store, [t_store[i] for i in pairs], projections)
         return loss
@@ -222,14 +238,14 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    kind = config.loss if config.loss != "auto" else ("embedding" if _is_encoder(teacher) else "logits")
-    if kind == "embedding":
-        if not (_is_encoder(teacher) and _is_encoder(student)):
-            bad = student if _is_encoder(teacher) else teacher
-            raise ConfigError(f"loss='embedding' needs sentence encoders (with .tokenize, and a TokenEncoder "
-                              f"registered for their type) as teacher and student; {type(bad).__name__} is not one: "
-                              f"register it with condense.distillation.losses.TOKEN_ENCODERS.register("
-                              f"{type(bad).__name__})(...), or use loss='logits' for models returning logits")
+    kind = config.loss if config.loss != "auto" else _auto_loss(teacher, data, ctx)
+    if kind == "embedding" and not _is_encoder(teacher):  # any other encoder: through its embedding function
+        _distill_embedding_fn(teacher, student, config, data, ctx)
+    elif kind == "embedding":
+        if not _is_encoder(student):
+            raise ConfigError(f"loss='embedding' with condense's sentence encoder as teacher needs one (with "
+                              f".tokenize and a registered TokenEncoder) as student too; {type(student).__name__} "
+                              f"is not one: build the student from the teacher (student=None)")
         if teacher.dim != student.dim:
             raise ConfigError(f"teacher and student embeddings cannot be matched: {teacher.dim} vs {student.dim} "
                               "dimensions; keep the hidden size (narrow only heads/FFN: width_target='ffn')")
@@ -239,6 +255,64 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
     else:
         _distill_logits(teacher, student, config, data, ctx, kept)
     return student.eval()
+
+
+def _auto_loss(teacher: nn.Module, data: Any, ctx: TransformContext) -> str:
+    """"embedding" for encoders (condense's own, a task declaring `embed`, or an output of hidden states only)."""
+    if _is_encoder(teacher) or getattr(ctx.task, "embed", None) is not None:
+        return "embedding"
+    x, _ = split_batch(_first_batch(data))
+    with torch.no_grad():
+        return "embedding" if read_output(ctx.run_batch(teacher, x)).kind == HIDDEN else "logits"
+
+
+def _embedding_fn(ctx: TransformContext) -> Callable[[nn.Module, Any], torch.Tensor]:
+    return getattr(ctx.task, "embed", None) or default_embed(ctx.run_batch)
+
+
+def _distill_embedding_fn(teacher: nn.Module, student: nn.Module, cfg: DistillConfig, data: Any,
+                          ctx: TransformContext) -> list[float]:
+    """Embedding distillation of any encoder: 1 - cosine between the student's and teacher's embeddings (the task's
+    `embed`, else mean-pooled last hidden states), plus KL between their in-batch similarity rankings (as
+    `losses.embedding_distillation_loss`, temperature 0.05)."""
+    import torch.nn.functional as F
+
+    embed = _embedding_fn(ctx)
+    x, _ = split_batch(_first_batch(data))
+    with torch.no_grad():
+        t_dim, s_dim = embed(teacher, x).shape[-1], embed(student, x).shape[-1]
+    if t_dim != s_dim:
+        raise ConfigError(f"teacher and student embeddings cannot be matched: {t_dim} vs {s_dim} dimensions; keep "
+                          "the hidden size (narrow only heads/FFN: width_target='ffn')")
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        inputs, _ = split_batch(batch)
+        with torch.no_grad():
+            t = F.normalize(embed(teacher, inputs).float(), dim=-1)  # (B, H)
+        s = F.normalize(embed(model, inputs).float(), dim=-1)
+        loss = (1 - (s * t).sum(-1)).mean()
+        if len(t) > 2:
+            off = ~torch.eye(len(t), dtype=torch.bool, device=t.device)  # a text's similarity to itself says nothing
+            t_rel, s_rel = (t @ t.T)[off].view(len(t), -1) / 0.05, (s @ s.T)[off].view(len(s), -1) / 0.05
+            loss = loss + F.kl_div(s_rel.log_softmax(-1), t_rel.log_softmax(-1), log_target=True,
+                                   reduction="batchmean")
+        return loss
+
+    return fit(student, data, loss_fn, cfg.finetune, description="embedding distillation")
+
+
+def _has_float_target(batch: Any) -> bool:
+    _, y = split_batch(batch)
+    return y is not None and y.is_floating_point()
+
+
+def _warn_float_target(ctx: TransformContext) -> None:
+    import warnings
+
+    msg = ("distillation batches carry float targets and the task has no `loss` to score them: the student learns "
+           "from the teacher's outputs only (give the task a loss(model, batch) to add the target's term)")
+    warnings.warn(msg, stacklevel=3)
+    ctx.record(float_targets_unused=True)
 
 
 def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -> nn.Module:
@@ -255,10 +329,13 @@ def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -
 
 
 def _replay(model: nn.Module, cfg: DistillConfig, details: dict) -> nn.Module:
-    from condense.prune.layers import drop_blocks_
+    from condense.prune.layers import drop_blocks_, find_block_list
 
     if details.get("kept") is not None:
-        drop_blocks_(model, details["container"], list(details["kept"]))
+        n = details.get("n_before") or len(find_block_list(model, details["container"])[1])
+        _, blocks = find_block_list(drop_blocks_(model, details["container"], list(details["kept"])),
+                                    details["container"])
+        renumber_blocks_(model, blocks, list(details["kept"]), n)
     width = details.get("width")  # the narrowing StructuredConfig it applied (artifacts from before: its own entry)
     if width:
         sub = config_from_dict(width["config"])

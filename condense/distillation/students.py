@@ -14,6 +14,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.transforms import TransformContext, run_transform
+from condense.distillation.hf_blocks import renumber_blocks_
 from condense.errors import ConfigError
 
 
@@ -67,6 +68,8 @@ def build_student(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = N
     from condense.prune.structured import StructuredConfig
 
     student = copy.deepcopy(teacher)
+    for p in student.parameters():  # a teacher distilled before is frozen; its copy is a student to train
+        p.requires_grad_(True)
     details: dict[str, Any] = {"container": None, "kept": None, "n_before": None}
     if cfg.layers is not None:
         name, blocks = find_block_list(student, cfg.container)
@@ -77,7 +80,9 @@ def build_student(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = N
             drop = LayerDropConfig(n_drop=len(blocks) - len(keep), criterion=cfg.layer_criterion, container=name)
             _, keep, _ = plan_layer_drop(teacher, drop, ctx)
         details = {"container": name, "kept": keep, "n_before": len(blocks)}
+        n_before = len(blocks)
         drop_blocks_(student, name, keep)
+        renumber_blocks_(student, find_block_list(student, name)[1], keep, n_before)  # HF config, cache indices
     if cfg.width_ratio < 1:
         width = StructuredConfig(ratio=1 - cfg.width_ratio, target=cfg.width_target)
         student, d = run_transform(student, width, ctx.child() if ctx is not None else TransformContext())

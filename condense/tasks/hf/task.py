@@ -215,7 +215,10 @@ def _agreement_task(info: FolderInfo, codec: Codec, T: int, eval_texts: int, run
         """Mean-pooled sentence embeddings (B, H) of one batch: what embedding distillation matches."""
         return ev.mean_pool(run(model, batch), batch["attention_mask"])
 
-    task = Task(inputs=inputs, evaluate=evaluate, calibration_data=calibration_data, **common)
-    if info.kind is Kind.ENCODER:
+    encoder = info.kind is Kind.ENCODER
+    # encoders: unlabelled text batches to distil a student on (embedding distillation needs no labels)
+    task = Task(inputs=inputs, evaluate=evaluate, calibration_data=calibration_data, embed=embed if encoder else None,
+                train_data=calibration_data if encoder else None, **common)
+    if encoder:
         task.extras["embed"] = embed
     return task
