@@ -28,11 +28,10 @@ from torch import nn
 from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_int, check_nested, config, \
     config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext, apply_, register_family, register_transform
-from condense.distillation.hf_blocks import renumber_blocks_
 from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
 from condense.distillation.outputs import HIDDEN, default_embed, logits_of, read_output, split_batch
 from condense.distillation.students import build_student, paired_layers
-from condense.errors import CondenseError, ConfigError
+from condense.errors import ConfigError
 from condense.prune.layers import CRITERIA
 from condense.train.loop import FitConfig, fit
 
@@ -329,13 +328,10 @@ def _distill_step(model: nn.Module, cfg: DistillConfig, ctx: TransformContext) -
 
 
 def _replay(model: nn.Module, cfg: DistillConfig, details: dict) -> nn.Module:
-    from condense.prune.layers import drop_blocks_, find_block_list
+    from condense.prune.layers import drop_blocks_
 
-    if details.get("kept") is not None:
-        n = details.get("n_before") or len(find_block_list(model, details["container"])[1])
-        _, blocks = find_block_list(drop_blocks_(model, details["container"], list(details["kept"])),
-                                    details["container"])
-        renumber_blocks_(model, blocks, list(details["kept"]), n)
+    if details.get("kept") is not None:  # drop_blocks_ also renumbers HF cache slots and the config's layer count
+        drop_blocks_(model, details["container"], list(details["kept"]))
     width = details.get("width")  # the narrowing StructuredConfig it applied (artifacts from before: its own entry)
     if width:
         sub = config_from_dict(width["config"])

@@ -14,7 +14,6 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.transforms import TransformContext, run_transform
-from condense.distillation.hf_blocks import renumber_blocks_
 from condense.errors import ConfigError
 
 
@@ -80,9 +79,7 @@ def build_student(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = N
             drop = LayerDropConfig(n_drop=len(blocks) - len(keep), criterion=cfg.layer_criterion, container=name)
             _, keep, _ = plan_layer_drop(teacher, drop, ctx)
         details = {"container": name, "kept": keep, "n_before": len(blocks)}
-        n_before = len(blocks)
-        drop_blocks_(student, name, keep)
-        renumber_blocks_(student, find_block_list(student, name)[1], keep, n_before)  # HF config, cache indices
+        drop_blocks_(student, name, keep)  # also renumbers HF cache slots and the config's layer count
     if cfg.width_ratio < 1:
         width = StructuredConfig(ratio=1 - cfg.width_ratio, target=cfg.width_target)
         student, d = run_transform(student, width, ctx.child() if ctx is not None else TransformContext())
