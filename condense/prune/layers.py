@@ -29,6 +29,7 @@ from condense.core.config import MAX_COUNT, check_choice, check_int, check_neste
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
+from condense.prune.block_adapters import Dropped, adapt_after_drop
 from condense.prune.importance import criteria, criterion, needs_data, register_importance
 from condense.train.loop import FitConfig
 
@@ -52,7 +53,7 @@ class LayerDropConfig:
             for the evenly spread (1, 3, 5) (`python bench/bench_distill.py --part minilm
             --minilm-layer-criterion subset|spread` reports it before distilling).
         container: module name of the block list (e.g. "bert.layers"); default: the one ModuleList called
-            layers/blocks. A Sequential ("" for the model itself) may lose only blocks whose output shape
+            layers/blocks/layer/h, else the largest ModuleList of two or more blocks of one class (any model). A Sequential ("" for the model itself) may lose only blocks whose output shape
             equals their input shape, checked on calibration data.
         calibration_batches: batches used to score blocks and check shapes.
         finetune: recovery training afterwards (see `condense.prune.recover`); None = none.
@@ -90,8 +91,17 @@ class LayerDropConfig:
         check_nested(self, "finetune", FitConfig, optional=True)
 
 
+def block_lists(model: nn.Module) -> list[str]:
+    """Names of the ModuleLists that look like block lists: at least two children, all of one class; the largest
+    (by parameter count) first."""
+    found = [(sum(p.numel() for p in m.parameters()), n) for n, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) >= 2 and len({type(c) for c in m}) == 1]
+    return [n for _, n in sorted(found, key=lambda x: -x[0])]
+
+
 def find_block_list(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """(name, module) of the block list to drop from: `name`, else the one ModuleList called layers/blocks."""
+    """(name, module) of the block list to drop from: `name`, else the one ModuleList called layers/blocks/layer/h,
+    else (found by structure) the largest ModuleList whose children are all of one class."""
     modules = dict(model.named_modules())
     if name is not None:
         m = modules.get(name)
@@ -101,11 +111,15 @@ def find_block_list(model: nn.Module, name: str | None = None) -> tuple[str, nn.
                               f"{lists[:8]}")
         return name, m
     found = [n for n, m in modules.items() if isinstance(m, nn.ModuleList) and n.split(".")[-1] in BLOCK_LIST_NAMES]
-    if len(found) != 1:
-        lists = [n for n, x in modules.items() if isinstance(x, (nn.ModuleList, nn.Sequential))]
-        raise ConfigError(f"found {len(found)} block lists named {list(BLOCK_LIST_NAMES)} ({found}); pass "
-                          f"container=... naming one of {lists[:8]}")
-    return found[0], modules[found[0]]
+    if len(found) == 1:
+        return found[0], modules[found[0]]
+    by_structure = block_lists(model)
+    if by_structure:
+        return by_structure[0], modules[by_structure[0]]
+    lists = [n for n, x in modules.items() if isinstance(x, (nn.ModuleList, nn.Sequential))]
+    raise ConfigError(f"found no block list in {type(model).__name__} (a ModuleList of two or more blocks of one "
+                      f"class; {len(found)} named {list(BLOCK_LIST_NAMES)}: {found}); pass container=... naming one "
+                      f"of {lists[:8]}")
 
 
 def _first_tensor(x: Any) -> torch.Tensor | None:
@@ -220,12 +234,7 @@ def drop_blocks_(model: nn.Module, container: str, keep: list[int]) -> nn.Module
         raise ConfigError(f"keep={keep} names blocks past the {n} of {name or 'the model'}; indices are 0..{n - 1}")
     for i in sorted(set(range(n)) - set(keep), reverse=True):
         del blocks[i]
-    parent = dict(model.named_modules())[name.rpartition(".")[0]] if name else None
-    cfg = getattr(parent, "config", None)
-    if dataclasses.is_dataclass(cfg):
-        for field in ("num_layers", "n_layer"):
-            if hasattr(cfg, field) and getattr(cfg, field) == n:
-                object.__setattr__(parent, "config", dataclasses.replace(cfg, **{field: len(keep)}))
+    adapt_after_drop(Dropped(model, blocks, name, list(keep), n))  # configs, cache indices (condense, HF)
     return model
 
 
