@@ -86,3 +86,23 @@ def test_bert_classifier_threshold_one_is_the_model():
         torch.testing.assert_close(wrapped(**batch).logits, ref, rtol=0, atol=1e-6)
         wrapped.threshold = 0.0
         torch.testing.assert_close(wrapped(**batch).logits, wrapped.all_exits(batch)[0], rtol=0, atol=1e-6)
+
+
+def test_search_offers_early_exit_where_it_applies(tmp_path):
+    """`condense search` checks (by building the exit heads) that early exit applies to an hf: causal LM; a bare
+    encoder without an output head is refused with the reason."""
+    from condense.errors import ConfigError
+    from condense.early_exit.model import with_exits
+    from condense.searching.config import SearchConfig
+    from condense.searching.knobs import select_knobs
+    from condense.tasks import hf_task
+
+    _llama().save_pretrained(tmp_path / "llama")
+    task = hf_task(str(tmp_path / "llama"), eval_windows=2, eval_texts=8, seq_len=16)
+    knobs, skipped = select_knobs(("early_exit",), model=task.build_model(), task=task, cfg=SearchConfig())
+    assert [k.name for k in knobs] == ["early_exit"] and not skipped
+    bare = transformers.BertModel(transformers.BertConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=256,
+        max_position_embeddings=64))
+    with pytest.raises(ConfigError, match="output head"):
+        with_exits(bare, None, 0.9, "max_prob")

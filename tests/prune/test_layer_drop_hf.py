@@ -1,5 +1,7 @@
 """Layer drop on Hugging Face causal LMs (tiny configs, offline): blocks found by structure, config and KV-cache
 indices renumbered, generate() works, and the artifact replays the same drop."""
+import math
+
 import pytest
 import torch
 
@@ -85,3 +87,17 @@ def test_block_list_found_by_structure_not_name():
             return self.heads[0](h)
 
     assert find_block_list(Net())[0] == "stack"
+
+
+def test_search_probe_finds_layer_drop_applies_to_hf_llama(tmp_path):
+    """The search's probe applies layer drop (n_drop=1) to the hf: task's model and measures it: no error."""
+    from condense.searching.sensitivity import prune_probe
+    from condense.tasks import hf_task
+
+    _llama().save_pretrained(tmp_path / "llama")
+    task = hf_task(str(tmp_path / "llama"), eval_windows=2, eval_texts=8, seq_len=16)
+    model = task.build_model()
+    base = float(task.metrics(model)[task.primary_metric])
+    out = prune_probe(model, task, base, threshold=1.0, per_group=False, max_groups=1)
+    assert out["layer_drop_1"]["error"] is None, out["layer_drop_1"]
+    assert out["layer_drop_1"]["metric"] is not None and math.isfinite(out["layer_drop_1"]["metric"])
