@@ -4,3 +4,4 @@ from condense.early_exit.model import EarlyExitModel, confidence
 from condense.early_exit.sweep import ExitCurve, sweep_thresholds
 
 __all__ = ["early_exit_", "EarlyExitConfig", "EarlyExitModel", "confidence", "sweep_thresholds", "ExitCurve"]
+from condense.early_exit import hf  # noqa: F401,E402  (registers the generic Hugging Face splitter)

@@ -36,9 +36,28 @@ class Split:
     stages: list[nn.Module]
     final: nn.Module
     make_head: Callable[[int, torch.Tensor], nn.Module]  # (stage index, an example hidden state) -> exit head
+    begin: Callable[..., torch.Tensor] | None = None  # the model's call arguments -> stage 0's input (None: the input)
+    select: Callable[[torch.Tensor], None] | None = None  # rows (bool mask) still running: shrink per-call state
+    finish: Callable[[torch.Tensor], Any] | None = None  # logits -> what the model returns (e.g. a ModelOutput)
+    example: Any = None  # an input to size the exit heads with (None: guessed from the first layer)
 
 
 SPLITTERS: TypeRegistry[Callable[[nn.Module], Split]] = TypeRegistry("early-exit splitter")
+GENERIC_SPLITTERS: list[tuple[Callable[[nn.Module], bool], Callable[[nn.Module], Split]]] = []
+
+
+def register_generic_splitter(applies: Callable[[nn.Module], bool]) -> Callable:
+    """Register a splitter for every model `applies(model)` accepts (tried, in order, after the type registry)."""
+    def deco(fn: Callable[[nn.Module], Split]) -> Callable[[nn.Module], Split]:
+        GENERIC_SPLITTERS.append((applies, fn))
+        return fn
+    return deco
+
+
+def find_splitter(model: nn.Module) -> Callable[[nn.Module], Split] | None:
+    """The splitter registered for `model`'s type, else the first generic one that accepts it."""
+    fn = SPLITTERS.find(model)
+    return fn if fn is not None else next((f for ok, f in GENERIC_SPLITTERS if ok(model)), None)
 
 
 class _Fn(nn.Module):
@@ -136,12 +155,12 @@ class EarlyExitModel(nn.Module):
     def __init__(self, backbone: nn.Module, exits: tuple[int, ...] | None = None, *, threshold: float = 0.9,
                  criterion: str = "max_prob", example: Any = None) -> None:
         super().__init__()
-        split = SPLITTERS.find(backbone)
+        split = find_splitter(backbone)
         if split is None:
             raise ConfigError(f"no early-exit splitter is registered for {type(backbone).__name__}: register one "
                               "in the module that defines it, condense.early_exit.model.SPLITTERS.register("
                               f"{type(backbone).__name__})(fn) with fn(model) -> Split (the built-in tasks' DigitsCNN "
-                              "and GPT register theirs)")
+                              "and GPT register theirs; Hugging Face causal LMs and classifiers have a generic one)")
         self.backbone = backbone
         s = self._split
         n = len(s.stages)
@@ -153,7 +172,7 @@ class EarlyExitModel(nn.Module):
         self.threshold = threshold
         self.criterion = criterion
         if example is None:
-            example = _example_input(backbone)
+            example = s.example if s.example is not None else _example_input(backbone)
         hidden = self._hidden_states(example)
         self.heads = nn.ModuleList(s.make_head(i, hidden[i]) for i in exits)
         dev = next(backbone.parameters()).device
@@ -167,7 +186,7 @@ class EarlyExitModel(nn.Module):
         backbone = self._modules["backbone"]
         cached = self.__dict__.get("_split_cache")
         if cached is None or cached[0] != id(backbone):
-            cached = (id(backbone), SPLITTERS.find(backbone)(backbone))
+            cached = (id(backbone), find_splitter(backbone)(backbone))
             self.__dict__["_split_cache"] = cached  # a plain attribute: the stages are the backbone's modules
         return cached[1]
 
@@ -179,9 +198,18 @@ class EarlyExitModel(nn.Module):
     def _final(self) -> nn.Module:
         return self._split.final
 
+    def _begin(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Stage 0's input from the model's call arguments (a dict batch is keyword arguments)."""
+        begin = self._split.begin
+        if begin is None:
+            return args[0]
+        if len(args) == 1 and not kwargs and isinstance(args[0], dict):
+            return begin(**args[0])
+        return begin(*args, **kwargs)
+
     @torch.no_grad()
     def _hidden_states(self, x: Any) -> list[torch.Tensor]:
-        out, h = [], x
+        out, h = [], self._begin((x,), {})
         for stage in self._stages:
             h = stage(h)
             out.append(h)
@@ -197,9 +225,10 @@ class EarlyExitModel(nn.Module):
 
     def all_exits(self, x: Any, *, frozen: bool = False) -> list[torch.Tensor]:
         """Logits of every exit, then of the final head, for every sample (training; `frozen`: backbone no grad)."""
-        outs, h = [], x
         heads = dict(zip(self.exits, self.heads))
         backbone_grad = torch.no_grad() if frozen else contextlib.nullcontext()
+        with backbone_grad:
+            outs, h = [], self._begin((x,), {})
         for i, stage in enumerate(self._stages):
             with backbone_grad:
                 h = stage(h)
@@ -209,13 +238,16 @@ class EarlyExitModel(nn.Module):
             outs.append(self._final(h))
         return outs
 
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.training or args or kwargs:
-            return self.backbone(x, *args, **kwargs)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        split = self._split
+        if self.training or (split.begin is None and (len(args) != 1 or kwargs)):
+            return self.backbone(*args, **kwargs)
+        finish = split.finish or (lambda t: t)
         heads = dict(zip(self.exits, self.heads))
         out: torch.Tensor | None = None
         rows: torch.Tensor | None = None  # original row of each sample still running
-        h, n = x, x.shape[0]
+        h = self._begin(args, kwargs)
+        n = h.shape[0]
         for i, stage in enumerate(self._stages):
             h = stage(h)
             if i not in heads:
@@ -229,20 +261,22 @@ class EarlyExitModel(nn.Module):
             if n_done == 0:
                 continue
             if out is None and n_done == h.shape[0]:
-                return logits  # everyone left here: nothing to assemble
+                return finish(logits)  # everyone left here: nothing to assemble
             if out is None:
                 out = logits.new_empty((n, *logits.shape[1:]))
                 rows = torch.arange(n, device=logits.device)
             out[rows[done]] = logits[done]
             if n_done == h.shape[0]:
-                return out
+                return finish(out)
             rows, h = rows[~done], h[~done]
+            if split.select is not None:
+                split.select(~done)
         logits = self._final(h)
         self.exit_counts[-1] += h.shape[0]
         if out is None:
-            return logits
+            return finish(logits)
         out[rows] = logits
-        return out
+        return finish(out)
 
 
 def _example_input(model: nn.Module) -> torch.Tensor:

@@ -227,7 +227,8 @@ def distill_choices(model: Any, cfg: Any) -> list[int]:
         _, blocks = find_block_list(model)
     except ConfigError:
         raise CondenseError(f"a distilled student keeps some of the teacher's blocks, and {type(model).__name__} has "
-                            f"no block list (one ModuleList named {'/'.join(BLOCK_LIST_NAMES)})") from None
+                            f"no block list (a ModuleList named {'/'.join(BLOCK_LIST_NAMES)}, or of two or more "
+                            "blocks of one class)") from None
     n = len(blocks)
     keep = [k for k in cfg.distill_layers if k < n]
     if not keep:
