@@ -4,8 +4,10 @@ Activations are quantized with scales fixed ahead of time from calibration batch
 int8 in and int8 out and consecutive layers never leave int8. Why FX (`prepare_fx`/`convert_fx`) rather than
 eager mode: FX traces the model's own `forward`, inserts the quantize/dequantize steps and fuses conv-bn-relu by
 itself, so a model needs no `QuantStub` edits, hand-written fusion lists or `FloatFunctional` rewrites. The cost:
-the model must be traceable by `torch.fx`; one that is not (data-dependent control flow, text inputs) gets a
-`CondenseError` that names the techniques that do handle it.
+the model must be traceable by `torch.fx`. Models it cannot trace (Hugging Face models: data-dependent control
+flow, keyword inputs, `ModelOutput`s) and dict batches go to ONNX Runtime's static quantization instead
+(condense/quantize/static_ort.py, which says why that route and not torch's PT2E); lineage records `path`
+("fx" or "onnxruntime") so loading rebuilds the same one.
 
 Saving: quantized modules keep packed weights and python-float scales, so `CODECS` below turn them into plain
 tensors; FX's `*_scale_*`/`*_zero_point_*` attributes are ordinary buffers and are saved as they are. Loading
@@ -29,7 +31,13 @@ from condense.errors import CondenseError, ConfigError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
 from condense.quantize.dynamic import DynamicLinearCodec
+from condense.quantize.static_ort import quantize_static_ort, replay_static_ort
 from condense.core.select import select_modules
+
+
+class _FxTraceError(CondenseError):
+    """torch.fx could not trace the model (the ONNX Runtime path is tried next)."""
+
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -113,7 +121,7 @@ def _convert(model: nn.Module, cfg: StaticInt8Config, activation: Any, float_nam
         try:
             prepared = prepare_fx(model, _qconfig_mapping(cfg, activation, float_names), example_inputs=example)
         except Exception as e:  # torch.fx raises several types (TraceError, TypeError, ...) for untraceable code
-            raise CondenseError(f"StaticInt8Config could not trace {type(model).__name__} with torch.fx ({e}); "
+            raise _FxTraceError(f"StaticInt8Config could not trace {type(model).__name__} with torch.fx ({e}); "
                                 "models with data-dependent control flow need DynamicInt8Config or "
                                 "OrtInt8Config instead") from None
         if calibrate is not None:
@@ -138,9 +146,25 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: Transform
     names = select_modules(model, cfg.LAYER_TYPES, cfg.include, cfg.exclude, what="StaticInt8Config")
     kept_float = [n for n, m in model.named_modules() if isinstance(m, _LAYERS) and n and n not in names]
     batches = ctx.calibration_batches(cfg.calibration_batches, what="StaticInt8Config")
-    example = batch_tensors(batches[0], "StaticInt8Config traces the model on tensor batches, but the calibration "
-                            "batches are {type}; for text models (e.g. minilm) use DynamicInt8Config or "
-                            "OrtInt8Config, which need no traced calibration")
+    fx_error = "dict batches (keyword inputs) are not traced by torch.fx"
+    was_training = model.training
+    if not isinstance(batches[0], dict):
+        example = batch_tensors(batches[0], "StaticInt8Config traces the model on tensor batches, but the "
+                                "calibration batches are {type}; for text models (e.g. minilm) use "
+                                "DynamicInt8Config or OrtInt8Config, which need no traced calibration")
+        try:
+            return _quantize_fx(model, cfg, ctx, names, kept_float, batches, example)
+        except _FxTraceError as e:
+            fx_error = str(e)
+    q, details = quantize_static_ort(model.eval(), cfg, batches, kept_float)
+    model.train(was_training)
+    ctx.record(layers=names, excluded=kept_float, calibration_batches=len(batches), fx_error=fx_error[:500],
+               **details)
+    return q
+
+
+def _quantize_fx(model: nn.Module, cfg: StaticInt8Config, ctx: TransformContext, names: list[str],
+                 kept_float: list[str], batches: list, example: tuple[torch.Tensor, ...]) -> nn.Module:
     was_training = model.training
     model.eval()
 
@@ -158,7 +182,7 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: Transform
         warnings.warn(f"StaticInt8Config: {len(skipped)} layer(s) kept in float because torch's x86 int8 backend "
                       f"has no kernel for them: {skipped[:8]}{' ...' if len(skipped) > 8 else ''}", stacklevel=2)
     lineage.copy_lineage(model, q)
-    ctx.record(layers=names, quantized=quantized, skipped=skipped, excluded=kept_float,
+    ctx.record(path="fx", layers=names, quantized=quantized, skipped=skipped, excluded=kept_float,
                              calibration_batches=len(batches), engine=torch.backends.quantized.engine,
                              example_inputs=[{"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
                                              for t in example])
@@ -167,6 +191,8 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: Transform
 
 def _replay(model: nn.Module, cfg: StaticInt8Config, details: dict) -> nn.Module:
     """Rebuild the converted graph without data: placeholder scales, overwritten by the saved ones."""
+    if details.get("path", "fx") == "onnxruntime":
+        return replay_static_ort(model, details)
     from torch.ao.quantization.observer import MinMaxObserver
 
     example = tuple(torch.zeros(s["shape"], dtype=getattr(torch, s["dtype"])) for s in details["example_inputs"])
