@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -117,24 +118,38 @@ def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module
     """Build each candidate from a copy of `model`, time it on `task.batch(batch_size)`, evaluate it.
 
     Returns (rows, built models); a row is {"backend", "p50_ms", "metric", "error"}. The fp32 model is timed too
-    (row "fp32"). A candidate whose build raises a CondenseError gets a row with the error and no timing.
+    (row "fp32"). A candidate whose build, or whose first run on the batch, raises gets a row with the error (type
+    and message) and no timing, and a warning; `pick` fails only if no candidate is left.
     """
     built: dict[str, nn.Module] = {}
     rows: dict[str, dict[str, Any]] = {"fp32": {"backend": "fp32", "p50_ms": None, "metric": None, "error": None}}
+    batch = task.batch(batch_size)
     for name, build in builders.items():
         rows[name] = {"backend": name, "p50_ms": None, "metric": None, "error": None}
         try:
-            built[name] = build(copy.deepcopy(model))
-        except CondenseError as e:
-            rows[name]["error"] = str(e)
+            m = build(copy.deepcopy(model))
+            with torch.inference_mode():
+                task.run_batch(m, batch)  # a candidate that builds but cannot run the task's batch is skipped too
+            built[name] = m
+        except Exception as e:  # noqa: BLE001  (any backend's failure skips that candidate; recorded and warned)
+            rows[name]["error"] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"Int8Config(backend='auto'): candidate {name!r} skipped: {rows[name]['error'][:300]}",
+                          stacklevel=3)
     timed = {"fp32": model, **built}
-    batch = task.batch(batch_size)
     with torch.inference_mode():  # interleaved, so load from elsewhere hits every candidate alike
         p50 = interleaved_p50({name: (lambda m=m: task.run_batch(m, batch)) for name, m in timed.items()},
                               rounds=rounds, warmup=2, repeats=3, min_time_s=min_time_s / rounds)
     for name, m in timed.items():
         rows[name]["p50_ms"] = round(p50[name] * 1e3, 3)
-        rows[name]["metric"] = task.metrics(m)[task.primary_metric]
+        try:
+            rows[name]["metric"] = task.metrics(m)[task.primary_metric]
+        except Exception as e:  # noqa: BLE001  (the task's evaluate fails on this candidate: skip it, say why)
+            if name == "fp32":
+                raise
+            rows[name]["error"] = f"{type(e).__name__}: {e}"
+            built.pop(name)
+            warnings.warn(f"Int8Config(backend='auto'): candidate {name!r} skipped (evaluation failed): "
+                          f"{rows[name]['error'][:300]}", stacklevel=3)
     return list(rows.values()), built
 
 
