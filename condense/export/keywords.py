@@ -65,6 +65,10 @@ def keyword_parts(model: nn.Module, batch: dict[str, Any]) -> tuple[KeywordGraph
     try:
         with torch.no_grad():
             out = graph.call(*(batch[k] for k in names))
+    except TypeError as e:  # the dict's keys are not the model's keywords
+        raise CondenseError(f"{type(model).__name__} does not take the dict batch's keys {list(names)} as keywords "
+                            f"({e}); pass batches the model takes, or register an ExportAdapter in "
+                            "condense.export.onnx.EXPORT_ADAPTERS that turns them into its inputs") from None
     finally:
         model.train(was)
     fields = output_fields(out)
