@@ -1,7 +1,7 @@
 """Hugging Face models (keyword inputs, ModelOutput returns) through ONNX export, ONNX Runtime and int8.
 
 Tiny configs built offline. Bounds: fp32 ONNX Runtime vs torch within 1e-4 (float32 reordering only); ORT dynamic
-int8 within 0.25 abs on the tiny BERT's last hidden state (LayerNorm-scaled, |values| ~ 1-4), with cosine > 0.99.
+int8 within 0.1 abs on the tiny BERT's last hidden state (LayerNorm-scaled, |values| ~ 1-4), with cosine > 0.99.
 """
 import copy
 import warnings
@@ -103,7 +103,7 @@ def test_bert_ort_int8_stays_within_bound(bert_ort):
     with torch.no_grad():
         ref = model(**batch).last_hidden_state
     got = q(**batch).last_hidden_state
-    assert (got - ref).abs().max() < 0.25
+    assert (got - ref).abs().max() < 0.1  # measured 0.026
     assert torch.nn.functional.cosine_similarity(got.flatten(1), ref.flatten(1)).min() > 0.99
 
 
