@@ -26,9 +26,12 @@ from torch import nn
 from condense.core.registry import Registry, TypeRegistry
 from condense.core.task import batch_tensors
 from condense.errors import CondenseError, ConfigError
+from condense.export.keywords import KeywordGraph, keyword_parts
 from condense.export.session import OrtModule, import_onnxruntime
 
 OPSETS = (17, 18)
+EXPORTER_KEY = "condense.exporter"  # ONNX metadata: which torch exporter wrote the graph ("legacy" or "dynamo")
+OUTPUT_CLASS_KEY = "condense.output_class"  # ONNX metadata: the ModelOutput class the source returned
 
 
 @dataclass
@@ -46,6 +49,7 @@ class ExportSpec:
     to_inputs: Callable[[Any], tuple[torch.Tensor, ...]]
     fusion: dict[str, Any] | None = None
     float_weights: list[np.ndarray] = field(default_factory=list)
+    output_class: str | None = None  # "module:Class" of the transformers ModelOutput the source returned
 
 
 def _batch_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
@@ -55,7 +59,8 @@ def _batch_tensors(batch: Any) -> tuple[torch.Tensor, ...]:
 
 
 class ExportAdapter:
-    """How a model type is exported. The base class: tensors in, one tensor out, batch axis dynamic."""
+    """How a model type is exported. The base class: tensors in (positional, or a dict batch as keywords with its
+    keys as input names), the model's outputs out (a ModelOutput's tensor fields by name), batch axis dynamic."""
 
     def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
              ) -> ExportSpec:
@@ -63,6 +68,8 @@ class ExportAdapter:
         if float_channels:
             raise ConfigError(f"float outlier channels are supported for BERT sentence encoders only, not "
                               f"{type(model).__name__}; set float_channels=0")
+        if isinstance(batch, dict):
+            return keyword_spec(model, batch)
         n = len(_batch_tensors(batch))
         names = ("input",) if n == 1 else tuple(f"input_{i}" for i in range(n))
         axes = {name: {0: "batch"} for name in names}
@@ -73,6 +80,12 @@ class ExportAdapter:
         """Per block, the `k` channels with the largest activations while `run(model)` runs calibration data."""
         raise ConfigError(f"float outlier channels are supported for BERT sentence encoders only, not "
                           f"{type(model).__name__}; set float_channels=0")
+
+
+def keyword_spec(model: nn.Module, batch: dict[str, Any]) -> ExportSpec:
+    """The ExportSpec of a model taking a dict batch as keywords (see condense.export.keywords)."""
+    graph, names, outputs, axes, output_class = keyword_parts(model, batch)
+    return ExportSpec(graph, names, outputs, axes, lambda b: tuple(b[k] for k in names), output_class=output_class)
 
 
 # source module type -> its ExportAdapter (resolved through the MRO; other modules use the base ExportAdapter).
@@ -99,28 +112,101 @@ def check_opset(opset: int) -> int:
 
 
 def onnx_bytes(spec: ExportSpec, inputs: tuple[torch.Tensor, ...], *, opset: int = 17) -> bytes:
-    """Trace `spec.module` on `inputs` and return the serialised ONNX model (weights inline)."""
+    """Trace `spec.module` on `inputs` and return the serialised ONNX model (weights inline).
+
+    The legacy TorchScript exporter is tried first (it writes the graphs ONNX Runtime fuses best); where it cannot
+    export the model (e.g. Hugging Face decoders' mask code: `aten::diff`, vmap), torch's dynamo exporter is used.
+    The graph's metadata records which one wrote it (`condense.exporter`: "legacy" or "dynamo").
+    """
     check_opset(opset)
     import_onnxruntime()  # fail early and clearly, before a long export
     if any(p.device.type != "cpu" for p in spec.module.parameters()):
         raise ConfigError("ONNX export runs on CPU; move the model there first (model.cpu())")
-    buf = io.BytesIO()
     was_training = spec.module.training
     spec.module.eval()
+    errors = {}
     try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes are expected
-            torch.onnx.export(spec.module, inputs, buf, input_names=list(spec.input_names),
-                              output_names=list(spec.output_names), dynamic_axes=spec.dynamic_axes,
-                              opset_version=opset, dynamo=False, do_constant_folding=True)
-    except CondenseError:
-        raise
-    except Exception as e:  # the exporter raises many types; say what to do
-        raise CondenseError(f"torch.onnx.export failed for {type(spec.module).__name__}: {e}; export the float "
-                            "model (before torch int8 quantization), with every layer a standard torch op") from None
+        for exporter in ("legacy", "dynamo"):
+            try:
+                data = _export(spec, inputs, opset, dynamo=exporter == "dynamo")
+                break
+            except CondenseError:
+                raise
+            except Exception as e:  # the exporters raise many types; say what to do
+                errors[exporter] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ''}"
+        else:
+            raise CondenseError(f"torch.onnx.export failed for {type(spec.module).__name__} with both exporters "
+                                f"({errors}); export the float model (before torch int8 quantization), with every "
+                                "layer a standard torch op")
     finally:
         spec.module.train(was_training)
+    meta = {EXPORTER_KEY: exporter, **({OUTPUT_CLASS_KEY: spec.output_class} if spec.output_class else {})}
+    return _with_metadata(data, meta)
+
+
+def _export(spec: ExportSpec, inputs: tuple[torch.Tensor, ...], opset: int, *, dynamo: bool) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_logs():
+        warnings.simplefilter("ignore")  # tracer warnings about python ints from shapes are expected
+        kw: dict[str, Any] = {"dynamo": dynamo, "opset_version": opset, "input_names": list(spec.input_names),
+                              "output_names": list(spec.output_names), "dynamic_axes": spec.dynamic_axes}
+        if dynamo:  # dynamo takes dynamic_shapes (one per positional input); every named axis is dynamic
+            kw.pop("dynamic_axes")
+            kw.update(verbose=False, dynamic_shapes=_dynamic_shapes(spec))
+            prog = torch.onnx.export(spec.module, inputs, **kw)
+            prog.optimize()
+            prog.save(buf, external_data=False) if _takes_external(prog) else prog.save(buf)
+        else:
+            torch.onnx.export(spec.module, inputs, buf, do_constant_folding=True, **kw)
     return buf.getvalue()
+
+
+def _dynamic_shapes(spec: ExportSpec) -> Any:
+    """torch.export's dynamic_shapes for `spec`: the named axes as Dim.DYNAMIC, per positional input (grouped
+    under the parameter's name for a `forward(*tensors)`, as KeywordGraph's)."""
+    import inspect
+
+    shapes = tuple({d: torch.export.Dim.DYNAMIC for d in spec.dynamic_axes.get(n, {})} for n in spec.input_names)
+    params = list(inspect.signature(spec.module.forward).parameters.values())
+    if params and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
+        return {params[0].name: shapes}
+    return shapes
+
+
+def _takes_external(prog: Any) -> bool:
+    import inspect
+
+    return "external_data" in inspect.signature(prog.save).parameters
+
+
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    old = logging.getLogger("torch.onnx").level
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.getLogger("torch.onnx").setLevel(old)
+
+
+def _with_metadata(data: bytes, meta: dict[str, str]) -> bytes:
+    import onnx
+
+    model = onnx.load_from_string(data)
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    return model.SerializeToString()
+
+
+def graph_metadata(data: bytes) -> dict[str, str]:
+    """The ONNX graph's metadata_props as a dict (e.g. `condense.exporter`)."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
 
 
 def parity(model: nn.Module, graph: Any, inputs: tuple[torch.Tensor, ...]) -> dict[str, float]:
@@ -141,6 +227,8 @@ def parity(model: nn.Module, graph: Any, inputs: tuple[torch.Tensor, ...]) -> di
 
 
 def _first(out: Any) -> torch.Tensor:
+    if isinstance(out, dict):  # a ModelOutput: its first field (logits, last_hidden_state)
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -175,8 +263,10 @@ def export_onnx(model: nn.Module, task: Any, path: str | os.PathLike, *, opset: 
     if optimize:
         data, fusions = fuse_transformer(data, spec.fusion)
     atomic_write_bytes(path, data)
-    checks = [parity(model, data, spec.to_inputs(b)) for b in (batch, task.batch(1))]
+    ref = spec.module if isinstance(spec.module, KeywordGraph) else model
+    checks = [parity(ref, data, spec.to_inputs(b)) for b in (batch, task.batch(1))]
     return {"path": str(path), "opset": opset, "bytes": len(data), "inputs": list(spec.input_names),
+            "exporter": graph_metadata(data).get(EXPORTER_KEY),
             "outputs": list(spec.output_names), "fusions": fusions,
             "max_abs_diff": max(c["max_abs_diff"] for c in checks), "cosine": min(c["cosine"] for c in checks),
             "min_cosine": min(c["min_cosine"] for c in checks)}

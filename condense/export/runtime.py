@@ -22,7 +22,8 @@ from condense.core.registry import TypeRegistry
 from condense.core.text import TextEncoderAPI
 from condense.core.transforms import TransformContext, register_family, register_transform
 from condense.errors import CondenseError
-from condense.export.onnx import (check_opset, export_spec, fuse_transformer, onnx_bytes, onnx_macs, onnx_weights,
+from condense.export.keywords import KeywordGraph
+from condense.export.onnx import (EXPORTER_KEY, check_opset, graph_metadata, export_spec, fuse_transformer, onnx_bytes, onnx_macs, onnx_weights,
                                   parity)
 from condense.export.session import (DISABLED_OPTIMIZERS_KEY, OrtModule, disabled_optimizers,  # noqa: F401
                                      import_onnxruntime, make_session, refuse_external_data, session_feeds,
@@ -155,7 +156,8 @@ def build_ort(model: nn.Module, batch: Any, *, opset: int, optimize: bool,
     spec = export_spec(model, batch, float_channels=float_channels)
     inputs = spec.to_inputs(batch)
     data = onnx_bytes(spec, inputs, opset=opset)
-    details: dict[str, Any] = {"opset": opset, "inputs": list(spec.input_names), "fusions": {}}
+    details: dict[str, Any] = {"opset": opset, "inputs": list(spec.input_names), "outputs": list(spec.output_names),
+                               "exporter": graph_metadata(data).get(EXPORTER_KEY), "fusions": {}}
     if optimize:
         fusion = dict(spec.fusion, **fusion_hints) if spec.fusion and fusion_hints else spec.fusion
         data, details["fusions"] = fuse_transformer(data, fusion)
@@ -163,7 +165,8 @@ def build_ort(model: nn.Module, batch: Any, *, opset: int, optimize: bool,
         data, extra = post(data, spec)
         details.update(extra)
     graph = OrtModule(data)
-    details["parity_vs_torch"] = parity(model, graph, inputs)
+    details["parity_vs_torch"] = parity(spec.module if isinstance(spec.module, KeywordGraph) else model, graph,
+                                        inputs)
     details["onnx_bytes"] = len(data)
     new = wrap(model, graph)
     lineage.copy_lineage(model, new)

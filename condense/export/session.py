@@ -149,7 +149,13 @@ def session_feeds(inputs: list[Any], tensors: tuple[torch.Tensor, ...]) -> dict[
 
 
 class OrtModule(nn.Module):
-    """An ONNX model run by ONNX Runtime: `forward(*tensors)` returns torch tensors (one, or a tuple).
+    """An ONNX model run by ONNX Runtime: `forward(*tensors, **named)` returns torch tensors (one, or a tuple).
+
+    Inputs go positionally in the graph's input order or by the graph's input names (a Hugging Face model's
+    `input_ids=..., attention_mask=...`); keywords set to None, True or False that the graph does not take
+    (`use_cache=False`, `return_dict=True`) are ignored. A graph exported from a model returning a transformers
+    `ModelOutput` (metadata `condense.output_class`) returns that class with the graph's named outputs (e.g.
+    `.logits`), without the fields the export dropped (`past_key_values`: no KV cache).
 
     Args:
         data: the serialised ONNX model; None makes an empty module (a skeleton the artifact loader fills).
@@ -167,6 +173,8 @@ class OrtModule(nn.Module):
         self._disabled: tuple[str, ...] = ()
         self._session: Any = None
         self._inputs: list[Any] = []  # the session's input descriptions, read once per session
+        self._outputs: list[str] = []  # the graph's output names
+        self._output_class: str | None = None  # the source's ModelOutput class ("module:Class"), from metadata
         self._threads = 0
         if data is not None:
             self.set_model(data)
@@ -189,22 +197,43 @@ class OrtModule(nn.Module):
         self._threads = torch.get_num_threads()
         self._session = make_session(self.onnx_model, self._threads, self._disabled)
         self._inputs = self._session.get_inputs()
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._output_class = self._session.get_modelmeta().custom_metadata_map.get("condense.output_class")
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Run the graph on `tensors` (positional, in the graph's input order); CPU torch tensors out."""
+    def forward(self, *tensors: torch.Tensor, **named: Any) -> Any:
+        """Run the graph on `tensors` (positional, in the graph's input order) and/or `named` inputs; CPU torch
+        tensors out (or the source's ModelOutput class, see the class doc)."""
         if self._session is None or self._threads != torch.get_num_threads():
             self._open()
+        if named:
+            tensors = self._by_name(tensors, named)
         feeds = session_feeds(self._inputs, tensors)
         try:
             outs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
         except Exception as e:  # onnxruntime's own error types; shapes or dtypes the graph does not accept
             raise CondenseError(f"ONNX Runtime rejected the inputs {[tuple(t.shape) for t in tensors]}: {e}; pass "
                                 "inputs shaped as at export (only axes exported as dynamic may change)") from None
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        from condense.export.keywords import build_output
+
+        return build_output(self._output_class, self._outputs, outs)
+
+    def _by_name(self, tensors: tuple, named: dict[str, Any]) -> tuple:
+        names = [i.name for i in self._inputs]
+        extra = [k for k, v in named.items() if k not in names and not (v is None or isinstance(v, bool))]
+        if extra:
+            raise CondenseError(f"this ONNX graph takes inputs {names}, not {extra}; pass only those (the graph "
+                                "was exported with the inputs of the example batch)")
+        given = dict(zip(names, tensors))
+        given.update({k: v for k, v in named.items() if k in names and v is not None})
+        missing = [n for n in names if n not in given]
+        if missing or len(tensors) > len(names):
+            raise CondenseError(f"this ONNX graph takes inputs {names}; {missing} missing: pass them (by name or in "
+                                "that order)")
+        return tuple(given[n] for n in names)
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle or deep-copy: rebuilt on first use
         state = self.__dict__.copy()
-        state["_session"], state["_inputs"] = None, []
+        state["_session"], state["_inputs"], state["_outputs"], state["_output_class"] = None, [], [], None
         return state
 
     def extra_repr(self) -> str:

@@ -54,6 +54,8 @@ def check_format(fmt: str) -> str:
 
 
 def _as_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, dict):  # a ModelOutput: its first field (logits, last_hidden_state)
+        out = next(v for v in out.values() if isinstance(v, torch.Tensor))
     if isinstance(out, (tuple, list)):
         out = out[0]
     return torch.as_tensor(out).detach().float()
