@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import condense
 from condense.core.lineage import lineage
 from condense.quantize.static import StaticInt8Config
-from condense.quantize.static_ort import OrtStaticModule
+from condense.export.session import OrtModule  # the static int8 graph runs in ONNX Runtime
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
@@ -55,7 +55,7 @@ def test_bert_dict_batches_run_within_bound_of_fp32(quantized):
 
 def test_lineage_names_the_onnxruntime_path(quantized):
     _, q = quantized
-    assert isinstance(q, OrtStaticModule)
+    assert isinstance(q, OrtModule)
     d = lineage(q)["transforms"][-1]["details"]
     assert d["path"] == "onnxruntime" and d["inputs"] == ["input_ids", "attention_mask"]
     assert d["quantized_nodes"] >= 2 * 6  # per layer: q, k, v, attention out, FFN in, FFN out
@@ -78,6 +78,6 @@ def test_digits_like_cnn_keeps_the_fx_path():
                               torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 10)).eval()
     q = condense.quantize_(cnn, StaticInt8Config(), calibration=[torch.randn(8, 1, 8, 8) for _ in range(2)])
     assert lineage(q)["transforms"][-1]["details"]["path"] == "fx"
-    assert not isinstance(q, OrtStaticModule)
+    assert not isinstance(q, OrtModule)
     assert isinstance(q[0] if isinstance(q, torch.nn.Sequential) else q.get_submodule("0"),
                       torch.ao.nn.intrinsic.quantized.ConvReLU2d)
