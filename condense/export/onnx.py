@@ -25,7 +25,7 @@ from torch import nn
 
 from condense.core.registry import Registry, TypeRegistry
 from condense.core.task import batch_tensors
-from condense.errors import CondenseError, ConfigError
+from condense.errors import CondenseError, ConfigError, first_line
 from condense.export.keywords import KeywordGraph, keyword_parts
 from condense.export.session import OrtModule, import_onnxruntime
 
@@ -133,7 +133,7 @@ def onnx_bytes(spec: ExportSpec, inputs: tuple[torch.Tensor, ...], *, opset: int
             except CondenseError:
                 raise
             except Exception as e:  # the exporters raise many types; say what to do
-                errors[exporter] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e) else ''}"
+                errors[exporter] = first_line(e)
         else:
             raise CondenseError(f"torch.onnx.export failed for {type(spec.module).__name__} with both exporters "
                                 f"({errors}); export the float model (before torch int8 quantization), with every "

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from condense.errors import first_line
 from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, follow, lookup
 from condense.prune.tracing import Node, from_fx, from_recording
 
@@ -120,7 +121,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
             raise RuntimeError("fx_first=False")
         nodes = from_fx(model, owners)
     except Exception as e:  # fx raises many error types for untraceable code
-        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        why = first_line(e, 1000)
         if run is not None:
             method = "recorded"
             with torch.no_grad():

@@ -20,7 +20,7 @@ from torch import nn
 
 from condense.core.config import check_float, check_int, config, config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext, register_transform, run_transform
-from condense.errors import CondenseError, ConfigError
+from condense.errors import CondenseError, ConfigError, first_line
 from condense.measurement.timing import interleaved_p50
 
 
@@ -133,7 +133,7 @@ def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module
             rows[name]["metric"] = task.metrics(m)[task.primary_metric]
             built[name] = m
         except Exception as e:  # noqa: BLE001  (one backend failing must not stop the others)
-            rows[name]["error"] = _first_line(e)
+            rows[name]["error"] = first_line(e, typed=not isinstance(e, CondenseError))
             warnings.warn(f"Int8Config: backend {name!r} skipped: {rows[name]['error']}", stacklevel=2)
     timed = {"fp32": model, **built}
     with torch.inference_mode():  # interleaved, so load from elsewhere hits every candidate alike
@@ -143,12 +143,6 @@ def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module
     for name in timed:
         rows[name]["p50_ms"] = round(p50[name] * 1e3, 3)
     return list(rows.values()), built
-
-
-def _first_line(e: BaseException, limit: int = 300) -> str:
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    msg = text if isinstance(e, CondenseError) else f"{type(e).__name__}: {text}"
-    return msg if len(msg) <= limit else msg[:limit - 3] + "..."
 
 
 def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,

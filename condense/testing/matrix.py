@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from condense.core.task import Task
+from condense.errors import first_line
 
 SHORT = 8  # fine-tuning steps of the training columns (distillation, early exit) in a matrix run
 
@@ -138,13 +139,6 @@ class Cell:
                 f"max {self.max_abs:.2g} / cos {self.cosine:.4f}")
 
 
-def first_line(exc: BaseException, limit: int = 90) -> str:
-    """`Type: the first line of the message`, shortened to `limit` characters."""
-    msg = str(exc).strip().splitlines()
-    s = f"{type(exc).__name__}: {msg[0] if msg else ''}".strip()
-    return s if len(s) <= limit else s[:limit - 3] + "..."
-
-
 class CellTimeout(Exception):
     pass
 
@@ -225,7 +219,7 @@ def run_cell(task: Task, base: Baseline, row: str, name: str, column: Column | N
                 speed = speed_ratio(task, base, model, rounds=rounds)
     except (Exception, CellTimeout) as e:  # noqa: BLE001  (a cell records any failure and the run goes on)
         status = "timeout" if isinstance(e, CellTimeout) else "failed"
-        return Cell(row, name, status, first_line(e), seconds=time.perf_counter() - t0)
+        return Cell(row, name, status, first_line(e, 90), seconds=time.perf_counter() - t0)
     return Cell(row, name, "ok", speed=speed, quality=quality, quality_delta=quality - base.quality,
                 max_abs=max_abs, cosine=cos, seconds=time.perf_counter() - t0)
 
