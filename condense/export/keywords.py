@@ -82,7 +82,8 @@ def keyword_parts(model: nn.Module, batch: dict[str, Any]) -> tuple[KeywordGraph
 
 def build_output(output_class: str | None, names: list[str], outs: list[torch.Tensor]) -> Any:
     """What the source model returned, rebuilt from the graph's outputs: its transformers ModelOutput class (only
-    classes of the `transformers` package are imported) with the named fields, else one tensor or a tuple."""
+    classes of the `transformers` package are imported, and only a ModelOutput, a dict subclass, is built) with the
+    named fields, else one tensor or a tuple."""
     if output_class and output_class.startswith("transformers.") and ":" in output_class:
         import importlib
 
@@ -91,6 +92,8 @@ def build_output(output_class: str | None, names: list[str], outs: list[torch.Te
             cls = getattr(importlib.import_module(mod), qual)
         except (ImportError, AttributeError):
             cls = None  # transformers missing or changed: plain tensors are still the outputs
+        if not (isinstance(cls, type) and issubclass(cls, dict)):  # a graph's metadata names it: only a
+            cls = None  # ModelOutput (a dict subclass) is built, never another callable of the package
         if cls is not None:
             return cls(**dict(zip(names, outs)))
     return outs[0] if len(outs) == 1 else tuple(outs)

@@ -180,3 +180,14 @@ def test_export_model_writes_gpt2_fp32_and_int8_files(tmp_path):
     assert not fp32["int8"] and fp32["parity"]["max_abs_diff"] < 1e-4
     int8 = export_model(model, task, tmp_path / "int8", int8=True)
     assert int8["int8"] and int8["parity"]["min_cosine"] > 0.999  # measured 0.99991 on logits
+
+
+def test_output_class_from_graph_metadata_builds_only_model_outputs():
+    """A graph's metadata names the output class; a callable of transformers that is not a ModelOutput is not called."""
+    from condense.export.keywords import build_output
+
+    t = torch.ones(2)
+    assert type(build_output("transformers.modeling_outputs:BaseModelOutput", ["last_hidden_state"], [t])).__name__ \
+        == "BaseModelOutput"
+    assert build_output("transformers.trainer_utils:set_seed", ["seed"], [t]) is t  # a function: plain tensors
+    assert build_output("os:system", ["command"], [t]) is t  # outside transformers: never imported
