@@ -59,5 +59,7 @@ def comparison_table(rows: list[Measurement], *, baseline: int = 0, title: str |
         t.add_row(k + (" *" if k == base.primary_metric else ""), *[f"{m.quality.get(k, float('nan')):.4f}"
                                                                      for m in rows])
     threads = base.machine.get("torch_threads")
-    t.caption = f"medians; {threads} torch threads; {base.machine.get('cpu', '')}; * primary metric"
+    where = f"{base.machine['gpu']} ({base.machine.get('device', 'cuda')})" if base.machine.get("gpu") else \
+        f"{threads} torch threads; {base.machine.get('cpu', '')}"
+    t.caption = f"medians; {where}; * primary metric"
     return t

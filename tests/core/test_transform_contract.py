@@ -21,23 +21,23 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread (t
 GPT_CFG = GPTConfig(block_size=16, n_layer=3, n_head=2, n_embd=16)
 
 
-def gpt_task() -> Task:
+def gpt_task(device: str = "cpu") -> Task:
     torch.manual_seed(0)
-    model = GPT(GPT_CFG).eval()
+    model = GPT(GPT_CFG).eval().to(device)
     g = torch.Generator().manual_seed(1)
-    data = torch.randint(0, 256, (8, 17), generator=g)
+    data = torch.randint(0, 256, (8, 17), generator=g).to(device)
     batches = [(data[:4, :-1], data[:4, 1:]), (data[4:, :-1], data[4:, 1:])]
     return Task("toygpt", model, evaluate=lambda m: {"loss": 0.0}, primary_metric="loss", higher_is_better=False,
                 inputs=data[:2, :-1], train_data=lambda: batches, calibration_data=lambda: iter([b[0] for b in batches]),
                 loss=lambda m, b: F.cross_entropy(m(b[0]).reshape(-1, 256), b[1].reshape(-1)))
 
 
-def cnn_task() -> Task:
+def cnn_task(device: str = "cpu") -> Task:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(32, 1, 8, 8, generator=g)
-    y = torch.randint(0, 10, (32,), generator=g)
-    model = DigitsCNN((4, 8, 16)).eval()
+    x = torch.rand(32, 1, 8, 8, generator=g).to(device)
+    y = torch.randint(0, 10, (32,), generator=g).to(device)
+    model = DigitsCNN((4, 8, 16)).eval().to(device)
     return Task("toy-digits", model, evaluate=lambda m: {"accuracy": 0.0}, primary_metric="accuracy",
                 inputs=x[:2], train_data=lambda: [(x[:16], y[:16]), (x[16:], y[16:])],
                 calibration_data=lambda: iter([x[:16], x[16:]]),
