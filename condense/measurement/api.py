@@ -19,6 +19,7 @@ from condense import progress
 from condense.core.config import check_float, check_int, config, show
 from condense.core.task import Task, to_device
 from condense.errors import ConfigError
+from condense.measurement.bandwidth import memory_bandwidth, roofline_fraction, weight_bytes
 from condense.measurement.counts import count_parameters
 from condense.measurement.machine import machine_info
 from condense.measurement.macs import count_macs
@@ -102,6 +103,7 @@ class Measurement:
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
     throughput: dict[str, float] = field(default_factory=dict)
     tokens_per_s: dict[str, float] = field(default_factory=dict)
+    decode: dict[str, dict[str, float]] = field(default_factory=dict)  # batch -> ttft_s, roofline, bytes, bandwidth
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +124,20 @@ class Measurement:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Measurement":
         return cls(**d)
+
+
+def _decode_position(task: Task, model: nn.Module, batch: int, tokens_per_s: float, device: torch.device
+                     ) -> dict[str, float]:
+    """Time to first token (a generation of one new token: prefill + one step) and, where the model's weights are
+    torch tensors, the share of the memory roof its decode reached (`condense.measurement.bandwidth`)."""
+    ttft = time_call(lambda: task.generate(model, batch, 1), warmup=1, repeats=3, device=device).p50
+    out = {"ttft_s": ttft}
+    nbytes = weight_bytes(model)
+    if nbytes:
+        bw = memory_bandwidth(device)
+        out.update(weight_bytes=float(nbytes), bandwidth_bps=bw,
+                   roofline=roofline_fraction(tokens_per_s, batch, nbytes, bw))
+    return out
 
 
 @contextmanager
@@ -199,6 +215,7 @@ def measure(model: nn.Module, task: Task, config: MeasureConfig = MeasureConfig(
 
                 stats = time_call(gen, warmup=1, repeats=max(3, config.repeats // 3), device=device)
                 m.tokens_per_s[str(bs)] = produced[0] / stats.p50
+                m.decode[str(bs)] = _decode_position(task, model, bs, m.tokens_per_s[str(bs)], device)
                 bar.advance()
         if config.quality:
             bar.start("quality")

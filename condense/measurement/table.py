@@ -29,6 +29,15 @@ def fmt_count(n: int | None) -> str:
     return str(n)
 
 
+def _roof(d: dict) -> str:
+    """'41% of roof (5.2 MB read per step / 12.3 GB/s)': the share of the memory roof a decode reached, or '-' if unknown."""
+    if "roofline" not in d:
+        return "n/a"
+    cached = " (weights fit in cache)" if d["roofline"] > 1 else ""
+    return (f"{d['roofline']:.0%} of roof{cached} ({fmt_bytes(int(d['weight_bytes']))} read per step / "
+            f"{d['bandwidth_bps'] / 1e9:.1f} GB/s)")
+
+
 def comparison_table(rows: list[Measurement], *, baseline: int = 0, title: str | None = None) -> Table:
     """A table with one column per measurement; speedups and size ratios are relative to `rows[baseline]`."""
     base = rows[baseline]
@@ -55,6 +64,9 @@ def comparison_table(rows: list[Measurement], *, baseline: int = 0, title: str |
         t.add_row(f"decode tokens/s @ batch {bs}", *[f"{m.tokens_per_s.get(bs, 0):.1f}"
                                                      + ratio(m.tokens_per_s.get(bs), base.tokens_per_s.get(bs))
                                                      for m in rows])
+    for bs in base.decode:
+        t.add_row(f"time to first token @ batch {bs}", *[fmt_ms(m.decode.get(bs, {}).get("ttft_s")) for m in rows])
+        t.add_row(f"decode vs memory roof @ batch {bs}", *[_roof(m.decode.get(bs, {})) for m in rows])
     for k in base.quality:
         t.add_row(k + (" *" if k == base.primary_metric else ""), *[f"{m.quality.get(k, float('nan')):.4f}"
                                                                      for m in rows])
