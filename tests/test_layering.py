@@ -28,6 +28,7 @@ RANKS = {
     "condense.factorize": 3,
     "condense.fusion": 3,
     "condense.early_exit": 3,
+    "condense.speculative": 3,
     "condense.distillation": 3,
     "condense.train": 3,
     "condense.export": 3,

@@ -83,6 +83,10 @@ class KVCache:
         """Tokens stored (in the first layer; all layers agree between forward calls)."""
         return self._len[0]
 
+    def crop(self, n: int) -> None:
+        """Forget every token after the first `n` (speculative decoding drops rejected draft tokens)."""
+        self._len = [min(length, n) for length in self._len]
+
     def layer_length(self, layer: int) -> int:
         """Tokens stored for `layer` (ahead of `length` while a forward pass is filling the layers)."""
         return self._len[layer]
@@ -305,8 +309,13 @@ def _register() -> None:
     from condense.export.onnx import EXPORT_ADAPTERS
     from condense.fusion.api import FUSERS
     from condense.fusion.gpt import FusedBlock
+    from condense.speculative import DecoderAdapter, register_decoder
 
     FUSERS.register(Block)(partial(FusedBlock.from_block, attention=causal_attention))
+    register_decoder(GPT, DecoderAdapter(new_cache=lambda m, b, n: KVCache(len(m.blocks), n),
+                                         step=lambda m, cache, ids: m(ids, kv_cache=cache),
+                                         crop=KVCache.crop, length=lambda cache: cache.length,
+                                         max_len=lambda m: m.config.block_size))
     SPLITTERS.register(GPT)(split_gpt)
     EXPORT_ADAPTERS.register(GPT)(GPTAdapter())
 
