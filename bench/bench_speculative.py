@@ -13,7 +13,6 @@ greedy output (a mismatch fails the bench).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time

@@ -4,6 +4,6 @@ See `condense.speculative.decode` (the algorithm) and `condense.speculative.adap
 is started, extended and cut back; condense's GPT and Hugging Face causal LMs register theirs).
 """
 from condense.speculative.adapters import DecoderAdapter, adapter_for, register_decoder
-from condense.speculative.decode import SpeculativeStats, speculative_generate
+from condense.speculative.decode import SpeculativeStats, decoder_for, speculative_generate
 
-__all__ = ["DecoderAdapter", "adapter_for", "register_decoder", "SpeculativeStats", "speculative_generate"]
+__all__ = ["DecoderAdapter", "adapter_for", "register_decoder", "SpeculativeStats", "decoder_for", "speculative_generate"]

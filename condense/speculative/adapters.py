@@ -43,10 +43,6 @@ def register_decoder(model_type: type, adapter: DecoderAdapter) -> None:
 
 
 def adapter_for(model: nn.Module) -> DecoderAdapter | None:
-    """The adapter registered for `model`'s type (or a base class), a Hugging Face causal LM's, else None."""
-    found = DECODERS.find(model)
-    if found is None:
-        from condense.speculative.hf import HF_DECODER, is_hf_causal_lm
-
-        found = HF_DECODER if is_hf_causal_lm(model) else None
-    return found
+    """The adapter registered for `model`'s type (or a base class), else None (see `decode.decoder_for`, which
+    also knows Hugging Face causal LMs)."""
+    return DECODERS.find(model)

@@ -28,6 +28,7 @@ from torch import nn
 
 from condense.errors import ConfigError
 from condense.speculative.adapters import DecoderAdapter, adapter_for
+from condense.speculative.hf import HF_DECODER, is_hf_causal_lm
 
 
 @dataclass
@@ -54,8 +55,14 @@ class SpeculativeStats:
                 "tokens_per_target_call": self.tokens_per_target_call}
 
 
+def decoder_for(model: nn.Module) -> DecoderAdapter | None:
+    """The registered adapter of `model`'s type, else the Hugging Face one for a causal LM, else None."""
+    found = adapter_for(model)
+    return found if found is not None or not is_hf_causal_lm(model) else HF_DECODER
+
+
 def _adapter(model: nn.Module, role: str) -> DecoderAdapter:
-    a = adapter_for(model)
+    a = decoder_for(model)
     if a is None:
         raise ConfigError(f"speculative decoding does not know how to drive the KV cache of the {role} "
                           f"({type(model).__name__}); register a DecoderAdapter for it with "
