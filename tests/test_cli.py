@@ -69,7 +69,7 @@ def test_quantize_then_measure_and_info_on_digits(tmp_path):
 
 
 def test_prepare_and_measure_tinygpt_reports_tokens_per_second(tmp_path):
-    r = run("prepare", "tinygpt", "--task-option", "preset=tiny")
+    r = run("prepare", "tinygpt", "--preset", "tiny")
     assert r.returncode == 0, r.stderr
     assert "bits_per_byte" in r.stdout
     r = run("measure", "--task", "tinygpt", "--task-option", "preset=tiny", "--batch-sizes", "1", "--repeats", "2",
@@ -77,8 +77,12 @@ def test_prepare_and_measure_tinygpt_reports_tokens_per_second(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout[r.stdout.index("{\n"):].rsplit("}", 1)[0] + "}")
     assert m["tokens_per_s"]["1"] > 0 and m["quality"]["bits_per_byte"] < 8
+    d = m["decode"]["1"]  # time to first token and the share of the memory roof, from the same run
+    assert d["ttft_s"] > 0 and abs(d["roofline"] - m["tokens_per_s"]["1"] * d["weight_bytes"] / d["bandwidth_bps"]) < 1e-6
 
 
 def test_unknown_preset_names_the_valid_ones():
     r = run("prepare", "tinygpt", "--task-option", "preset=huge")
     assert r.returncode == 2 and "huge" in r.stderr and "tiny" in r.stderr and "Traceback" not in r.stderr
+    r = run("prepare", "tinygpt", "--preset", "tiny", "--task-option", "preset=large")
+    assert r.returncode == 2 and "disagree" in r.stderr and "Traceback" not in r.stderr
