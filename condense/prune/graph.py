@@ -1,20 +1,28 @@
 """Which layers must shrink together: the dependency graph of structured pruning.
 
-Removing output channel c of a Conv2d also removes entry c of the BatchNorm after it and input channel c of the
-next Conv2d (through ReLU, pooling, flatten, a spatial mean). A `Group` lists every such slice; cutting a group
-keeps the network runnable and, for the consumers, equal to zeroing those channels.
+Removing output channel c of a Conv2d also removes entry c of the BatchNorm after it, filter c of a depthwise
+conv, and input channel c of the next Conv2d (through ReLU, pooling, flatten, a spatial mean). A `Group` lists
+every such slice; cutting a group keeps the network runnable and, for the consumers, equal to zeroing those channels
+(`condense.prune.check.check_cut_equals_mask` verifies it).
 
 How the graph is found, most reliable first:
 1. `torch.fx` symbolic tracing (no data needed; `condense.prune.tracing`);
-2. if tracing fails (data-dependent control flow, as in our BERT and GPT), one real forward pass recorded with a
-   `TorchFunctionMode` plus module hooks (needs one calibration batch);
-3. attention heads and transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our BERT
-   and GPT blocks are prunable even without data. An FFN seen in a traced graph is checked against it.
+2. if tracing fails (data-dependent control flow, as in our BERT and GPT and in Hugging Face models), one real
+   forward pass recorded with a `TorchFunctionMode` plus module hooks (needs one calibration batch);
+3. attention heads and our own transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our
+   BERT and GPT blocks are prunable even without data.
+
+The coupling comes from the computation: producers whose outputs meet at an element-wise op (SwiGLU's
+`act(gate(x)) * up(x)`, a ResNet's `bn2(conv2(..)) + shortcut`) form one group (same kept units; importance
+summed over all members). A parameter-free module called many times (one `nn.ReLU` reused) is that many
+independent ops; a module with weights called twice shares them and is blocked. An FFN is found by its shape:
+linear producers that read the block's width and one linear consumer that writes it back (kind "ffn").
 
 How channels pass each layer type and op is a table of rules, one per type (`condense.prune.rules`: register one
-there for a custom layer). Anything the walk does not understand (a residual add, a LayerNorm, concat, reshape, a
-model output, a layer type with no rule) stops it: that layer is reported in `blocked` with the reason, never
-pruned. So the residual stream (hidden size) is never cut, while heads and FFN width are.
+there for a custom layer). Anything the walk does not understand (a LayerNorm, concat, reshape, a model output, a
+layer type with no rule, a residual add onto a tensor no prunable layer produces) stops it: that layer is reported
+in `blocked` with the reason, never pruned. So a transformer's residual stream (hidden size) is never cut, while
+heads and FFN width are.
 """
 from __future__ import annotations
 
