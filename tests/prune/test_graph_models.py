@@ -197,3 +197,31 @@ def test_a_join_with_a_tensor_no_layer_produces_blocks_every_producer():
 
     g = build_graph(Gated())
     assert g.groups == [] and "e.g. a residual add" in g.blocked["gate"] and "e.g. a residual add" in g.blocked["up"]
+
+
+@pytest.mark.parametrize("fx_first", [True, False])
+def test_in_place_residual_add_couples_a_conv_with_its_own_input(fx_first):
+    class Block(nn.Module):  # torchvision style: out += identity, one ReLU(inplace=True) for both
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+            self.relu, self.fc = nn.ReLU(inplace=True), nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.relu(self.c0(x))
+            out = self.c1(x)
+            out += x
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.relu(out), 1), 1))
+
+    torch.manual_seed(0)
+    net, x = Block().eval(), torch.randn(2, 1, 8, 8)
+    g = build_graph(net, run=lambda m: m(x), fx_first=fx_first)
+    assert g.method == ("fx" if fx_first else "recorded")
+    assert [(x.name, sorted((m.module, m.dim) for m in x.members)) for x in g.groups] == [
+        ("c0", [("c0", "out"), ("c1", "in"), ("c1", "out"), ("fc", "in")])]
+    assert check_cut_equals_mask(net, StructuredConfig(ratio=0.5), x).ok
+
+
+def test_reconstruct_says_which_consumers_it_cannot_refit():
+    with pytest.warns(UserWarning, match=r"refits nn.Linear consumers only; 2 other layer\(s\)"):
+        plan_structured(gpt2(), StructuredConfig(ratio=0.25, reconstruct=True), TransformContext(calibration=[IDS]))
