@@ -222,11 +222,11 @@ def _joint_reason(comp: list[str], walks: dict[str, tuple[Source, Walk]], nodes:
 def _add_component(graph: DependencyGraph, comp: list[str], walks: dict[str, tuple[Source, Walk]],
                    nodes: list[Node], modules: dict[str, nn.Module], ffn: dict[str, str]) -> None:
     """One group for united producers `comp` (named after the first), or each one blocked with the reason."""
-    for n in comp:
+    joint = _joint_reason(comp, walks, nodes)
+    for n in comp if joint is None else ():  # a layer with no rule is the reason only where nothing came first
         bad = walks[n][1].bad
         if bad is not None and bad not in graph.unsupported and any(True for _ in modules[bad].parameters()):
             graph.unsupported.append(bad)
-    joint = _joint_reason(comp, walks, nodes)
     own = {n: walks[n][1].reason for n in comp if walks[n][1].reason is not None}
     name, (source, walk) = comp[0], walks[comp[0]]
     if joint is None and not own and len(comp) == 1 and name in ffn and [x.module for x in walk.members] != [ffn[name]]:

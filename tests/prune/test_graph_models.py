@@ -244,3 +244,12 @@ def test_mask_check_catches_a_wrong_rule(monkeypatch):
     monkeypatch.setitem(OP_RULES, "cumsum", lambda site, flow: flow)  # claims cumsum is element-wise
     check = check_cut_equals_mask(Mixing(), StructuredConfig(ratio=0.5), x)
     assert not check.ok and check.max_error > 1e-3
+
+
+def test_hf_residual_stream_is_blocked_at_the_add_with_its_reason():
+    g = build_graph(bert(), run=lambda m: m(IDS))
+    assert g.method == "recorded" and g.unsupported == []  # the add is the reason, not the LayerNorm after it
+    for name in ("encoder.layer.0.output.dense", "encoder.layer.1.attention.output.dense"):
+        assert g.blocked[name] == ("meets another tensor in `add` (e.g. a residual add) that no prunable layer "
+                                   "produces: its width is shared")
+    assert g.blocked["pooler.dense"] == "its output is a model output"
