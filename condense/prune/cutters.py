@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import sys
+
 import torch
 from torch import nn
 
@@ -93,7 +95,44 @@ class LinearCutter(Cutter):
 
 @register_cutter(nn.Conv2d)
 class Conv2dCutter(Cutter):
+    """An ungrouped Conv2d as the base class; a depthwise one (groups == in == out > 1, weight (C, 1, kh, kw)) loses
+    whole filters along either dimension: rows, bias, and its `groups`, `in_channels`, `out_channels`."""
+
     sizes = ("out_channels", "in_channels")
+
+    def cut(self, m: nn.Module, dim: str, idx: torch.Tensor) -> None:
+        if 1 < m.groups == m.in_channels == m.out_channels:
+            slice_(m, "weight", 0, idx)
+            slice_(m, "bias", 0, idx)
+            m.groups = m.in_channels = m.out_channels = len(idx)
+        else:
+            super().cut(m, dim, idx)
+
+
+class TransposedLinearCutter(Cutter):
+    """transformers' `Conv1D`: y = x W + b with W stored (in, out), sizes `nf` (out) and `nx` (in)."""
+
+    sizes = ("nf", "nx")
+
+    def cut(self, m: nn.Module, dim: str, idx: torch.Tensor) -> None:
+        if dim == "out":
+            slice_(m, "weight", 1, idx)
+            slice_(m, "bias", 0, idx)
+        else:
+            slice_(m, "weight", 0, idx)
+        setattr(m, self.sizes[dim == "in"], len(idx))
+
+    def weights(self, m: nn.Module, dim: str) -> list[tuple[torch.Tensor, int]]:
+        if dim == "out":
+            return [(m.weight, 1)] + ([(m.bias, 0)] if getattr(m, "bias", None) is not None else [])
+        return [(m.weight, 0)] if dim == "in" else []
+
+
+def _register_optional() -> None:
+    """Register cutters of optional libraries' layers once they are imported (never imports them)."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    if conv1d is not None and conv1d not in CUTTERS:
+        CUTTERS[conv1d] = TransposedLinearCutter()
 
 
 @register_cutter(nn.BatchNorm1d, nn.BatchNorm2d)
@@ -131,6 +170,7 @@ def cut_heads(m: nn.Module, dim: str, idx: torch.Tensor) -> None:
 
 
 def _find(module: nn.Module) -> Cutter | None:
+    _register_optional()
     return next((CUTTERS[t] for t in type(module).__mro__ if t in CUTTERS), None)
 
 

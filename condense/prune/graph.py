@@ -1,20 +1,28 @@
 """Which layers must shrink together: the dependency graph of structured pruning.
 
-Removing output channel c of a Conv2d also removes entry c of the BatchNorm after it and input channel c of the
-next Conv2d (through ReLU, pooling, flatten, a spatial mean). A `Group` lists every such slice; cutting a group
-keeps the network runnable and, for the consumers, equal to zeroing those channels.
+Removing output channel c of a Conv2d also removes entry c of the BatchNorm after it, filter c of a depthwise
+conv, and input channel c of the next Conv2d (through ReLU, pooling, flatten, a spatial mean). A `Group` lists
+every such slice; cutting a group keeps the network runnable and, for the consumers, equal to zeroing those channels
+(`condense.prune.check.check_cut_equals_mask` verifies it).
 
 How the graph is found, most reliable first:
 1. `torch.fx` symbolic tracing (no data needed; `condense.prune.tracing`);
-2. if tracing fails (data-dependent control flow, as in our BERT and GPT), one real forward pass recorded with a
-   `TorchFunctionMode` plus module hooks (needs one calibration batch);
-3. attention heads and transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our BERT
-   and GPT blocks are prunable even without data. An FFN seen in a traced graph is checked against it.
+2. if tracing fails (data-dependent control flow, as in our BERT and GPT and in Hugging Face models), one real
+   forward pass recorded with a `TorchFunctionMode` plus module hooks (needs one calibration batch);
+3. attention heads and our own transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our
+   BERT and GPT blocks are prunable even without data.
+
+The coupling comes from the computation: producers whose outputs meet at an element-wise op (SwiGLU's
+`act(gate(x)) * up(x)`, a ResNet's `bn2(conv2(..)) + shortcut`) form one group (same kept units; importance
+summed over all members). A parameter-free module called many times (one `nn.ReLU` reused) is that many
+independent ops; a module with weights called twice shares them and is blocked. An FFN is found by its shape:
+linear producers that read the block's width and one linear consumer that writes it back (kind "ffn").
 
 How channels pass each layer type and op is a table of rules, one per type (`condense.prune.rules`: register one
-there for a custom layer). Anything the walk does not understand (a residual add, a LayerNorm, concat, reshape, a
-model output, a layer type with no rule) stops it: that layer is reported in `blocked` with the reason, never
-pruned. So the residual stream (hidden size) is never cut, while heads and FFN width are.
+there for a custom layer). Anything the walk does not understand (a LayerNorm, concat, reshape, a model output, a
+layer type with no rule, a residual add onto a tensor no prunable layer produces) stops it: that layer is reported
+in `blocked` with the reason, never pruned. So a transformer's residual stream (hidden size) is never cut, while
+heads and FFN width are.
 """
 from __future__ import annotations
 
@@ -24,8 +32,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from condense.core.linear_like import linear_like_types, linear_weight
 from condense.errors import first_line
-from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, follow, lookup
+from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, Source, Walk, depthwise, follow, lookup
 from condense.prune.tracing import Node, from_fx, from_recording
 
 __all__ = ["HEAD_PATTERNS", "FFN_PATTERNS", "Member", "Group", "DependencyGraph", "build_graph"]
@@ -111,7 +120,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
     modules = dict(model.named_modules())
     heads = _head_groups(model)
     owners = {id(modules[g.name]) for g in heads}  # leaves of the trace, besides torch.nn layers
-    owners |= {id(m) for m in modules.values() if type(m) in MODULE_RULES and m is not model}
+    owners |= {id(m) for m in modules.values() if lookup(MODULE_RULES, m) is not None and m is not model}
     claimed = {m.module for g in heads for m in g.members}
     ffn = _ffn_pairs(model)
     nodes: list[Node] | None = None
@@ -148,6 +157,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         if n.kind == "module":
             counts[n.target] = counts.get(n.target, 0) + 1
             where[n.target] = i
+    walks: dict[str, tuple[Source, Walk]] = {}
     for name in layers:
         m = modules[name]
         if name not in where:
@@ -161,15 +171,85 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         except Blocked as e:
             graph.blocked[name] = str(e)
             continue
-        size = source.size
-        members, reason, bad = follow(nodes, users, modules, counts, where[name], source)
-        if reason is None and name in ffn and [x.module for x in members] != [ffn[name]]:
-            reason = f"matches an FFN pattern but its outputs also reach {[x.module for x in members]}"
-        if reason is not None:
-            graph.blocked[name] = reason
-            if bad is not None and bad not in graph.unsupported and any(True for _ in modules[bad].parameters()):
-                graph.unsupported.append(bad)
-            continue
-        kind = "ffn" if name in ffn else source.kind
-        graph.groups.append(Group(name, kind, size, (Member(name, "out"), *members)))
+        walks[name] = (source, follow(nodes, users, modules, counts, where[name], source))
+    for comp in _united(walks):
+        _add_component(graph, comp, walks, nodes, modules, ffn)
+    covered = {m.module for g in graph.groups for m in g.members}
+    for name in [n for n in graph.blocked if n in covered and depthwise(modules[n])]:
+        del graph.blocked[name]  # cut with the layer that feeds it
     return graph
+
+
+def _united(walks: dict[str, tuple[Source, Walk]]) -> list[list[str]]:
+    """Producers whose walks meet at an element-wise join, united (union-find), each list in model order."""
+    parent = {n: n for n in walks}
+
+    def root(n: str) -> str:
+        while parent[n] != n:
+            parent[n] = n = parent[parent[n]]
+        return n
+
+    at: dict[int, str] = {}
+    for n, (_, w) in walks.items():
+        for j in w.joins:
+            if j in at:
+                parent[root(n)] = root(at[j])
+            else:
+                at[j] = n
+    comps: dict[str, list[str]] = {}
+    for n in walks:
+        comps.setdefault(root(n), []).append(n)
+    return list(comps.values())
+
+
+def _joint_reason(comp: list[str], walks: dict[str, tuple[Source, Walk]], nodes: list[Node]) -> str | None:
+    """Why producers `comp`, joined element-wise, cannot be cut together (a join fed by something else, channels
+    along other dimensions, different widths), or None."""
+    carriers = set().union(*(walks[n][1].carriers for n in comp))
+    for j in sorted({j for n in comp for j in walks[n][1].joins}):
+        op = nodes[j].target
+        if any(k not in carriers for k in nodes[j].inputs):
+            return (f"meets another tensor in `{op}` (e.g. a residual add) that no prunable layer produces: its width "
+                    "is shared")
+        if len({walks[n][1].joins[j] for n in comp if j in walks[n][1].joins}) > 1:
+            return f"meets the channels of another layer along another dimension in `{op}`"
+    sizes = {walks[n][0].size for n in comp}
+    if len(sizes) > 1:
+        return f"is joined element-wise with {comp} whose widths differ ({sorted(sizes)})"
+    return None
+
+
+def _add_component(graph: DependencyGraph, comp: list[str], walks: dict[str, tuple[Source, Walk]],
+                   nodes: list[Node], modules: dict[str, nn.Module], ffn: dict[str, str]) -> None:
+    """One group for united producers `comp` (named after the first), or each one blocked with the reason."""
+    joint = _joint_reason(comp, walks, nodes)
+    for n in comp if joint is None else ():  # a layer with no rule is the reason only where nothing came first
+        bad = walks[n][1].bad
+        if bad is not None and bad not in graph.unsupported and any(True for _ in modules[bad].parameters()):
+            graph.unsupported.append(bad)
+    own = {n: walks[n][1].reason for n in comp if walks[n][1].reason is not None}
+    name, (source, walk) = comp[0], walks[comp[0]]
+    if joint is None and not own and len(comp) == 1 and name in ffn and [x.module for x in walk.members] != [ffn[name]]:
+        own[name] = f"matches an FFN pattern but its outputs also reach {[x.module for x in walk.members]}"
+    if joint is not None or own:
+        first = next(iter(own.items()), None)
+        for n in comp:
+            graph.blocked[n] = joint or own.get(n) or (f"is cut together with {first[0]} (their outputs meet "
+                                                        f"element-wise), which cannot be pruned: {first[1]}")
+        return
+    members = [Member(n, "out") for n in comp]
+    for n in comp:
+        members.extend(x for x in walks[n][1].members if x not in members)
+    ffn_like = (len(comp) == 1 and name in ffn) or _structural_ffn(comp, members, modules)
+    graph.groups.append(Group(name, "ffn" if ffn_like else source.kind, source.size, tuple(members)))
+
+
+def _structural_ffn(producers: list[str], members: list[Member], modules: dict[str, nn.Module]) -> bool:
+    """A transformer FFN by its shape: linear producers read the block's width and one linear layer consumes the
+    group, writing that width back (BERT's intermediate/output, Llama's gate+up/down, GPT-2's c_fc/c_proj)."""
+    consumers = {x.module for x in members if x.dim == "in"}
+    layers = [modules[n] for n in (*producers, *consumers)]
+    if len(consumers) != 1 or not all(isinstance(m, linear_like_types()) for m in layers):
+        return False
+    width = {linear_weight(modules[n]).shape[1] for n in producers}
+    return width == {linear_weight(modules[next(iter(consumers))]).shape[0]}

@@ -75,8 +75,8 @@ def activation_scores(model: nn.Module, groups: list[Group], stats: dict[str, di
         for mem in g.members:
             if mem.dim != "in" or mem.module not in stats:
                 continue
-            w = modules[mem.module].weight.detach().float()
-            col = w.movedim(1, 0).reshape(w.shape[1], -1).norm(dim=1).cpu()  # (in,)
+            w, axis = unit_weights(modules[mem.module], "in")[0]  # Linear (out, in), Conv1D (in, out), Conv2d
+            col = w.detach().float().movedim(axis, 0).reshape(w.shape[axis], -1).norm(dim=1).cpu()  # (in,)
             total += _normalised((stats[mem.module]["abs"] * col).reshape(g.size, -1).sum(1))
         out[g.name] = total
     return out

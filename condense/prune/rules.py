@@ -11,6 +11,11 @@ incoming tensor) and returns the `Flow` they continue with, or `Reached(members,
 (`flow=None`: the channels are consumed here, e.g. a Linear's inputs); it raises `Blocked("why")` when the group
 cannot pass. A node with no rule blocks the group too, reported by name: never a silent skip.
 
+An element-wise op that meets a second traced tensor (`a * b`, `a + b`) is a join: the walk goes on through it and
+reports it in `Walk.joins`, and `condense.prune.graph` unites the producers whose walks meet there into one group
+(SwiGLU's `act(gate(x)) * up(x)`, a ResNet's `conv2(...) + shortcut`). A join some input of which no prunable
+layer produces (a residual add onto an embedding or a LayerNorm's output) blocks every producer that reaches it.
+
 `PRODUCERS` says which layer types start a group and how big it is. To make a custom layer prunable, register its
 rule (and its cutter in `condense.prune.cutters`):
 
@@ -22,12 +27,13 @@ rule (and its cutter in `condense.prune.cutters`):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import torch  # noqa: F401  (used by the module docstring's example)
 from torch import nn
 
+from condense.core.linear_like import linear_like_types, linear_weight
 from condense.prune.tracing import META_OPS, TENSOR, Node
 
 
@@ -91,6 +97,14 @@ class Source:
     kind: str
 
 
+@dataclass(frozen=True)
+class Joined:
+    """A rule's answer at an element-wise op that meets other traced tensors: the channels go on as `flow`, and the
+    producers of those tensors must be cut together with this group."""
+
+    flow: Flow
+
+
 class Blocked(Exception):
     """Raised by a rule: the group cannot pass this node (the message says why, e.g. 'feeds a residual add')."""
 
@@ -107,6 +121,7 @@ PRODUCERS: dict[type, Callable[[nn.Module, "int | None"], Source]] = {}
 
 def lookup(table: dict[type, Any], module: nn.Module) -> Any:
     """The entry of `table` for `module`'s type or its nearest base class (None if none)."""
+    _register_linear_like()
     return next((table[t] for t in type(module).__mro__ if t in table), None)
 
 
@@ -142,13 +157,21 @@ def register_producer(*types: type) -> Callable:
 
 
 # -- producers ----------------------------------------------------------------------------------------------------
+def depthwise(m: nn.Module) -> bool:
+    """A depthwise Conv2d: one filter per channel (groups == in_channels == out_channels > 1)."""
+    return isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels
+
+
 @register_producer(nn.Linear)
-def _linear_source(m: nn.Linear, ndim: int | None) -> Source:
-    return Source(m.out_features, Flow(ndim - 1 if ndim else -1, ndim), "neurons")
+def _linear_source(m: nn.Module, ndim: int | None) -> Source:
+    return Source(linear_weight(m).shape[0], Flow(ndim - 1 if ndim else -1, ndim), "neurons")
 
 
 @register_producer(nn.Conv2d)
 def _conv_source(m: nn.Conv2d, ndim: int | None) -> Source:
+    if depthwise(m):
+        raise Blocked("depthwise convolution: its channels are cut with the layer that feeds it, which cannot be "
+                      "pruned")
     if m.groups != 1:
         raise Blocked(f"grouped convolution (groups={m.groups})")
     return Source(m.out_channels, Flow(1, ndim or 4), "channels")
@@ -157,20 +180,33 @@ def _conv_source(m: nn.Conv2d, ndim: int | None) -> Source:
 # -- module rules -------------------------------------------------------------------------------------------------
 @register_module_rule(nn.Linear)
 def _linear(site: Site, flow: Flow) -> Reached:
-    m = site.module
+    n_in = linear_weight(site.module).shape[1]
     if not flow.last:
         raise Blocked(f"feeds Linear {site.name} along a non-channel dimension")
-    unit = m.in_features // site.size if flow.flat else 1
-    if m.in_features != site.size * unit:
-        raise Blocked(f"feeds {site.name} whose {m.in_features} inputs do not match {site.size} channels")
+    unit = n_in // site.size if flow.flat else 1
+    if n_in != site.size * unit:
+        raise Blocked(f"feeds {site.name} whose {n_in} inputs do not match {site.size} channels")
     return Reached((Member(site.name, "in", unit),))
+
+
+def _register_linear_like() -> None:
+    """Linear-like layers of other libraries (transformers' Conv1D, registered in `condense.core.linear_like`)
+    start and consume groups as a Linear does (their weight shape read through the adapter)."""
+    for t in linear_like_types():
+        if t not in PRODUCERS and not issubclass(t, nn.Linear):
+            PRODUCERS[t] = _linear_source
+            MODULE_RULES[t] = _linear
 
 
 @register_module_rule(nn.Conv2d)
 def _conv2d(site: Site, flow: Flow) -> Reached:
     m = site.module
-    if m.groups != 1 or flow.cdim != 1 or flow.flat or m.in_channels != site.size:
-        raise Blocked(f"feeds Conv2d {site.name} with groups={m.groups} or mismatched channels")
+    if flow.cdim != 1 or flow.flat or m.in_channels != site.size:
+        raise Blocked(f"feeds Conv2d {site.name} along another dimension or with mismatched channels")
+    if depthwise(m):  # channel c of its output reads only channel c: it loses those filters, channels go on
+        return Reached((Member(site.name, "out"),), flow)
+    if m.groups != 1:
+        raise Blocked(f"feeds Conv2d {site.name} with groups={m.groups}")
     return Reached((Member(site.name, "in"),))
 
 
@@ -205,18 +241,29 @@ def _elementwise_module(site: Site, flow: Flow) -> Flow:
 
 # -- op rules -----------------------------------------------------------------------------------------------------
 @register_op_rule("relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "leaky_relu", "elu", "hardswish",
-                  "hardtanh", "mish", "softplus", "dropout", "contiguous", "clone", "float", "to", "detach")
+                  "hardtanh", "mish", "softplus", "dropout", "contiguous", "clone", "float", "to", "detach", "neg",
+                  "__neg__", "exp", "erf")
 def _elementwise_op(site: Site, flow: Flow) -> Flow:
     return flow
 
 
-@register_op_rule("add", "sub", "mul", "truediv", "div", "__add__", "__radd__", "__sub__", "__mul__", "__rmul__",
-                  "__truediv__")
-def _scalar_op(site: Site, flow: Flow) -> Flow:
+# Element-wise ops of two operands: with a number they pass the channels on; with a second traced tensor they join.
+JOIN_OPS = ("add", "sub", "mul", "truediv", "div", "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+            "__truediv__", "__rtruediv__", "add_", "mul_", "__iadd__", "__imul__", "pow", "__pow__")
+
+
+@register_op_rule(*JOIN_OPS)
+def _scalar_op(site: Site, flow: Flow) -> Flow | Joined:
     n = site.node
-    if sum(a is TENSOR for a in (*n.args, *n.kwargs.values())) != 1:
-        raise Blocked(f"meets another tensor in `{site.name}`")
-    return flow  # with a number: elementwise
+    tensors = sum(a is TENSOR for a in (*n.args, *n.kwargs.values()))
+    if tensors == 1:
+        return flow  # with a number: elementwise
+    if tensors != len(n.inputs) or n.target in ("pow", "__pow__"):
+        raise Blocked(f"meets another tensor in `{site.name}` (e.g. a residual add) that no traced layer produces: "
+                      "its width is shared")
+    if n.ndim is not None and flow.ndim is not None and n.ndim != flow.ndim:
+        raise Blocked(f"is broadcast to rank {n.ndim} by `{site.name}`")
+    return Joined(flow)
 
 
 @register_op_rule("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d")
@@ -262,7 +309,7 @@ def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: 
         m = modules[n.target]
         if len(n.inputs) != 1:
             raise Blocked(f"feeds {n.target} ({type(m).__name__}) together with other tensors")
-        if counts.get(n.target, 0) > 1:
+        if counts.get(n.target, 0) > 1 and has_parameters(m):  # a parameter-free module: N independent calls
             raise Blocked(f"feeds {n.target}, which is called more than once (shared weights)")
         rule = lookup(MODULE_RULES, m)
         if rule is None:
@@ -270,7 +317,7 @@ def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: 
         return rule(Site(n, m, size), flow)
     if n.target in META_OPS:
         return None
-    if len(n.inputs) != 1:
+    if len(n.inputs) != 1 and n.target not in JOIN_OPS:
         raise Blocked(f"meets another tensor in `{n.target}` (e.g. a residual add): its width is shared")
     rule = OP_RULES.get(n.target)
     if rule is None:
@@ -278,28 +325,54 @@ def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: 
     return rule(Site(n, None, size), flow)
 
 
+def has_parameters(m: nn.Module) -> bool:
+    """Whether `m` holds weights (so calling it twice shares them); a ReLU called twice is two independent ops."""
+    return next(m.parameters(), None) is not None
+
+
+@dataclass
+class Walk:
+    """What `follow` found from one producer: the `members` reached, why they cannot be pruned (`reason`, None if
+    they can), the layer with no rule that stopped it (`bad`), the nodes whose outputs carry its channels
+    (`carriers`) and the element-wise joins it went through (`joins`: node -> its flow there)."""
+
+    members: list[Member] = field(default_factory=list)
+    reason: str | None = None
+    bad: str | None = None
+    carriers: set[int] = field(default_factory=set)
+    joins: dict[int, Flow] = field(default_factory=dict)
+
+
 def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn.Module], counts: dict[str, int],
-           start: int, source: Source) -> tuple[list[Member], str | None, str | None]:
-    """(members reached from producer node `start`, why they cannot be pruned or None, unsupported layer or None)."""
-    members: list[Member] = []
+           start: int, source: Source) -> Walk:
+    """Walk from producer node `start` to every node its channels reach (see `Walk`)."""
+    walk = Walk(carriers={start})
     todo = [(u, source.flow) for u in users.get(start, [])]
-    seen: set[int] = set()
+    seen: dict[int, Flow] = {}
     while todo:
         i, flow = todo.pop()
         if i in seen:
+            if i in walk.joins and seen[i] != flow:
+                walk.reason = f"meets itself along another dimension in `{nodes[i].target}`"
+                return walk
             continue
-        seen.add(i)
+        seen[i] = flow
         try:
             out = _step(nodes[i], modules, counts, source.size, flow)
         except _Unsupported as e:
-            return members, str(e), nodes[i].target
+            walk.reason, walk.bad = str(e), nodes[i].target
+            return walk
         except Blocked as e:
-            return members, str(e), None
+            walk.reason = str(e)
+            return walk
+        if isinstance(out, Joined):
+            walk.joins[i] = out = out.flow
         if isinstance(out, Reached):
-            members.extend(out.members)
+            walk.members.extend(out.members)
             out = out.flow
         if out is not None:
+            walk.carriers.add(i)
             todo.extend((u, out) for u in users.get(i, []))
-    if not any(m.dim == "in" for m in members):
-        return members, "no layer consumes its outputs", None
-    return members, None, None
+    if not any(m.dim == "in" for m in walk.members):
+        walk.reason = "no layer consumes its outputs"
+    return walk

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -209,6 +210,11 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
                  for g in groups if g.name in keep for m in g.members}
         refit = {n: (cols, elems.get((n, "out"))) for (n, d), cols in elems.items()
                  if d == "in" and isinstance(modules[n], nn.Linear)}
+        other = sorted({n for (n, d) in elems if d == "in" and n not in refit})
+        if other:
+            warnings.warn(f"StructuredConfig(reconstruct=True) refits nn.Linear consumers only; {len(other)} other "
+                          f"layer(s) keep their cut weights: {other[:4]} (use finetune= to recover them)",
+                          stacklevel=2)
     return StructuredPlan(graph, keep, {n: s.tolist() for n, s in scores.items()}, refit)
 
 

@@ -176,6 +176,45 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))  # (B, classes)
 
 
+# -- MobileNet-style net ------------------------------------------------------------------------------------------
+def _conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class MobileNetLike(nn.Module):
+    """MobileNet (v1) in small: a conv-BN-ReLU stem, then per width a depthwise 3x3 (groups == channels) and a
+    pointwise 1x1 conv, each with BN and ReLU; global pool, fc. Input (B, in_channels, H, W)."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = _conv_bn_relu(in_channels, widths[0], 3)
+        blocks, cin = [], widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            blocks.append(nn.Sequential(_conv_bn_relu(cin, cin, 3, stride, groups=cin), _conv_bn_relu(cin, w, 1)))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))  # (B, C, H', W')
+        return self.fc(torch.flatten(self.pool(x), 1))  # (B, classes)
+
+
+def mobilenet_like(widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1
+                   ) -> MobileNetLike:
+    """A MobileNet-style net with depthwise convolutions (not a matrix row: the issue-18 pruning bench uses it).
+
+    Example:
+        >>> net = mobilenet_like((4, 8))
+        >>> net(torch.randn(2, 1, 16, 16)).shape, net.blocks[0][0][0].groups
+        (torch.Size([2, 10]), 4)
+    """
+    return MobileNetLike(widths, num_classes, in_channels)
+
+
 @dataclass(frozen=True)
 class ResNetSpec:
     widths: tuple[int, ...] = (16, 32, 64)

@@ -133,11 +133,19 @@ def test_gpt_mlp_width_halved_heads_untouched_equal_masked_reference():
     assert lineage(gpt)["transforms"][-1]["details"]["unsupported"] == plan.unsupported
 
 
-def test_residual_model_keeps_hidden_size():
-    net = ResidualMLP()
+def test_residual_stream_is_cut_through_the_add_and_kept_where_it_is_the_output():
+    from tests.prune.test_graph import ResidualOut
+
+    net, x = ResidualMLP(), torch.randn(2, 4)
+    plan = plan_structured(net, StructuredConfig(ratio=0.5))
+    ref = masked_reference(net, plan)
     prune_(net, StructuredConfig(ratio=0.5))
-    assert (net.fc0.out_features, net.fc1.out_features, net.fc2.in_features, net.fc2.out_features) == (8, 8, 8, 8)
-    assert net(torch.randn(2, 4)).shape == (2, 3)
+    assert (net.fc0.out_features, net.fc1.in_features, net.fc1.out_features, net.fc2.in_features,
+            net.fc2.out_features, net.head.in_features) == (4, 4, 8, 8, 4, 4)
+    torch.testing.assert_close(net(x), ref(x), rtol=1e-5, atol=1e-6)
+    net = ResidualOut()
+    prune_(net, StructuredConfig(ratio=0.5))
+    assert (net.fc0.out_features, net.fc1.out_features, net.fc2.out_features) == (8, 8, 8)
 
 
 def test_round_to_overrides_include_exclude():
