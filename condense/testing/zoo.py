@@ -244,16 +244,28 @@ def _train_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterato
 
 def resnet_task(spec: ResNetSpec = ResNetSpec(), root: str | os.PathLike | None = None) -> Task:
     """The ResNet row: `spec`'s ResNet trained `spec.steps` steps on digits (cached), judged by test accuracy."""
+    return _digits_cnn_task("resnet", lambda: ResNet(spec.widths), spec, root,
+                            "torchvision-style BasicBlock ResNet on digits upscaled to 16x16")
+
+
+def mobilenet_task(spec: ResNetSpec = ResNetSpec(), root: str | os.PathLike | None = None) -> Task:
+    """`mobilenet_like(spec.widths)` trained like the ResNet row (cached), judged by test accuracy (the structured
+    pruning bench's depthwise-convolution model)."""
+    return _digits_cnn_task("mobilenet", lambda: mobilenet_like(spec.widths), spec, root,
+                            "MobileNet-style depthwise + pointwise net on digits upscaled to 16x16")
+
+
+def _digits_cnn_task(arch: str, make: Any, spec: ResNetSpec, root: str | os.PathLike | None, about: str) -> Task:
     from safetensors.torch import load_file, save_file
 
     from condense.tasks.digits import accuracy, cross_entropy_loss
 
     x_tr, y_tr, x_te, y_te = _digits16()
-    path = (Path(root) if root is not None else cache_dir() / "zoo") / f"resnet-{spec.key()}.safetensors"
+    path = (Path(root) if root is not None else cache_dir() / "zoo") / f"{arch}-{spec.key()}.safetensors"
 
     def build() -> nn.Module:
         torch.manual_seed(0)
-        model = ResNet(spec.widths)
+        model = make()
         if path.is_file():
             model.load_state_dict(load_file(str(path)))
         elif spec.steps:
@@ -262,19 +274,19 @@ def resnet_task(spec: ResNetSpec = ResNetSpec(), root: str | os.PathLike | None 
             model.train()
             fit(model, lambda: _train_batches(x_tr, y_tr, spec.batch_size), cross_entropy_loss,
                 FitConfig(steps=spec.steps, lr=spec.lr, optimizer="adamw", schedule="cosine", seed=0),
-                description="training the zoo ResNet")
+                description=f"training the zoo {arch}")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             save_file(model.state_dict(), str(tmp))
             os.replace(tmp, path)
         return model.eval()
 
-    return Task(name="zoo-resnet", model=build, skeleton=lambda: ResNet(spec.widths),
+    return Task(name=f"zoo-{arch}", model=build, skeleton=make,
                 evaluate=lambda m: {"accuracy": accuracy(m, x_te, y_te)}, primary_metric="accuracy",
                 higher_is_better=True, inputs=lambda b: x_te.repeat(-(-b // x_te.shape[0]), 1, 1, 1)[:b].clone(),
                 calibration_data=lambda: (x_tr[i:i + 64] for i in range(0, 512, 64)),
                 train_data=lambda: _train_batches(x_tr, y_tr, spec.batch_size), loss=cross_entropy_loss,
-                batch_sizes=(1, 64), description="torchvision-style BasicBlock ResNet on digits upscaled to 16x16")
+                batch_sizes=(1, 64), description=about)
 
 
 ROWS = ("minilm-bert", "llama", "mistral", "gpt2", "qwen2", "resnet")
