@@ -136,8 +136,8 @@ def _find(module: nn.Module) -> Cutter | None:
 
 def cutter_for(module: nn.Module, dim: str) -> Callable[[nn.Module, str, torch.Tensor], None] | None:
     """The cutter for `module` along `dim` (through the MRO), or None."""
-    if dim == "heads":
-        return cut_heads
+    if dim == "heads":  # a head cutter registered for the attention type (condense.prune.head_cutters)
+        return _find(module) or cut_heads
     return _find(module)
 
 

@@ -8,8 +8,10 @@ How the graph is found, most reliable first:
 1. `torch.fx` symbolic tracing (no data needed; `condense.prune.tracing`);
 2. if tracing fails (data-dependent control flow, as in our BERT and GPT), one real forward pass recorded with a
    `TorchFunctionMode` plus module hooks (needs one calibration batch);
-3. attention heads and transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our BERT
-   and GPT blocks are prunable even without data. An FFN seen in a traced graph is checked against it.
+3. attention heads come from a recorded forward pass (`condense.prune.heads`: the reshape of each projection into
+   (..., n_heads, head_dim), grouped-query attention included) when data is given; without data, heads and
+   transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our BERT and GPT blocks are
+   prunable even then. An FFN seen in a traced graph is checked against it.
 
 How channels pass each layer type and op is a table of rules, one per type (`condense.prune.rules`: register one
 there for a custom layer). Anything the walk does not understand (a residual add, a LayerNorm, concat, reshape, a
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from condense.errors import first_line
+from condense.prune.heads import discover
 from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, follow, lookup
 from condense.prune.tracing import Node, from_fx, from_recording
 
@@ -84,6 +87,16 @@ def _head_groups(model: nn.Module) -> list[Group]:
     return out
 
 
+def _heads(model: nn.Module, run: Callable[[nn.Module], Any] | None) -> tuple[list[Group], dict[str, str]]:
+    """Head groups from a recorded forward pass (`condense.prune.heads`), else from the name patterns."""
+    if run is None:
+        return _head_groups(model), {}
+    found, rejected = discover(model, run)
+    groups = [Group(h.name, "heads", h.size, h.members) for h in found]
+    seen = {g.name for g in groups} | set(rejected)  # the name patterns only cross-check what the trace missed
+    return groups + [g for g in _head_groups(model) if g.name not in seen], rejected
+
+
 def _ffn_pairs(model: nn.Module) -> dict[str, str]:
     """{expand Linear: contract Linear} for every module matching an FFN pattern."""
     out = {}
@@ -109,7 +122,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         [('0', 8, ['0', '2'])]
     """
     modules = dict(model.named_modules())
-    heads = _head_groups(model)
+    heads, rejected = _heads(model, run)
     owners = {id(modules[g.name]) for g in heads}  # leaves of the trace, besides torch.nn layers
     owners |= {id(m) for m in modules.values() if type(m) in MODULE_RULES and m is not model}
     claimed = {m.module for g in heads for m in g.members}
@@ -128,7 +141,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
                 nodes = from_recording(model, owners, run)
         else:
             method = "patterns"
-    graph = DependencyGraph(groups=list(heads), method=method)
+    graph = DependencyGraph(groups=list(heads), blocked=dict(rejected), method=method)
     layers = [n for n, m in modules.items() if lookup(PRODUCERS, m) is not None and n not in claimed]
     if nodes is None:
         for a, b in ffn.items():

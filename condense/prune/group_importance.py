@@ -18,12 +18,9 @@ from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
 from condense.prune.cutters import unit_weights
 from condense.prune.graph import Group
+from condense.prune.heads import unit_slices
 from condense.prune.importance import criterion, register_importance
 from condense.prune.recover import obs_scores
-
-
-def _per_unit(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
-    return t.detach().float().movedim(axis, 0).reshape(size, -1)  # (size, unit * rest)
 
 
 def _normalised(s: torch.Tensor) -> torch.Tensor:
@@ -35,7 +32,7 @@ def magnitude_scores(model: nn.Module, group: Group, p: int = 2) -> torch.Tensor
     modules = dict(model.named_modules())
     total = torch.zeros(group.size)
     for mem in group.members:
-        parts = [_per_unit(t, ax, group.size) for t, ax in unit_weights(modules[mem.module], mem.dim)]
+        parts = [unit_slices(mem, t, ax, group.size) for t, ax in unit_weights(modules[mem.module], mem.dim)]
         if parts:
             total += _normalised(torch.cat(parts, dim=1).norm(p=p, dim=1).cpu())
     return total

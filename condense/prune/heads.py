@@ -39,10 +39,11 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from condense.core.linear_like import find_adapter
+from condense.prune.head_cutters import GENERIC, ensure_head_cutter
 from condense.prune.rules import Member
 from condense.prune.tracing import META_OPS, op_name
 
-__all__ = ["HeadMember", "HeadGroup", "find_heads", "member_elements", "unit_slices"]
+__all__ = ["HeadMember", "HeadGroup", "find_heads", "discover", "member_elements", "unit_slices"]
 
 # Ops a projection's output may pass through, unchanged in layout, before its heads are viewed out of it.
 PASS_OPS = {"contiguous", "clone", "to", "float", "half", "bfloat16", "type", "dropout", "detach"}
@@ -254,6 +255,22 @@ def _group(name: str, views: list[_View], consumer: str, width: int, ops: list[_
 
 def find_heads(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[HeadGroup]:
     """Head groups of `model` from one recorded forward pass `run(model)` (see the module docstring)."""
+    return discover(model, run)[0]
+
+
+def _cross_check(m: nn.Module, g: HeadGroup) -> str | None:
+    """Why the well-known count attributes of attention module `m` disagree with the heads seen, or None."""
+    want = {"heads": g.size * g.per_unit, "kv_heads": g.size, "head_dim": g.head_dim}
+    for key, names in (("heads", GENERIC.heads), ("kv_heads", GENERIC.kv_heads),
+                       ("head_dim", ("head_dim", "attention_head_size"))):
+        have = next((getattr(m, a) for a in names if isinstance(getattr(m, a, None), int)), None)
+        if have is not None and have != want[key]:
+            return f"its attribute says {have} {key} but its projections are viewed as {want[key]}"
+    return None
+
+
+def discover(model: nn.Module, run: Callable[[nn.Module], Any]) -> tuple[list[HeadGroup], dict[str, str]]:
+    """(head groups, {attention module: why its heads are not pruned}); each group's module gets a head cutter."""
     ops = _record(model, run).ops
     users = _users(ops)
     calls: dict[str, list[int]] = {}
@@ -281,6 +298,7 @@ def find_heads(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[HeadGr
         for k in range(len(op.shapes)):
             taint[(i, k)] = t
     out: list[HeadGroup] = []
+    rejected: dict[str, str] = {}
     for c in sorted({c for r in reach.values() for c in r}):
         mine = [views[k] for k, r in reach.items() if c in r]
         if any(len(reach[k]) != 1 for k, r in reach.items() if c in r) or len({v.scope for v in mine}) != 1:
@@ -290,6 +308,10 @@ def find_heads(model: nn.Module, run: Callable[[nn.Module], Any]) -> list[HeadGr
             continue
         width = find_adapter(modules[consumer]).weight(modules[consumer]).shape[1]
         group = _group(mine[0].scope, mine, consumer, width, ops, users, c)
-        if group is not None:
+        why = None if group is None else _cross_check(modules[group.name], group)
+        if why is not None:
+            rejected[group.name] = f"heads not pruned: {why}"
+        elif group is not None:
+            ensure_head_cutter(modules[group.name], group.name)
             out.append(group)
-    return out
+    return out, rejected

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import dataclasses
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -34,6 +35,9 @@ from condense.errors import CondenseError, ConfigError
 from condense.prune.cutters import (CUTTERS, cut_batchnorm, cut_conv2d, cut_heads, cut_linear,  # noqa: F401
                                     cutter_for, resize_, shape_of)
 from condense.prune.graph import DependencyGraph, Group, build_graph
+from condense.prune.config_sync import apply_update_, sync_after_cut_
+from condense.prune.head_cutters import register_optional
+from condense.prune.heads import member_elements
 from condense.prune.group_importance import (activation_scores, consumer_statistics, group_scores,  # noqa: F401
                                              magnitude_scores)
 from condense.prune.importance import criteria
@@ -205,7 +209,7 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
             keep[g.name] = sorted(order[:kept[g.name]].tolist())
     refit: dict[str, tuple[list[int], list[int] | None]] = {}
     if cfg.reconstruct:  # every Linear that loses inputs: (inputs kept, outputs kept or None for all)
-        elems = {(m.module, m.dim): [u * m.unit + j for u in keep[g.name] for j in range(m.unit)]
+        elems = {(m.module, m.dim): member_elements(m, torch.tensor(keep[g.name], dtype=torch.long)).tolist()
                  for g in groups if g.name in keep for m in g.members}
         refit = {n: (cols, elems.get((n, "out"))) for (n, d), cols in elems.items()
                  if d == "in" and isinstance(modules[n], nn.Linear)}
@@ -222,7 +226,7 @@ def apply_plan(model: nn.Module, plan: StructuredPlan) -> dict[str, dict[str, in
         idx = torch.tensor(plan.keep[g.name], dtype=torch.long)
         for mem in g.members:
             m = modules[mem.module]
-            elems = (idx[:, None] * mem.unit + torch.arange(mem.unit)).reshape(-1)  # (k * unit,)
+            elems = member_elements(mem, idx)  # (k * unit,), from every block of a fused projection
             cutter_for(m, mem.dim)(m, mem.dim, idx if mem.dim == "heads" else elems)
             if mem.module not in touched:
                 touched.append(mem.module)
@@ -234,19 +238,29 @@ def prune_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformCont
     plan = plan_structured(model, cfg, ctx)
     distill = cfg.finetune is not None and check_recovery(model, ctx) == "distill"
     dense = copy.deepcopy(model).eval() if distill or plan.refit else None
+    modules = dict(model.named_modules())
+    before = {m.module: shape_of(modules[m.module]) for g in plan.graph.groups if g.name in plan.keep
+              for m in g.members}
     shapes = apply_plan(model, plan)
+    update, why = sync_after_cut_(model, plan.graph.groups, plan.keep, before, shapes)
+    if why is not None:
+        warnings.warn(f"StructuredConfig: {why}", stacklevel=2)
     if plan.refit:
         batches = ctx.calibration_batches(cfg.calibration_batches)
         reconstruct_(model, dense, plan.refit, batches, ctx.run_batch)
     ctx.record(shapes=shapes, kept={g: len(k) for g, k in plan.keep.items()},
-               graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported)
+               graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported,
+               hf_config=update, **({"hf_config_kept": why} if why else {}))
     if cfg.finetune is not None:
         recover_(model, dense, ctx, cfg.finetune)
     return model
 
 
 def _replay(model: nn.Module, cfg: StructuredConfig, details: dict) -> nn.Module:
-    return resize_(model, details["shapes"])
+    register_optional()  # cutters of transformers' attention and Conv1D, once their modules are imported
+    resize_(model, details["shapes"])
+    apply_update_(model, details.get("hf_config", {}))
+    return model
 
 
 # -- registered transforms ----------------------------------------------------------------------------------------
