@@ -250,7 +250,7 @@ def prune_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformCont
         reconstruct_(model, dense, plan.refit, batches, ctx.run_batch)
     ctx.record(shapes=shapes, kept={g: len(k) for g, k in plan.keep.items()},
                graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported,
-               hf_config=update, **({"hf_config_kept": why} if why else {}))
+               hf_config=update, **({"hf_config_unchanged": why} if why else {}))
     if cfg.finetune is not None:
         recover_(model, dense, ctx, cfg.finetune)
     return model
