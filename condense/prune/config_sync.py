@@ -101,10 +101,13 @@ def sync_after_cut_(model: nn.Module, groups: list[Any], keep: dict[str, list[in
         if g.kind != "heads":
             continue
         in_heads |= {m.module for m in g.members}
-        per_unit = g.members[-1].unit  # the attention module's member: query heads per unit
-        hd = next(m.unit for m in g.members if m.dim == "in") // per_unit
         kept = len(keep.get(g.name, range(g.size)))
-        heads.append((kept * per_unit, kept, hd))
+        o = next(m for m in g.members if m.dim == "in")
+        if g.members[-1].dim == "group_heads":  # units: query heads inside each of len(o.blocks) kv groups
+            heads.append((kept * len(o.blocks), len(o.blocks), o.unit))
+            continue
+        per_unit = g.members[-1].unit  # the attention module's member: query heads per unit
+        heads.append((kept * per_unit, kept, o.unit // per_unit))
     changes: dict[int, set[int]] = {}
     for n, shape in after.items():
         for key, new in shape.items() if n not in in_heads else ():

@@ -74,7 +74,7 @@ def activation_scores(model: nn.Module, groups: list[Group], stats: dict[str, di
                 continue
             w = modules[mem.module].weight.detach().float()
             col = w.movedim(1, 0).reshape(w.shape[1], -1).norm(dim=1).cpu()  # (in,)
-            total += _normalised((stats[mem.module]["abs"] * col).reshape(g.size, -1).sum(1))
+            total += _normalised(unit_slices(mem, stats[mem.module]["abs"] * col, 0, g.size).sum(1))
         out[g.name] = total
     return out
 
@@ -111,7 +111,8 @@ def _activation(model: nn.Module, groups: list[Group], ctx: TransformContext, *,
 
 def _single_linear_consumer(g: Group, modules: dict[str, nn.Module]) -> str | None:
     ins = [m for m in g.members if m.dim == "in"]
-    if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit:
+    if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit \
+            and not getattr(ins[0], "blocks", ()):  # OBS removes contiguous units
         return ins[0].module
     return None
 

@@ -9,7 +9,9 @@ attention module: its head-count attributes are updated by its head cutter (`con
 
 Grouped-query attention: q has n heads, k and v have n_kv < n. The unit of a group is one key/value head with its
 n // n_kv query heads (the `repeat_kv` / `enable_gqa` layout: query head i reads key/value head i // (n // n_kv)),
-so every kept key/value head keeps its whole query group and `num_key_value_groups` stays what it was.
+so every kept key/value head keeps its whole query group and `num_key_value_groups` stays what it was. Asked
+(`StructuredConfig(gqa="queries")`), `within_groups` recasts such a group as the same query heads removed inside
+every group instead: the key/value heads (and the KV cache) stay, `num_key_value_groups` shrinks.
 
 Without data, the name patterns of `condense.prune.graph.HEAD_PATTERNS` still serve condense's own models.
 
@@ -43,7 +45,7 @@ from condense.prune.head_cutters import GENERIC, ensure_head_cutter
 from condense.prune.rules import Member
 from condense.prune.tracing import META_OPS, op_name
 
-__all__ = ["HeadMember", "HeadGroup", "find_heads", "discover", "member_elements", "unit_slices"]
+__all__ = ["HeadMember", "HeadGroup", "find_heads", "discover", "within_groups", "member_elements", "unit_slices"]
 
 # Ops a projection's output may pass through, unchanged in layout, before its heads are viewed out of it.
 PASS_OPS = {"contiguous", "clone", "to", "float", "half", "bfloat16", "type", "dropout", "detach"}
@@ -83,6 +85,20 @@ class HeadGroup:
     per_unit: int
     head_dim: int
     members: tuple[Member, ...]
+
+
+def within_groups(size: int, members: tuple[Member, ...]) -> tuple[int, tuple[Member, ...]] | None:
+    """A grouped-query head group (one key/value head with its query heads per unit) recast as "the same query
+    heads inside every group": (query heads per group, members), the key/value projections untouched; None when
+    that cannot be cut that way (multi-head attention, or a fused projection holding q with k and v)."""
+    attn = members[-1]
+    if attn.dim != "q_heads" or any(getattr(m, "blocks", ()) for m in members):
+        return None
+    g = attn.unit
+    q = [m for m in members[:-1] if m.unit == members[-2].unit]  # q ("out") and the consumer ("in"): g heads a unit
+    hd = members[-2].unit // g
+    out = tuple(HeadMember(m.module, m.dim, hd, tuple((j * g * hd, hd) for j in range(size))) for m in q)
+    return g, (*out, Member(attn.module, "group_heads", 1))
 
 
 # -- recording ------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from condense.prune.cutters import (CUTTERS, cut_batchnorm, cut_conv2d, cut_head
 from condense.prune.graph import DependencyGraph, Group, build_graph
 from condense.prune.config_sync import apply_update_, sync_after_cut_
 from condense.prune.head_cutters import register_optional
-from condense.prune.heads import member_elements
+from condense.prune.heads import member_elements, within_groups
 from condense.prune.group_importance import (activation_scores, consumer_statistics, group_scores,  # noqa: F401
                                              magnitude_scores)
 from condense.prune.importance import criteria
@@ -46,6 +46,7 @@ from condense.train.loop import FitConfig
 
 KINDS = ("channels", "neurons", "heads", "ffn")
 TARGETS = (*KINDS, "auto")
+GQA_UNITS = ("groups", "queries")  # what a grouped-query head group removes: whole kv groups, or queries in each
 IMPORTANCES = ("l1", "l2", "activation", "obs")  # the built-in criteria; any "groups" criterion is accepted
 
 
@@ -62,6 +63,9 @@ class StructuredConfig:
             it with reconstruct=True; groups with other consumers fall back to "activation").
         layer_ratios: per-group overrides, ((pattern, ratio), ...); the first matching pattern wins.
         round_to: keep feature counts multiples of this (e.g. 8 for faster kernels).
+        gqa: grouped-query attention: "groups" removes whole key/value heads with their query heads (the query
+            heads per key/value head stay); "queries" removes the same number of query heads inside every group
+            (every key/value head, and the KV cache, stays).
         include: group-name patterns to prune (fnmatch, e.g. "layers.*.attn"); exclude: patterns to leave alone.
         calibration_batches: batches used by activation importance and reconstruction.
         reconstruct: after the cut, refit every Linear that lost inputs (weight and bias, least squares on
@@ -79,6 +83,7 @@ class StructuredConfig:
     importance: str = "l2"
     layer_ratios: tuple[tuple[str, float], ...] = ()
     round_to: int = 1
+    gqa: str = "groups"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 8
@@ -101,6 +106,7 @@ class StructuredConfig:
             _check_ratio(r, f"layer_ratios[{pat!r}]")
         check_choice(self, "target", TARGETS, example="auto")
         check_choice(self, "importance", criteria("groups"), example="l2")
+        check_choice(self, "gqa", GQA_UNITS, example="groups")
         check_int(self, "round_to", lo=1, hi=1_000_000, example=8)  # 1 = no rounding, 8 for fast kernels
         check_patterns(self, example="('layers.*',)")
         check_positive_int(self, "calibration_batches", example=8)
@@ -171,6 +177,11 @@ def _graph_for(model: nn.Module, ctx: TransformContext) -> DependencyGraph:
     return build_graph(model, run=lambda m: ctx.run_batch(m, batch))
 
 
+def _within_groups(g: Group) -> Group:
+    recast = within_groups(g.size, g.members) if g.kind == "heads" else None
+    return g if recast is None else dataclasses.replace(g, size=recast[0], members=recast[1])
+
+
 def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformContext | None = None) -> StructuredPlan:
     """Decide which units of which groups to keep; raises ConfigError before anything changes.
 
@@ -181,6 +192,8 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
     """
     ctx = ctx or TransformContext()
     graph = _graph_for(model, ctx)
+    if cfg.gqa == "queries":
+        graph.groups = [_within_groups(g) for g in graph.groups]
     groups = _select(graph, cfg)
     modules = dict(model.named_modules())
     for g in groups:

@@ -250,3 +250,37 @@ def test_unregistered_attention_is_warned_and_a_disagreeing_count_is_not_pruned(
         g = build_graph(model, run=lambda m: m(torch.randn(1, 3, 16)))
     CUTTERS.pop(Attn)
     assert g.group("0").size == 4
+
+
+@pytest.mark.parametrize("name", sorted(GQA))
+def test_gqa_queries_inside_groups_keep_every_key_value_head(name, tmp_path):
+    model = GQA[name]()
+    cfg = StructuredConfig(ratio=0.5, target="heads", gqa="queries")
+    plan = plan_structured(model, cfg, TransformContext(calibration=[{"input_ids": IDS}]))
+    g = plan.graph.group("model.layers.0.self_attn")
+    assert g.size == 2 and [(m.module.rsplit(".", 1)[-1], m.dim, m.unit, m.blocks if m.dim != "group_heads" else ())
+                            for m in g.members] == [("q_proj", "out", 8, ((0, 8), (16, 8))),
+                                                    ("o_proj", "in", 8, ((0, 8), (16, 8))),
+                                                    ("self_attn", "group_heads", 1, ())]
+    ref = zeroed_reference(model, plan)
+    n0 = params(model)
+    apply_plan(model, plan)
+    bias = 2 * 8 if name == "qwen2" else 0  # Qwen2's q_proj has a bias
+    assert params(model) == n0 - 2 * (2 * 8 * 32 + bias + 32 * 2 * 8)  # 2 query heads a layer, no key/value head
+    attn = model.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.num_key_value_groups) == (16, 16, 1)
+    with torch.no_grad():
+        assert (model(input_ids=IDS).logits - ref(input_ids=IDS).logits).abs().max() < 1e-5
+    prompt = IDS[:1, :4]
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False),
+                       ref.generate(prompt, max_new_tokens=6, do_sample=False))
+    other = GQA[name]()
+    prune_(other, cfg, calibration=[{"input_ids": IDS}])
+    c = other.config
+    assert (c.num_attention_heads, c.num_key_value_heads, c.head_dim) == (2, 2, 8)
+    other.save_pretrained(tmp_path / "hf")
+    back = type(other).from_pretrained(tmp_path / "hf").eval()
+    loaded = condense.load(condense.save(other, tmp_path / "c"), model=GQA[name]())
+    with torch.no_grad():
+        want = other(input_ids=IDS).logits
+        assert torch.equal(back(input_ids=IDS).logits, want) and torch.equal(loaded(input_ids=IDS).logits, want)
