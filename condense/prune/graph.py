@@ -20,6 +20,7 @@ pruned. So the residual stream (hidden size) is never cut, while heads and FFN w
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -91,7 +92,12 @@ def _heads(model: nn.Module, run: Callable[[nn.Module], Any] | None) -> tuple[li
     """Head groups from a recorded forward pass (`condense.prune.heads`), else from the name patterns."""
     if run is None:
         return _head_groups(model), {}
-    found, rejected = discover(model, run)
+    try:
+        found, rejected = discover(model, run)
+    except Exception as e:  # the graph's own recording below reports what fails; heads fall back to the names
+        warnings.warn(f"attention heads could not be found by running the model ({first_line(e)}); only the name "
+                      "patterns of condense.prune.graph.HEAD_PATTERNS are used", stacklevel=3)
+        return _head_groups(model), {}
     groups = [Group(h.name, "heads", h.size, h.members) for h in found]
     seen = {g.name for g in groups} | set(rejected)  # the name patterns only cross-check what the trace missed
     return groups + [g for g in _head_groups(model) if g.name not in seen], rejected
