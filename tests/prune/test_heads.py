@@ -12,8 +12,10 @@ import condense
 from condense.core.linear_like import linear_weight
 from condense.core.transforms import TransformContext
 from condense.prune import StructuredConfig, prune_
+from condense.prune.config_sync import sync_after_cut_
+from condense.prune.cutters import cutter_for, shape_of
 from condense.prune.graph import build_graph
-from condense.prune.head_cutters import CUTTERS, HeadCounts, register_head_counts
+from condense.prune.head_cutters import CUTTERS, HeadCounts, register_head_counts, register_optional
 from condense.prune.heads import member_elements
 from condense.prune.structured import apply_plan, plan_structured
 
@@ -284,3 +286,24 @@ def test_gqa_queries_inside_groups_keep_every_key_value_head(name, tmp_path):
     with torch.no_grad():
         want = other(input_ids=IDS).logits
         assert torch.equal(back(input_ids=IDS).logits, want) and torch.equal(loaded(input_ids=IDS).logits, want)
+
+
+def test_gpt2_ffn_width_none_n_inner_becomes_explicit_and_round_trips(tmp_path):
+    model = gpt2()
+    register_optional()
+    keep = torch.arange(0, 128, 2)  # half of each block's 4 * 32 FFN units, cut by the Conv1D cutter
+    before, after = {}, {}
+    for i, block in enumerate(model.transformer.h):
+        for name, dim in (("c_fc", "out"), ("c_proj", "in")):
+            full = f"transformer.h.{i}.mlp.{name}"
+            layer = getattr(block.mlp, name)
+            before[full] = shape_of(layer)
+            cutter_for(layer, dim)(layer, dim, keep)
+            after[full] = shape_of(layer)
+    assert model.config.n_inner is None
+    update, why = sync_after_cut_(model, [], {}, before, after)
+    assert (update, why, model.config.n_inner) == ({"n_inner": 64}, None, 64)
+    model.save_pretrained(tmp_path)
+    back = type(model).from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(back(input_ids=IDS).logits, model(input_ids=IDS).logits)
