@@ -33,7 +33,7 @@ Example:
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -112,16 +112,15 @@ class _Op:
     module: str | None = None  # a linear-like layer's call
 
 
-@dataclass
 class _Recorder(TorchFunctionMode):
-    leaves: set[int] = field(default_factory=set)
-    ops: list[_Op] = field(default_factory=list)
-    src: dict[int, tuple[int, int]] = field(default_factory=dict)
-    scope: list[str] = field(default_factory=list)
-    depth: int = 0
+    """Records every torch call made outside a linear-like layer, and each linear-like layer's call, as `_Op`s."""
 
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
         super().__init__()
+        self.ops: list[_Op] = []
+        self.src: dict[int, tuple[int, int]] = {}  # id(tensor) -> (op, output index); entries vanish with tensors
+        self.scope: list[str] = []  # names of the modules running, outermost first
+        self.depth = 0  # > 0 inside a linear-like layer
 
     def add(self, name: str, args: tuple, kwargs: dict, out: Any, module: str | None = None) -> None:
         ins = [self.src[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.src]
