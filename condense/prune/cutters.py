@@ -4,8 +4,9 @@ A `Cutter` knows three things about its layer type: how to keep units `idx` alon
 layer's outputs, "in": its inputs), the prunable sizes recorded in the lineage (`shape`, read back by `resize_`
 when an artifact is loaded), and which tensors hold a unit's weights (`weights`, for magnitude importance).
 Lookup goes through the MRO, so a subclass of a registered type uses its base's cutter. LayerNorm has no cutter on
-purpose: it normalises the residual stream, which is never cut. Attention heads (`dim="heads"`) are cut by
-`cut_heads` on any module with `n_heads` (its projections are cut by their own members).
+purpose: it normalises the residual stream, which is never cut. Attention heads (`dim="heads"`) are cut by the
+head cutter registered for the attention module's type (`condense.prune.head_cutters`), else by `cut_heads` on a
+module with `n_heads` (its projections are cut by their own members).
 
 To prune a custom layer, register a cutter for it (and a rule in `condense.prune.rules`):
 
@@ -176,8 +177,8 @@ def _find(module: nn.Module) -> Cutter | None:
 
 def cutter_for(module: nn.Module, dim: str) -> Callable[[nn.Module, str, torch.Tensor], None] | None:
     """The cutter for `module` along `dim` (through the MRO), or None."""
-    if dim == "heads":
-        return cut_heads
+    if dim == "heads":  # a head cutter registered for the attention type (condense.prune.head_cutters)
+        return _find(module) or cut_heads
     return _find(module)
 
 

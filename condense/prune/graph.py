@@ -9,8 +9,10 @@ How the graph is found, most reliable first:
 1. `torch.fx` symbolic tracing (no data needed; `condense.prune.tracing`);
 2. if tracing fails (data-dependent control flow, as in our BERT and GPT and in Hugging Face models), one real
    forward pass recorded with a `TorchFunctionMode` plus module hooks (needs one calibration batch);
-3. attention heads and our own transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our
-   BERT and GPT blocks are prunable even without data.
+3. attention heads come from a recorded forward pass (`condense.prune.heads`: the reshape of each projection into
+   (..., n_heads, head_dim), grouped-query attention included) when data is given; without data, heads and our own
+   transformer FFNs come from name patterns (`HEAD_PATTERNS`, `FFN_PATTERNS`), so our BERT and GPT blocks are
+   prunable even then.
 
 The coupling comes from the computation: producers whose outputs meet at an element-wise op (SwiGLU's
 `act(gate(x)) * up(x)`, a ResNet's `bn2(conv2(..)) + shortcut`) form one group (same kept units; importance
@@ -26,6 +28,7 @@ heads and FFN width are.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +37,7 @@ from torch import nn
 
 from condense.core.linear_like import linear_like_types, linear_weight
 from condense.errors import first_line
+from condense.prune.heads import discover
 from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, Source, Walk, depthwise, follow, lookup
 from condense.prune.tracing import Node, from_fx, from_recording
 
@@ -93,6 +97,21 @@ def _head_groups(model: nn.Module) -> list[Group]:
     return out
 
 
+def _heads(model: nn.Module, run: Callable[[nn.Module], Any] | None) -> tuple[list[Group], dict[str, str]]:
+    """Head groups from a recorded forward pass (`condense.prune.heads`), else from the name patterns."""
+    if run is None:
+        return _head_groups(model), {}
+    try:
+        found, rejected = discover(model, run)
+    except Exception as e:  # the graph's own recording below reports what fails; heads fall back to the names
+        warnings.warn(f"attention heads could not be found by running the model ({first_line(e)}); only the name "
+                      "patterns of condense.prune.graph.HEAD_PATTERNS are used", stacklevel=3)
+        return _head_groups(model), {}
+    groups = [Group(h.name, "heads", h.size, h.members) for h in found]
+    seen = {g.name for g in groups} | set(rejected)  # the name patterns only cross-check what the trace missed
+    return groups + [g for g in _head_groups(model) if g.name not in seen], rejected
+
+
 def _ffn_pairs(model: nn.Module) -> dict[str, str]:
     """{expand Linear: contract Linear} for every module matching an FFN pattern."""
     out = {}
@@ -118,7 +137,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         [('0', 8, ['0', '2'])]
     """
     modules = dict(model.named_modules())
-    heads = _head_groups(model)
+    heads, rejected = _heads(model, run)
     owners = {id(modules[g.name]) for g in heads}  # leaves of the trace, besides torch.nn layers
     owners |= {id(m) for m in modules.values() if lookup(MODULE_RULES, m) is not None and m is not model}
     claimed = {m.module for g in heads for m in g.members}
@@ -137,7 +156,7 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
                 nodes = from_recording(model, owners, run)
         else:
             method = "patterns"
-    graph = DependencyGraph(groups=list(heads), method=method)
+    graph = DependencyGraph(groups=list(heads), blocked=dict(rejected), method=method)
     layers = [n for n, m in modules.items() if lookup(PRODUCERS, m) is not None and n not in claimed]
     if nodes is None:
         for a, b in ffn.items():

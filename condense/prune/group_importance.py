@@ -18,12 +18,9 @@ from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
 from condense.prune.cutters import unit_weights
 from condense.prune.graph import Group
+from condense.prune.heads import unit_slices
 from condense.prune.importance import criterion, register_importance
 from condense.prune.recover import obs_scores
-
-
-def _per_unit(t: torch.Tensor, axis: int, size: int) -> torch.Tensor:
-    return t.detach().float().movedim(axis, 0).reshape(size, -1)  # (size, unit * rest)
 
 
 def _normalised(s: torch.Tensor) -> torch.Tensor:
@@ -35,7 +32,7 @@ def magnitude_scores(model: nn.Module, group: Group, p: int = 2) -> torch.Tensor
     modules = dict(model.named_modules())
     total = torch.zeros(group.size)
     for mem in group.members:
-        parts = [_per_unit(t, ax, group.size) for t, ax in unit_weights(modules[mem.module], mem.dim)]
+        parts = [unit_slices(mem, t, ax, group.size) for t, ax in unit_weights(modules[mem.module], mem.dim)]
         if parts:
             total += _normalised(torch.cat(parts, dim=1).norm(p=p, dim=1).cpu())
     return total
@@ -77,7 +74,7 @@ def activation_scores(model: nn.Module, groups: list[Group], stats: dict[str, di
                 continue
             w, axis = unit_weights(modules[mem.module], "in")[0]  # Linear (out, in), Conv1D (in, out), Conv2d
             col = w.detach().float().movedim(axis, 0).reshape(w.shape[axis], -1).norm(dim=1).cpu()  # (in,)
-            total += _normalised((stats[mem.module]["abs"] * col).reshape(g.size, -1).sum(1))
+            total += _normalised(unit_slices(mem, stats[mem.module]["abs"] * col, 0, g.size).sum(1))
         out[g.name] = total
     return out
 
@@ -114,7 +111,8 @@ def _activation(model: nn.Module, groups: list[Group], ctx: TransformContext, *,
 
 def _single_linear_consumer(g: Group, modules: dict[str, nn.Module]) -> str | None:
     ins = [m for m in g.members if m.dim == "in"]
-    if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit:
+    if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit \
+            and not getattr(ins[0], "blocks", ()):  # OBS removes contiguous units
         return ins[0].module
     return None
 

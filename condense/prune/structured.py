@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from condense.errors import CondenseError, ConfigError
 from condense.prune.cutters import (CUTTERS, cut_batchnorm, cut_conv2d, cut_heads, cut_linear,  # noqa: F401
                                     cutter_for, resize_, shape_of)
 from condense.prune.graph import DependencyGraph, Group, build_graph
+from condense.prune.config_sync import apply_update_, sync_after_cut_
+from condense.prune.head_cutters import register_optional
+from condense.prune.heads import member_elements, within_groups
 from condense.prune.group_importance import (activation_scores, consumer_statistics, group_scores,  # noqa: F401
                                              magnitude_scores)
 from condense.prune.importance import criteria
@@ -43,6 +47,7 @@ from condense.train.loop import FitConfig
 
 KINDS = ("channels", "neurons", "heads", "ffn")
 TARGETS = (*KINDS, "auto")
+GQA_UNITS = ("groups", "queries")  # what a grouped-query head group removes: whole kv groups, or queries in each
 IMPORTANCES = ("l1", "l2", "activation", "obs")  # the built-in criteria; any "groups" criterion is accepted
 
 
@@ -59,6 +64,9 @@ class StructuredConfig:
             it with reconstruct=True; groups with other consumers fall back to "activation").
         layer_ratios: per-group overrides, ((pattern, ratio), ...); the first matching pattern wins.
         round_to: keep feature counts multiples of this (e.g. 8 for faster kernels).
+        gqa: grouped-query attention: "groups" removes whole key/value heads with their query heads (the query
+            heads per key/value head stay); "queries" removes the same number of query heads inside every group
+            (every key/value head, and the KV cache, stays).
         include: group-name patterns to prune (fnmatch, e.g. "layers.*.attn"); exclude: patterns to leave alone.
         calibration_batches: batches used by activation importance and reconstruction.
         reconstruct: after the cut, refit every Linear that lost inputs (weight and bias, least squares on
@@ -76,6 +84,7 @@ class StructuredConfig:
     importance: str = "l2"
     layer_ratios: tuple[tuple[str, float], ...] = ()
     round_to: int = 1
+    gqa: str = "groups"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     calibration_batches: int = 8
@@ -98,6 +107,7 @@ class StructuredConfig:
             _check_ratio(r, f"layer_ratios[{pat!r}]")
         check_choice(self, "target", TARGETS, example="auto")
         check_choice(self, "importance", criteria("groups"), example="l2")
+        check_choice(self, "gqa", GQA_UNITS, example="groups")
         check_int(self, "round_to", lo=1, hi=1_000_000, example=8)  # 1 = no rounding, 8 for fast kernels
         check_patterns(self, example="('layers.*',)")
         check_positive_int(self, "calibration_batches", example=8)
@@ -168,6 +178,11 @@ def _graph_for(model: nn.Module, ctx: TransformContext) -> DependencyGraph:
     return build_graph(model, run=lambda m: ctx.run_batch(m, batch))
 
 
+def _within_groups(g: Group) -> Group:
+    recast = within_groups(g.size, g.members) if g.kind == "heads" else None
+    return g if recast is None else dataclasses.replace(g, size=recast[0], members=recast[1])
+
+
 def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformContext | None = None) -> StructuredPlan:
     """Decide which units of which groups to keep; raises ConfigError before anything changes.
 
@@ -178,6 +193,8 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
     """
     ctx = ctx or TransformContext()
     graph = _graph_for(model, ctx)
+    if cfg.gqa == "queries":
+        graph.groups = [_within_groups(g) for g in graph.groups]
     groups = _select(graph, cfg)
     modules = dict(model.named_modules())
     for g in groups:
@@ -206,7 +223,7 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
             keep[g.name] = sorted(order[:kept[g.name]].tolist())
     refit: dict[str, tuple[list[int], list[int] | None]] = {}
     if cfg.reconstruct:  # every Linear that loses inputs: (inputs kept, outputs kept or None for all)
-        elems = {(m.module, m.dim): [u * m.unit + j for u in keep[g.name] for j in range(m.unit)]
+        elems = {(m.module, m.dim): member_elements(m, torch.tensor(keep[g.name], dtype=torch.long)).tolist()
                  for g in groups if g.name in keep for m in g.members}
         refit = {n: (cols, elems.get((n, "out"))) for (n, d), cols in elems.items()
                  if d == "in" and isinstance(modules[n], nn.Linear)}
@@ -228,7 +245,7 @@ def apply_plan(model: nn.Module, plan: StructuredPlan) -> dict[str, dict[str, in
         idx = torch.tensor(plan.keep[g.name], dtype=torch.long)
         for mem in g.members:
             m = modules[mem.module]
-            elems = (idx[:, None] * mem.unit + torch.arange(mem.unit)).reshape(-1)  # (k * unit,)
+            elems = member_elements(mem, idx)  # (k * unit,), from every block of a fused projection
             cutter_for(m, mem.dim)(m, mem.dim, idx if mem.dim == "heads" else elems)
             if mem.module not in touched:
                 touched.append(mem.module)
@@ -240,19 +257,29 @@ def prune_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformCont
     plan = plan_structured(model, cfg, ctx)
     distill = cfg.finetune is not None and check_recovery(model, ctx) == "distill"
     dense = copy.deepcopy(model).eval() if distill or plan.refit else None
+    modules = dict(model.named_modules())
+    before = {m.module: shape_of(modules[m.module]) for g in plan.graph.groups if g.name in plan.keep
+              for m in g.members}
     shapes = apply_plan(model, plan)
+    update, why = sync_after_cut_(model, plan.graph.groups, plan.keep, before, shapes)
+    if why is not None:
+        warnings.warn(f"StructuredConfig: {why}", stacklevel=2)
     if plan.refit:
         batches = ctx.calibration_batches(cfg.calibration_batches)
         reconstruct_(model, dense, plan.refit, batches, ctx.run_batch)
     ctx.record(shapes=shapes, kept={g: len(k) for g, k in plan.keep.items()},
-               graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported)
+               graph=plan.graph.method, blocked=plan.graph.blocked, unsupported=plan.unsupported,
+               hf_config=update, **({"hf_config_unchanged": why} if why else {}))
     if cfg.finetune is not None:
         recover_(model, dense, ctx, cfg.finetune)
     return model
 
 
 def _replay(model: nn.Module, cfg: StructuredConfig, details: dict) -> nn.Module:
-    return resize_(model, details["shapes"])
+    register_optional()  # cutters of transformers' attention and Conv1D, once their modules are imported
+    resize_(model, details["shapes"])
+    apply_update_(model, details.get("hf_config", {}))
+    return model
 
 
 # -- registered transforms ----------------------------------------------------------------------------------------
