@@ -18,9 +18,8 @@ Example:
 from __future__ import annotations
 
 import copy
-import math
-import warnings
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
