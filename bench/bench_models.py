@@ -1,7 +1,7 @@
 """Compatibility matrix: models condense did not write (condense.testing.zoo) x every technique and export.
 
 Usage: .venv/bin/python bench/bench_models.py [--rows llama,gpt2] [--cols dynamic-int8,onnx] [--quick]
-       [--threads 2] [--batch 8] [--rounds 7] [--cell-timeout 300] [--decode-tokens 16] [--no-write]
+       [--threads 2] [--batch 8] [--rounds 7] [--cell-timeout 300] [--decode-tokens 8] [--no-write]
 Writes the `models` section of BENCHMARKS.md and of README.md (between `<!-- bench:models -->` markers).
 
 Each cell runs in isolation on a fresh copy of the fp32 model (a failure is recorded, the run goes on), under a
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--cell-timeout", type=float, default=300.0, help="seconds per cell")
-    ap.add_argument("--decode-tokens", type=int, default=16,
+    ap.add_argument("--decode-tokens", type=int, default=8,
                     help="new tokens per timed generate() of causal LM rows (0: no decode figures)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         try:
             task = zoo_task(row, quick=args.quick, **({} if row == "resnet" else EVAL))
-            base = matrix.baseline(task, args.batch, decode_tokens=args.decode_tokens, rounds=max(1, args.rounds // 2))
+            base = matrix.baseline(task, args.batch, decode_tokens=args.decode_tokens, rounds=args.rounds)
         except Exception as e:  # noqa: BLE001  (a row that cannot be built is reported, the others still run)
             print(f"[{row}] could not be built: {matrix.first_line(e)}", file=sys.stderr, flush=True)
             results[row] = (None, [matrix.Cell(row, c, "failed", "model: " + matrix.first_line(e)) for c in cols], "")
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
              f"interleaved rounds, > 1 is faster), change of the row's primary metric vs fp32 (bits_per_byte: lower "
              f"is better; embedding_cosine, accuracy: higher is better), outputs vs fp32 (max abs difference / "
              f"cosine); causal LMs: decode tokens/s through `generate` (KV cache, batch 1, {args.decode_tokens} new "
-             f"tokens, median of {max(1, args.rounds // 2)} interleaved rounds) and its ratio to fp32, where the "
+             f"tokens; fp32: median of {args.rounds} rounds, cells: of {max(1, args.rounds // 2)} rounds interleaved with fp32) and "
+             f"the ratio to fp32, where the "
              f"result still generates as a torch module. Not measured: `failed`/`timeout`/`skipped` and why (first "
              f"line of the error). Zoo models "
              f"trained {'80 steps (--quick)' if args.quick else 'a few hundred steps'} on stdlib bytes "
