@@ -10,6 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # CONDENSE_BENCHMARKS=/tmp/smoke.md: a smoke run writes its tables there instead of into BENCHMARKS.md
 BENCHMARKS = Path(os.environ.get("CONDENSE_BENCHMARKS") or ROOT / "BENCHMARKS.md")
+# the README's measured tables (bench_models.py); a smoke run (CONDENSE_BENCHMARKS set) writes beside its file
+README = Path(os.environ.get("CONDENSE_README") or (BENCHMARKS.with_name(BENCHMARKS.stem + "-README.md")
+                                                     if os.environ.get("CONDENSE_BENCHMARKS") else ROOT / "README.md"))
 sys.path.insert(0, str(ROOT))
 
 from condense.core.atomic import atomic_write_text  # noqa: E402
@@ -24,15 +27,17 @@ def header(command: str, threads: int, notes: str = "") -> str:
             f"{versions}.  \n{notes}")
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace the `<!-- bench:NAME -->` ... `<!-- /bench:NAME -->` section (appended if absent)."""
+def write_section(name: str, body: str, path: Path | None = None) -> None:
+    """Replace the `<!-- bench:NAME -->` ... `<!-- /bench:NAME -->` section of `path` (default BENCHMARKS.md;
+    appended if absent)."""
+    path = BENCHMARKS if path is None else path
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n\nEvery table below was written by " \
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery table below was written by " \
         "the command above it, measuring side by side in one process. Medians; ratios against the named baseline.\n"
     block = f"{start}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(BENCHMARKS, text)
+    atomic_write_text(path, text)
 
 
 def interleaved_p50(fns: dict, *, rounds: int = 15, warmup: int = 2) -> dict:

@@ -8,6 +8,7 @@ lineage as one `DistillConfig` entry, so `condense.load` rebuilds the student's 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 from torch import nn
@@ -72,19 +73,55 @@ def build_student(teacher: nn.Module, cfg: Any, ctx: TransformContext | None = N
     details: dict[str, Any] = {"container": None, "kept": None, "n_before": None}
     if cfg.layers is not None:
         name, blocks = find_block_list(student, cfg.container)
+        fixed = shape_changing_blocks(teacher, name, ctx)
         keep = kept_layers(len(blocks), cfg.layers)
+        if isinstance(cfg.layers, int) and fixed:  # only blocks keeping their input's shape may go
+            free = [i for i in range(len(blocks)) if i not in fixed]
+            keep = sorted(fixed + [free[i] for i in kept_layers(len(free), cfg.layers - len(fixed))]
+                          if cfg.layers > len(fixed) else fixed)
+        elif fixed and set(fixed) - set(keep):
+            raise ConfigError(f"layers={tuple(cfg.layers)} drops blocks {sorted(set(fixed) - set(keep))} of "
+                              f"{name or 'the model'}, which change the tensor shape (e.g. a downsampling block); "
+                              f"keep them: layers={tuple(sorted(set(keep) | set(fixed)))}")
         if isinstance(cfg.layers, int) and cfg.layer_criterion != "spread" and len(keep) < len(blocks):
             from condense.prune.layers import LayerDropConfig, plan_layer_drop
 
             drop = LayerDropConfig(n_drop=len(blocks) - len(keep), criterion=cfg.layer_criterion, container=name)
             _, keep, _ = plan_layer_drop(teacher, drop, ctx)
         details = {"container": name, "kept": keep, "n_before": len(blocks)}
+        if isinstance(cfg.layers, int) and len(keep) > cfg.layers:
+            details["shape_changing_kept"] = fixed
+            warnings.warn(f"the student keeps {len(keep)} blocks, not layers={cfg.layers}: blocks {fixed} of "
+                          f"{name or 'the model'} change the tensor shape (downsampling) and cannot be removed",
+                          stacklevel=3)
         drop_blocks_(student, name, keep)  # also renumbers HF cache slots and the config's layer count
     if cfg.width_ratio < 1:
         width = StructuredConfig(ratio=1 - cfg.width_ratio, target=cfg.width_target)
         student, d = run_transform(student, width, ctx.child() if ctx is not None else TransformContext())
         details["width"] = {"config": width.to_dict(), "details": d or {}}
     return student, details
+
+
+def shape_changing_blocks(model: nn.Module, container: str, ctx: TransformContext | None) -> list[int]:
+    """Indices of the blocks of `container` whose output shape differs from their input's (a CNN's downsampling
+    blocks), seen on one calibration batch; [] when the context has no data (nothing can be checked)."""
+    from condense.errors import CondenseError
+    from condense.prune.layers import find_block_list, similarity_scores
+
+    if ctx is None:
+        return []
+    try:
+        batches = ctx.calibration_batches(1, what="checking which blocks keep their input's shape")
+    except CondenseError:
+        return []
+    _, blocks = find_block_list(model, container)
+    was = model.training
+    model.eval()
+    try:
+        _, same = similarity_scores(model, blocks, batches, ctx.run_batch)
+    finally:
+        model.train(was)
+    return [i for i, ok in enumerate(same) if not ok]
 
 
 def paired_layers(n_teacher: int, n_student: int, kept: list[int] | None) -> list[int]:

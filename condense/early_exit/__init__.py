@@ -5,3 +5,4 @@ from condense.early_exit.sweep import ExitCurve, sweep_thresholds
 
 __all__ = ["early_exit_", "EarlyExitConfig", "EarlyExitModel", "confidence", "sweep_thresholds", "ExitCurve"]
 from condense.early_exit import hf  # noqa: F401,E402  (registers the generic Hugging Face splitter)
+from condense.early_exit import cnn  # noqa: F401,E402  (registers the generic splitter for block-list CNNs)

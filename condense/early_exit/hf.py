@@ -63,9 +63,13 @@ def split_hf(model: nn.Module) -> Split:
     tail = tail_modules(model, name)
     last = tail[-1] if tail else None
     if not isinstance(last, nn.Linear):
-        raise ConfigError(f"early exit needs a model with an output head (a causal LM or a classifier); "
-                          f"{type(model).__name__} ends with {type(last).__name__}: use e.g. "
-                          "AutoModelForCausalLM / AutoModelForSequenceClassification")
+        raise ConfigError(f"early exit needs a model with an output head (a causal LM or a classifier): a sample "
+                          f"leaves an exit when that exit's class/token probabilities are confident, and "
+                          f"{type(model).__name__} returns hidden states, no logits (it ends with "
+                          f"{type(last).__name__}), so no exit can say it is confident. Give the model with its head "
+                          "(AutoModelForSequenceClassification, AutoModelForCausalLM); to make an embedding model "
+                          "faster on every input, use layer drop (LayerDropConfig) or a distilled student "
+                          "(DistillConfig(layers=...))")
     causal = model.get_output_embeddings() is last
     state: dict[str, Any] = {}
     no_cache = "use_cache" in inspect.signature(model.forward).parameters

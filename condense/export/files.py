@@ -149,6 +149,13 @@ def load_exported(path: str | os.PathLike, *, task: Any = None, trust_task: bool
     else:
         graph, wrap_fn = OrtModule(path.read_bytes()), wrap
     side = path.with_suffix(".json")
+    if tflite and side.is_file():  # a .tflite file has no metadata: the record names the source's ModelOutput
+        try:
+            output_class = json.loads(side.read_text()).get("output_class")
+        except (OSError, ValueError, AttributeError):
+            output_class = None
+        if isinstance(output_class, str):
+            graph.__dict__["output_class"] = output_class
     if task is None and side.is_file():
         try:
             spec = json.loads(side.read_text()).get("task")

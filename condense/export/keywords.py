@@ -38,6 +38,38 @@ class KeywordGraph(nn.Module):
         return tuple(t for _, t in output_fields(self.call(*tensors)))
 
 
+class NamedGraph(nn.Module):
+    """`graph` (a KeywordGraph) called with its input names as keywords, returning {output name: tensor}.
+
+    `forward`'s signature names the inputs (torch.export binds by it), so a converter tracing it with
+    `sample_kwargs` (litert-torch) names the graph's inputs and outputs after the batch's keys and the ModelOutput's
+    fields, instead of `args_0`, `output_0`.
+    """
+
+    def __init__(self, graph: KeywordGraph) -> None:
+        super().__init__()
+        self.keyword = graph  # not `graph`: the name of an exported program's FX graph
+        self.train(graph.training)
+
+    def forward(self, **named: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(output_fields(self.keyword.call(*(named[n] for n in self.keyword.names))))
+
+
+def named_graph(graph: KeywordGraph) -> NamedGraph:
+    """A NamedGraph whose `forward` signature lists `graph`'s input names (a subclass per call: the signature is
+    a class attribute)."""
+    import inspect
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+    def forward(self: NamedGraph, **named: torch.Tensor) -> dict[str, torch.Tensor]:
+        return NamedGraph.forward(self, **named)
+
+    forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", kind)] + [inspect.Parameter(n, kind) for n in graph.names])
+    return type("NamedGraph", (NamedGraph,), {"forward": forward})(graph)
+
+
 def output_fields(out: Any) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) of each tensor a model returned: a ModelOutput's/dict's fields, a tuple's items, one tensor."""
     if isinstance(out, torch.Tensor):

@@ -39,7 +39,9 @@ from torch import nn
 
 from condense.core.registry import TypeRegistry
 from condense.errors import CondenseError, ConfigError
-from condense.export.litert_session import INSTALL, LiteRtModule, _to_input, litert_graph, pad_tokens, wrap
+from condense.export.litert_session import (INSTALL, LiteRtModule, _to_input, litert_graph, pad_tokens,
+                                           runtime_module, wrap)
+from condense.export.keywords import KeywordGraph, named_graph
 from condense.export.onnx import export_spec
 from condense.export.targets import check_export_target, ort_graph, task_parity
 
@@ -110,8 +112,10 @@ def dynamic_shapes(names: tuple[str, ...], axes: dict[str, dict[int, str]]) -> t
 
 
 def tflite_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...],
-                 dynamic: tuple[dict[int, Any], ...] | None = None) -> bytes:
-    """Convert `module` (traced on `inputs`, `dynamic` axes free) to a .tflite flatbuffer with litert-torch.
+                 dynamic: tuple[dict[int, Any], ...] | dict[str, dict[int, Any]] | None = None,
+                 kwargs: dict[str, torch.Tensor] | None = None) -> bytes:
+    """Convert `module` (traced on `inputs` and keyword `kwargs`, `dynamic` axes free) to a .tflite flatbuffer with
+    litert-torch. Keyword inputs name the graph's inputs (its signature); `dynamic` is then keyed by them.
 
     Raises a CondenseError naming the op when the converter fails.
 
@@ -127,7 +131,8 @@ def tflite_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...],
     module.eval()
     try:
         with _quiet(), torch.no_grad():
-            edge = litert_torch.convert(module, tuple(inputs), dynamic_shapes=dynamic or None)
+            edge = litert_torch.convert(module, tuple(inputs), sample_kwargs=kwargs or None,
+                                        dynamic_shapes=dynamic or None)
             data = edge.model_content()
     except CondenseError:
         raise
@@ -164,6 +169,8 @@ def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
     """
     _refuse_ort(model)
     spec = export_spec(model, batch)
+    if isinstance(spec.module, KeywordGraph):
+        return _keyword_tflite(spec, batch)
     inputs = spec.to_inputs(batch)
     if not any(spec.dynamic_axes.get(n) for n in spec.input_names):
         return tflite_bytes(spec.module, inputs), _note(spec, "static")
@@ -180,6 +187,29 @@ def tflite_from_model(model: nn.Module, batch: Any) -> tuple[bytes, Any]:
         to_inputs = spec.to_inputs
         spec.to_inputs = (lambda b: fix(model, to_inputs(b))) if fix else to_inputs
         return data, _note(spec, "static")
+
+
+def _keyword_tflite(spec: Any, batch: dict[str, torch.Tensor]) -> tuple[bytes, Any]:
+    """A model taking a dict batch as keywords (Hugging Face): converted through `named_graph`, so the .tflite
+    signature's inputs are the batch's keys and its outputs the ModelOutput's fields (`LiteRtModule` then takes
+    the same keywords). Dynamic (batch, sequence) axes first; litert-torch 0.10 cannot lower Hugging Face mask code
+    on them (measured on BERT, GPT-2, Llama: "'<=' not supported between instances of 'int' and 'Node'"), so then
+    fixed shapes: batch 1 and the batch's sequence length (`LiteRtModule` runs a batch sample by sample and pads
+    shorter sequences, masked out)."""
+    named = named_graph(spec.module)
+    kwargs = {n: batch[n] for n in spec.input_names}
+    dyn = {n: {ax: torch.export.Dim.AUTO for ax in spec.dynamic_axes.get(n, {})} for n in spec.input_names}
+    try:
+        data, shapes = tflite_bytes(named, (), dyn, kwargs=kwargs), "dynamic"
+    except CondenseError as e:
+        try:
+            data, shapes = tflite_bytes(named, (), kwargs={n: t[:1] for n, t in kwargs.items()}), "static"
+        except CondenseError as e2:
+            raise CondenseError(f"{e2} (with dynamic axes too: {e})") from None
+    order = LiteRtModule(data).input_names  # the signature's order: positional inputs follow it
+    spec.module, spec.input_names = KeywordGraph(spec.module.model, order), order
+    spec.to_inputs = lambda b: tuple(b[n] for n in order)
+    return data, _note(spec, shapes)
 
 
 def _refuse_ort(model: nn.Module) -> None:
@@ -223,11 +253,17 @@ def quantize_tflite(data: bytes, mode: str, calibration: list[tuple[torch.Tensor
     return bytes(out)
 
 
+def _first(out: Any) -> torch.Tensor:
+    if isinstance(out, dict):  # a ModelOutput: its first field (logits, last_hidden_state)
+        return next(v for v in out.values() if isinstance(v, torch.Tensor))
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
 def parity_tensors(reference: nn.Module, candidate: nn.Module, inputs: tuple[torch.Tensor, ...]) -> dict[str, float]:
     """Max abs difference and cosine (mean, min over samples) between two modules' outputs on `inputs`."""
     with torch.inference_mode():
         a, b = reference(*inputs), candidate(*inputs)
-    a, b = (a[0] if isinstance(a, (tuple, list)) else a).float(), (b[0] if isinstance(b, (tuple, list)) else b).float()
+    a, b = _first(a).float(), _first(b).float()
     if a.shape != b.shape:
         raise CondenseError(f"LiteRT output shape {tuple(b.shape)} differs from PyTorch's {tuple(a.shape)}; the "
                             "conversion lost a dynamic axis: check the export adapter's dynamic_axes")
@@ -297,13 +333,16 @@ def export_tflite(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: 
                 calib = [spec.to_inputs(b) for b in raw]
             data = quantize_tflite(data, int8, calib)
         against = "pytorch"
+    output_class = spec.output_class if graph is None else graph.__dict__.get("output_class")
     atomic_write_bytes(path, data)
-    exported = wrap(model, LiteRtModule(path.read_bytes())) if graph is None else _rewrap(model, path.read_bytes())
+    exported = wrap(model, runtime_module(path.read_bytes(), output_class)) if graph is None else \
+        _rewrap(model, path.read_bytes())
     checks = [task_parity(task, model, exported, task.batch(b)) for b in (2, 1)]
     parity = {"max_abs_diff": max(c["max_abs_diff"] for c in checks), "cosine": min(c["cosine"] for c in checks),
               "min_cosine": min(c["min_cosine"] for c in checks)}
     rec: dict[str, Any] = {
         "path": str(path), "format": "tflite", "bytes": len(data), "int8": int8, "shapes": shapes,
+        "output_class": output_class,
         "runtime": _runtime_info(),
         "task": getattr(task, "spec", None) or {"name": task.name}, "parity": parity, "parity_against": against,
         "quality": ({"source": task.metrics(model), "litert": task.metrics(exported)} if quality else None),
@@ -328,9 +367,11 @@ def _rewrap(model: nn.Module, data: bytes) -> nn.Module:
     """A copy of a LiteRT-backed `model` running `data` instead of its own flatbuffer."""
     import copy
 
+    old = litert_graph(model)
+    graph = runtime_module(data, old.__dict__.get("output_class") if old is not None else None)
     if isinstance(model, LiteRtModule):
-        return LiteRtModule(data)
+        return graph
     new = copy.copy(model)
     new._modules = dict(model._modules)
-    new._modules["graph"] = LiteRtModule(data)
+    new._modules["graph"] = graph
     return new

@@ -28,7 +28,7 @@ from condense.errors import ConfigError
 from condense.export.litert import parity_tensors, quantize_tflite, tflite_from_model
 from condense.export.litert_session import (INSTALL, LITERT_WRAPPERS, LiteRtModule, LiteRtSentenceEncoder,  # noqa: F401
                                             _from_output, _to_input, import_litert_runtime, litert_graph,
-                                            make_interpreter, pad_tokens, wrap)
+                                            make_interpreter, pad_tokens, runtime_module, wrap)
 from condense.export.runtime import ModelBytesCodec
 from condense.measurement.macs import MAC_COUNTERS
 
@@ -106,12 +106,12 @@ def build_litert(model: nn.Module, batch: Any, *, quantize: str = "none",
     inputs = spec.to_inputs(batch)
     if quantize != "none":
         data = quantize_tflite(data, quantize, [spec.to_inputs(b) for b in (calibration or [])])
-    graph = LiteRtModule(data)
+    graph = runtime_module(data, spec.output_class)
     with torch.inference_mode():
         macs = dict(zip(("macs_per_sample", "macs_shapes"), _source_macs(spec.module, inputs)))
     graph.__dict__.update(macs)  # the flatbuffer cannot be counted: the source's count, kept in lineage for load
     details = {"inputs": list(spec.input_names), "shapes": spec.litert_shapes, "quantize": quantize,
-               "tflite_bytes": len(data), **macs,
+               "tflite_bytes": len(data), **macs, **({"output_class": spec.output_class} if spec.output_class else {}),
                "parity_vs_torch": parity_tensors(spec.module, graph, inputs)}
     new = wrap(model, graph)
     lineage.copy_lineage(model, new)
@@ -149,7 +149,7 @@ def to_litert(model: nn.Module, cfg: LiteRtConfig, ctx: TransformContext) -> nn.
 def _replay(model: nn.Module, cfg: LiteRtConfig, details: dict) -> nn.Module:
     new = replay_litert(model)
     graph = litert_graph(new)
-    for key in ("macs_per_sample", "macs_shapes"):  # recorded at conversion (artifacts from before: no MACs)
+    for key in ("macs_per_sample", "macs_shapes", "output_class"):  # recorded at conversion (if any)
         if key in details:
             graph.__dict__[key] = details[key]
     return new

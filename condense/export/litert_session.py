@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from condense.core.registry import TypeRegistry
@@ -68,7 +69,9 @@ def _from_output(a: np.ndarray, detail: dict[str, Any]) -> torch.Tensor:
 
 
 class LiteRtModule(nn.Module):
-    """A .tflite model run by the LiteRT interpreter: `forward(*tensors)` returns torch tensors (one, or a tuple).
+    """A .tflite model run by the LiteRT interpreter: `forward(*tensors, **named)` returns torch tensors (one, or a
+    tuple), or the source's transformers ModelOutput when `output_class` ("module:Class", set by the converter and
+    restored from lineage or the export record) names one.
 
     Args:
         data: the flatbuffer; None makes an empty module (a skeleton the artifact loader fills).
@@ -125,10 +128,29 @@ class LiteRtModule(nn.Module):
             self._open()
         return any(d["quantization"][0] and np.issubdtype(np.dtype(d["dtype"]), np.integer) for _, d in self._in)
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Run the model on `tensors` (positional, in the traced order); CPU float torch tensors out."""
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The graph's input names, in the order positional inputs take (its signature's)."""
+        if self._runner is None:
+            self._open()
+        return tuple(n for n, _ in self._in)
+
+    def forward(self, *tensors: torch.Tensor, **named: Any) -> Any:
+        """Run the model on `tensors` (positional, in the signature's order) and/or `named` inputs (a Hugging Face
+        model's `input_ids=..., attention_mask=...`: a graph converted from a dict batch is named after its keys;
+        keywords set to None, True or False it does not take, like `use_cache=False`, are ignored); CPU float
+        torch tensors out: one, a tuple, or the source's ModelOutput class when `output_class` is known.
+
+        A graph converted at a fixed sequence length takes shorter keyword batches that carry an
+        `attention_mask`: they are padded with zeros (masked out) and the outputs cut back to their length."""
         if self._runner is None or self._threads != torch.get_num_threads():
             self._open()
+        length = None
+        if named:
+            tensors = self._by_name(tensors, named)
+            length = self._pad_length(tensors, named)
+            if length is not None:
+                tensors = tuple(F.pad(t, (0, self.static_shape(0)[1] - length)) for t in tensors)
         if len(tensors) != len(self._in):
             raise CondenseError(f"the LiteRT model takes {len(self._in)} inputs ({[n for n, _ in self._in]}), got "
                                 f"{len(tensors)}")
@@ -145,7 +167,40 @@ class LiteRtModule(nn.Module):
                     chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) for c in chunk]
                 parts.append([o[:step - short] for o in self._run(tuple(chunk))])
             outs = [torch.cat(o) for o in zip(*parts)]
+        if length is not None:  # cut the padded sequence axis back
+            fixed = self.static_shape(0)[1]
+            outs = [o[:, :length] if o.dim() > 1 and o.shape[1] == fixed else o for o in outs]
+        output_class = self.__dict__.get("output_class")
+        if output_class:
+            from condense.export.keywords import build_output
+
+            return build_output(output_class, [n for n, _ in self._out], outs)
         return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def _by_name(self, tensors: tuple, named: dict[str, Any]) -> tuple:
+        names = [n for n, _ in self._in]
+        extra = [k for k, v in named.items() if k not in names and not (v is None or isinstance(v, bool))]
+        if extra:
+            raise CondenseError(f"this LiteRT model takes inputs {names}, not {extra}; pass only those (it was "
+                                "converted with the inputs of the example batch)")
+        given = dict(zip(names, tensors))
+        given.update({k: v for k, v in named.items() if k in names and v is not None})
+        missing = [n for n in names if n not in given]
+        if missing or len(tensors) > len(names):
+            raise CondenseError(f"this LiteRT model takes inputs {names}; {missing} missing: pass them (by name or "
+                                "in that order)")
+        return tuple(given[n] for n in names)
+
+    def _pad_length(self, tensors: tuple, named: dict[str, Any]) -> int | None:
+        """The keyword batch's sequence length if it must be padded to the graph's fixed one, else None."""
+        shape = self.static_shape(0)
+        if "attention_mask" not in named or len(shape) < 2 or shape[1] <= 0:
+            return None
+        length = int(tensors[0].shape[1])
+        if length > shape[1]:
+            raise CondenseError(f"this LiteRT model was converted at sequence length {shape[1]}, got {length}: "
+                                f"pass at most {shape[1]} tokens, or convert it from a batch that long")
+        return length if length < shape[1] else None
 
     @property
     def static_batch(self) -> int | None:
@@ -215,6 +270,14 @@ def wrap(source: nn.Module, graph: LiteRtModule) -> nn.Module:
     """The module that runs `graph` in place of `source` (with the same user-facing API)."""
     fn = LITERT_WRAPPERS.find(source)
     return graph if fn is None else fn(source, graph)
+
+
+def runtime_module(data: bytes | None, output_class: str | None = None) -> LiteRtModule:
+    """A LiteRtModule on `data` that returns the transformers ModelOutput `output_class` names (if any)."""
+    graph = LiteRtModule(data)
+    if output_class:
+        graph.__dict__["output_class"] = output_class
+    return graph
 
 
 def litert_graph(model: nn.Module) -> LiteRtModule | None:

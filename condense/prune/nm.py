@@ -16,6 +16,8 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -27,6 +29,9 @@ from condense.prune.importance import score
 from condense.prune.unstructured import apply_masks, check_common, choose_layers, current_mask, finish, replay_masks
 
 
+DEFAULT_INCLUDE = ("*",)
+
+
 @config
 class NMConfig:
     """Keep the `n` most important of every `m` consecutive weights along each row's input dimension.
@@ -35,8 +40,10 @@ class NMConfig:
         n, m: the pattern, 0 < n < m (2:4 zeroes half the weights, 1:4 three quarters).
         criterion: importance criterion (magnitude, l1, l2, taylor, wanda).
         calibration_batches: batches used by data-driven criteria.
-        include / exclude: module-name patterns choosing among Linear and Conv2d layers; every chosen layer's
-            input dimension (Conv2d: input channels per group) must be a multiple of `m`.
+        include / exclude: module-name patterns choosing among Linear and Conv2d layers. With the default
+            include ("*"), layers whose input dimension (Conv2d: input channels per group) is not a multiple of `m`
+            (a CNN's first conv) stay dense, warned and recorded as `nm_skipped`; layers an explicit include
+            chooses must all be multiples (else a ConfigError names the layer).
         permanent: bake the zeros into the weights (default) or keep the masks.
 
     Example:
@@ -48,7 +55,7 @@ class NMConfig:
     m: int = 4
     criterion: str = "magnitude"
     calibration_batches: int = 8
-    include: tuple[str, ...] = ("*",)
+    include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = ()
     permanent: bool = True
 
@@ -98,12 +105,30 @@ def check_layer(name: str, module: nn.Module, m: int) -> None:
 def prune_nm(model: nn.Module, cfg: NMConfig, ctx: TransformContext) -> nn.Module:
     """N:M-mask the selected layers (in place); every layer is checked before any is changed."""
     names, originals = choose_layers(model, cfg.include, cfg.exclude, ctx, what="NMConfig")
+    skipped: dict[str, str] = {}
     try:
         for n in names:
-            check_layer(n, model.get_submodule(n), cfg.m)
+            try:
+                check_layer(n, model.get_submodule(n), cfg.m)
+            except ConfigError as e:
+                if tuple(cfg.include) != DEFAULT_INCLUDE:  # the user named the layers: each must hold N:M
+                    raise
+                w = model.get_submodule(n).weight
+                skipped[n] = f"{w.shape[1]} input {'features' if w.dim() == 2 else 'channels'}"
+        if skipped and len(skipped) == len(names):
+            raise ConfigError(f"NMConfig: no chosen layer can hold {cfg.n}:{cfg.m} ({len(names)} layers, e.g. "
+                              f"{next(iter(skipped.values()))}); pick an m dividing their input dimension")
     except ConfigError:
         restore_(model, originals)  # a bad layer leaves the model as it was
         raise
+    if skipped:  # the default include ("*"): layers whose shape cannot hold the pattern are left dense, said so
+        restore_(model, {n: t for n, t in originals.items() if n in skipped})
+        originals = {n: t for n, t in originals.items() if n not in skipped}
+        names = [n for n in names if n not in skipped]
+        warnings.warn(f"NMConfig: left {len(skipped)} layer(s) dense, their input dimension is not a multiple of "
+                      f"m={cfg.m}: {', '.join(f'{n} ({why})' for n, why in skipped.items())} (recorded in the "
+                      "lineage as nm_skipped)", stacklevel=3)
+        ctx.record(nm_skipped=skipped)
     scores = score(model, names, ctx, criterion=cfg.criterion, batches=cfg.calibration_batches)
     masks = {}
     for n, s in scores.items():

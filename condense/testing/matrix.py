@@ -84,7 +84,12 @@ def _export(fmt: str) -> Callable[[nn.Module, Task], nn.Module]:
         from condense.export.files import export_model, load_exported
 
         out = tempfile.mkdtemp(prefix="condense-matrix-")
-        rec = export_model(model, task, out, format=fmt)
+        if fmt == "tflite":  # the cell evaluates the loaded file itself: not the export's own quality check too
+            from condense.export.litert import export_tflite
+
+            rec = export_tflite(model, task, out, quality=False)
+        else:
+            rec = export_model(model, task, out, format=fmt)
         return load_exported(rec["path"], task=task)
     return run
 
@@ -130,13 +135,21 @@ class Cell:
     max_abs: float | None = None
     cosine: float | None = None
     seconds: float = 0.0
+    decode: float | None = None  # decode tokens/s through the model's `generate` (KV cache), if it still has one
+    decode_speed: float | None = None  # this model's decode tokens/s / fp32's (> 1: faster)
+    decode_note: str = ""  # why decode was not measured where it could have been
 
     def text(self, metric_digits: int = 4) -> str:
         """The Markdown table cell."""
         if self.status != "ok":
             return f"{self.status}: {self.reason}".replace("|", "/")
-        return (f"{self.speed:.2f}x, {self.quality_delta:+.{metric_digits}f}, "
-                f"max {self.max_abs:.2g} / cos {self.cosine:.4f}")
+        out = (f"{self.speed:.2f}x, {self.quality_delta:+.{metric_digits}f}, "
+               f"max {self.max_abs:.2g} / cos {self.cosine:.4f}")
+        if self.decode is not None:
+            out += f", decode {self.decode:.0f} tok/s ({self.decode_speed:.2f}x)"
+        elif self.decode_note:
+            out += f", decode {self.decode_note}".replace("|", "/")
+        return out
 
 
 class CellTimeout(Exception):
@@ -190,15 +203,52 @@ class Baseline:
     batch: Any
     output: Any
     quality: float
+    decode: float | None = None  # decode tokens/s through `generate` (generative tasks, decode_tokens > 0)
+    decode_tokens: int = 0  # new tokens per timed generation at batch 1; 0: decode not measured
 
 
-def baseline(task: Task, batch_size: int) -> Baseline:
+def baseline(task: Task, batch_size: int, *, decode_tokens: int = 0, rounds: int = 3) -> Baseline:
+    """The fp32 model's output on one batch, its primary metric and (a generative task, `decode_tokens` > 0) its
+    decode tokens/s: batch 1, `decode_tokens` new tokens, median of `rounds`."""
     model = task.build_model().eval()
     batch = task.batch(batch_size)
     with torch.inference_mode():
         out = task.run_batch(model, batch)
         quality = task.evaluate(model)[task.primary_metric]
-    return Baseline(model, batch, out, float(quality))
+    base = Baseline(model, batch, out, float(quality))
+    if decode_tokens and task.generate is not None:
+        base.decode_tokens = decode_tokens
+        base.decode = decode_rates(task, {"fp32": model}, decode_tokens, rounds=rounds)["fp32"]
+    return base
+
+
+def decode_rates(task: Task, models: dict[str, nn.Module], tokens: int, *, rounds: int) -> dict[str, float]:
+    """Decode tokens/s of each model through `task.generate` at batch 1 (medians of interleaved rounds)."""
+    from condense.measurement.timing import interleaved_p50
+
+    produced: dict[str, int] = {}
+
+    def gen(name: str, m: nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            produced[name] = task.generate(m, 1, tokens)
+        return run
+
+    with torch.inference_mode():
+        p50 = interleaved_p50({k: gen(k, m) for k, m in models.items()}, rounds=rounds, warmup=1, repeats=1)
+    return {k: produced[k] / p50[k] for k in models}
+
+
+def _decode(task: Task, base: Baseline, model: nn.Module, cell: Cell, rounds: int) -> None:
+    """Decode tokens/s of a cell's model vs fp32's, when it still generates as a torch module (its own
+    `generate` with the KV cache); runtimes that replaced the module (ONNX Runtime, LiteRT) are not timed."""
+    if not base.decode_tokens or not hasattr(model, "generate"):
+        return
+    try:
+        r = decode_rates(task, {"fp32": base.model, "new": model}, base.decode_tokens, rounds=rounds)
+    except Exception as e:  # noqa: BLE001  (the cell is measured; only its decode figure is missing, said why)
+        cell.decode_note = "failed: " + first_line(e, 60)
+        return
+    cell.decode, cell.decode_speed = r["new"], r["new"] / r["fp32"]
 
 
 def run_cell(task: Task, base: Baseline, row: str, name: str, column: Column | None = None, *,
@@ -220,8 +270,15 @@ def run_cell(task: Task, base: Baseline, row: str, name: str, column: Column | N
     except (Exception, CellTimeout) as e:  # noqa: BLE001  (a cell records any failure and the run goes on)
         status = "timeout" if isinstance(e, CellTimeout) else "failed"
         return Cell(row, name, status, first_line(e, 90), seconds=time.perf_counter() - t0)
-    return Cell(row, name, "ok", speed=speed, quality=quality, quality_delta=quality - base.quality,
-                max_abs=max_abs, cosine=cos, seconds=time.perf_counter() - t0)
+    cell = Cell(row, name, "ok", speed=speed, quality=quality, quality_delta=quality - base.quality,
+                max_abs=max_abs, cosine=cos)
+    try:
+        with time_limit(max(1.0, time_limit_s - (time.perf_counter() - t0)) if time_limit_s else None):
+            _decode(task, base, model, cell, rounds=max(1, rounds // 2))
+    except CellTimeout:
+        cell.decode_note = "not timed: the cell's time limit ran out"
+    cell.seconds = time.perf_counter() - t0
+    return cell
 
 
 def speed_ratio(task: Task, base: Baseline, model: nn.Module, *, rounds: int = 7) -> float:

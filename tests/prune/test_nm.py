@@ -67,7 +67,7 @@ def test_indivisible_layer_is_named_and_model_unchanged():
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(ConfigError, match=r"layer '2' has 6 input features, not a multiple of m=4; exclude it, "
                                           r"e.g. exclude=\('2',\)"):
-        prune_(m, NMConfig(n=2, m=4))
+        prune_(m, NMConfig(n=2, m=4, include=("0", "2")))  # layers the user named must each hold 2:4
     assert all(torch.equal(m.state_dict()[k], v) for k, v in before.items()) and not lineage.lineage(m)["transforms"]
     prune_(m, NMConfig(n=2, m=4, exclude=("2",)))
     assert int((m[0].weight == 0).sum()) == 24 and int((m[2].weight == 0).sum()) == 0
@@ -107,3 +107,19 @@ def test_wanda_nm_uses_calibration():
         control.fc1.weight[:, 0] = 1e-3
     prune_(control, NMConfig(n=2, m=4, include=("fc1",)))
     assert (control.fc1.weight[:, 0] == 0).all()  # by magnitude alone they are pruned
+
+
+def test_default_include_leaves_indivisible_layers_dense_warned_and_recorded():
+    """A CNN's first conv has 1 input channel: with include="*" it stays dense, named in a warning and the lineage."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 3, 3), nn.Flatten(), nn.LazyLinear(6))
+    m(torch.zeros(1, 1, 9, 9))  # the Linear takes 3 * 5 * 5 = 75 features
+    first = m[0].weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"left 2 layer\(s\) dense, their input dimension is not a "
+                                         r"multiple of m=4: 0 \(1 input channels\), 4 \(75 input features\)"):
+        prune_(m, NMConfig(n=2, m=4, include=("*",)))
+    assert torch.equal(m[0].weight, first) and int((m[2].weight == 0).sum()) == m[2].weight.numel() // 2
+    entry = lineage.lineage(m)["transforms"][-1]["details"]
+    assert set(entry["nm_skipped"]) == {"0", "4"} and entry["nm_skipped"]["0"] == "1 input channels"
+    with pytest.raises(ConfigError, match="no chosen layer can hold 2:4"):
+        prune_(nn.Sequential(nn.Linear(6, 3)), NMConfig(n=2, m=4))

@@ -103,12 +103,48 @@ def test_bench_models_writes_the_table_between_its_markers(monkeypatch, tmp_path
     monkeypatch.setattr(bench_models, "zoo_task", lambda name, **kw: tiny_task())
     monkeypatch.setitem(matrix.COLUMNS, "ort-int8", matrix.Column(boom))
     monkeypatch.setattr(_common, "BENCHMARKS", tmp_path / "BENCHMARKS.md")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Models condense did not write\n\n<!-- bench:models -->\nold\n<!-- /bench:models -->\n"
+                      "\n## Next\n")
+    monkeypatch.setattr(_common, "README", readme)
     bench_models.main(["--rows", "resnet", "--cols", "dynamic-int8,ort-int8", "--rounds", "2", "--threads", "1"])
     text = (tmp_path / "BENCHMARKS.md").read_text()
     table = text.split("<!-- bench:models -->")[1].split("<!-- /bench:models -->")[0]
     row = [line for line in table.splitlines() if line.startswith("| resnet |")]
     assert len(row) == 1 and "| agreement 1.0000 |" in row[0] and row[0].endswith("| failed: RuntimeError: boom |")
     assert "Measured: 1 of 2 cells" in table and "load average" in table
+    in_readme = readme.read_text().split("<!-- bench:models -->")[1].split("<!-- /bench:models -->")[0]
+    assert [ln for ln in in_readme.splitlines() if ln.startswith("| resnet |")] == row  # the same table
+    assert "1 of 2 cells measured" in in_readme and "old" not in in_readme
+    assert readme.read_text().endswith("<!-- /bench:models -->\n\n## Next\n")  # the rest of the README is kept
+
+
+def test_the_readme_has_the_models_markers():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split("## Models condense did not write", 1)[1].split("\n## ", 1)[0]
+    assert section.count("<!-- bench:models -->") == 1 and section.count("<!-- /bench:models -->") == 1
+
+
+def test_causal_lm_cells_time_decode_through_generate_where_the_model_still_generates(tmp_path):
+    task = zoo_task("gpt2", small=True, root=tmp_path / "zoo")
+    base = matrix.baseline(task, 2, decode_tokens=4, rounds=1)
+    assert base.decode is not None and base.decode > 0
+    cell = matrix.run_cell(task, base, "gpt2", "dynamic-int8", rounds=2)
+    assert cell.status == "ok" and cell.decode > 0 and cell.decode_speed > 0
+    assert cell.text().endswith(f", decode {cell.decode:.0f} tok/s ({cell.decode_speed:.2f}x)")
+
+    class Runtime(torch.nn.Module):  # stands for a model replaced by a runtime: no generate() of its own
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, **kw):
+            return self.m(**kw)
+
+    other = matrix.run_cell(task, base, "gpt2", "rt", matrix.Column(lambda m, t: Runtime(m)), rounds=2)
+    assert other.status == "ok" and other.decode is None and "decode" not in other.text()
 
 
 def test_trained_lm_is_cached_by_config_and_steps(tmp_path):
