@@ -3,6 +3,9 @@
 Criteria live in the "groups" scope of `condense.prune.importance` (see there for the call):
 * "l1" / "l2": per member the Lp norm of its slices of each unit, mean-normalised, summed over members;
 * "activation" (calibration data): mean |input| of every consuming layer times its weight column norm, summed;
+* "taylor" (the task's loss on training batches): first-order Taylor estimate of the loss change when a unit is
+  removed, |sum of weight x gradient| over the unit's slices, mean-normalised per member and summed (as
+  Torch-Pruning's TaylorImportance; needs a task with a loss: digits, tinygpt, Hugging Face causal LMs);
 * "obs" (calibration data): Optimal Brain Surgeon on the one Linear that consumes the group: the units whose
   removal that Linear can best make up for go first (`condense.prune.recover.obs_scores`); groups with other
   consumers fall back to "activation".
@@ -16,6 +19,7 @@ from torch import nn
 
 from condense.core.hooks import run_with_hooks
 from condense.core.transforms import TransformContext
+from condense.errors import ConfigError
 from condense.prune.cutters import unit_weights
 from condense.prune.graph import Group
 from condense.prune.heads import unit_slices
@@ -131,3 +135,38 @@ def _obs(model: nn.Module, groups: list[Group], ctx: TransformContext, *, kept: 
             layer, unit = modules[solo[g.name]], g.members[0].unit
             scores[g.name] = obs_scores(layer, stats[solo[g.name]]["gram"], g.size - kept[g.name], unit)
     return scores
+
+
+@register_importance("taylor", scope="groups")
+def _taylor(model: nn.Module, groups: list[Group], ctx: TransformContext, *, kept: dict[str, int], batches: int
+            ) -> dict[str, torch.Tensor]:
+    task = ctx.task
+    if task is None or task.loss is None:
+        raise ConfigError("importance='taylor' needs a task with a loss and training batches (digits, tinygpt, "
+                          "Hugging Face causal LMs); use importance='activation' or 'obs' for other models")
+    it = ctx.train_batches()
+    data = [b for _, b in zip(range(batches), it)]
+    if not data:
+        raise ConfigError("importance='taylor' found no training batches in the task; pass data=[batches]")
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        with torch.enable_grad():
+            for b in data:
+                task.loss(model, b).backward()
+        modules = dict(model.named_modules())
+        out = {}
+        for g in groups:
+            total = torch.zeros(g.size)
+            for mem in g.members:
+                parts = [unit_slices(mem, (t.detach() * t.grad).float(), ax, g.size)
+                         for t, ax in unit_weights(modules[mem.module], mem.dim) if t.grad is not None]
+                if parts:
+                    total += _normalised(torch.cat(parts, dim=1).sum(1).abs().cpu())
+            out[g.name] = total
+        return out
+    finally:
+        for p, grad in zip(params, saved):
+            p.grad = grad

@@ -47,7 +47,7 @@ from condense.train.loop import FitConfig
 KINDS = ("channels", "neurons", "heads", "ffn")
 TARGETS = (*KINDS, "auto")
 GQA_UNITS = ("groups", "queries")  # what a grouped-query head group removes: whole kv groups, or queries in each
-IMPORTANCES = ("l1", "l2", "activation", "obs")  # the built-in criteria; any "groups" criterion is accepted
+IMPORTANCES = ("l1", "l2", "activation", "taylor", "obs")  # the built-in criteria; any "groups" criterion is accepted
 
 
 @config
@@ -58,7 +58,9 @@ class StructuredConfig:
         ratio: fraction of each group's units to remove, in [0, 1).
         target: which groups: "channels" (Conv2d), "neurons" (Linear), "heads", "ffn", or "auto" (all of them).
         importance: "l2" / "l1" norm of the group's weights; "activation" (calibration data: mean |input| of
-            the consuming layer times its weight norm); or "obs" (Optimal Brain Surgeon on calibration data:
+            the consuming layer times its weight norm); "taylor" (first-order Taylor: |weight x gradient of the
+            task's loss| summed over each unit, on `calibration_batches` training batches); or "obs" (Optimal
+            Brain Surgeon on calibration data:
             remove, one at a time, the unit whose loss the consuming Linear can least well make up for; pair
             it with reconstruct=True; groups with other consumers fall back to "activation").
         layer_ratios: per-group overrides, ((pattern, ratio), ...); the first matching pattern wins.
