@@ -63,7 +63,7 @@ class ImageAugment:
         elastic: amplitude in pixels of a smooth random displacement field (a 3x3 grid of normal draws, upsampled).
         cutout: side of a square set to zero at a random place (0: off).
         noise_std: Gaussian noise added to every pixel.
-    Results are clamped to the batch's own value range.
+    Results are clamped to the batch's own value range (with 0, the fill value).
 
     Example:
         >>> ImageAugment(max_shift=1)(torch.rand(4, 1, 8, 8), torch.Generator().manual_seed(0)).shape
@@ -79,7 +79,7 @@ class ImageAugment:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         B, _, H, W = x.shape
-        lo, hi = x.min(), x.max()
+        lo, hi = x.min().clamp(max=0), x.max().clamp(min=0)
         g = dict(generator=generator)
         if self.max_degrees or self.elastic:
             ang = (torch.rand(B, **g) * 2 - 1) * math.radians(self.max_degrees)
