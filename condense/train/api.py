@@ -51,7 +51,8 @@ class TrainConfig(FitConfig):
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
         ddp_bucket_mb: DDP gradient bucket size (each bucket is one call of the communication hook).
         semi: semi-supervised training on the task's `unlabelled_data` (`condense.train.semi.SemiConfig`; a method
-            name such as "fixmatch" or "pseudo-label" stands for SemiConfig(method=name)); None: labelled only.
+            name such as "fixmatch" stands for SemiConfig(method=name) in Python; in the CLI a mapping:
+            --set 'semi={"method": "fixmatch"}'); None: labelled only.
 
     Example:
         >>> TrainConfig(steps=50, schedule="cosine", comm_hook="powersgd").precision
