@@ -151,8 +151,9 @@ INPUT_KINDS.register("tokens", InputKind("integer token ids (B, T)",
 AUGMENTATIONS: Registry[Any] = Registry("augmentation")  # name -> callable(x, generator) with a .kind
 AUGMENTATIONS.register("image-shift", ImageAugment(max_shift=1))
 AUGMENTATIONS.register("image", ImageAugment(max_shift=1, max_degrees=10.0, noise_std=0.05))
-AUGMENTATIONS.register("image-strong", ImageAugment(max_shift=1, max_degrees=15.0, elastic=0.5, cutout=3,
-                                                    noise_std=0.1))
+AUGMENTATIONS.register("image-strong", ImageAugment(max_shift=1, max_degrees=10.0, cutout=2, noise_std=0.05))
+AUGMENTATIONS.register("image-heavy", ImageAugment(max_shift=1, max_degrees=15.0, elastic=0.5, cutout=3,
+                                                   noise_std=0.1))
 AUGMENTATIONS.register("tokens-light", TokenAugment(rate=0.05))
 AUGMENTATIONS.register("tokens", TokenAugment(rate=0.1))
 AUGMENTATIONS.register("tokens-span", TokenAugment(rate=0.15, span=4))

@@ -43,7 +43,7 @@ class FitConfig:
         precision: fp32 | bf16 (autocast) | fp16 (CUDA, with gradient scaling) | auto (bf16 only where measured
             faster on this machine).
         augment: a registered augmentation of every training batch's inputs (`condense.train.augment`: image,
-            image-shift, image-strong, tokens, tokens-light, tokens-span), "auto" (the one the task's inputs
+            image-shift, image-strong, image-heavy, tokens, tokens-light, tokens-span), "auto" (the one the task's inputs
             declare) or None (off). Draws are seeded by `seed`.
 
     Example:

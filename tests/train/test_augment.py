@@ -80,7 +80,7 @@ def test_wrong_or_unknown_augmentations_are_config_errors_naming_the_valid_ones(
     with pytest.raises(ConfigError, match="unknown augmentation 'flip'.*image-shift"):
         FitConfig(augment="flip")
     with pytest.raises(ConfigError, match=r"'tokens' is for tokens inputs but these are image.*\['image', "
-                                          r"'image-shift', 'image-strong'\]"):
+                                          r"'image-heavy', 'image-shift', 'image-strong'\]"):
         resolve_augmentation("tokens", "image")
     with pytest.raises(ConfigError, match="needs integer token ids.*got torch.float32 .*image-shift"):
         resolve_augmentation("tokens", "tokens", (torch.rand(2, 1, 8, 8), torch.zeros(2)))  # declared wrongly
@@ -110,7 +110,7 @@ def test_the_training_loop_augments_reproducibly_and_keeps_targets():
         net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
         seen.clear()
         fit(net, data, loss, FitConfig(steps=3, seed=seed, augment=augment), input_kind="image")
-        return [x for x, _ in seen], [y for _, y in seen], net.weight if hasattr(net, "weight") else net[1].weight
+        return [x for x, _ in seen], [y for _, y in seen], net[1].weight
 
     xs_a, ys_a, w_a = run("auto")
     xs_b, _, w_b = run("auto")
