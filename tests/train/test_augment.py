@@ -128,3 +128,25 @@ def test_batch_augmenter_is_none_when_off_and_handles_dict_batches():
     ids = torch.randint(1, 256, (4, 50))
     out = batch_augmenter("tokens", "tokens")({"input_ids": ids, "labels": ids})
     assert torch.equal(out["labels"], ids) and not torch.equal(out["input_ids"], ids)
+
+
+def test_a_resumed_run_draws_the_same_augmentations(tmp_path):
+    from condense.train.api import TrainConfig
+    from condense.train.trainer import run_loop
+
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.rand(8, 1, 8, 8, generator=g), torch.arange(8) % 10) for _ in range(3)]
+    loss = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])  # noqa: E731
+
+    def run(steps, out, resume=None):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        cfg = TrainConfig(steps=steps, augment="image", checkpoint_every=2, precision="fp32", tensorboard=False,
+                          strategy="single")
+        run_loop(net, data, loss, cfg, out=out, resume=resume, input_kind="image")
+        return net[1].weight.detach()
+
+    straight = run(4, tmp_path / "a")
+    run(2, tmp_path / "b")
+    resumed = run(4, tmp_path / "b", resume=tmp_path / "b")
+    assert torch.equal(straight, resumed)
