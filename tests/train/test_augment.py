@@ -150,3 +150,24 @@ def test_a_resumed_run_draws_the_same_augmentations(tmp_path):
     run(2, tmp_path / "b")
     resumed = run(4, tmp_path / "b", resume=tmp_path / "b")
     assert torch.equal(straight, resumed)
+
+
+def test_a_fine_tuning_step_augments_with_the_tasks_declared_kind():
+    from condense.core.task import Task
+    from condense.core.transforms import apply_
+    from condense.train.finetune import FineTuneConfig
+
+    ids = torch.randint(1, 50, (8, 2000))
+    seen = []
+
+    def loss(m, b):
+        seen.append(b[0])
+        return m(b[0]).mean()
+
+    model = nn.Embedding(50, 2)
+    task = Task("toy", model, evaluate=lambda m: {"x": 0.0}, primary_metric="x", inputs=ids[:1],
+                train_data=lambda: [(ids, ids)], loss=loss, input_kind="tokens")
+    apply_(model, FineTuneConfig(finetune=FitConfig(steps=1, augment="auto")), task=task)
+    assert abs(float((seen[0] == 0).float().mean()) - 0.1) < 0.015  # "auto" -> tokens: 10% token dropout
+    with pytest.raises(ConfigError, match="'image' is for image inputs but these are tokens"):
+        apply_(model, FineTuneConfig(finetune=FitConfig(steps=1, augment="image")), task=task)
