@@ -13,6 +13,9 @@ EPILOG = """examples:
   condense train --task digits --steps 300 --set schedule=cosine --set warmup_steps=20 --out runs/train-digits
   condense train --task digits --set eval_every=20 --set target=0.97 --set checkpoint_every=50 --out runs/d
   condense train --task digits --resume runs/d --out runs/d            # continue from the latest checkpoint
+  # 5% of the labels, augmentation, FixMatch on the unlabelled rest:
+  condense train --task digits --task-option labels_fraction=0.05 --set augment=auto \\
+      --set 'semi={"method": "fixmatch", "threshold": 0.9, "mu": 3}' --out runs/semi
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/g
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=fsdp --out runs/g-fsdp
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=pipeline --out runs/pp

@@ -71,6 +71,10 @@ class Task:
         batch_sizes: batch sizes timed by default.
         description: one line for `condense tasks`.
         spec: how to rebuild this task (set for built-in and factory tasks; saved in artifacts).
+        input_kind: what `train_data`'s inputs are, for augmentation: "image" (float (B, C, H, W)) or "tokens"
+            (integer ids (B, T)); `FitConfig(augment="auto")` picks that kind's augmentation. None: not declared.
+        unlabelled_data: zero-argument callable yielding input batches without targets (the training data whose
+            labels are held back), for semi-supervised training; None: all training data is labelled.
 
     Example:
         >>> import torch, condense
@@ -99,6 +103,8 @@ class Task:
     description: str = ""
     spec: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    input_kind: str | None = None
+    unlabelled_data: Callable[[], Iterable[Any]] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

@@ -259,7 +259,8 @@ class TransformContext:
             plugins.load_all()
         if _TRAINER is None:
             raise CondenseError("no training loop is registered (import condense.train)")
-        return _TRAINER(model, self.task.train_data, self.task.loss, fit_config, description=description)
+        return _TRAINER(model, self.task.train_data, self.task.loss, fit_config, description=description,
+                        input_kind=self.task.input_kind)
 
     def training_data(self, *, what: str = "this transformation") -> Any:
         """The training batches: `data` if given, else the task's `train_data` (a zero-argument callable)."""
@@ -279,7 +280,8 @@ _TRAINER: Callable[..., list[float]] | None = None
 
 
 def register_trainer(fit: Callable[..., list[float]]) -> Callable[..., list[float]]:
-    """Set the loop `TransformContext.finetune` trains with: `fit(model, data, loss, config, description=...)`.
+    """Set the loop `TransformContext.finetune` trains with: `fit(model, data, loss, config, description=...,
+    input_kind=...)`.
     condense.train registers its `fit`; core never imports a technique."""
     global _TRAINER
     _TRAINER = fit

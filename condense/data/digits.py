@@ -7,6 +7,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from condense.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DigitsSplit:
@@ -33,3 +35,28 @@ def digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
     return DigitsSplit(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte))
+
+
+def labelled_subset(y: torch.Tensor, *, fraction: float | None = None, per_class: int | None = None,
+                    seed: int = 0) -> torch.Tensor:
+    """Indices (sorted) of the samples of `y` whose labels are kept: a fixed, stratified, seeded subset.
+
+    Each class c keeps `per_class` samples, or round(fraction * n_c) of its n_c (at least 1), drawn by a generator
+    seeded with `seed`; the rest are the unlabelled data of semi-supervised training.
+
+    Example:
+        >>> y = torch.tensor([0] * 10 + [1] * 20)
+        >>> torch.bincount(y[labelled_subset(y, fraction=0.1)]).tolist()
+        [1, 2]
+    """
+    if (fraction is None) == (per_class is None):
+        raise ConfigError("give exactly one of fraction= (e.g. 0.05) and per_class= (e.g. 5)")
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for c in torch.unique(y).tolist():
+        idx = (y == c).nonzero().flatten()
+        k = per_class if per_class is not None else max(1, round(float(fraction) * idx.numel()))
+        if k > idx.numel():
+            raise ConfigError(f"class {c} has {idx.numel()} samples, fewer than the {k} labels asked for; lower it")
+        keep.append(idx[torch.randperm(idx.numel(), generator=g)[:k]])
+    return torch.cat(keep).sort().values

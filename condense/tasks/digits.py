@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -17,7 +18,8 @@ from torch import nn
 from condense.core.atomic import atomic_write, atomic_write_json
 from condense.core.paths import cache_dir
 from condense.core.task import Task
-from condense.data.digits import digits_split
+from condense.data.digits import digits_split, labelled_subset
+from condense.errors import ConfigError
 from condense.train.loop import FitConfig, fit
 
 # Part of the cache key: bump when the training code changes the weights a DigitsConfig gives, so cached models
@@ -133,16 +135,34 @@ def load_digits_model(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
     return model
 
 
-def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int = 30) -> Task:
+def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int = 30,
+              labels_fraction: float | None = None, labels_per_class: int | None = None, label_seed: int = 0) -> Task:
     """The built-in digits task (test accuracy on the fixed 20% split).
 
+    Args:
+        labels_fraction, labels_per_class: keep the labels of only this fraction / count of each class's training
+            images (a fixed, stratified subset drawn with `label_seed`); `train_data` then yields as many batches
+            per epoch as the full set would, drawn from reshuffles of the labelled images, and `unlabelled_data`
+            yields the rest without labels (semi-supervised training: `TrainConfig(semi=...)`).
+
     Example:
-        >>> t = make_task()
-        >>> t.primary_metric
-        'accuracy'
+        >>> t = make_task(labels_per_class=5)
+        >>> sum(y.numel() for _, y in t.train_data()) == 23 * 50  # 23 batches of the 50 labelled images
+        True
     """
     cfg = DigitsConfig(channels=tuple(channels), epochs=epochs)
     data = digits_split()
+    labelled = None
+    if labels_fraction is not None or labels_per_class is not None:
+        if labels_fraction is not None and (isinstance(labels_fraction, bool) or
+                                            not isinstance(labels_fraction, (int, float)) or
+                                            not 0 < labels_fraction <= 1):
+            raise ConfigError(f"labels_fraction must be in (0, 1], got {labels_fraction!r}; e.g. 0.05")
+        if labels_per_class is not None and (isinstance(labels_per_class, bool) or
+                                             not isinstance(labels_per_class, int) or labels_per_class < 1):
+            raise ConfigError(f"labels_per_class must be a positive integer, got {labels_per_class!r}; e.g. 5")
+        labelled = labelled_subset(data.y_train, fraction=labels_fraction, per_class=labels_per_class,
+                                   seed=label_seed)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
         return {"accuracy": accuracy(model, data.x_test, data.y_test)}
@@ -162,6 +182,10 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
             idx = perm[i:i + 64]
             yield data.x_train[idx], data.y_train[idx]
 
+    unlabelled_data = None
+    if labelled is not None:
+        train_data = partial(_subset_batches, data.x_train, data.y_train, labelled)  # type: ignore[assignment]
+        unlabelled_data = partial(_unlabelled_batches, data.x_train, labelled)
     return Task(
         name="digits",
         model=lambda: load_digits_model(cfg),
@@ -174,8 +198,35 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         loss=cross_entropy_loss,
         skeleton=lambda: DigitsCNN(cfg.channels),
         batch_sizes=(1, 256),
-        description="small CNN on scikit-learn's 8x8 digits; test accuracy",
+        description="small CNN on scikit-learn's 8x8 digits; test accuracy"
+                    + (f"; {labelled.numel()} labelled training images" if labelled is not None else ""),
+        input_kind="image",
+        unlabelled_data=unlabelled_data,
     )
+
+
+def _subset_batches(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor,
+                    batch_size: int = 64) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of the labelled subset `keep`: as many batches as the full set gives (so step counts and
+    schedules mean the same), cut from a stream of fresh shuffles of `keep` (the same stream every call)."""
+    b = min(batch_size, keep.numel())
+    n_batches = -(-x.shape[0] // batch_size)
+    g = torch.Generator().manual_seed(1)
+    stream = torch.cat([keep[torch.randperm(keep.numel(), generator=g)]
+                        for _ in range(-(-n_batches * b // keep.numel()))])
+    for i in range(n_batches):
+        idx = stream[i * b:(i + 1) * b]
+        yield x[idx], y[idx]
+
+
+def _unlabelled_batches(x: torch.Tensor, keep: torch.Tensor, batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """One shuffled pass (the same every call) over the training images outside `keep`, full batches only."""
+    rest = torch.ones(x.shape[0], dtype=torch.bool)
+    rest[keep] = False
+    idx = rest.nonzero().flatten()
+    idx = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(2))]
+    for i in range(0, idx.numel() - batch_size + 1, batch_size):
+        yield x[idx[i:i + batch_size]]
 
 
 def _register() -> None:  # what techniques need to know about DigitsCNN (techniques never import tasks)

@@ -327,4 +327,4 @@ def make_task(preset: str = "default") -> Task:
                 batch_sizes=(1, 32),
                 description=f"byte-level GPT ({preset}) on stdlib sources; val bits per byte, decode tokens/s",
                 spec={"name": "tinygpt", "options": {"preset": preset}},
-                extras={"preset": preset, "block_size": T})
+                extras={"preset": preset, "block_size": T}, input_kind="tokens")

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from condense.core.atomic import atomic_write_json
-from condense.core.config import check_float, check_int, config, show
+from condense.core.config import check_float, check_int, check_nested, config, show
 from condense.errors import ConfigError
 from condense.train.distributed import pipeline as _pipeline_strategy  # noqa: F401  (registers "pipeline")
 from condense.train.distributed.hooks import COMM_HOOKS
 from condense.train.loop import FitConfig
+from condense.train.semi import SemiConfig, semi_task
 from condense.train.strategies import TRAINING_STRATEGIES
 from condense.train.trainer import TrainResult
 
@@ -49,6 +50,9 @@ class TrainConfig(FitConfig):
             `condense.train.distributed.hooks.COMM_HOOKS` (fn(cfg) -> (state, hook) for `register_comm_hook`).
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
         ddp_bucket_mb: DDP gradient bucket size (each bucket is one call of the communication hook).
+        semi: semi-supervised training on the task's `unlabelled_data` (`condense.train.semi.SemiConfig`; a method
+            name such as "fixmatch" stands for SemiConfig(method=name) in Python; in the CLI a mapping:
+            --set 'semi={"method": "fixmatch"}'); None: labelled only.
 
     Example:
         >>> TrainConfig(steps=50, schedule="cosine", comm_hook="powersgd").precision
@@ -70,6 +74,7 @@ class TrainConfig(FitConfig):
     powersgd_start: int = 2
     n_microbatches: int = 4
     ddp_bucket_mb: float = 25.0
+    semi: SemiConfig | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,6 +95,9 @@ class TrainConfig(FitConfig):
         if self.comm_hook not in comm_hook_names():
             raise ConfigError(f"unknown comm_hook {self.comm_hook!r}; choose one of {list(comm_hook_names())}")
         TRAINING_STRATEGIES.get(self.strategy).check(self)
+        if isinstance(self.semi, str):  # --set semi=fixmatch
+            object.__setattr__(self, "semi", SemiConfig(method=self.semi))
+        check_nested(self, "semi", SemiConfig, optional=True)
 
 
 def fresh_model(task: Any, seed: int) -> nn.Module:
@@ -143,7 +151,8 @@ def train(task: Any, cfg: TrainConfig = TrainConfig(), *, out: str | Path | None
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     strategy = TRAINING_STRATEGIES.get(cfg.strategy)
-    result = strategy.run(task, model, cfg, device=device, out=out, resume=resume)
+    run_task = semi_task(task, cfg.semi) if cfg.semi is not None else task
+    result = strategy.run(run_task, model, cfg, device=device, out=out, resume=resume)
     if out is not None:
         _write_outputs(task, model, cfg, result, Path(out))
     return model.eval(), result

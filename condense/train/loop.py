@@ -15,6 +15,7 @@ from torch import nn
 from condense.core.transforms import register_trainer
 from condense.core.config import check_float, check_int, config, show
 from condense.errors import ConfigError
+from condense.train.augment import AUGMENTATIONS
 from condense.train.optim import OPTIMIZERS
 from condense.train.precision import PRECISIONS
 from condense.train.schedules import BATCH_SCHEDULES, LR_SCHEDULES, lr_factor
@@ -41,6 +42,9 @@ class FitConfig:
             batch_growth every batch_every steps (step) or continuously (exponential), capped at batch_max.
         precision: fp32 | bf16 (autocast) | fp16 (CUDA, with gradient scaling) | auto (bf16 only where measured
             faster on this machine).
+        augment: a registered augmentation of every training batch's inputs (`condense.train.augment`: image,
+            image-shift, image-strong, image-heavy, tokens, tokens-light, tokens-span), "auto" (the one the task's inputs
+            declare) or None (off). Draws are seeded by `seed`.
 
     Example:
         >>> FitConfig(steps=200, lr=1e-3, schedule="cosine").warmup_steps
@@ -70,6 +74,7 @@ class FitConfig:
     batch_every: int = 100
     batch_max: int = 8
     precision: str = "fp32"
+    augment: str | None = None
 
     def __post_init__(self) -> None:
         check_int(self, "steps", lo=0, example=100)
@@ -104,17 +109,23 @@ class FitConfig:
             v = getattr(self, name)
             if not isinstance(v, str) or v not in choices:
                 raise ConfigError(f"{type(self).__name__}.{name}: unknown {name} {show(v)}; choose one of {choices}")
+        if self.augment is not None and (not isinstance(self.augment, str) or
+                                         (self.augment != "auto" and self.augment not in AUGMENTATIONS)):
+            raise ConfigError(f"{type(self).__name__}.augment: unknown augmentation {show(self.augment)}; choose "
+                              f"one of {['auto', *AUGMENTATIONS]} or None")
 
 
 def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
         loss_fn: Callable[[nn.Module, Any], torch.Tensor], cfg: FitConfig = FitConfig(), *,
-        params: Iterable[nn.Parameter] | None = None, description: str = "training") -> list[float]:
+        params: Iterable[nn.Parameter] | None = None, description: str = "training",
+        input_kind: str | None = None) -> list[float]:
     """Train `model` for `cfg.steps` steps, cycling through `batches`; returns every step's loss.
 
     Args:
         batches: an iterable, or a zero-argument callable returning a fresh iterable each epoch.
         loss_fn: `loss_fn(model, batch) -> scalar tensor`.
         params: parameters to optimise (default: all that require grad).
+        input_kind: what the batches' inputs are (`Task.input_kind`: image | tokens), for `cfg.augment="auto"`.
 
     Example:
         >>> net = nn.Linear(2, 1)
@@ -125,7 +136,8 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
     """
     from condense.train.trainer import run_loop
 
-    return run_loop(model, batches, loss_fn, cfg, params=params, description=description).losses
+    return run_loop(model, batches, loss_fn, cfg, params=params, description=description,
+                    input_kind=input_kind).losses
 
 
 register_trainer(fit)  # TransformContext.finetune (core) trains with this loop

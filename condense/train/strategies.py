@@ -64,7 +64,7 @@ class LoopStrategy(TrainingStrategy):
         evaluate = task.evaluate if (cfg.eval_every or cfg.target is not None or cfg.patience) else None
         return run_loop(model, task.train_data, task.loss, cfg, description=f"training {task.name}", device=device,
                         out=out, resume=resume, evaluate=evaluate, primary=task.primary_metric,
-                        higher_is_better=task.higher_is_better)
+                        higher_is_better=task.higher_is_better, input_kind=task.input_kind)
 
 
 @register_training_strategy("auto")

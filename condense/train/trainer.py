@@ -27,6 +27,7 @@ from condense import progress
 from condense.core.task import to_device
 from condense.errors import ConfigError
 from condense.train import checkpoint as ckpt
+from condense.train.augment import batch_augmenter
 from condense.train.distributed import World, barrier, env_world
 from condense.train.distributed.hooks import ByteCounter, count_bytes
 from condense.train.distributed.strategy import Single, strategy_for
@@ -160,11 +161,13 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
              params: Iterable[nn.Parameter] | None = None, description: str = "training",
              device: torch.device | str | None = None, out: str | Path | None = None,
              resume: str | Path | None = None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-             primary: str | None = None, higher_is_better: bool = True) -> TrainResult:
+             primary: str | None = None, higher_is_better: bool = True,
+             input_kind: str | None = None) -> TrainResult:
     """Train `model` in place for `cfg.steps` optimizer steps; see the module docstring.
 
     `cfg` is a FitConfig, or a TrainConfig for evaluation, checkpoints, logging and distribution (its extra fields
-    are read with defaults, so a FitConfig means: none of those). Returns a TrainResult.
+    are read with defaults, so a FitConfig means: none of those). `cfg.augment` augments every batch's inputs
+    (`input_kind`: the task's, for "auto"). Returns a TrainResult.
 
     Example:
         >>> from condense.train.loop import FitConfig
@@ -209,6 +212,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
     opt = build_optimizer(params, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]
     data = _Batches(batches, world)
+    augment = batch_augmenter(opt_get("augment"), input_kind)
     need = max_batches_per_step(cfg) * world.size
     if data.epoch_len == 0:
         raise ConfigError("the training data yielded no batches")
@@ -282,6 +286,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             total = torch.zeros((), device=device)
             for i in range(k):
                 batch = to_device(data.next(), device)
+                if augment is not None:
+                    batch = augment(batch)
                 n, t = _count(batch)
                 result.samples += n * world.size
                 result.tokens += t * world.size

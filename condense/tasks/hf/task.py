@@ -164,7 +164,8 @@ def _causal_task(info: FolderInfo, codec: Codec, T: int, eval_windows: int, trai
 
     prompt = codec.encode(PROMPT) or [codec.pad_id]
     task = Task(inputs=inputs, evaluate=evaluate, calibration_data=calibration_data, train_data=train_data,
-                loss=lm_loss_hf, generate=partial(generate_hf, prompt=prompt, pad_id=codec.pad_id), **common)
+                loss=lm_loss_hf, generate=partial(generate_hf, prompt=prompt, pad_id=codec.pad_id),
+                input_kind="tokens", **common)
     task.description += ", decode tokens/s through the model's generate (KV cache)"
     return task
 
