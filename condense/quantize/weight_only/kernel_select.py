@@ -1,0 +1,116 @@
+"""Which kernel a weight-only model runs on: measured on its own layer shapes at batch 1 (decode), or as asked.
+
+`measure_kernels` times every registered kernel for the model's bits on the first quantized layer of each
+distinct (in, out, group) shape, one input row (the decode step), interleaved so load hits all alike, and weighs
+each shape by how many layers have it. A kernel that cannot take a shape is charged "dequantize" there (those
+layers would fall back to it). It also records each kernel's largest output difference from the dequantized
+reference, relative to the output's largest magnitude. `pick_kernel` keeps the fastest total (a pure function of
+the rows, like `Int8Config`'s `pick`); `assign_kernel_` sets it on the layers and warns about the ones that fall
+back. Timings are at `torch.get_num_threads()` threads, which the lineage records.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from condense.measurement.timing import interleaved_p50
+from condense.quantize.weight_only.kernels import DEQUANTIZE, get_kernel, kernel_names, why_not
+from condense.quantize.weight_only.linear import WeightOnlyLinear
+
+
+def _shapes(model: nn.Module, names: list[str]) -> dict[tuple[int, int, int], list[str]]:
+    shapes: dict[tuple[int, int, int], list[str]] = {}
+    for n in names:
+        m = model.get_submodule(n)
+        shapes.setdefault((m.in_features, m.out_features, m.group_size), []).append(n)
+    return shapes
+
+
+def measure_kernels(model: nn.Module, names: list[str], bits: int, *, rounds: int = 3,
+                    min_time_s: float = 0.02) -> list[dict[str, Any]]:
+    """One row per kernel: {"kernel", "total_ms" (per decode step, over all `names`), "shapes" (ms per call),
+    "max_rel_err", "error" (why it cannot run here, or None)}; fastest-first is up to `pick_kernel`."""
+    shapes = _shapes(model, names)
+    rows = {k: {"kernel": k, "total_ms": None, "shapes": {}, "max_rel_err": 0.0, "error": None}
+            for k in kernel_names(bits)}
+    gen = torch.Generator().manual_seed(0)
+    p50: dict[tuple[str, tuple], float] = {}
+    with torch.inference_mode():
+        for shape, layers in shapes.items():
+            m: WeightOnlyLinear = model.get_submodule(layers[0])
+            x = torch.randn(1, shape[0], generator=gen).to(m.scales.device)  # (1, in): one decode step
+            if m.perm is not None:
+                x = x.index_select(-1, m.perm)
+            w = m._stored_weight()
+            ref = F.linear(x, w)  # (1, out)
+            fns = {DEQUANTIZE: lambda x=x, m=m: F.linear(x, m._stored_weight())}
+            for name in rows:
+                if name == DEQUANTIZE:
+                    continue
+                reason = why_not(bits, name, *shape) or \
+                    (None if m.scales.device.type == "cpu" else f"{name} is a CPU kernel")
+                if reason:
+                    rows[name]["shapes"][_key(shape)] = reason
+                    continue
+                kernel = get_kernel(bits, name)
+                try:
+                    state = kernel.prepare(m.quantized())
+                    y = kernel.run(state, x)
+                except Exception as e:  # noqa: BLE001  (one kernel failing must not stop the others)
+                    rows[name]["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                    continue
+                err = float((y - ref).abs().max() / ref.abs().max().clamp(min=1e-12))
+                rows[name]["max_rel_err"] = round(max(rows[name]["max_rel_err"], err), 6)
+                fns[name] = lambda x=x, kernel=kernel, state=state: kernel.run(state, x)
+            fns = {k: f for k, f in fns.items() if rows[k]["error"] is None}
+            for k, t in interleaved_p50(fns, rounds=rounds, warmup=2, repeats=5,
+                                        min_time_s=min_time_s).items():
+                p50[(k, shape)] = t * 1e3
+                rows[k]["shapes"][_key(shape)] = round(t * 1e3, 4)
+    for name, row in rows.items():
+        if row["error"] is None and all(isinstance(v, str) for v in row["shapes"].values()):
+            row["error"] = "takes none of the layers: " + "; ".join(sorted(set(row["shapes"].values())))
+        if row["error"] is None:
+            row["total_ms"] = round(sum(len(layers) * p50.get((name, s), p50[(DEQUANTIZE, s)])
+                                        for s, layers in shapes.items()), 4)
+    return list(rows.values())
+
+
+def _key(shape: tuple[int, int, int]) -> str:
+    return "{}x{}/g{}".format(*shape)  # in x out / group
+
+
+def pick_kernel(rows: list[dict[str, Any]]) -> tuple[str, str]:
+    """The fastest row's kernel and why.
+
+    Example:
+        >>> pick_kernel([{"kernel": "dequantize", "total_ms": 3.0, "error": None},
+        ...              {"kernel": "torch-int4", "total_ms": 1.0, "error": None}])[0]
+        'torch-int4'
+    """
+    ok = [r for r in rows if r["error"] is None]
+    best = min(ok, key=lambda r: r["total_ms"])
+    others = ", ".join(f"{r['kernel']} {r['total_ms']:.3f} ms" if r["error"] is None else f"{r['kernel']}: {r['error']}"
+                       for r in rows if r is not best)
+    return best["kernel"], (f"fastest at batch 1 on {torch.get_num_threads()} thread(s): {best['kernel']} "
+                            f"{best['total_ms']:.3f} ms per step over the quantized layers" +
+                            (f" vs {others}" if others else ""))
+
+
+def assign_kernel_(model: nn.Module, names: list[str], kernel: str, *, what: str) -> dict[str, str]:
+    """Set `kernel` on the layers `names`; returns {layer: reason} for those left on "dequantize", warned."""
+    fallback = {}
+    for n in names:
+        reason = model.get_submodule(n).set_kernel(kernel)
+        if reason:
+            fallback[n] = reason
+    if fallback:
+        reasons = sorted(set(fallback.values()))
+        warnings.warn(f"{what}: {len(fallback)} of {len(names)} layer(s) run on the slow 'dequantize' path instead "
+                      f"of {kernel!r}: {'; '.join(reasons[:3])} (recorded in the lineage as kernel_fallback)",
+                      stacklevel=3)
+    return fallback
