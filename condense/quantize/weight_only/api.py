@@ -19,6 +19,7 @@ machine lacks it, on "dequantize", with a warning).
 from __future__ import annotations
 
 import enum
+from collections import Counter
 import warnings
 from typing import ClassVar
 
@@ -31,7 +32,7 @@ from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.core.select import select_modules
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
-from condense.quantize.weight_only.kernel_select import assign_kernel_, measure_kernels, pick_kernel
+from condense.quantize.weight_only.kernel_select import assign_kernel_, measure_kernels, pick_kernels, shape_key
 from condense.quantize.weight_only.kernels import DEQUANTIZE, kernel_names
 from condense.quantize.weight_only.linear import WeightOnlyLinear
 from condense.quantize.weight_only.rtn import nearest_group_size, rtn_quantize
@@ -187,12 +188,12 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
 
 def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ctx: TransformContext) -> None:
     """Put the quantized layers on `cfg.kernel` (measured first for "auto"), recording the choice."""
-    kernel = cfg.kernel
+    kernel: str | dict[str, str] = cfg.kernel
     if kernel == "auto":
         rows = measure_kernels(model, names, cfg.bits)
-        kernel, reason = pick_kernel(rows)
+        kernel, reason = pick_kernels(rows, Counter(shape_key(model.get_submodule(n)) for n in names))
         ctx.record(kernel_reason=reason, kernel_candidates=rows, kernel_threads=torch.get_num_threads())
-        if kernel == DEQUANTIZE:
+        if set(kernel.values()) == {DEQUANTIZE}:
             warnings.warn(f"WeightOnlyConfig(kernel='auto'): no low-bit kernel applies or beats the dequantizing "
                           f"path here; the layers dequantize on every call ({reason})", stacklevel=3)
     ctx.record(kernel=kernel)

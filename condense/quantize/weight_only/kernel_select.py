@@ -4,9 +4,11 @@
 distinct (in, out, group) shape, one input row (the decode step), interleaved so load hits all alike, and weighs
 each shape by how many layers have it. A kernel that cannot take a shape is charged "dequantize" there (those
 layers would fall back to it). It also records each kernel's largest output difference from the dequantized
-reference, relative to the output's largest magnitude. `pick_kernel` keeps the fastest total (a pure function of
-the rows, like `Int8Config`'s `pick`); `assign_kernel_` sets it on the layers and warns about the ones that fall
-back. Timings are at `torch.get_num_threads()` threads, which the lineage records.
+reference, relative to the output's largest magnitude. `pick_kernels` keeps, per shape, the fastest kernel (a
+pure function of the rows, like `Int8Config`'s `pick`): per shape, because a kernel fast on most shapes can be
+slow on one (torch-int4 on a 32 -> 96 layer took ~10 ms per call at 2 threads here, 3 us at 1 thread).
+`assign_kernel_` sets the choice on the layers and warns about the ones that fall back. Timings are at
+`torch.get_num_threads()` threads, which the lineage records.
 """
 from __future__ import annotations
 
@@ -20,6 +22,16 @@ from torch import nn
 from condense.measurement.timing import interleaved_p50
 from condense.quantize.weight_only.kernels import DEQUANTIZE, get_kernel, kernel_names, why_not
 from condense.quantize.weight_only.linear import WeightOnlyLinear
+
+
+def shape_key(m: WeightOnlyLinear) -> str:
+    """How a layer's shape is named in the lineage: "in x out / group".
+
+    Example:
+        >>> shape_key(WeightOnlyLinear(64, 16, bits=4, group_size=32))
+        '64x16/g32'
+    """
+    return f"{m.in_features}x{m.out_features}/g{m.group_size}"
 
 
 def _shapes(model: nn.Module, names: list[str]) -> dict[tuple[int, int, int], list[str]]:
@@ -84,33 +96,42 @@ def _key(shape: tuple[int, int, int]) -> str:
     return "{}x{}/g{}".format(*shape)  # in x out / group
 
 
-def pick_kernel(rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """The fastest row's kernel and why.
+def pick_kernels(rows: list[dict[str, Any]], counts: dict[str, int]) -> tuple[dict[str, str], str]:
+    """{shape: fastest kernel} from `measure_kernels` rows and {shape: number of layers}, and why.
 
     Example:
-        >>> pick_kernel([{"kernel": "dequantize", "total_ms": 3.0, "error": None},
-        ...              {"kernel": "torch-int4", "total_ms": 1.0, "error": None}])[0]
-        'torch-int4'
+        >>> rows = [{"kernel": "dequantize", "total_ms": 3.0, "shapes": {"a": 1.0, "b": 1.0}, "error": None},
+        ...         {"kernel": "torch-int4", "total_ms": 5.0, "shapes": {"a": 0.5, "b": 4.0}, "error": None}]
+        >>> pick_kernels(rows, {"a": 2, "b": 1})[0]
+        {'a': 'torch-int4', 'b': 'dequantize'}
     """
     ok = [r for r in rows if r["error"] is None]
-    best = min(ok, key=lambda r: r["total_ms"])
-    others = ", ".join(f"{r['kernel']} {r['total_ms']:.3f} ms" if r["error"] is None else f"{r['kernel']}: {r['error']}"
-                       for r in rows if r is not best)
-    return best["kernel"], (f"fastest at batch 1 on {torch.get_num_threads()} thread(s): {best['kernel']} "
-                            f"{best['total_ms']:.3f} ms per step over the quantized layers" +
-                            (f" vs {others}" if others else ""))
+    choice, total = {}, 0.0
+    for shape, n in counts.items():
+        timed = [r for r in ok if isinstance(r["shapes"].get(shape), float)]
+        best = min(timed, key=lambda r: r["shapes"][shape])
+        choice[shape] = best["kernel"]
+        total += n * best["shapes"][shape]
+    alone = ", ".join(f"{r['kernel']} alone {r['total_ms']:.3f} ms" if r["error"] is None else
+                      f"{r['kernel']}: {r['error']}" for r in rows)
+    picked = ", ".join(f"{s} {k}" for s, k in choice.items())
+    return choice, (f"fastest per layer shape at batch 1 on {torch.get_num_threads()} thread(s): {picked}; "
+                    f"{total:.3f} ms per step over the quantized layers vs {alone}")
 
 
-def assign_kernel_(model: nn.Module, names: list[str], kernel: str, *, what: str) -> dict[str, str]:
-    """Set `kernel` on the layers `names`; returns {layer: reason} for those left on "dequantize", warned."""
+def assign_kernel_(model: nn.Module, names: list[str], kernel: str | dict[str, str], *,
+                   what: str) -> dict[str, str]:
+    """Set `kernel` (one name, or {shape_key: name}) on the layers `names`; returns {layer: reason} for those left
+    on "dequantize" although another kernel was asked, warned."""
     fallback = {}
     for n in names:
-        reason = model.get_submodule(n).set_kernel(kernel)
+        m = model.get_submodule(n)
+        reason = m.set_kernel(kernel if isinstance(kernel, str) else kernel.get(shape_key(m), DEQUANTIZE))
         if reason:
             fallback[n] = reason
     if fallback:
         reasons = sorted(set(fallback.values()))
         warnings.warn(f"{what}: {len(fallback)} of {len(names)} layer(s) run on the slow 'dequantize' path instead "
-                      f"of {kernel!r}: {'; '.join(reasons[:3])} (recorded in the lineage as kernel_fallback)",
+                      f"of {kernel if isinstance(kernel, dict) else repr(kernel)}: {'; '.join(reasons[:3])}",
                       stacklevel=3)
     return fallback
