@@ -13,7 +13,7 @@ from condense.data.stdlib_source import corpus, separator, split_of
 from condense.errors import CondenseError
 from condense.tasks import get_task
 from condense.tasks import tinygpt as tg
-from condense.tasks.gpt import GPT, generate
+from condense.tasks.gpt import GPT, generate, num_params
 from condense.train.loop import lr_factor
 
 PRESET = tg.PRESETS["tiny"]
@@ -240,3 +240,11 @@ def test_task_generate_counts_tokens_and_runs_the_model(trained):
     assert out.shape == (2, T, 256)
     prompt = torch.tensor([list(tg.PROMPT)])
     assert torch.equal(generate(model, prompt, T - 4), generate(model, prompt, T - 4, use_cache=False))
+
+
+def test_large_preset_is_a_memory_bound_model_of_at_least_25m_parameters_without_training_it():
+    """Built from its config only (untrained): >= 25 M parameters, >= 100 MB of fp32 weights."""
+    p = tg.PRESETS["large"]
+    n = num_params(GPT(p.model))
+    assert n >= 25_000_000 and n * 4 >= 100_000_000
+    assert p.model.n_embd % 32 == 0 and p.steps * p.batch_size * p.model.block_size <= p.train_bytes
