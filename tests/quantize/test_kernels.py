@@ -163,3 +163,14 @@ def test_rtn_module_on_dequantize_is_unchanged_by_the_kernel_machinery():
     x = torch.randn(3, 64)
     with torch.no_grad():
         assert torch.equal(m(x), x @ m.dequantized_weight().T + lin.bias)
+
+
+def test_auto_says_which_layer_shapes_stay_on_dequantize_and_why():
+    m = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 64))  # 8 outputs; 8 inputs: group 8
+    with pytest.warns(UserWarning, match=r"layers of 2 of 2 shape\(s\) stay on the dequantizing path .*64x8/g32: "
+                                         r"no low-bit kernel takes it \(torch-int4: torch-int4 needs out_features "
+                                         r"divisible by 16"):
+        quantize_(m, WeightOnlyConfig(bits=4, kernel="auto", exclude=()))
+    details = lineage(m)["transforms"][-1]["details"]
+    assert details["kernel"] == {"64x8/g32": DEQUANTIZE, "8x64/g8": DEQUANTIZE}
+    assert (m[0].kernel, m[2].kernel) == (DEQUANTIZE, DEQUANTIZE)

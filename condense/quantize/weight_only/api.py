@@ -32,7 +32,8 @@ from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.core.select import select_modules
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
-from condense.quantize.weight_only.kernel_select import assign_kernel_, measure_kernels, pick_kernels, shape_key
+from condense.quantize.weight_only.kernel_select import (assign_kernel_, measure_kernels, pick_kernels, shape_key,
+                                                          why_dequantize)
 from condense.quantize.weight_only.kernels import DEQUANTIZE, kernel_names
 from condense.quantize.weight_only.linear import WeightOnlyLinear
 from condense.quantize.weight_only.rtn import nearest_group_size, rtn_quantize
@@ -193,9 +194,11 @@ def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ct
         rows = measure_kernels(model, names, cfg.bits)
         kernel, reason = pick_kernels(rows, Counter(shape_key(model.get_submodule(n)) for n in names))
         ctx.record(kernel_reason=reason, kernel_candidates=rows, kernel_threads=torch.get_num_threads())
-        if set(kernel.values()) == {DEQUANTIZE}:
-            warnings.warn(f"WeightOnlyConfig(kernel='auto'): no low-bit kernel applies or beats the dequantizing "
-                          f"path here; the layers dequantize on every call ({reason})", stacklevel=3)
+        slow = why_dequantize(rows, kernel)
+        if slow:
+            warnings.warn(f"WeightOnlyConfig(kernel='auto'): layers of {len(slow)} of {len(kernel)} shape(s) stay on "
+                          "the dequantizing path (unpacked on every call): " +
+                          "; ".join(f"{s}: {why}" for s, why in slow.items()), stacklevel=3)
     ctx.record(kernel=kernel)
     fallback = assign_kernel_(model, names, kernel, what="WeightOnlyConfig")
     if fallback:

@@ -119,6 +119,31 @@ def pick_kernels(rows: list[dict[str, Any]], counts: dict[str, int]) -> tuple[di
                     f"{total:.3f} ms per step over the quantized layers vs {alone}")
 
 
+def why_dequantize(rows: list[dict[str, Any]], choice: dict[str, str]) -> dict[str, str]:
+    """{shape: why} for the shapes `pick_kernels` left on "dequantize": no low-bit kernel takes them, or it
+    measured slower there.
+
+    Example:
+        >>> rows = [{"kernel": "dequantize", "shapes": {"a": 1.0}, "error": None},
+        ...         {"kernel": "torch-int4", "shapes": {"a": "needs group 32"}, "error": None}]
+        >>> why_dequantize(rows, {"a": "dequantize"})
+        {'a': 'no low-bit kernel takes it (torch-int4: needs group 32)'}
+    """
+    out = {}
+    for shape, kernel in choice.items():
+        if kernel != DEQUANTIZE:
+            continue
+        others = [r for r in rows if r["kernel"] != DEQUANTIZE]
+        timed = [r for r in others if isinstance(r["shapes"].get(shape), float)]
+        if timed:
+            out[shape] = "measured slower: " + ", ".join(
+                f"{r['kernel']} {r['shapes'][shape]:.4f} ms" for r in [*rows[:1], *timed])
+        else:
+            out[shape] = "no low-bit kernel takes it (" + "; ".join(
+                f"{r['kernel']}: {r['shapes'].get(shape) or r['error']}" for r in others) + ")"
+    return out
+
+
 def assign_kernel_(model: nn.Module, names: list[str], kernel: str | dict[str, str], *,
                    what: str) -> dict[str, str]:
     """Set `kernel` (one name, or {shape_key: name}) on the layers `names`; returns {layer: reason} for those left
