@@ -8,6 +8,7 @@ from torch import nn
 import condense
 from condense.core.lineage import lineage
 from condense.errors import ConfigError
+from condense.measurement.macs import count_macs
 from condense.quantize import quantize_
 from condense.quantize.weight_only import WeightOnlyConfig, WeightOnlyLinear, WeightOnlyMethod, rtn_quantize
 from condense.quantize.weight_only.gptq import gptq_quantize
@@ -174,3 +175,13 @@ def test_auto_says_which_layer_shapes_stay_on_dequantize_and_why():
     details = lineage(m)["transforms"][-1]["details"]
     assert details["kernel"] == {"64x8/g32": DEQUANTIZE, "8x64/g8": DEQUANTIZE}
     assert (m[0].kernel, m[2].kernel) == (DEQUANTIZE, DEQUANTIZE)
+
+
+@pytest.mark.skipif(not CASES, reason="no low-bit kernel runs on this machine")
+@pytest.mark.parametrize("bits,kernel,group", CASES)
+def test_macs_are_counted_once_on_every_kernel(bits, kernel, group):
+    m = WeightOnlyLinear.from_quantized(_gptq(bits, group, act_order=False), torch.zeros(48))
+    x = torch.randn(3, 5, 128)
+    on_dequantize = count_macs(m, lambda: m(x))
+    m.set_kernel(kernel)
+    assert count_macs(m, lambda: m(x)) == on_dequantize == 15 * 128 * 48

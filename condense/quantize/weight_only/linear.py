@@ -22,6 +22,7 @@ from torch import nn
 from condense.core.artifact import CODECS, TensorCodec
 from condense.errors import ArtifactError
 from condense.measurement.counts import PARAM_VIEWS
+from condense.measurement.macs import MAC_COUNTERS
 from condense.quantize.weight_only.kernels import DEQUANTIZE, get_kernel, why_not
 from condense.quantize.weight_only.packing import pack, packed_nbytes, unpack
 from condense.quantize.weight_only.rtn import QuantizedWeight, effective_group_size
@@ -164,6 +165,9 @@ class WeightOnlyLinearCodec(TensorCodec):
 
 CODECS.register(WeightOnlyLinear)(WeightOnlyLinearCodec())
 PARAM_VIEWS.register(WeightOnlyLinear)(lambda m: {"weight": m.dequantized_weight(), "bias": m.bias})
-# No MAC_COUNTERS entry on purpose: forward ends in a plain F.linear, which FlopCounterMode already counts as
-# rows x in x out MACs; `count_macs` adds registered counts on top of the aten count (it does not skip a
-# registered module's inner ops), so registering one would count every WeightOnlyLinear twice.
+# On "dequantize" forward ends in a plain F.linear, which FlopCounterMode already counts as rows x in x out MACs;
+# `count_macs` adds registered counts on top of the aten count, so the counter adds MACs only for a low-bit kernel
+# (an op FlopCounterMode does not know), never twice.
+MAC_COUNTERS.register(WeightOnlyLinear)(
+    lambda m, inp, out: 0 if m.kernel == DEQUANTIZE or inp[0].device.type != "cpu"
+    else inp[0].numel() // m.in_features * m.in_features * m.out_features)
