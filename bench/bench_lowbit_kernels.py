@@ -11,7 +11,8 @@ Measured, side by side in one process, at each thread count:
   3. quality of the trained `tiny` preset (bits per byte on the val split) on each path, since the kernels
      compute in bfloat16 around the exact integers.
 Variants: 4-bit and 3-bit (group 32) on "dequantize" and on `kernel="auto"`; 8-bit per channel (group -1) on
-"dequantize" and on `kernel="auto"`. "auto" picks per layer shape; the chosen kernels are printed.
+"dequantize" and on `kernel="auto"`. "auto" picks per layer shape; the chosen kernels are printed. ONNX Runtime's MatMulNBits ("ort-nbits", float32)
+at 4 and 8 bits as asked for, beside them.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ VARIANTS = {  # label -> config (None: fp32)
     "3-bit auto": WeightOnlyConfig(bits=3, group_size=32, kernel="auto"),
     "8-bit dequantize": WeightOnlyConfig(bits=8, group_size=-1),
     "8-bit auto": WeightOnlyConfig(bits=8, group_size=-1, kernel="auto"),
+    "4-bit ort-nbits": WeightOnlyConfig(bits=4, group_size=32, kernel="ort-nbits"),
+    "8-bit ort-nbits": WeightOnlyConfig(bits=8, group_size=-1, kernel="ort-nbits"),
 }
 
 

@@ -72,8 +72,9 @@ class WeightOnlyConfig:
             logits directly, so its error hits the loss unaveraged, and it is small next to the blocks (GPTQ's
             and AWQ's published results also keep it in float); pass exclude=() to quantize it too.
         kernel: what the layers run on: "dequantize" (unpack on every call), "torch-int4" (2/3/4 bits, group
-            size 32-256), "torch-int8" (8 bits, group_size=-1), or "auto" (the fastest of them, measured at
-            batch 1 on this machine; the low-bit kernels compute in bfloat16 around the exact integers).
+            size 32-256), "torch-int8" (8 bits, group_size=-1), "ort-nbits" (ONNX Runtime MatMulNBits, float32;
+            power-of-two groups), or "auto" (per layer shape the fastest of them, measured at batch 1 on this
+            machine; the torch kernels compute in bfloat16 around the exact integers).
 
     Example:
         >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)

@@ -10,8 +10,11 @@ the low-bit weight directly at batch 1:
                 and out_features a multiple of 16.
     torch-int8  `aten._weight_int8pack_mm` with one scale per output channel (group_size=-1 only); an
                 asymmetric zero point becomes an exact rank-1 correction: y += sum(x) * (128 - z) * s.
+    ort-nbits   ONNX Runtime's `MatMulNBits` (com.microsoft) in a one-node session per layer: float32
+                activations and w = (q - zp) * scale exactly as condense stores it; 2/3/4-bit integers as 4-bit
+                ones, 8-bit as 8-bit; a power-of-two group size >= 16. Optional (needs onnxruntime).
 
-Both run their fast path on bfloat16 activations only (with float32 activations the same ops measured 4-7x
+The two torch kernels run their fast path on bfloat16 activations only (with float32 activations the same ops measured 4-7x
 slower than fp32 F.linear here), so each rounds x, the scales and the output to bfloat16: the integers are kept
 exactly (GPTQ's result is what runs), the arithmetic around them is bfloat16. tests/quantize/test_kernels.py
 bounds the difference to the dequantized reference.
@@ -29,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 
 from condense.errors import ConfigError, first_line
+from condense.quantize.weight_only.packing import pack
 from condense.quantize.weight_only.rtn import QuantizedWeight, rtn_quantize
 
 DEQUANTIZE = "dequantize"
@@ -92,7 +96,7 @@ def kernel_names(bits: int) -> list[str]:
 
     Example:
         >>> kernel_names(4)
-        ['dequantize', 'torch-int4']
+        ['dequantize', 'ort-nbits', 'torch-int4']
     """
     return sorted((n for b, n in KERNELS if b == bits), key=lambda n: (n != DEQUANTIZE, n))
 
@@ -193,3 +197,53 @@ class TorchInt8(WeightKernel):
         if shift is not None:
             y += xb.float().sum(dim=-1, keepdim=True) * shift
         return y
+
+
+@register_kernel
+class OrtNBits(WeightKernel):
+    """ONNX Runtime's MatMulNBits in a one-node session (float32 activations, the exact integers and scales)."""
+
+    name = "ort-nbits"
+    bits = (2, 3, 4, 8)
+
+    def unsupported(self, in_features: int, out_features: int, group_size: int, bits: int) -> str | None:
+        g = in_features if group_size == -1 else group_size
+        if g < 16 or g & (g - 1):
+            return f"ort-nbits needs a power-of-two group size >= 16, the layer has {g}"
+        return None
+
+    def unavailable(self) -> str | None:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime)"
+        return _smoke(type(self))
+
+    def prepare(self, qw: QuantizedWeight) -> Any:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        nbits = 8 if qw.bits == 8 else 4  # 2/3-bit integers are valid 4-bit ones
+        out, n = qw.q.shape
+        blocks = n // qw.group_size
+        b = pack(qw.q, nbits).view(out, blocks, qw.group_size * nbits // 8)  # row-major blocks: ORT's layout
+        per_row = -(-blocks * nbits // 8)  # zero points are packed per row, padded to a whole byte
+        z = torch.nn.functional.pad(qw.zeros, (0, per_row * 8 // nbits - blocks))  # (out, padded blocks)
+        inits = [numpy_helper.from_array(b.numpy(), "B"),
+                 numpy_helper.from_array(qw.scales.float().reshape(-1).numpy(), "scales"),
+                 numpy_helper.from_array(pack(z, nbits).numpy(), "zero_points")]
+        node = helper.make_node("MatMulNBits", ["x", "B", "scales", "zero_points"], ["y"], domain="com.microsoft",
+                                K=n, N=out, bits=nbits, block_size=qw.group_size)
+        graph = helper.make_graph([node], "weight_only_linear",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", n])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", out])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = torch.get_num_threads(), 1  # fixed at creation
+        so.log_severity_level = 3
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
+        (y,) = state.run(None, {"x": x.detach().float().contiguous().numpy()})
+        return torch.from_numpy(y)

@@ -2,8 +2,9 @@
 
 Why packed: the packed bytes are what is saved, so a 4-bit model really is ~8x smaller on disk. How it runs is
 the module's `kernel` (see `kernels`): "dequantize" (default) unpacks, applies the per-group scales and zero
-points and calls `F.linear` on every call (no weight cache; slow on CPU); "torch-int4"/"torch-int8" run torch's
-low-bit CPU matmuls on a layout they build once from the packed integers (kept beside them, not saved).
+points and calls `F.linear` on every call (no weight cache; slow on CPU); "torch-int4"/"torch-int8" (torch's
+low-bit CPU matmuls) and "ort-nbits" (ONNX Runtime's MatMulNBits) run on a layout they build once from the packed
+integers (kept beside them, not saved).
 `WeightOnlyConfig(kernel="auto")` measures which is fastest here.
 
 Stored tensors (exactly what the artifact holds, see `WeightOnlyLinearCodec`):
@@ -68,6 +69,13 @@ class WeightOnlyLinear(nn.Module):
         self.kernel = DEQUANTIZE if reason else name
         self._kernel_state = None
         return reason
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the kernel's layout behind (an ONNX Runtime session cannot be copied); it is
+        rebuilt from the packed bytes on first use."""
+        state = self.__dict__.copy()
+        state["_kernel_state"] = None
+        return state
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "WeightOnlyLinear":
