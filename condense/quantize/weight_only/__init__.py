@@ -10,6 +10,7 @@ Example:
 """
 from condense.quantize.weight_only.api import WeightOnlyConfig, WeightOnlyMethod, quantize_weight_only
 from condense.quantize.weight_only.gptq import gptq_quantize
+from condense.quantize.weight_only.kernels import KERNELS, WeightKernel, kernel_names, register_kernel
 from condense.quantize.weight_only.linear import WeightOnlyLinear
 from condense.quantize.weight_only.packing import pack, packed_nbytes, unpack
 from condense.quantize.weight_only.rtn import QuantizedWeight, rtn_quantize
@@ -23,4 +24,6 @@ __all__ = [
     "rtn_quantize", "gptq_quantize", "QuantizedWeight",
     # packing
     "pack", "unpack", "packed_nbytes",
+    # low-bit kernels the packed layers run on
+    "KERNELS", "WeightKernel", "register_kernel", "kernel_names",
 ]

@@ -10,10 +10,16 @@ that layer only, by the divisor of in_features nearest to it (688 -> 43): a warn
 lineage records them under "group_sizes", which replay reads. A tied layer (an lm_head sharing the token
 embedding's weight, quantized only if `exclude` lets it through) gets its own packed copy: the tie is broken, and
 a warning says so.
+
+`kernel` says what the packed layers execute on (see `kernels`): "dequantize" (default), a named low-bit kernel,
+or "auto": measured on the model's own layer shapes at batch 1 and the fastest kept; the lineage records the
+choice, the reason and every candidate's times, and `condense.load` puts the layers back on it (or, where this
+machine lacks it, on "dequantize", with a warning).
 """
 from __future__ import annotations
 
 import enum
+from collections import Counter
 import warnings
 from typing import ClassVar
 
@@ -26,6 +32,9 @@ from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.core.select import select_modules
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
+from condense.quantize.weight_only.kernel_select import (assign_kernel_, measure_kernels, pick_kernels, shape_key,
+                                                          why_dequantize)
+from condense.quantize.weight_only.kernels import DEQUANTIZE, kernel_names
 from condense.quantize.weight_only.linear import WeightOnlyLinear
 from condense.quantize.weight_only.rtn import nearest_group_size, rtn_quantize
 
@@ -62,6 +71,10 @@ class WeightOnlyConfig:
         exclude: module-name patterns to keep in float. Default ("lm_head",): the output projection feeds the
             logits directly, so its error hits the loss unaveraged, and it is small next to the blocks (GPTQ's
             and AWQ's published results also keep it in float); pass exclude=() to quantize it too.
+        kernel: what the layers run on: "dequantize" (unpack on every call), "torch-int4" (2/3/4 bits, group
+            size 32-256), "torch-int8" (8 bits, group_size=-1), "ort-nbits" (ONNX Runtime MatMulNBits, float32;
+            power-of-two groups), or "auto" (per layer shape the fastest of them, measured at batch 1 on this
+            machine; the torch kernels compute in bfloat16 around the exact integers).
 
     Example:
         >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)
@@ -82,6 +95,7 @@ class WeightOnlyConfig:
     scale_dtype: str = "float16"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
+    kernel: str = DEQUANTIZE
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -103,6 +117,9 @@ class WeightOnlyConfig:
         if self.act_order and self.method is not WeightOnlyMethod.GPTQ:
             raise ConfigError("WeightOnlyConfig.act_order only applies to GPTQ; set method=GPTQ or act_order=False")
         check_choice(self, "scale_dtype", SCALE_DTYPES, example="float16")
+        if self.kernel != "auto" and self.kernel not in kernel_names(self.bits):
+            raise ConfigError(f"WeightOnlyConfig.kernel must be one of {kernel_names(self.bits) + ['auto']} for "
+                              f"bits={self.bits}, got {self.kernel!r}; 'auto' measures them and keeps the fastest")
         check_patterns(self, example="('blocks.*',)")
 
 
@@ -167,7 +184,26 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
     for key, value in (("group_sizes", sizes), ("linearized", sorted(converted)), ("tied", tied)):
         if value:
             ctx.record(**{key: value})
+    _run_on_kernel(model, names, cfg, ctx)
     return model
+
+
+def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ctx: TransformContext) -> None:
+    """Put the quantized layers on `cfg.kernel` (measured first for "auto"), recording the choice."""
+    kernel: str | dict[str, str] = cfg.kernel
+    if kernel == "auto":
+        rows = measure_kernels(model, names, cfg.bits)
+        kernel, reason = pick_kernels(rows, Counter(shape_key(model.get_submodule(n)) for n in names))
+        ctx.record(kernel_reason=reason, kernel_candidates=rows, kernel_threads=torch.get_num_threads())
+        slow = why_dequantize(rows, kernel)
+        if slow:
+            warnings.warn(f"WeightOnlyConfig(kernel='auto'): layers of {len(slow)} of {len(kernel)} shape(s) stay on "
+                          "the dequantizing path (unpacked on every call): " +
+                          "; ".join(f"{s}: {why}" for s, why in slow.items()), stacklevel=3)
+    ctx.record(kernel=kernel)
+    fallback = assign_kernel_(model, names, kernel, what="WeightOnlyConfig")
+    if fallback:
+        ctx.record(kernel_fallback=fallback)
 
 
 def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
@@ -181,6 +217,9 @@ def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module
                                         group_size=int(sizes.get(n, cfg.group_size)),
                                         bias=lin.bias is not None, act_order=act_order,
                                         scale_dtype=SCALE_DTYPES[cfg.scale_dtype], device=lin.weight.device))
+    kernel = details.get("kernel", DEQUANTIZE)
+    if kernel != DEQUANTIZE:  # the codec fills the bytes next; the kernel builds its layout on first use
+        assign_kernel_(model, list(details["layers"]), kernel, what="loading a weight-only model")
     return model
 
 

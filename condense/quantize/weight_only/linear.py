@@ -1,9 +1,11 @@
-"""`WeightOnlyLinear`: a Linear whose weight is stored packed (2/3/4/8 bits) and dequantized on every call.
+"""`WeightOnlyLinear`: a Linear whose weight is stored packed (2/3/4/8 bits), run on a low-bit kernel or dequantized.
 
-Why dequantize on the fly: the packed bytes are the only copy of the weight, in memory as on disk, so a 4-bit
-model really is ~8x smaller. There is no weight cache: each `forward` unpacks, applies the per-group scales and
-zero points, and calls `F.linear` in the input's dtype. That costs time on CPU (there is no fused low-bit
-kernel here); the benchmark reports how much.
+Why packed: the packed bytes are what is saved, so a 4-bit model really is ~8x smaller on disk. How it runs is
+the module's `kernel` (see `kernels`): "dequantize" (default) unpacks, applies the per-group scales and zero
+points and calls `F.linear` on every call (no weight cache; slow on CPU); "torch-int4"/"torch-int8" (torch's
+low-bit CPU matmuls) and "ort-nbits" (ONNX Runtime's MatMulNBits) run on a layout they build once from the packed
+integers (kept beside them, not saved).
+`WeightOnlyConfig(kernel="auto")` measures which is fastest here.
 
 Stored tensors (exactly what the artifact holds, see `WeightOnlyLinearCodec`):
     qweight  uint8 (ceil(out·in·bits/8),)   weight integers, row-major (out, in), packed (see `packing`)
@@ -21,6 +23,8 @@ from torch import nn
 from condense.core.artifact import CODECS, TensorCodec
 from condense.errors import ArtifactError
 from condense.measurement.counts import PARAM_VIEWS
+from condense.measurement.macs import MAC_COUNTERS
+from condense.quantize.weight_only.kernels import DEQUANTIZE, get_kernel, why_not
 from condense.quantize.weight_only.packing import pack, packed_nbytes, unpack
 from condense.quantize.weight_only.rtn import QuantizedWeight, effective_group_size
 
@@ -53,6 +57,25 @@ class WeightOnlyLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32, device=device)
                              if act_order else None)
+        self.kernel = DEQUANTIZE  # which registered kernel forward runs on (see `kernels`)
+        self._kernel_state = None  # that kernel's weight layout, built from the packed bytes on first use
+
+    def set_kernel(self, name: str) -> str | None:
+        """Run on kernel `name` from now on; returns why not (and keeps "dequantize") when it cannot here."""
+        reason = None if name == DEQUANTIZE else \
+            why_not(self.bits, name, self.in_features, self.out_features, self.group_size)
+        if reason is None and name != DEQUANTIZE and self.qweight.device.type != "cpu":
+            reason = f"{name} is a CPU kernel; the layer is on {self.qweight.device}"
+        self.kernel = DEQUANTIZE if reason else name
+        self._kernel_state = None
+        return reason
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the kernel's layout behind (an ONNX Runtime session cannot be copied); it is
+        rebuilt from the packed bytes on first use."""
+        state = self.__dict__.copy()
+        state["_kernel_state"] = None
+        return state
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "WeightOnlyLinear":
@@ -98,16 +121,28 @@ class WeightOnlyLinear(nn.Module):
         full[:, self.perm.long()] = w
         return full
 
+    def kernel_state(self) -> object:
+        """The current kernel's weight layout (built from the packed integers the first time)."""
+        if self._kernel_state is None:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable outside inference_mode
+                self._kernel_state = get_kernel(self.bits, self.kernel).prepare(self.quantized())
+        return self._kernel_state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._stored_weight()  # (out, in)
         if self.perm is not None:
             x = x.index_select(-1, self.perm)  # (..., in) in stored column order
         b = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kernel != DEQUANTIZE and x.device.type == "cpu":
+            y = get_kernel(self.bits, self.kernel).run(self.kernel_state(), x.reshape(-1, self.in_features))
+            y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)  # (..., out)
+            return y if b is None else y + b
+        w = self._stored_weight()  # (out, in)
         return F.linear(x, w.to(x.dtype), b)  # (..., out)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, bias={self.bias is not None}, act_order={self.perm is not None}")
+                f"group_size={self.group_size}, bias={self.bias is not None}, act_order={self.perm is not None}"
+                + ("" if self.kernel == DEQUANTIZE else f", kernel={self.kernel}"))
 
 
 class WeightOnlyLinearCodec(TensorCodec):
@@ -133,10 +168,14 @@ class WeightOnlyLinearCodec(TensorCodec):
                                     "was made with other bits/group size: load it with the lineage it recorded")
             with torch.no_grad():
                 target.copy_(t[k])
+        m._kernel_state = None  # rebuilt from the loaded bytes on the next forward
 
 
 CODECS.register(WeightOnlyLinear)(WeightOnlyLinearCodec())
 PARAM_VIEWS.register(WeightOnlyLinear)(lambda m: {"weight": m.dequantized_weight(), "bias": m.bias})
-# No MAC_COUNTERS entry on purpose: forward ends in a plain F.linear, which FlopCounterMode already counts as
-# rows x in x out MACs; `count_macs` adds registered counts on top of the aten count (it does not skip a
-# registered module's inner ops), so registering one would count every WeightOnlyLinear twice.
+# On "dequantize" forward ends in a plain F.linear, which FlopCounterMode already counts as rows x in x out MACs;
+# `count_macs` adds registered counts on top of the aten count, so the counter adds MACs only for a low-bit kernel
+# (an op FlopCounterMode does not know), never twice.
+MAC_COUNTERS.register(WeightOnlyLinear)(
+    lambda m, inp, out: 0 if m.kernel == DEQUANTIZE or inp[0].device.type != "cpu"
+    else inp[0].numel() // m.in_features * m.in_features * m.out_features)
