@@ -158,7 +158,7 @@ def test_loading_where_the_kernel_is_missing_falls_back_to_dequantize_with_a_war
     task, base = tiny
     m = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=4, kernel="torch-int4"))
     d = condense.save(m, tmp_path / "a")
-    reference = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=4))  # the dequantizing path
+    reference = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=4, kernel="dequantize"))
     monkeypatch.setattr(TorchInt4, "unavailable", lambda self: "this torch has no aten._weight_int4pack_mm_for_cpu")
     with pytest.warns(UserWarning, match="loading a weight-only model: .* 'dequantize' path instead of 'torch-int4'"
                                          ": this torch has no"):

@@ -11,9 +11,9 @@ lineage records them under "group_sizes", which replay reads. A tied layer (an l
 embedding's weight, quantized only if `exclude` lets it through) gets its own packed copy: the tie is broken, and
 a warning says so.
 
-`kernel` says what the packed layers execute on (see `kernels`): "dequantize" (default), a named low-bit kernel,
-or "auto": measured on the model's own layer shapes at batch 1 and the fastest kept; the lineage records the
-choice, the reason and every candidate's times, and `condense.load` puts the layers back on it (or, where this
+`kernel` says what the packed layers execute on (see `kernels`): "dequantize", a named low-bit kernel,
+or "auto" (the default): measured on the model's own layer shapes at batch 1 and the fastest kept; the lineage
+records the choice, the reason and every candidate's times, and `condense.load` puts the layers back on it (or, where this
 machine lacks it, on "dequantize", with a warning).
 """
 from __future__ import annotations
@@ -71,10 +71,10 @@ class WeightOnlyConfig:
         exclude: module-name patterns to keep in float. Default ("lm_head",): the output projection feeds the
             logits directly, so its error hits the loss unaveraged, and it is small next to the blocks (GPTQ's
             and AWQ's published results also keep it in float); pass exclude=() to quantize it too.
-        kernel: what the layers run on: "dequantize" (unpack on every call), "torch-int4" (2/3/4 bits, group
+        kernel: what the layers run on: "auto" (default: per layer shape the fastest of the kernels below,
+            measured at batch 1 on this machine), "dequantize" (unpack on every call), "torch-int4" (2/3/4 bits, group
             size 32-256), "torch-int8" (8 bits, group_size=-1), "ort-nbits" (ONNX Runtime MatMulNBits, float32;
-            power-of-two groups), or "auto" (per layer shape the fastest of them, measured at batch 1 on this
-            machine; the torch kernels compute in bfloat16 around the exact integers).
+            power-of-two groups); the torch kernels compute in bfloat16 around the exact integers.
 
     Example:
         >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)
@@ -95,7 +95,7 @@ class WeightOnlyConfig:
     scale_dtype: str = "float16"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
-    kernel: str = DEQUANTIZE
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
