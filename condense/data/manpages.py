@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -314,3 +315,14 @@ def text_corpus(max_bytes: int, root: Path = MAN_ROOT) -> bytes:
         raise CondenseError(_missing(f"{max_bytes} bytes of text", f"{len(data)} bytes", root)
                             + f", or ask for at most {len(data)}")
     return data[:max_bytes]
+
+
+_warned: set[str] = set()
+
+
+def warn_missing(task: str, metric: str, error: Exception) -> None:
+    """Warn once per process and reason that `task` measures no `metric` (its second source is missing)."""
+    msg = f"{task}: no second evaluation source ({metric} not measured): {error}"
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(msg, stacklevel=3)
