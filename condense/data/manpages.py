@@ -63,7 +63,7 @@ def unescape(text: str) -> str:
     """Roff escapes -> plain text: fonts, sizes, strings and registers dropped, named characters mapped.
 
     Example:
-        >>> unescape(r"list \\fBdirectory\\fR contents \\(em see \\fIls\\-l\\fP")
+        >>> unescape(r"list \\fBdirectory\\fR contents\\(emsee \\fIls\\-l\\fP")
         'list directory contents - see ls-l'
     """
     text = _COMMENT.sub("", text)
