@@ -39,7 +39,7 @@ _NAMED = re.compile(r"\\(\[[^\]]*\]|\(..)")
 _NAMED_CHARS = {"em": " - ", "en": "-", "hy": "-", "aq": "'", "lq": '"', "rq": '"', "oq": "'", "cq": "'",
                 "dq": '"', "co": "(c)", "rg": "(R)", "tm": "(TM)", "bu": "*", "mi": "-", "pl": "+", "ti": "~",
                 "ha": "^", "rs": "\\", "dg": "+", "ga": "`", "at": "@", "sl": "/"}
-_SIMPLE = {"\\-": "-", "\\e": "\\", "\\&": "", "\\|": "", "\\^": "", "\\ ": " ", "\\~": " ", "\\0": " ",
+_SIMPLE = {"\\-": "-", "\\e": "\0", "\\&": "", "\\|": "", "\\^": "", "\\ ": " ", "\\~": " ", "\\0": " ",
            "\\c": "", "\\,": "", "\\/": "", "\\%": "", "\\:": "", "\\'": "'", "\\`": "`", "\\.": "."}
 _ESCAPE_REST = re.compile(r"\\.")
 _ARGS = re.compile(r'"((?:[^"]|"")*)"|(\S+)')
@@ -74,7 +74,7 @@ def unescape(text: str) -> str:
     text = _NAMED.sub(lambda m: _NAMED_CHARS.get(m.group(1).strip("[]()"), ""), text)
     for k, v in _SIMPLE.items():
         text = text.replace(k, v)
-    return _ESCAPE_REST.sub("", text)
+    return _ESCAPE_REST.sub("", text).replace("\0", "\\")  # \e kept aside from the escapes dropped
 
 
 def _macro_text(name: str, rest: str) -> str:
@@ -197,7 +197,7 @@ def _stable_key(page: str) -> str:
     return hashlib.sha1(page.encode("utf-8")).hexdigest()
 
 
-def page_files(root: Path = MAN_ROOT) -> list[Path]:
+def page_files(root: Path) -> list[Path]:
     """Regular gzipped or plain page files of `SECTIONS` under `root`, links left out, in stable hash order of name
     with at most `PER_FAMILY` per family."""
     files = []
@@ -232,7 +232,7 @@ def _read(path: Path) -> str | None:
 
 
 @lru_cache(maxsize=8)
-def man_pairs(n: int, root: Path = MAN_ROOT) -> tuple[ManPage, ...]:
+def man_pairs(n: int, root: Path) -> tuple[ManPage, ...]:
     """Up to `n` pages' pairs, in page order (`page_files`), with repeated queries or documents dropped.
 
     Reads pages only until `n` pairs are found, so the set is quick to build (about a second for 500 pairs).
@@ -259,14 +259,14 @@ def man_pairs(n: int, root: Path = MAN_ROOT) -> tuple[ManPage, ...]:
 
 def _missing(need: str, found: str, root: Path) -> str:
     return (f"the off-source evaluation set needs {need} from English manual pages with a NAME line and a "
-            f"DESCRIPTION under {root}/{{{','.join(SECTIONS)}}}, found {found}; install the system's man pages (Debian: remove "
-            "the `path-exclude=/usr/share/man/*` line from /etc/dpkg/dpkg.cfg.d/ if present, then "
+            f"DESCRIPTION under {root}/{{{','.join(SECTIONS)}}}, found {found}; install the system's man pages "
+            "(Debian: remove the `path-exclude=/usr/share/man/*` line from /etc/dpkg/dpkg.cfg.d/ if present, then "
             "`apt-get install --reinstall man-db coreutils util-linux`)")
 
 
-def _pages(enough, root: Path, keep=lambda p: True) -> list[ManPage]:
-    """The first pages (in `man_pairs` order) passing `keep`, until `enough(pages)` or the pages run out."""
-    k = 256
+def _pages(k: int, enough, root: Path, keep=lambda p: True) -> list[ManPage]:
+    """The first pages (in `man_pairs` order) passing `keep`, until `enough(pages)` or the pages run out; reads
+    `k` pages' worth first, twice as many each time that is not enough."""
     while True:
         pages = man_pairs(k, root)
         kept = [p for p in pages if keep(p)]
@@ -275,7 +275,7 @@ def _pages(enough, root: Path, keep=lambda p: True) -> list[ManPage]:
         k *= 2
 
 
-def retrieval_set(n: int = 500, root: Path = MAN_ROOT, exclude: frozenset[str] = frozenset()) -> RetrievalSet:
+def retrieval_set(n: int = 500, root: Path | None = None, exclude: frozenset[str] = frozenset()) -> RetrievalSet:
     """`n` (NAME description -> DESCRIPTION) pairs from manual pages, none with a text (lower-cased) in `exclude`.
 
     `exclude` holds the texts a task trains or calibrates on, so that no evaluation text is one of them.
@@ -288,7 +288,8 @@ def retrieval_set(n: int = 500, root: Path = MAN_ROOT, exclude: frozenset[str] =
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CondenseError(f"n must be a positive integer, got {n!r}; e.g. n=500")
-    pages = _pages(lambda ps: len(ps) >= n, root,
+    root = MAN_ROOT if root is None else Path(root)
+    pages = _pages(n + n // 8 + 8, lambda ps: len(ps) >= n, root,
                    lambda p: p.query.lower() not in exclude and p.document.lower() not in exclude)[:n]
     if len(pages) < n:
         raise CondenseError(_missing(f"{n} pairs", str(len(pages)), root) + f", or ask for at most {len(pages)}")
@@ -300,7 +301,7 @@ def _chunk(p: ManPage) -> bytes:
     return f"{p.query}\n{p.document}\n\n".encode("utf-8")
 
 
-def text_corpus(max_bytes: int, root: Path = MAN_ROOT) -> bytes:
+def text_corpus(max_bytes: int, root: Path | None = None) -> bytes:
     """The first `max_bytes` of manual-page text (per page: NAME description, DESCRIPTION prose, a blank line) in
     page order: English text that is not Python, for a language model's held-out score.
 
@@ -310,7 +311,9 @@ def text_corpus(max_bytes: int, root: Path = MAN_ROOT) -> bytes:
     """
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
         raise CondenseError(f"max_bytes must be a positive integer, got {max_bytes!r}")
-    data = b"".join(_chunk(p) for p in _pages(lambda ps: sum(len(_chunk(p)) for p in ps) >= max_bytes, root))
+    root = MAN_ROOT if root is None else Path(root)
+    pages = _pages(max_bytes // 400 + 8, lambda ps: sum(len(_chunk(p)) for p in ps) >= max_bytes, root)
+    data = b"".join(_chunk(p) for p in pages)
     if len(data) < max_bytes:
         raise CondenseError(_missing(f"{max_bytes} bytes of text", f"{len(data)} bytes", root)
                             + f", or ask for at most {len(data)}")
