@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from condense.core.task import Task
+from condense.data.manpages import MAN_ROOT, page_files, text_corpus
 from condense.data.stdlib_source import corpus, separator, split_of
 from condense.errors import CondenseError
 from condense.tasks import get_task
@@ -240,3 +241,21 @@ def test_task_generate_counts_tokens_and_runs_the_model(trained):
     assert out.shape == (2, T, 256)
     prompt = torch.tensor([list(tg.PROMPT)])
     assert torch.equal(generate(model, prompt, T - 4), generate(model, prompt, T - 4, use_cache=False))
+
+
+@pytest.mark.skipif(len(page_files(MAN_ROOT)) < 100, reason="this machine has few English man pages")
+def test_offsource_metric_is_the_same_score_on_manual_page_text_none_of_it_in_training():
+    p = tg.get_preset("tiny")
+    task = tg.make_task("tiny")
+    assert task.offsource_metric == "bits_per_byte_offsource"
+    torch.manual_seed(0)
+    model = GPT(p.model).eval()  # untrained weights: the score only has to be the same computation
+    out = task.metrics(model)
+    n = p.eval_windows * p.model.block_size + 1
+    text = text_corpus(n)
+    want = tg.evaluate_lm(model, torch.tensor(list(text), dtype=torch.uint8), p.model.block_size, p.eval_windows)
+    assert {k: out[k + "_offsource"] for k in want} == pytest.approx(want, rel=1e-6)
+    assert set(out) == {"bits_per_byte", "perplexity", "loss"} | {k + "_offsource" for k in want}
+    train = corpus("train", p.train_bytes).tobytes()
+    lines = [ln for ln in text.decode().splitlines() if len(ln) > 60]
+    assert len(lines) > 5 and not [ln for ln in lines if ln[:60].encode() in train]  # no sentence in training
