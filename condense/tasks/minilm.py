@@ -194,10 +194,11 @@ def _train_data(*, n_pairs: int) -> Iterator[TextPairs]:
             yield TextPairs([q for q, _ in chunk], [d for _, d in chunk])
 
 
-def make_task(n_pairs: int = 500, max_seq_length: int = 128, offsource_pairs: int = 500) -> Task:
+def make_task(n_pairs: int = 500, max_seq_length: int = 128, offsource_pairs: int | None = None) -> Task:
     """The `minilm` task: pretrained all-MiniLM-L6-v2, MRR@10 on `n_pairs` stdlib docstring retrieval pairs, and
     `mrr@10_offsource` on `offsource_pairs` manual-page pairs (NAME description -> DESCRIPTION; no training or
-    calibration text comes from them; 0: no second source).
+    calibration text comes from them). `offsource_pairs` defaults to `n_pairs` (about as long to evaluate); 0 turns
+    the second source off.
 
     Cheap to call: data is built on first use, weights load in `task.build_model()`.
 
@@ -210,6 +211,8 @@ def make_task(n_pairs: int = 500, max_seq_length: int = 128, offsource_pairs: in
         raise CondenseError(f"n_pairs must be an integer >= 2, got {n_pairs!r}; e.g. n_pairs=500")
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or not 2 <= max_seq_length <= 512:
         raise CondenseError(f"max_seq_length must be an integer in 2..512, got {max_seq_length!r}; e.g. 128")
+    if offsource_pairs is None:
+        offsource_pairs = n_pairs
     if isinstance(offsource_pairs, bool) or not isinstance(offsource_pairs, int) or offsource_pairs == 1 \
             or offsource_pairs < 0:
         raise CondenseError(f"offsource_pairs must be 0 (no second source) or an integer >= 2, got "
