@@ -192,8 +192,8 @@ def _result(task: Task, cfg: SearchConfig, study: Any, url: str | None, name: st
     pareto = pareto_front(done, task.higher_is_better) if done else []
     om = task.offsource_metric if task.offsource_metric in base_q else None
     # within budget on the primary metric, rejected on the second source
-    off_only = [r for r in done if r["steps"] and not r["within_budget"]
-                and task.within_budget(r["metric"], base["metric"], cfg.budget)]
+    off_only = sorted((r for r in done if r["steps"] and not r["within_budget"]
+                       and task.within_budget(r["metric"], base["metric"], cfg.budget)), key=lambda r: r["latency_s"])
     if chosen is not None:
         msg = (f"trial {chosen['number']} is the fastest within {cfg.budget:.2%} of the baseline's "
                f"{task.primary_metric}{f' and {om}' if om else ''}: {chosen['speedup']:.2f}x faster at batch "
@@ -202,7 +202,7 @@ def _result(task: Task, cfg: SearchConfig, study: Any, url: str | None, name: st
     elif off_only:
         msg = (f"no trial met the {cfg.budget:.2%} budget on both {task.primary_metric} and the second source {om} "
                f"({len(done)} trials): {len(off_only)} met it on {task.primary_metric} but were rejected on the "
-               f"second source, e.g. trial {off_only[0]['number']}: {off_only[0]['rejected']}. The history is kept "
+               f"second source, e.g. the fastest, trial {off_only[0]['number']}: {off_only[0]['rejected']}. The history is kept "
                f"in {masked(url)} (study {name!r}): resume with more trials or a larger --budget")
     elif [r for r in done if r["steps"]]:
         best = min((r for r in done if r["steps"]), key=lambda r: r["drop"])

@@ -328,7 +328,9 @@ def _run(task: Any, cfg: Any, url: str | None, study_name: str, worker: int, sto
             progress.note(f"trial {trial.number} failed: {type(e).__name__}: {str(e)[:200]}")
             raise
         s = summary(m, cfg.batch_size)
-        ok, why = budget_verdict(task, s["quality"], baseline["quality"], cfg.budget)
+        pm = task.primary_metric
+        ok, why = budget_verdict(task, {pm: s["metric"], **s["quality"]},
+                                 {pm: baseline["metric"], **baseline.get("quality", {})}, cfg.budget)
         for k, v in s.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("within_budget", bool(ok))

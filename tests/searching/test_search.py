@@ -295,7 +295,7 @@ def test_a_trial_within_budget_on_the_primary_metric_but_not_the_second_source_i
     cfg = SearchConfig(budget=0.0, trials=3, knobs=("quantize",), sensitivity=False, **FAST)
     with pytest.raises(BudgetNotMet, match=r"no trial met the 0\.00% budget on both agree and the second source "
                        r"fidelity_offsource \(3 trials\): 3 met it on agree but were rejected on the second source, "
-                       r"e\.g\. trial \d+: fidelity_offsource 0\.9\d+ vs baseline 1\.0000 on the second source"):
+                       r"e\.g\. the fastest, trial \d+: fidelity_offsource 0\.9\d+ vs baseline 1\.0000 on the second source"):
         search("tests.searching.search_tasks:two_source_task", cfg, out_dir=tmp_path)
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["offsource_metric"] == "fidelity_offsource" and "and on fidelity_offsource" in rep["budget_checked_on"]
