@@ -75,6 +75,9 @@ class Task:
             (integer ids (B, T)); `FitConfig(augment="auto")` picks that kind's augmentation. None: not declared.
         unlabelled_data: zero-argument callable yielding input batches without targets (the training data whose
             labels are held back), for semi-supervised training; None: all training data is labelled.
+        offsource_metric: the primary metric measured on a second evaluation source that no training or
+            calibration data comes from (e.g. "mrr@10_offsource"), same direction; `evaluate` returns it where that
+            source is available. The search checks its budget on it too. None: the task has no second source.
 
     Example:
         >>> import torch, condense
@@ -105,6 +108,7 @@ class Task:
     extras: dict[str, Any] = field(default_factory=dict)
     input_kind: str | None = None
     unlabelled_data: Callable[[], Iterable[Any]] | None = None
+    offsource_metric: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -115,6 +119,11 @@ class Task:
             raise CondenseError("Task needs inputs: an example batch or a callable inputs(batch_size) -> batch")
         for b in self.batch_sizes:
             check_batch_size(b)
+        if self.offsource_metric is not None and (not isinstance(self.offsource_metric, str)
+                                                  or self.offsource_metric == self.primary_metric):
+            raise CondenseError(f"Task.offsource_metric must be the name of another metric than the primary one "
+                                f"({self.primary_metric!r}), got {self.offsource_metric!r}; e.g. "
+                                f"'{self.primary_metric}_offsource', or None for no second source")
 
     # -- models ---------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

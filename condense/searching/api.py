@@ -20,6 +20,7 @@ from condense import progress
 from condense.core.config import config_from_dict
 from condense.core.task import Task
 from condense.errors import CondenseError
+from condense.searching.budget import budget_verdict
 from condense.searching.config import SearchConfig
 from condense.searching.sensitivity import relative_drop
 from condense.searching.storage import masked, open_storage, storage_url
@@ -85,7 +86,7 @@ def _rows(study: Any) -> list[dict[str, Any]]:
                      "error": a.get("error") or (INTERRUPTED if t.state.name == "FAIL" else None),
                      "latency_s": a.get("latency_s"), "size_bytes": a.get("size_bytes"), "metric": a.get("metric"),
                      "quality": a.get("quality", {}), "speedup": a.get("speedup"),
-                     "within_budget": a.get("within_budget", False),
+                     "within_budget": a.get("within_budget", False), "rejected": a.get("rejected"),
                      "duration_s": t.duration.total_seconds() if t.duration is not None else None})
     return rows
 
@@ -180,16 +181,29 @@ def _result(task: Task, cfg: SearchConfig, study: Any, url: str | None, name: st
     base = attrs["baseline"]
     rows = _rows(study)
     done = [r for r in rows if r["state"] == "COMPLETE" and r["metric"] is not None]
+    base_q = {task.primary_metric: base["metric"], **base.get("quality", {})}
     for r in done:
-        r["within_budget"] = task.within_budget(r["metric"], base["metric"], cfg.budget)
+        ok, r["rejected"] = budget_verdict(task, {task.primary_metric: r["metric"], **(r["quality"] or {})}, base_q,
+                                           cfg.budget)
+        r["within_budget"] = ok
         r["drop"] = relative_drop(task, r["metric"], base["metric"])
     ok = [r for r in done if r["within_budget"] and r["steps"]]  # the untouched model is the baseline, not a pick
     chosen = min(ok, key=lambda r: r["latency_s"]) if ok else None
     pareto = pareto_front(done, task.higher_is_better) if done else []
+    om = task.offsource_metric if task.offsource_metric in base_q else None
+    # within budget on the primary metric, rejected on the second source
+    off_only = sorted((r for r in done if r["steps"] and not r["within_budget"]
+                       and task.within_budget(r["metric"], base["metric"], cfg.budget)), key=lambda r: r["latency_s"])
     if chosen is not None:
         msg = (f"trial {chosen['number']} is the fastest within {cfg.budget:.2%} of the baseline's "
-               f"{task.primary_metric}: {chosen['speedup']:.2f}x faster at batch {cfg.batch_size} (search timing), "
-               f"{task.primary_metric} {chosen['metric']:.4f} vs {base['metric']:.4f}")
+               f"{task.primary_metric}{f' and {om}' if om else ''}: {chosen['speedup']:.2f}x faster at batch "
+               f"{cfg.batch_size} (search timing), {task.primary_metric} {chosen['metric']:.4f} vs "
+               f"{base['metric']:.4f}" + (f", {om} {chosen['quality'][om]:.4f} vs {base_q[om]:.4f}" if om else ""))
+    elif off_only:
+        msg = (f"no trial met the {cfg.budget:.2%} budget on both {task.primary_metric} and the second source {om} "
+               f"({len(done)} trials): {len(off_only)} met it on {task.primary_metric} but were rejected on the "
+               f"second source, e.g. the fastest, trial {off_only[0]['number']}: {off_only[0]['rejected']}. The history is kept "
+               f"in {masked(url)} (study {name!r}): resume with more trials or a larger --budget")
     elif [r for r in done if r["steps"]]:
         best = min((r for r in done if r["steps"]), key=lambda r: r["drop"])
         msg = (f"no trial met the {cfg.budget:.2%} budget on {task.primary_metric} ({len(done)} trials); the "
@@ -223,6 +237,7 @@ def _final(task: Task, cfg: SearchConfig, result: SearchResult) -> None:
     mb = measure(base_model, task, mcfg, label="baseline")
     mc = measure(model, task, mcfg, label=f"trial {result.chosen['number']}")
     result.model = model
+    ok, why = budget_verdict(task, mc.quality, mb.quality, cfg.budget)
     result.final = {"baseline": mb.to_dict(), "chosen": mc.to_dict(),
                     "speedup": {str(b): mb.p50(b) / mc.p50(b) for b in sizes},
-                    "within_budget": task.within_budget(mc.primary, mb.primary, cfg.budget)}
+                    "within_budget": ok, "rejected": why}

@@ -8,6 +8,7 @@ from typing import Any
 
 from condense.core.atomic import atomic_write_json, atomic_write_text
 from condense.report.pareto import pareto_svg
+from condense.searching.budget import offsource_note
 
 
 def build_search_report(result: Any, task: Any, cfg: Any) -> dict[str, Any]:
@@ -20,7 +21,9 @@ def build_search_report(result: Any, task: Any, cfg: Any) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "primary_metric": task.primary_metric,
         "higher_is_better": task.higher_is_better,
+        "offsource_metric": task.offsource_metric,
         "budget": result.budget,
+        "budget_checked_on": offsource_note(task, (result.baseline or {}).get("quality") or {}),
         "met_budget": result.met_budget,
         "message": result.message,
         "baseline": result.baseline,
@@ -63,24 +66,33 @@ def render_search_html(rep: dict[str, Any]) -> str:
                        y_dir="max" if rep["higher_is_better"] else "min", x_label="latency p50 (ms)", y_label=pm,
                        title=f"{pm} vs latency @ batch {rep['config']['batch_size']} (marker: size on disk; "
                              "highlighted: Pareto over latency, size and quality)")
+    om = rep.get("offsource_metric") if rep.get("offsource_metric") in (b.get("quality") or {}) else None
+
+    def off_cell(r: dict[str, Any]) -> str:
+        return f"<td>{_fmt((r.get('quality') or {}).get(om), '.4f')}</td>" if om else ""
+
     rows = []
     for r in rep["trials"]:
         cls = ' style="background:#eef7ee"' if rep["chosen"] and r["number"] == rep["chosen"]["number"] else ""
         rows.append(f"<tr{cls}><td>{r['number']}</td><td>{r['state']}</td><td style='text-align:left'>"
                     f"{escape(_steps_text(r['steps']))}</td><td>{_fmt(r['latency_s'], '.2f', 1e3)}</td>"
                     f"<td>{_fmt(r['speedup'], '.2f')}</td><td>{_fmt(r['size_bytes'], '.2f', 2**-20)}</td>"
-                    f"<td>{_fmt(r['metric'], '.4f')}</td><td>{'yes' if r.get('within_budget') else 'no'}</td>"
+                    f"<td>{_fmt(r['metric'], '.4f')}</td>{off_cell(r)}"
+                    f"<td>{'yes' if r.get('within_budget') else 'no'}</td>"
                     f"<td>{'★' if r['number'] in rep['pareto'] else ''}</td>"
-                    f"<td>{escape(r.get('error') or '')}</td></tr>")
+                    f"<td style='text-align:left'>{escape(r.get('error') or r.get('rejected') or '')}</td></tr>")
     chosen = ""
     if rep["chosen"]:
         c, f = rep["chosen"], rep.get("final") or {}
         sp = ", ".join(f"batch {k}: {v:.2f}x" for k, v in (f.get("speedup") or {}).items())
         fq = (f.get("chosen") or {}).get("quality", {})
+        fb = (f.get("baseline") or {}).get("quality") or {}
         chosen = (f"<h2>Chosen model: trial {c['number']}</h2><p><code>{escape(_steps_text(c['steps']))}</code></p>"
-                  f"<p>Re-measured side by side with the baseline: speedup {escape(sp or 'n/a')}; {escape(pm)} "
-                  f"{_fmt(fq.get(pm), '.4f')} (baseline {_fmt(((f.get('baseline') or {}).get('quality') or {}).get(pm), '.4f')})."
-                  f" Artifact: <code>{escape(str(rep.get('artifact')))}</code></p>")
+                  f"<p>Re-measured side by side with the baseline: speedup {escape(sp or 'n/a')}; "
+                  + "; ".join(f"{escape(k)} {_fmt(fq.get(k), '.4f')} (baseline {_fmt(fb.get(k), '.4f')})"
+                              for k in (pm, om) if k) + "."
+                  + (f" Not within budget when re-measured: {escape(f['rejected'])}." if f.get("rejected") else "")
+                  + f" Artifact: <code>{escape(str(rep.get('artifact')))}</code></p>")
     sens = rep.get("sensitivity") or {}
     sens_html = ""
     for key, title, items in (("quantize", "Per-layer int8 sensitivity (one layer quantized at a time)", "layers"),
@@ -104,13 +116,15 @@ def render_search_html(rep: dict[str, Any]) -> str:
 table{{border-collapse:collapse;margin:1rem 0}}th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 thead{{background:#f3f3f3}}.muted{{color:#666}}code{{background:#f3f3f3;padding:1px 4px}}</style></head><body>
 <h1>condense search: {escape(rep['task'])}</h1>
-<p>Budget {rep['budget']:.2%} on {escape(pm)}: <b>{status}</b>. {escape(rep['message'])}</p>
+<p>Budget {rep['budget']:.2%} on {escape(pm)}{' and ' + escape(om) if om else ''}: <b>{status}</b>.
+{escape(rep['message'])}</p><p class="muted">{escape(rep.get('budget_checked_on') or '')}</p>
 <p class="muted">Study {escape(rep['study'])} in {escape(rep['storage'])}; {len(rep['trials'])} trials; baseline
 {escape(pm)} {_fmt(b['metric'], '.4f')}, {_fmt(b['latency_s'], '.2f', 1e3)} ms @ batch {rep['config']['batch_size']}
 (search timing); created {escape(rep['created'])}.</p>
 {chosen}<h2>Pareto frontier</h2>{chart}
 <h2>Trials</h2><table><thead><tr><th>#</th><th>state</th><th>steps</th><th>latency (ms)</th><th>speedup</th>
-<th>size (MB)</th><th>{escape(pm)}</th><th>within budget</th><th>Pareto</th><th>error</th></tr></thead>
+<th>size (MB)</th><th>{escape(pm)}</th>{f'<th>{escape(om)}</th>' if om else ''}<th>within budget</th><th>Pareto</th>
+<th>error or why rejected</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 <h2>Sensitivity</h2>{sens_html or '<p>not run</p>'}
 </body></html>"""

@@ -26,6 +26,7 @@ from condense.core import artifact
 from condense.core.transforms import apply_
 from condense.errors import CondenseError
 from condense.measurement.api import MeasureConfig, Measurement, measure
+from condense.searching.budget import budget_verdict
 from condense.searching.knobs import Knob, Space, select_knobs
 from condense.searching.sensitivity import probe, space_from_dict, space_to_dict
 from condense.searching.storage import open_storage
@@ -327,14 +328,19 @@ def _run(task: Any, cfg: Any, url: str | None, study_name: str, worker: int, sto
             progress.note(f"trial {trial.number} failed: {type(e).__name__}: {str(e)[:200]}")
             raise
         s = summary(m, cfg.batch_size)
-        ok = task.within_budget(s["metric"], baseline["metric"], cfg.budget)
+        pm = task.primary_metric
+        ok, why = budget_verdict(task, {pm: s["metric"], **s["quality"]},
+                                 {pm: baseline["metric"], **baseline.get("quality", {})}, cfg.budget)
         for k, v in s.items():
             trial.set_user_attr(k, v)
         trial.set_user_attr("within_budget", bool(ok))
+        trial.set_user_attr("rejected", why)
         trial.set_user_attr("speedup", baseline["latency_s"] / s["latency_s"])
+        om = task.offsource_metric
+        off = f", {om} {s['quality'][om]:.4f}" if om in s["quality"] else ""
         progress.note(f"trial {trial.number}: {', '.join(type(c).__name__ for c in steps) or 'baseline'} -> "
-                      f"{s['latency_s'] * 1e3:.3g} ms, {task.primary_metric} {s['metric']:.4f}"
-                      f"{'' if ok else ' (over budget)'}")
+                      f"{s['latency_s'] * 1e3:.3g} ms, {task.primary_metric} {s['metric']:.4f}{off}"
+                      f"{'' if ok else ' (over budget: ' + str(why) + ')'}")
         if not math.isfinite(s["metric"]):  # optuna fails the trial: it failed on its own, so it counts
             trial.set_user_attr("error", f"the {task.primary_metric} is not finite ({s['metric']})")
             return s["latency_s"], float(s["size_bytes"] or 0), float("nan")

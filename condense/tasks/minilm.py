@@ -1,7 +1,10 @@
 """The built-in `minilm` task: all-MiniLM-L6-v2, judged by retrieval on standard-library docstrings.
 
 Quality is MRR@10 of finding each docstring's body from its summary line among all bodies in the set, plus how
-close each embedding stays to the uncompressed model's (`cosine_to_fp32`, 1.0 = unchanged). The fp32 reference
+close each embedding stays to the uncompressed model's (`cosine_to_fp32`, 1.0 = unchanged). The same three
+figures with the suffix `_offsource` come from a second source, manual pages (condense.data.manpages): its
+calibration and distillation data are docstrings too, so a step can learn the docstring domain; text of another
+kind, which no training data comes from, tells whether quality holds on a user's own text. The fp32 reference
 embeddings are computed once, then kept in memory and on disk under the condense cache.
 """
 from __future__ import annotations
@@ -18,12 +21,16 @@ from condense.core.task import Task
 from condense.errors import CondenseError
 
 if TYPE_CHECKING:
+    from condense.data.stdlib_docs import RetrievalSet
     from condense.tasks.encoder import TextPairs
 
 CALIBRATION_BATCHES = 8
 TEXTS_PER_BATCH = 32
 TRAIN_PASSES = 10  # passes over the training pairs per epoch of train_data, reshuffled each
 _REFERENCE_FORMAT = 1  # bump when the reference computation changes, so stale cache files are not read
+
+OFFSOURCE_SUFFIX = "_offsource"
+OFFSOURCE_METRIC = "mrr@10" + OFFSOURCE_SUFFIX
 
 _reference_memo: dict[str, np.ndarray] = {}
 
@@ -87,22 +94,48 @@ def reference_embeddings(texts: Sequence[str], max_seq_length: int) -> np.ndarra
     return ref
 
 
-def _evaluate(model: nn.Module, *, n_pairs: int, max_seq_length: int) -> dict[str, float]:
+def _score(model: nn.Module, queries: Sequence[str], documents: Sequence[str], max_seq_length: int,
+           suffix: str = "") -> dict[str, float]:
+    """MRR@10, recall@1 and cosine to the fp32 reference on one retrieval set; keys end in `suffix`."""
+    n = len(queries)
+    texts = list(queries) + list(documents)
+    emb = np.asarray(model.encode(texts), dtype=np.float32)  # (2n, C)
+    out = retrieval_metrics(emb[:n], emb[n:])
+    ref = reference_embeddings(texts, max_seq_length)  # (2n, C)
+    if ref.shape != emb.shape:
+        raise CondenseError(f"the model gives {emb.shape[1]}-dim embeddings but the fp32 reference has "
+                            f"{ref.shape[1]}; cosine_to_fp32 needs the embedding size unchanged")
+    out["cosine_to_fp32"] = float((_unit(emb) * _unit(ref)).sum(axis=1).mean())
+    return {k + suffix: v for k, v in out.items()}
+
+
+def offsource_set(n_offsource: int, n_pairs: int) -> "RetrievalSet | None":
+    """The second evaluation source: `n_offsource` manual-page pairs with no text that the task trains or
+    calibrates on (its docstring pairs and paragraphs outside the `n_pairs` evaluation set). None, with a warning
+    once, where this machine has too few manual pages (the primary metric is then the only one)."""
+    from condense.data.manpages import retrieval_set, warn_missing
+    from condense.data.stdlib_docs import retrieval_pairs, training_pairs, unlabelled_texts
+
+    ev = retrieval_pairs(n_pairs)
+    used = {t.lower() for pair in training_pairs(ev) for t in pair} | {t.lower() for t in unlabelled_texts(None, ev)}
+    try:
+        return retrieval_set(n_offsource, exclude=frozenset(used))
+    except CondenseError as e:
+        warn_missing("minilm", OFFSOURCE_METRIC, e)
+        return None
+
+
+def _evaluate(model: nn.Module, *, n_pairs: int, max_seq_length: int, n_offsource: int = 0) -> dict[str, float]:
     from condense.data.stdlib_docs import retrieval_pairs
 
     if not hasattr(model, "encode"):
         raise CondenseError(f"the minilm task evaluates a SentenceEncoder (with .encode(texts)), got "
                             f"{type(model).__name__}; build it with task.build_model()")
     pairs = retrieval_pairs(n_pairs)
-    texts = list(pairs.queries + pairs.documents)
-    emb = np.asarray(model.encode(texts), dtype=np.float32)  # (2n, C)
-    q, d = emb[:n_pairs], emb[n_pairs:]
-    out = retrieval_metrics(q, d)
-    ref = reference_embeddings(texts, max_seq_length)  # (2n, C)
-    if ref.shape != emb.shape:
-        raise CondenseError(f"the model gives {emb.shape[1]}-dim embeddings but the fp32 reference has "
-                            f"{ref.shape[1]}; cosine_to_fp32 needs the embedding size unchanged")
-    out["cosine_to_fp32"] = float((_unit(emb) * _unit(ref)).sum(axis=1).mean())
+    out = _score(model, pairs.queries, pairs.documents, max_seq_length)
+    off = offsource_set(n_offsource, n_pairs) if n_offsource else None
+    if off is not None:
+        out.update(_score(model, off.queries, off.documents, max_seq_length, suffix=OFFSOURCE_SUFFIX))
     return out
 
 
@@ -161,24 +194,33 @@ def _train_data(*, n_pairs: int) -> Iterator[TextPairs]:
             yield TextPairs([q for q, _ in chunk], [d for _, d in chunk])
 
 
-def make_task(n_pairs: int = 500, max_seq_length: int = 128) -> Task:
-    """The `minilm` task: pretrained all-MiniLM-L6-v2, MRR@10 on `n_pairs` stdlib docstring retrieval pairs.
+def make_task(n_pairs: int = 500, max_seq_length: int = 128, offsource_pairs: int | None = None) -> Task:
+    """The `minilm` task: pretrained all-MiniLM-L6-v2, MRR@10 on `n_pairs` stdlib docstring retrieval pairs, and
+    `mrr@10_offsource` on `offsource_pairs` manual-page pairs (NAME description -> DESCRIPTION; no training or
+    calibration text comes from them). `offsource_pairs` defaults to `n_pairs` (about as long to evaluate); 0 turns
+    the second source off.
 
     Cheap to call: data is built on first use, weights load in `task.build_model()`.
 
     Example:
         >>> task = make_task(n_pairs=100)
-        >>> task.primary_metric, task.batch_sizes
-        ('mrr@10', (1, 32))
+        >>> task.primary_metric, task.offsource_metric, task.batch_sizes
+        ('mrr@10', 'mrr@10_offsource', (1, 32))
     """
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 2:
         raise CondenseError(f"n_pairs must be an integer >= 2, got {n_pairs!r}; e.g. n_pairs=500")
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or not 2 <= max_seq_length <= 512:
         raise CondenseError(f"max_seq_length must be an integer in 2..512, got {max_seq_length!r}; e.g. 128")
+    if offsource_pairs is None:
+        offsource_pairs = n_pairs
+    if isinstance(offsource_pairs, bool) or not isinstance(offsource_pairs, int) or offsource_pairs == 1 \
+            or offsource_pairs < 0:
+        raise CondenseError(f"offsource_pairs must be 0 (no second source) or an integer >= 2, got "
+                            f"{offsource_pairs!r}; e.g. offsource_pairs=500")
     return Task(
         name="minilm",
         model=partial(_build_model, max_seq_length=max_seq_length),
-        evaluate=partial(_evaluate, n_pairs=n_pairs, max_seq_length=max_seq_length),
+        evaluate=partial(_evaluate, n_pairs=n_pairs, max_seq_length=max_seq_length, n_offsource=offsource_pairs),
         primary_metric="mrr@10",
         higher_is_better=True,
         inputs=partial(_inputs, n_pairs=n_pairs),
@@ -186,5 +228,7 @@ def make_task(n_pairs: int = 500, max_seq_length: int = 128) -> Task:
         calibration_data=partial(_calibration_data, n_pairs=n_pairs),
         train_data=partial(_train_data, n_pairs=n_pairs),
         batch_sizes=(1, 32),
-        description="all-MiniLM-L6-v2 sentence encoder; MRR@10 retrieving stdlib docstring bodies from summaries",
+        description="all-MiniLM-L6-v2 sentence encoder; MRR@10 retrieving stdlib docstring bodies from summaries "
+                    "(and manual-page DESCRIPTIONs from NAME lines: mrr@10_offsource)",
+        offsource_metric=OFFSOURCE_METRIC if offsource_pairs else None,
     )

@@ -1,7 +1,9 @@
 """The built-in `tinygpt` task: a byte-level GPT trained on the standard library's sources (our generative load).
 
 Why: compression of generative models is judged on two things this task measures with real data offline —
-held-out bits per byte (quality) and decode tokens/s with a KV cache (speed). The model is trained once per
+held-out bits per byte (quality) and decode tokens/s with a KV cache (speed). Held-out bytes of other stdlib files
+are still Python, like the training text, so the same figures on English manual-page text (`*_offsource`) show
+whether a step keeps quality on text of another kind. The model is trained once per
 preset on first use and cached under `cache_dir()` as safetensors + JSON, so later runs start in seconds.
 
 Example:
@@ -43,6 +45,7 @@ from condense.train.loop import FitConfig, fit
 # hand-written loop's at every step of both presets, and the trained weights are bit-identical.
 _FORMAT = 1
 PROMPT = b"def "
+OFFSOURCE_SUFFIX = "_offsource"  # metrics on the second evaluation source (manual-page text)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,21 @@ def get_preset(name: str) -> TinyGPTPreset:
 def byte_tensor(split: str, max_bytes: int) -> torch.Tensor:
     """The stdlib corpus `split` as a uint8 tensor (N,), shared: do not modify it in place."""
     return torch.from_numpy(corpus(split, max_bytes).copy())
+
+
+@lru_cache(maxsize=8)
+def offsource_bytes(n_bytes: int) -> torch.Tensor | None:
+    """`n_bytes` of English manual-page text (condense.data.manpages) as a uint8 tensor: the second evaluation
+    source, text that is not Python and that no training data comes from. None, with a warning once, where this
+    machine has too few manual pages."""
+    from condense.data.manpages import text_corpus, warn_missing
+
+    try:
+        data = text_corpus(n_bytes)
+    except CondenseError as e:
+        warn_missing("tinygpt", "bits_per_byte" + OFFSOURCE_SUFFIX, e)
+        return None
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
 def random_windows(data: torch.Tensor, batch_size: int, block_size: int, *, seed: int,
@@ -300,7 +318,11 @@ def make_task(preset: str = "default") -> Task:
         return load_tinygpt(preset)
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        return evaluate_lm(model, val(), T, p.eval_windows)
+        out = evaluate_lm(model, val(), T, p.eval_windows)
+        off = offsource_bytes(p.eval_windows * T + 1)
+        if off is not None:
+            out.update({k + OFFSOURCE_SUFFIX: v for k, v in evaluate_lm(model, off, T, p.eval_windows).items()})
+        return out
 
     def inputs(batch_size: int) -> torch.Tensor:
         return _val_windows(val(), 0, batch_size, T)[:, :-1].contiguous()  # (B, T)
@@ -325,6 +347,8 @@ def make_task(preset: str = "default") -> Task:
                 higher_is_better=False, inputs=inputs, run=run, calibration_data=calibration_data,
                 train_data=train_data, loss=lm_loss, generate=gen, skeleton=lambda: GPT(p.model),
                 batch_sizes=(1, 32),
-                description=f"byte-level GPT ({preset}) on stdlib sources; val bits per byte, decode tokens/s",
+                description=f"byte-level GPT ({preset}) on stdlib sources; val bits per byte (and on manual-page "
+                            "text: bits_per_byte_offsource), decode tokens/s",
                 spec={"name": "tinygpt", "options": {"preset": preset}},
-                extras={"preset": preset, "block_size": T}, input_kind="tokens")
+                extras={"preset": preset, "block_size": T}, input_kind="tokens",
+                offsource_metric="bits_per_byte" + OFFSOURCE_SUFFIX)

@@ -22,3 +22,12 @@ def fidelity_task(seed: int = 0) -> Task:
 
     return Task("fidelity", model, evaluate=evaluate, primary_metric="fidelity", inputs=x[:1],
                 calibration_data=lambda: iter([x[:32], x[32:]]), batch_sizes=(8,))
+
+
+def two_source_task(seed: int = 0) -> Task:
+    """A task whose primary metric never drops (1.0 for any model) while its second source, the fidelity above,
+    drops under any quantization: only the second source can reject a trial."""
+    fid = fidelity_task(seed)
+    return Task("two-source", fid.model, evaluate=lambda m: {"agree": 1.0, "fidelity_offsource": fid.evaluate(m)[
+                "fidelity"]}, primary_metric="agree", offsource_metric="fidelity_offsource", inputs=fid.inputs,
+                calibration_data=fid.calibration_data, batch_sizes=(8,))

@@ -3,6 +3,7 @@ survives an interrupted run and a budget no trial meets."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -288,3 +289,40 @@ def test_knobs_that_cannot_apply_are_never_proposed(tmp_path):
     assert len(res.trials) == 4 and all(r["state"] == "COMPLETE" for r in res.trials)
     study = _study(tmp_path)
     assert not [p for t in study.trials for p in t.params if p.startswith(("distill.", "early_exit."))]
+
+
+def test_a_trial_within_budget_on_the_primary_metric_but_not_the_second_source_is_rejected(tmp_path):
+    cfg = SearchConfig(budget=0.0, trials=3, knobs=("quantize",), sensitivity=False, **FAST)
+    with pytest.raises(BudgetNotMet, match=r"no trial met the 0\.00% budget on both agree and the second source "
+                       r"fidelity_offsource \(3 trials\): 3 met it on agree but were rejected on the second source, "
+                       r"e\.g\. the fastest, trial \d+: fidelity_offsource 0\.9\d+ vs baseline 1\.0000 on the second source"):
+        search("tests.searching.search_tasks:two_source_task", cfg, out_dir=tmp_path)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["offsource_metric"] == "fidelity_offsource" and "and on fidelity_offsource" in rep["budget_checked_on"]
+    done = [r for r in rep["trials"] if r["state"] == "COMPLETE"]
+    assert len(done) == 3 and all(r["metric"] == 1.0 and not r["within_budget"] for r in done)
+    assert all("fidelity_offsource" in r["rejected"] and "over the 0.00% budget" in r["rejected"] for r in done)
+    html = (tmp_path / "report.html").read_text()
+    assert "<th>fidelity_offsource</th>" in html and html.count("on the second source: a ") == 3 + 1  # + message
+
+
+def test_a_trial_within_budget_on_both_sources_is_chosen_and_the_message_names_both(tmp_path):
+    cfg = SearchConfig(budget="20%", trials=2, knobs=("quantize",), sensitivity=False, **FAST)
+    res = search("tests.searching.search_tasks:two_source_task", cfg)
+    assert res.chosen is not None and res.chosen["rejected"] is None
+    assert re.search(r"within 20\.00% of the baseline's agree and fidelity_offsource: .* agree 1\.0000 vs 1\.0000, "
+                     r"fidelity_offsource 0\.9\d+ vs 1\.0000", res.message)
+    assert res.final["within_budget"] is True and res.final["rejected"] is None
+
+
+def test_budget_verdict_checks_the_second_source_only_where_the_baseline_has_it():
+    from condense.searching.budget import budget_verdict
+    from tests.searching.search_tasks import two_source_task
+
+    t = two_source_task()
+    base = {"agree": 1.0, "fidelity_offsource": 0.8}
+    assert budget_verdict(t, {"agree": 1.0, "fidelity_offsource": 0.79}, base, 0.02) == (True, None)
+    assert budget_verdict(t, {"agree": 0.9, "fidelity_offsource": 0.8}, base, 0.02)[1].startswith("agree 0.9000")
+    ok, why = budget_verdict(t, {"agree": 1.0}, base, 0.02)
+    assert not ok and why.startswith("fidelity_offsource was not measured")
+    assert budget_verdict(t, {"agree": 1.0}, {"agree": 1.0}, 0.02) == (True, None)  # no second source here

@@ -1,17 +1,22 @@
 """The minilm task: our encoder matches sentence-transformers, and the retrieval metrics measure what they claim."""
 import copy
+import itertools
 import os
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
 
+from condense.data.manpages import MAN_ROOT, page_files
 from condense.errors import CondenseError
 from condense.tasks import minilm
 from condense.tasks.encoder import SentenceEncoder, load_minilm
 from condense.tasks.minilm import make_task, reference_embeddings, retrieval_metrics
 
 MAX_LEN = 128
+HAVE_MAN_PAGES = len(page_files(MAN_ROOT)) >= 100
 TEXTS = [
     "A man is eating food.",
     "Return the number of items in a container.",
@@ -39,7 +44,7 @@ def model() -> SentenceEncoder:
 
 @pytest.fixture(scope="module")
 def task():
-    return make_task(n_pairs=100, max_seq_length=MAX_LEN)
+    return make_task(n_pairs=100, max_seq_length=MAX_LEN, offsource_pairs=HAVE_MAN_PAGES and 50)
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +143,12 @@ def test_retrieval_metrics_reference_cases():
 @pytest.mark.slow
 def test_evaluate_pretrained(pretrained_metrics):
     out = pretrained_metrics
-    assert set(out) == {"mrr@10", "recall@1", "cosine_to_fp32"}
-    assert out["mrr@10"] > 0.5  # chance is about 0.03 with 100 documents
-    assert 0.0 <= out["recall@1"] <= out["mrr@10"] <= 1.0
-    assert out["cosine_to_fp32"] > 0.9999
+    keys = {"mrr@10", "recall@1", "cosine_to_fp32"}
+    assert set(out) == keys | ({k + "_offsource" for k in keys} if HAVE_MAN_PAGES else set())
+    for suffix in ("", "_offsource") if HAVE_MAN_PAGES else ("",):
+        assert out["mrr@10" + suffix] > 0.5  # chance is about 0.03 with 100 documents, 0.09 with 50
+        assert 0.0 <= out["recall@1" + suffix] <= out["mrr@10" + suffix] <= 1.0
+        assert out["cosine_to_fp32" + suffix] > 0.9999
 
 
 class _RandomEncoder(torch.nn.Module):
@@ -217,3 +224,67 @@ def test_build_model_is_the_pretrained_encoder(task):
     m = task.build_model()
     assert isinstance(m, SentenceEncoder) and not m.training and m.max_seq_length == MAX_LEN
     assert os.environ.get("CONDENSE_CACHE")  # tests never write to the user's cache
+
+
+class _WordEncoder(torch.nn.Module):
+    """A deterministic bag-of-words embedding: good enough to retrieve, no weights to load."""
+
+    def encode(self, texts, batch_size=32):
+        out = np.zeros((len(texts), 384), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, zlib.crc32(w.encode()) % 384] += 1.0
+        return out
+
+
+def test_evaluate_reports_both_sources(monkeypatch):
+    from condense.data.stdlib_docs import retrieval_pairs
+
+    monkeypatch.setattr(minilm, "reference_embeddings", lambda texts, n: _WordEncoder().encode(texts))
+    enc = _WordEncoder()
+    off = minilm.offsource_set(60, 40) if HAVE_MAN_PAGES else None
+    out = make_task(n_pairs=40, offsource_pairs=60 if HAVE_MAN_PAGES else 0).metrics(enc)
+    ev = retrieval_pairs(40)
+    want = retrieval_metrics(enc.encode(list(ev.queries)), enc.encode(list(ev.documents)))
+    if off is not None:
+        want.update({k + "_offsource": v for k, v in retrieval_metrics(enc.encode(list(off.queries)),
+                                                                      enc.encode(list(off.documents))).items()})
+    assert {k: out[k] for k in want} == pytest.approx(want, abs=1e-12)
+    assert set(out) == set(want) | {"cosine_to_fp32"} | ({"cosine_to_fp32_offsource"} if off else set())
+    if off is not None:
+        assert len(off) == 60 and 0.3 < out["mrr@10_offsource"] < 1.0  # retrieval works, and it is not trivial
+
+
+@pytest.mark.skipif(not HAVE_MAN_PAGES, reason="this machine has few English man pages")
+def test_offsource_set_shares_no_text_with_training_or_calibration():
+    from condense.data.stdlib_docs import retrieval_pairs, training_pairs, unlabelled_texts
+
+    t = make_task(n_pairs=40, offsource_pairs=200)
+    assert t.offsource_metric == "mrr@10_offsource"
+    off = minilm.offsource_set(200, 40)
+    off_texts = {x.lower() for x in off.queries + off.documents}
+    used = {x.lower() for b in t.calibration_data() for x in b}
+    used |= {x.lower() for b in itertools.islice(t.train_data(), 200) for x in b.queries + b.documents}
+    ev = retrieval_pairs(40)
+    used |= {x.lower() for p in training_pairs(ev) for x in p} | {x.lower() for x in unlabelled_texts(None, ev)}
+    assert len(off) == 200 and len(used) > 1000 and not off_texts & used
+    assert minilm.offsource_set(200, 40) == off  # deterministic
+
+
+def test_offsource_missing_warns_once_and_keeps_the_primary_metric(monkeypatch, tmp_path):
+    from condense.data import manpages
+
+    monkeypatch.setattr(manpages, "MAN_ROOT", tmp_path)
+    monkeypatch.setattr(manpages, "_warned", set())
+    monkeypatch.setattr(minilm, "reference_embeddings", lambda texts, n: _WordEncoder().encode(texts))
+    t = make_task(n_pairs=20, offsource_pairs=30)
+    with pytest.warns(UserWarning, match=r"minilm: no second evaluation source \(mrr@10_offsource not measured\): "
+                      r"the off-source evaluation set needs 30 pairs .*found 0; install"):
+        out = t.metrics(_WordEncoder())
+    assert set(out) == {"mrr@10", "recall@1", "cosine_to_fp32"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert t.metrics(_WordEncoder()) == out  # warned once
+    assert make_task(offsource_pairs=0).offsource_metric is None
+    with pytest.raises(CondenseError, match="offsource_pairs must be 0"):
+        make_task(offsource_pairs=1)

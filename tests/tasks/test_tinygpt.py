@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from condense.core.task import Task
+from condense.data.manpages import MAN_ROOT, page_files, text_corpus
 from condense.data.stdlib_source import corpus, separator, split_of
 from condense.errors import CondenseError
 from condense.tasks import get_task
@@ -248,3 +249,21 @@ def test_large_preset_is_a_memory_bound_model_of_at_least_25m_parameters_without
     n = num_params(GPT(p.model))
     assert n >= 25_000_000 and n * 4 >= 100_000_000
     assert p.model.n_embd % 32 == 0 and p.steps * p.batch_size * p.model.block_size <= p.train_bytes
+
+
+@pytest.mark.skipif(len(page_files(MAN_ROOT)) < 100, reason="this machine has few English man pages")
+def test_offsource_metric_is_the_same_score_on_manual_page_text_none_of_it_in_training():
+    p = tg.get_preset("tiny")
+    task = tg.make_task("tiny")
+    assert task.offsource_metric == "bits_per_byte_offsource"
+    torch.manual_seed(0)
+    model = GPT(p.model).eval()  # untrained weights: the score only has to be the same computation
+    out = task.metrics(model)
+    n = p.eval_windows * p.model.block_size + 1
+    text = text_corpus(n)
+    want = tg.evaluate_lm(model, torch.tensor(list(text), dtype=torch.uint8), p.model.block_size, p.eval_windows)
+    assert {k: out[k + "_offsource"] for k in want} == pytest.approx(want, rel=1e-6)
+    assert set(out) == {"bits_per_byte", "perplexity", "loss"} | {k + "_offsource" for k in want}
+    train = corpus("train", p.train_bytes).tobytes()
+    lines = [ln for ln in text.decode().splitlines() if len(ln) > 60]
+    assert len(lines) > 5 and not [ln for ln in lines if ln[:60].encode() in train]  # no sentence in training
