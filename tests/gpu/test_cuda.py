@@ -55,3 +55,56 @@ def test_transform_on_cuda_matches_cpu_and_reloads_on_cpu(key, tmp_path):
     with torch.no_grad():
         again = _first(back(cpu_task.inputs)).float()
     assert (again - got).abs().max().item() <= 2e-3 * scale
+
+
+def _llama(device):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)
+    return transformers.LlamaForCausalLM(cfg).eval().to(device)
+
+
+def test_structured_pruning_of_a_hugging_face_llama_on_cuda_matches_the_cpu_cut():
+    from condense.prune import StructuredConfig, prune_
+
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    cfg = StructuredConfig(ratio=0.25)
+    gpu = prune_(_llama("cuda"), cfg, calibration=[{"input_ids": ids.cuda()}])
+    cpu = prune_(_llama("cpu"), cfg, calibration=[{"input_ids": ids}])
+    assert [p.shape for p in gpu.parameters()] == [p.shape for p in cpu.parameters()]
+    with torch.no_grad():
+        got, want = gpu(input_ids=ids.cuda()).logits.cpu(), cpu(input_ids=ids).logits
+    assert (got - want).abs().max().item() <= 2e-3 * want.abs().max().item()
+    out = gpu.generate(ids.cuda(), attention_mask=torch.ones_like(ids).cuda(), max_new_tokens=4, do_sample=False)
+    assert out.shape == (2, 16)
+
+
+def test_speculative_decoding_on_cuda_equals_the_targets_greedy_output():
+    from condense.speculative import speculative_generate
+
+    target = _llama("cuda")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    draft = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=256, max_position_embeddings=128)).eval().cuda()
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(2)).cuda()
+    out, stats = speculative_generate(target, draft, ids, 20, k=4)
+    want = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=20, do_sample=False,
+                           pad_token_id=0)
+    assert torch.equal(out, want) and stats.new_tokens == 20
+
+
+def test_weight_only_auto_kernel_on_cuda_keeps_the_gpu_path_and_says_why():
+    from condense.core.lineage import lineage
+    from condense.quantize.weight_only import WeightOnlyConfig
+
+    model = _llama("cuda")
+    with pytest.warns(UserWarning, match="CPU kernel"):
+        q = condense.quantize_(model, WeightOnlyConfig(bits=4, group_size=32))
+    entry = lineage(q)["transforms"][-1]["details"]
+    assert set(entry["kernel"].values()) == {"dequantize"}
+    ids = torch.randint(0, 256, (1, 8)).cuda()
+    with torch.no_grad():
+        assert torch.isfinite(q(input_ids=ids).logits).all()
