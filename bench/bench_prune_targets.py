@@ -231,7 +231,8 @@ def bench_llama(args: argparse.Namespace) -> str:
              f"groups cannot be cut alike in every layer, and transformers' LlamaConfig refuses (on save_pretrained) "
              f"a head count that does not divide the width. Cut: `{_short(cfg)}` ({t_cut:.1f} s), gqa={args.gqa!r}: "
              + ("whole key/value groups go with their query heads, so the KV cache and k/v projections shrink by "
-                "25% too (decode reads less cache per token)" if args.gqa == "groups" else
+                "25% too (decode reads less cache per token); gqa='queries' would have to remove a quarter of "
+                "each group's 2 query heads, which rounds to none" if args.gqa == "groups" else
                 "one query head per group goes, every key/value head (and the KV cache) stays")
              + f". {shape}. Recovery: the task loss (next-byte cross-entropy) for {args.llama_steps} steps of 8 x "
              f"64 bytes, AdamW lr {args.llama_lr:g} cosine ({t_rec:.0f} s). Bits per byte on "
