@@ -22,7 +22,7 @@ def llama(hidden):
         vocab_size=128, bos_token_id=0, eos_token_id=0)).eval()
 
 
-def test_heads_not_dividing_hidden_size_are_warned_and_config_left_alone(tmp_path):
+def test_heads_not_dividing_hidden_size_are_warned_and_config_left_alone():
     model = llama(32)
     with pytest.warns(UserWarning, match="cannot describe the pruned model"):
         prune_(model, QUARTER_OF_HEADS, calibration=[{"input_ids": IDS}])
