@@ -278,10 +278,9 @@ def distill_embed_fn_(student: nn.Module, teacher: nn.Module, data: Callable[[],
                       train_embeddings: bool = False) -> list[float]:
     """Train any encoder `student` to match `teacher`'s embeddings (`embedding_match_loss` through `embed`) on
     unlabelled batches; returns the losses. The `nn.Embedding` tables stay frozen unless `train_embeddings` (the
-    blocks are what compression changed; frozen tables make steps cheaper)."""
+    blocks are what compression changed; frozen tables make steps cheaper). The teacher runs under no_grad and is
+    left as it was (not frozen: it may be the dense model the next student is copied from)."""
     teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     tables = {id(p) for m in student.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     params = [p for p in student.parameters() if train_embeddings or id(p) not in tables]
     losses = fit(student, data, embedding_match_loss(teacher, embed), cfg, params=params,

@@ -13,7 +13,7 @@ from condense.core.transforms import TransformContext  # noqa: E402
 from condense.distillation.outputs import mean_pooled  # noqa: E402
 from condense.errors import ConfigError  # noqa: E402
 from condense.prune import StructuredConfig, prune_  # noqa: E402
-from condense.prune.recover import check_recovery  # noqa: E402
+from condense.prune.recover import check_recovery, recover_  # noqa: E402
 from condense.train.loop import FitConfig  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,6 +69,17 @@ def test_pruned_hf_encoder_recovers_by_embedding_distillation():
     # the embedding tables were frozen, the blocks trained
     torch.testing.assert_close(recovered.embeddings.word_embeddings.weight, dense.embeddings.word_embeddings.weight)
     assert not torch.equal(recovered.encoder.layer[0].output.dense.weight, plain.encoder.layer[0].output.dense.weight)
+
+
+def test_recovery_leaves_the_teacher_trainable_for_the_next_student():
+    dense, train = bert(), batches(2, 1)
+    task = encoder_task(dense, train, embed=embed)
+    ctx = TransformContext(task=task)
+    for _ in range(2):  # two students copied from the same dense model, as a bench of variants does
+        student = copy.deepcopy(dense)
+        recover_(student, dense, ctx, FitConfig(steps=2, lr=1e-3))
+        assert not torch.equal(student.encoder.layer[0].output.dense.weight, dense.encoder.layer[0].output.dense.weight)
+    assert all(p.requires_grad for p in dense.parameters())
 
 
 def test_encoder_without_embed_or_loss_cannot_recover():
