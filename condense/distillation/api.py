@@ -28,7 +28,8 @@ from torch import nn
 from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_int, check_nested, config, \
     config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext, apply_, register_family, register_transform
-from condense.distillation.losses import Projection, distill_embeddings_, hidden_state_loss, logit_kd_loss
+from condense.distillation.losses import Projection, distill_embeddings_, embedding_match_loss, hidden_state_loss, \
+    logit_kd_loss
 from condense.distillation.outputs import HIDDEN, default_embed, logits_of, read_output, split_batch
 from condense.distillation.students import build_student, paired_layers
 from condense.errors import ConfigError
@@ -274,8 +275,6 @@ def _distill_embedding_fn(teacher: nn.Module, student: nn.Module, cfg: DistillCo
     """Embedding distillation of any encoder: 1 - cosine between the student's and teacher's embeddings (the task's
     `embed`, else mean-pooled last hidden states), plus KL between their in-batch similarity rankings (as
     `losses.embedding_distillation_loss`, temperature 0.05)."""
-    import torch.nn.functional as F
-
     embed = _embedding_fn(ctx)
     x, _ = split_batch(_first_batch(data))
     with torch.no_grad():
@@ -283,21 +282,8 @@ def _distill_embedding_fn(teacher: nn.Module, student: nn.Module, cfg: DistillCo
     if t_dim != s_dim:
         raise ConfigError(f"teacher and student embeddings cannot be matched: {t_dim} vs {s_dim} dimensions; keep "
                           "the hidden size (narrow only heads/FFN: width_target='ffn')")
-
-    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
-        inputs, _ = split_batch(batch)
-        with torch.no_grad():
-            t = F.normalize(embed(teacher, inputs).float(), dim=-1)  # (B, H)
-        s = F.normalize(embed(model, inputs).float(), dim=-1)
-        loss = (1 - (s * t).sum(-1)).mean()
-        if len(t) > 2:
-            off = ~torch.eye(len(t), dtype=torch.bool, device=t.device)  # a text's similarity to itself says nothing
-            t_rel, s_rel = (t @ t.T)[off].view(len(t), -1) / 0.05, (s @ s.T)[off].view(len(s), -1) / 0.05
-            loss = loss + F.kl_div(s_rel.log_softmax(-1), t_rel.log_softmax(-1), log_target=True,
-                                   reduction="batchmean")
-        return loss
-
-    return fit(student, data, loss_fn, cfg.finetune, description="embedding distillation")
+    return fit(student, data, embedding_match_loss(teacher, embed), cfg.finetune,
+               description="embedding distillation")
 
 
 def _has_float_target(batch: Any) -> bool:

@@ -238,3 +238,52 @@ def distill_embeddings_(student: nn.Module, teacher: nn.Module,
     losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
     student.eval()
     return losses
+
+
+def embedding_match_loss(teacher: nn.Module, embed: Callable[[nn.Module, Any], torch.Tensor], *,
+                         relation_weight: float = 1.0, temperature: float = 0.05
+                         ) -> Callable[[nn.Module, Any], torch.Tensor]:
+    """`loss(student, inputs)` for any encoder, through `embed(model, inputs) -> (B, H)` sentence embeddings (a
+    task's `Task.embed`, e.g. the `hf:` encoder task's mean pooling): 1 - cosine to the teacher's embeddings, plus
+    `relation_weight` times KL(teacher || student) between the softmax (at `temperature`) of each text's cosine
+    similarities to the batch's other texts (the ranking retrieval depends on). `(inputs, target)` batches are
+    accepted and the target ignored.
+
+    Example:
+        >>> lin = nn.Linear(3, 4)
+        >>> loss = embedding_match_loss(lin, lambda m, x: m(x))
+        >>> float(loss(lin, torch.randn(5, 3))) < 1e-6
+        True
+    """
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 and \
+            isinstance(batch[1], torch.Tensor) else batch
+        with torch.no_grad():
+            t = F.normalize(embed(teacher, inputs).float(), dim=-1)  # (B, H)
+        s = F.normalize(embed(model, inputs).float(), dim=-1)
+        loss = (1 - (s * t).sum(-1)).mean()
+        if relation_weight and len(t) > 2:
+            off = ~torch.eye(len(t), dtype=torch.bool, device=t.device)  # a text's similarity to itself says nothing
+            t_rel = (t @ t.T)[off].view(len(t), -1) / temperature  # (B, B - 1)
+            s_rel = (s @ s.T)[off].view(len(s), -1) / temperature
+            loss = loss + relation_weight * F.kl_div(s_rel.log_softmax(-1), t_rel.log_softmax(-1), log_target=True,
+                                                     reduction="batchmean")
+        return loss
+
+    return loss_fn
+
+
+def distill_embed_fn_(student: nn.Module, teacher: nn.Module, data: Callable[[], Iterable[Any]] | Iterable[Any],
+                      embed: Callable[[nn.Module, Any], torch.Tensor], cfg: FitConfig, *,
+                      train_embeddings: bool = False) -> list[float]:
+    """Train any encoder `student` to match `teacher`'s embeddings (`embedding_match_loss` through `embed`) on
+    unlabelled batches; returns the losses. The `nn.Embedding` tables stay frozen unless `train_embeddings` (the
+    blocks are what compression changed; frozen tables make steps cheaper). The teacher runs under no_grad and is
+    left as it was (not frozen: it may be the dense model the next student is copied from)."""
+    teacher.eval()
+    tables = {id(p) for m in student.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    params = [p for p in student.parameters() if train_embeddings or id(p) not in tables]
+    losses = fit(student, data, embedding_match_loss(teacher, embed), cfg, params=params,
+                 description="embedding distillation")
+    student.eval()
+    return losses

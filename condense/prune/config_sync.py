@@ -49,11 +49,14 @@ def propose(cfg: Any, heads: list[tuple[int, int, int]], changes: dict[int, set[
 
 
 def expressible(model: nn.Module, update: dict[str, Any]) -> bool:
-    """Whether `type(model)(config + update)` has exactly `model`'s parameter and buffer shapes."""
+    """Whether `config + update` passes the config's own validation (what `save_pretrained` checks) and
+    `type(model)(config + update)` has exactly `model`'s parameter and buffer shapes."""
     cfg = copy.deepcopy(model.config)
     for k, v in update.items():
         setattr(cfg, k, v)
     try:
+        if callable(getattr(cfg, "validate", None)):  # transformers >= 5 validates on save_pretrained (e.g. Llama:
+            cfg.validate()  # hidden_size a multiple of num_attention_heads, even with head_dim explicit)
         with torch.device("meta"):
             fresh = type(model)(cfg)
     except Exception:  # a config the class rejects cannot express the model

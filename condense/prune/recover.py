@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from condense.core.transforms import TransformContext
-from condense.distillation.losses import distill_embeddings_
+from condense.distillation.losses import distill_embed_fn_, distill_embeddings_
 from condense.errors import ConfigError
 from condense.train.loop import FitConfig
 
@@ -150,22 +150,28 @@ def obs_scores(layer: nn.Linear, gram: torch.Tensor, n_remove: int, unit: int = 
 
 
 def check_recovery(model: nn.Module, ctx: TransformContext) -> str:
-    """How `model` can recover: "finetune" (task loss), "distill" (sentence encoder, unlabelled text), or raise."""
+    """How `model` can recover: "finetune" (task loss), "distill" (a sentence encoder: condense's own, or any
+    encoder whose task declares `embed`, e.g. the `hf:` encoder task; unlabelled text), or raise."""
     task = ctx.task
     if task is not None and task.train_data is not None and task.loss is not None:
         return "finetune"
-    if hasattr(model, "tokenize") and hasattr(model, "bert") and task is not None and task.train_data is not None:
+    own = hasattr(model, "tokenize") and hasattr(model, "bert")
+    if task is not None and task.train_data is not None and (own or getattr(task, "embed", None) is not None):
         return "distill"
     raise ConfigError("finetune=FitConfig(...) needs a task with train_data and loss (digits, tinygpt), or a "
-                      "sentence encoder task with unlabelled train_data (minilm); pass task=..., or finetune=None")
+                      "sentence encoder task with unlabelled train_data and embed (minilm, an hf: encoder); pass "
+                      "task=..., or finetune=None")
 
 
 def recover_(model: nn.Module, teacher: nn.Module | None, ctx: TransformContext, cfg: FitConfig) -> list[float]:
-    """Recover `model` after a cut: task fine-tuning, else embedding distillation from `teacher`."""
+    """Recover `model` after a cut: task fine-tuning, else embedding distillation from `teacher` (condense's
+    sentence encoder through its tokenizer; any other encoder through the task's `embed`, embedding tables frozen)."""
     if check_recovery(model, ctx) == "finetune":
         losses = ctx.finetune(model, cfg, description="recovery fine-tuning")
         model.eval()
         return losses
     if teacher is None:
         raise ConfigError("embedding distillation needs the dense model as teacher; keep a copy before pruning")
-    return distill_embeddings_(model, teacher, ctx.task.train_data, cfg)
+    if hasattr(model, "tokenize") and hasattr(model, "bert"):
+        return distill_embeddings_(model, teacher, ctx.task.train_data, cfg)
+    return distill_embed_fn_(model, teacher, ctx.training_data(what="recovery"), ctx.task.embed, cfg)
