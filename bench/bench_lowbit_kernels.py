@@ -34,11 +34,11 @@ from condense.tasks.tinygpt import PRESETS, make_task
 
 VARIANTS = {  # label -> config (None: fp32)
     "fp32": None,
-    "4-bit dequantize": WeightOnlyConfig(bits=4, group_size=32),
+    "4-bit dequantize": WeightOnlyConfig(bits=4, group_size=32, kernel="dequantize"),
     "4-bit auto": WeightOnlyConfig(bits=4, group_size=32, kernel="auto"),
-    "3-bit dequantize": WeightOnlyConfig(bits=3, group_size=32),
+    "3-bit dequantize": WeightOnlyConfig(bits=3, group_size=32, kernel="dequantize"),
     "3-bit auto": WeightOnlyConfig(bits=3, group_size=32, kernel="auto"),
-    "8-bit dequantize": WeightOnlyConfig(bits=8, group_size=-1),
+    "8-bit dequantize": WeightOnlyConfig(bits=8, group_size=-1, kernel="dequantize"),
     "8-bit auto": WeightOnlyConfig(bits=8, group_size=-1, kernel="auto"),
     "4-bit ort-nbits": WeightOnlyConfig(bits=4, group_size=32, kernel="ort-nbits"),
     "8-bit ort-nbits": WeightOnlyConfig(bits=8, group_size=-1, kernel="ort-nbits"),
