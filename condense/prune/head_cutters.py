@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from condense.errors import CondenseError
-from condense.prune.cutters import CUTTERS, Cutter, cutter_for, shape_of, slice_  # noqa: F401 (docstring example)
+from condense.prune.cutters import CUTTERS, Cutter, cutter_for, shape_of  # noqa: F401 (docstring example)
 
 __all__ = ["HeadCounts", "GENERIC", "register_head_counts", "register_optional", "ensure_head_cutter"]
 
@@ -100,25 +100,6 @@ def register_head_counts(module_type: type, counts: HeadCounts) -> HeadCounts:
     return counts
 
 
-class Conv1DCutter(Cutter):
-    """GPT-2's `Conv1D`: weight (in, out), so outputs are dim 1 of the weight and inputs dim 0."""
-
-    sizes = ("nf", "nx")
-
-    def cut(self, m: nn.Module, dim: str, idx: torch.Tensor) -> None:
-        if dim == "out":
-            slice_(m, "weight", 1, idx)
-            slice_(m, "bias", 0, idx)
-        else:
-            slice_(m, "weight", 0, idx)
-        setattr(m, self.sizes[dim == "in"], len(idx))
-
-    def weights(self, m: nn.Module, dim: str) -> list[tuple[torch.Tensor, int]]:
-        if dim == "out":
-            return [(m.weight, 1), (m.bias, 0)]
-        return [(m.weight, 0)] if dim == "in" else []
-
-
 _BERT = HeadCounts(heads=("num_attention_heads",), widths=("all_head_size",))
 # module -> {class name: counts}; read only once the module is imported (a model holding the class implies it)
 OPTIONAL: dict[str, dict[str, HeadCounts]] = {
@@ -135,10 +116,7 @@ OPTIONAL: dict[str, dict[str, HeadCounts]] = {
 
 
 def register_optional() -> None:
-    """Register the entries of `OPTIONAL` (and a Conv1D cutter) whose library modules are imported."""
-    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
-    if conv1d is not None and not any(t in CUTTERS for t in conv1d.__mro__[:-2]):
-        CUTTERS[conv1d] = Conv1DCutter()
+    """Register the entries of `OPTIONAL` whose library modules are imported (Conv1D's cutter: `cutters`)."""
     for mod, entries in OPTIONAL.items():
         for cls_name, counts in entries.items():
             cls = getattr(sys.modules.get(mod), cls_name, None)
