@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from condense.early_exit.hf import _Stop, is_hf_model, tail_modules
+from condense.early_exit.hf import _Stop, is_hf_model, run_to_first_block, tail_modules
 from condense.early_exit.model import Split, _Fn, register_generic_splitter
 from condense.errors import CondenseError, ConfigError
 from condense.prune.layers import find_block_list
@@ -58,21 +58,12 @@ def split_block_cnn(model: nn.Module) -> Split:
                           "(condense.early_exit.model.SPLITTERS)")
     state: dict[str, Any] = {}
 
-    def grab(mod: nn.Module, args: tuple) -> None:
+    def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
         state["h"] = args[0]
         raise _Stop
 
     def begin(x: Any) -> torch.Tensor:
-        handle = blocks[0].register_forward_pre_hook(grab)
-        try:
-            model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if "h" not in state:
-            raise ConfigError(f"{type(model).__name__}'s forward never reached its first block {name}.0")
-        return state.pop("h")
+        return run_to_first_block(model, blocks[0], grab, state, f"{name}.0", x)
 
     def final(h: torch.Tensor) -> torch.Tensor:
         return fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))  # (B, C, H, W) -> (B, K)

@@ -23,6 +23,22 @@ from condense.errors import ConfigError
 from condense.prune.layers import find_block_list
 
 
+def run_to_first_block(model: nn.Module, block: nn.Module, grab: Any, state: dict[str, Any], name: str,
+                       *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Run `model(*args, **kwargs)` until `block`'s forward pre-hook `grab` (with kwargs) puts the block's input in
+    `state["h"]` and raises `_Stop`; returns that input (a ConfigError if the forward never reached the block)."""
+    handle = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(*args, **kwargs)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if "h" not in state:
+        raise ConfigError(f"{type(model).__name__}'s forward never reached its first block {name}")
+    return state.pop("h")
+
+
 class _Stop(Exception):
     """Raised by the hook on the first block: the model's forward has prepared everything stage 0 needs."""
 
@@ -83,16 +99,7 @@ def split_hf(model: nn.Module) -> Split:
     def begin(*args: Any, **kwargs: Any) -> torch.Tensor:
         if no_cache:
             kwargs.setdefault("use_cache", False)
-        handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            model(*args, **kwargs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        if "h" not in state:
-            raise ConfigError(f"{type(model).__name__}'s forward never reached its first block {name}.0")
-        return state.pop("h")
+        return run_to_first_block(model, blocks[0], grab, state, f"{name}.0", *args, **kwargs)
 
     def select(keep: torch.Tensor) -> None:
         n = state["n"]
