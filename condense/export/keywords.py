@@ -129,3 +129,19 @@ def build_output(output_class: str | None, names: list[str], outs: list[torch.Te
         if cls is not None:
             return cls(**dict(zip(names, outs)))
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def order_inputs(names: list[str], tensors: tuple, named: dict[str, Any], what: str) -> tuple:
+    """Positional `tensors` and keyword `named` inputs as one tuple in the graph's input order `names`; keywords
+    set to None or a bool that the graph does not take (e.g. `use_cache=False`) are ignored. `what` names the
+    graph in errors ("this ONNX graph")."""
+    extra = [k for k, v in named.items() if k not in names and not (v is None or isinstance(v, bool))]
+    if extra:
+        raise CondenseError(f"{what} takes inputs {names}, not {extra}; pass only those (it was made with the "
+                            "inputs of the example batch)")
+    given = dict(zip(names, tensors))
+    given.update({k: v for k, v in named.items() if k in names and v is not None})
+    missing = [n for n in names if n not in given]
+    if missing or len(tensors) > len(names):
+        raise CondenseError(f"{what} takes inputs {names}; {missing} missing: pass them (by name or in that order)")
+    return tuple(given[n] for n in names)

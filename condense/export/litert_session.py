@@ -178,18 +178,9 @@ class LiteRtModule(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def _by_name(self, tensors: tuple, named: dict[str, Any]) -> tuple:
-        names = [n for n, _ in self._in]
-        extra = [k for k, v in named.items() if k not in names and not (v is None or isinstance(v, bool))]
-        if extra:
-            raise CondenseError(f"this LiteRT model takes inputs {names}, not {extra}; pass only those (it was "
-                                "converted with the inputs of the example batch)")
-        given = dict(zip(names, tensors))
-        given.update({k: v for k, v in named.items() if k in names and v is not None})
-        missing = [n for n in names if n not in given]
-        if missing or len(tensors) > len(names):
-            raise CondenseError(f"this LiteRT model takes inputs {names}; {missing} missing: pass them (by name or "
-                                "in that order)")
-        return tuple(given[n] for n in names)
+        from condense.export.keywords import order_inputs
+
+        return order_inputs([n for n, _ in self._in], tensors, named, "this LiteRT model")
 
     def _pad_length(self, tensors: tuple, named: dict[str, Any]) -> int | None:
         """The keyword batch's sequence length if it must be padded to the graph's fixed one, else None."""

@@ -218,18 +218,9 @@ class OrtModule(nn.Module):
         return build_output(self._output_class, self._outputs, outs)
 
     def _by_name(self, tensors: tuple, named: dict[str, Any]) -> tuple:
-        names = [i.name for i in self._inputs]
-        extra = [k for k, v in named.items() if k not in names and not (v is None or isinstance(v, bool))]
-        if extra:
-            raise CondenseError(f"this ONNX graph takes inputs {names}, not {extra}; pass only those (the graph "
-                                "was exported with the inputs of the example batch)")
-        given = dict(zip(names, tensors))
-        given.update({k: v for k, v in named.items() if k in names and v is not None})
-        missing = [n for n in names if n not in given]
-        if missing or len(tensors) > len(names):
-            raise CondenseError(f"this ONNX graph takes inputs {names}; {missing} missing: pass them (by name or in "
-                                "that order)")
-        return tuple(given[n] for n in names)
+        from condense.export.keywords import order_inputs
+
+        return order_inputs([i.name for i in self._inputs], tensors, named, "this ONNX graph")
 
     def __getstate__(self) -> dict[str, Any]:  # sessions do not pickle or deep-copy: rebuilt on first use
         state = self.__dict__.copy()

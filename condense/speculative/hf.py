@@ -2,6 +2,7 @@
 `transformers.DynamicCache`, positions taken from the cache's length, `DynamicCache.crop` to forget tokens."""
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -17,10 +18,14 @@ def _new_cache(model: nn.Module, batch: int, max_len: int) -> Any:
     return DynamicCache()
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_type: type) -> str:
+    """transformers >= 5.25 names the argument `cache` (`past_key_values` is deprecated there); read once per type."""
+    return "cache" if "cache" in inspect.signature(model_type.forward).parameters else "past_key_values"
+
+
 def _step(model: nn.Module, cache: Any, ids: torch.Tensor) -> torch.Tensor:
-    # transformers >= 5.25 names the argument `cache` (`past_key_values` is deprecated there)
-    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return model(input_ids=ids, use_cache=True, **{key: cache}).logits
+    return model(input_ids=ids, use_cache=True, **{_cache_argument(type(model)): cache}).logits
 
 
 def _crop(cache: Any, n: int) -> None:
