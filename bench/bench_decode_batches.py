@@ -1,0 +1,56 @@
+"""Weight-only decode at batch 1 and 8 on tinygpt: fp32 vs 4-bit and 8-bit RTN on their default kernel (auto).
+
+Usage: .venv/bin/python bench/bench_decode_batches.py [--preset large] [--batches 1,8] [--tokens 32] [--rounds 3]
+       [--threads 1] [--no-write]
+Writes the `decode-batches` section of BENCHMARKS.md. Each model generates `--tokens` greedy tokens with the KV
+cache through the task's `generate`; medians of interleaved rounds; tokens/s counts every sequence of the batch.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+
+import _common
+import torch
+
+import condense
+from condense.measurement.timing import interleaved_p50
+from condense.quantize.weight_only import WeightOnlyConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="large")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    task = condense.get_task("tinygpt", preset=args.preset)
+    fp32 = task.build_model().eval()
+    models = {"fp32": fp32,
+              "4-bit (group 32)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=4)),
+              "8-bit (per channel)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=8, group_size=-1))}
+    lines = ["| batch | " + " | ".join(models) + " | load average |", "|---|" + "---|" * (len(models) + 1)]
+    for bs in (int(b) for b in args.batches.split(",")):
+        fns = {n: (lambda m=m, bs=bs: task.generate(m, bs, args.tokens)) for n, m in models.items()}
+        with torch.inference_mode():
+            p50 = interleaved_p50(fns, rounds=args.rounds, warmup=1, repeats=2)
+        cells = [f"{bs * args.tokens / p50[n]:.1f} tokens/s ({p50['fp32'] / p50[n]:.2f}x)" for n in models]
+        lines.append(f"| {bs} | " + " | ".join(cells) + f" | {os.getloadavg()[0]:.2f} |")
+    notes = (f"tinygpt preset `{args.preset}`; RTN `WeightOnlyConfig(bits=4)` and `(bits=8, group_size=-1)`, "
+             f"kernel auto (the default); {args.tokens} new tokens, {args.rounds} interleaved rounds.")
+    cmd = "python bench/bench_decode_batches.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
+    body = "\n".join(["## Weight-only decode at batch 1 and 8", "", _common.header(cmd, args.threads, notes), "",
+                      *lines])
+    print(body)
+    if not args.no_write:
+        _common.write_section("decode-batches", body)
+
+
+if __name__ == "__main__":
+    main()
