@@ -28,6 +28,7 @@ from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.prune.cutters import unit_weights
 from condense.prune.structured import StructuredConfig, StructuredPlan, apply_plan, plan_structured
+from condense.prune.tracing import tensors_in
 
 __all__ = ["MaskCheck", "masked_copy", "check_cut_equals_mask"]
 
@@ -69,16 +70,6 @@ def masked_copy(model: nn.Module, plan: StructuredPlan) -> nn.Module:
     return ref
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _tensors(v)]
-    return []  # caches and other objects are not outputs to compare
-
-
 def check_cut_equals_mask(model: nn.Module, cfg: StructuredConfig, batch: Any, ctx: TransformContext | None = None,
                           *, atol: float = 1e-5, rtol: float = 1e-5) -> MaskCheck:
     """Plan `cfg` on `model` (left unchanged), cut a copy, and compare it on `batch` with the masked dense model.
@@ -97,7 +88,7 @@ def check_cut_equals_mask(model: nn.Module, cfg: StructuredConfig, batch: Any, c
     cut = copy.deepcopy(model)
     apply_plan(cut, plan)
     with torch.no_grad():
-        a, b = _tensors(ctx.run_batch(cut, batch)), _tensors(ctx.run_batch(ref, batch))
+        a, b = tensors_in(ctx.run_batch(cut, batch)), tensors_in(ctx.run_batch(ref, batch))
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return MaskCheck(float("inf"), 0.0, atol, rtol, cut, plan)
     pairs = [(x.float(), y.float()) for x, y in zip(a, b) if x.numel() and x.is_floating_point()]

@@ -43,7 +43,7 @@ from torch.overrides import TorchFunctionMode
 from condense.core.linear_like import find_adapter
 from condense.prune.head_cutters import GENERIC, ensure_head_cutter
 from condense.prune.rules import Member
-from condense.prune.tracing import META_OPS, op_name
+from condense.prune.tracing import META_OPS, op_name, tensors_in
 
 __all__ = ["HeadMember", "HeadGroup", "find_heads", "discover", "within_groups", "member_elements", "unit_slices"]
 
@@ -123,10 +123,10 @@ class _Recorder(TorchFunctionMode):
         self.depth = 0  # > 0 inside a linear-like layer
 
     def add(self, name: str, args: tuple, kwargs: dict, out: Any, module: str | None = None) -> None:
-        ins = [self.src[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.src]
+        ins = [self.src[id(t)] for t in tensors_in((args, kwargs)) if id(t) in self.src]
         if module is None and (name in META_OPS or not ins):
             return
-        outs = _tensors(out)
+        outs = tensors_in(out)
         clean = tuple(None if isinstance(a, torch.Tensor) else a for a in args)
         self.ops.append(_Op(name, ins, [tuple(t.shape) for t in outs], clean, self.scope[-1] if self.scope else "",
                             module))
@@ -140,16 +140,6 @@ class _Recorder(TorchFunctionMode):
         if self.depth == 0:
             self.add(op_name(func), args, kwargs, out)
         return out
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
-    return []
 
 
 def _record(model: nn.Module, run: Callable[[nn.Module], Any]) -> _Recorder:

@@ -93,11 +93,11 @@ class _Recorder(TorchFunctionMode):
 
     def add(self, kind: str, target: str, args: tuple, kwargs: dict, out: Any) -> None:
         """Record one call whose inputs are earlier outputs (ops reading no recorded tensor are skipped)."""
-        ins = [self.ids[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.ids]
-        outs = _tensors(out)
+        ins = [self.ids[id(t)] for t in tensors_in((args, kwargs)) if id(t) in self.ids]
+        outs = tensors_in(out)
         if kind == "op" and (target in META_OPS or not ins):
             return
-        clean = _replace_tensors((args, kwargs))
+        clean = _replacetensors_in((args, kwargs))
         self.nodes.append(Node(kind, target, ins, tuple(clean[0]), dict(clean[1]),
                                outs[0].dim() if outs else None))
         for t in outs:
@@ -113,23 +113,24 @@ class _Recorder(TorchFunctionMode):
         return out
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
+def tensors_in(obj: Any) -> list[torch.Tensor]:
+    """Every tensor inside `obj` (nested tuples, lists and dicts), in order."""
     if isinstance(obj, torch.Tensor):
         return [obj]
     if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
+        return [t for v in obj.values() for t in tensors_in(v)]
     if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
+        return [t for v in obj for t in tensors_in(v)]
     return []
 
 
-def _replace_tensors(obj: Any) -> Any:
+def _replacetensors_in(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return TENSOR
     if isinstance(obj, dict):
-        return {k: _replace_tensors(v) for k, v in obj.items()}
+        return {k: _replacetensors_in(v) for k, v in obj.items()}
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_replace_tensors(v) for v in obj) if not hasattr(obj, "_fields") else TENSOR
+        return type(obj)(_replacetensors_in(v) for v in obj) if not hasattr(obj, "_fields") else TENSOR
     return obj
 
 
