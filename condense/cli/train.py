@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from condense.cli.common import (add_command, add_task_args, build_config_at, device, non_negative_int, port,
@@ -19,10 +20,16 @@ EPILOG = """examples:
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/g
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=fsdp --out runs/g-fsdp
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set strategy=pipeline --out runs/pp
+  # parameter server on rank 0 (weights + optimizer state), every process a worker; int8-compressed pushes:
+  condense train --task digits --strategy ps --nproc 2 --set comm_hook=int8 --out runs/ps
+  condense train --task digits --strategy ps --nproc 2 --set ps_mode=async --set max_staleness=2 --out runs/ps-a
   # two nodes (run on each, --node-rank 0 / 1; the address of node 0):
   condense train --task digits --nproc 1 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 \\
       --out runs/mn
 Any TrainConfig field: --set FIELD=VALUE (optimizer, lr, schedule, batch_schedule, precision, grad_accum, ...).
+Distribution fields: strategy (auto|single|ddp|fsdp|pipeline|ps), comm_hook (DDP hook or ps push codec:
+none|fp16|bf16|int8|powersgd), powersgd_rank, powersgd_start, ddp_bucket_mb, n_microbatches,
+ps_mode (sync|async), max_staleness (async: gradients older than this many updates are dropped).
 Outputs: OUT/metrics.jsonl, OUT/tb (tensorboard --logdir OUT/tb), OUT/checkpoints, OUT/model, OUT/train.json.
 """
 
@@ -36,6 +43,8 @@ def _worker_args(args: argparse.Namespace) -> list[str]:
         out += ["--set", o]
     if args.steps is not None:
         out += ["--steps", str(args.steps)]
+    if args.strategy is not None:
+        out += ["--strategy", args.strategy]
     if args.resume:
         out += ["--resume", args.resume]
     if args.finetune:
@@ -51,7 +60,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = task_options(args.set, flag="--set", example="lr=3e-3") if args.set else {}
     if args.steps is not None:
         overrides["steps"] = args.steps
+    if args.strategy is not None:
+        overrides["strategy"] = args.strategy
     cfg = build_config_at("condense.train.api:TrainConfig", overrides)
+    processes = int(os.environ["WORLD_SIZE"]) if "RANK" in os.environ else (args.nproc or 1) * args.nnodes
+    if cfg.strategy == "ps" and processes < 2:
+        raise CondenseError(f"strategy 'ps' needs at least 2 processes (rank 0 hosts the server and trains too), got "
+                            f"{processes}; add --nproc 2, or use --strategy single")
     if args.node_rank >= args.nnodes:
         raise CondenseError(f"--node-rank {args.node_rank} is not below --nnodes {args.nnodes}; number the nodes "
                             f"0..{args.nnodes - 1}")
@@ -72,13 +87,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                           "train_data and loss (digits, tinygpt)")
     _, result = train(task, cfg, out=args.out, resume=args.resume, device=args.device,
                       from_scratch=not args.finetune)
-    import os
-
     if int(os.environ.get("RANK", 0)) == 0:
         s = result.summary()
         keep = ("steps", "final_loss", "train_s", "samples_per_s", "tokens_per_s", "peak_memory_mb", "precision",
-                "time_to_target_s", "step_to_target", "stopped_early", "bytes_per_step", "world_size")
-        print(json.dumps({k: s[k] for k in keep if s.get(k) is not None}, indent=2))
+                "time_to_target_s", "step_to_target", "stopped_early", "bytes_per_step", "world_size", "stats")
+        print(json.dumps({k: s[k] for k in keep if s.get(k) not in (None, {})}, indent=2))
         if result.evals:
             print(json.dumps(result.evals[-1]))
         print(f"outputs in {args.out}")
@@ -94,6 +107,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="any TrainConfig field (repeatable), e.g. --set lr=3e-3 --set precision=bf16")
     p.add_argument("--resume", metavar="DIR", help="continue from the latest checkpoint in DIR (a run folder)")
+    p.add_argument("--strategy", default=None, metavar="NAME",
+                   help="how the processes share the work: auto | single | ddp | fsdp | pipeline | ps (parameter "
+                   "server; with --nproc 2+, --set ps_mode=sync|async, --set max_staleness=N); same as --set "
+                   "strategy=NAME")
     p.add_argument("--finetune", action="store_true", help="start from the task's trained model, not from scratch")
     p.add_argument("--device", type=device, default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--nproc", type=positive_int, default=None, help="processes per node, launched with torchrun")

@@ -18,6 +18,7 @@ from condense.core.atomic import atomic_write_json
 from condense.core.config import check_float, check_int, check_nested, config, show
 from condense.errors import ConfigError
 from condense.train.distributed import pipeline as _pipeline_strategy  # noqa: F401  (registers "pipeline")
+from condense.train.distributed import ps as _ps_strategy  # noqa: F401  (registers "ps")
 from condense.train.distributed.hooks import COMM_HOOKS
 from condense.train.loop import FitConfig
 from condense.train.semi import SemiConfig, semi_task
@@ -45,9 +46,16 @@ class TrainConfig(FitConfig):
         tensorboard: also write TensorBoard events to out/tb.
         strategy: auto (DDP when several processes) | single | ddp | fsdp | pipeline (GPT models: blocks split
             into one stage per process, GPipe over n_microbatches micro-batches; fp32, no checkpoints or evaluation),
+            ps (parameter server on rank 0 holding the weights and optimizer state, every process a worker; needs
+            --nproc 2 or more; see `condense.train.distributed.ps`),
             or a name registered with `condense.train.strategies.register_training_strategy`.
         comm_hook: DDP gradient compression: none | allreduce | fp16 | bf16 | powersgd | int8, or a name added to
             `condense.train.distributed.hooks.COMM_HOOKS` (fn(cfg) -> (state, hook) for `register_comm_hook`).
+            With strategy="ps": the compression of the workers' pushes, none | fp16 | bf16 | int8 | powersgd.
+        ps_mode: strategy="ps" only: sync (one step per round of every worker's gradients, the same as one process
+            on all their batches) | async (each gradient applied as it arrives; `steps` counts applied updates).
+        max_staleness: async: a gradient computed on weights more than this many updates old is dropped, never
+            applied (0: only gradients of the current weights).
         powersgd_rank, powersgd_start: PowerSGD's matrix rank and the step it starts compressing (>= 2).
         ddp_bucket_mb: DDP gradient bucket size (each bucket is one call of the communication hook).
         semi: semi-supervised training on the task's `unlabelled_data` (`condense.train.semi.SemiConfig`; a method
@@ -75,6 +83,8 @@ class TrainConfig(FitConfig):
     n_microbatches: int = 4
     ddp_bucket_mb: float = 25.0
     semi: SemiConfig | None = None
+    ps_mode: str = "sync"
+    max_staleness: int = 4
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +96,10 @@ class TrainConfig(FitConfig):
         check_int(self, "powersgd_start", lo=0, example=2)
         check_int(self, "n_microbatches", lo=1, hi=4096, example=4)
         check_float(self, "ddp_bucket_mb", lo=0, lo_open=True, hi=1e6, example=25.0)
+        check_int(self, "max_staleness", lo=0, hi=10**6, example=4)
+        if self.ps_mode not in ("sync", "async"):
+            raise ConfigError(f"TrainConfig.ps_mode must be 'sync' or 'async', got {show(self.ps_mode)}; e.g. "
+                              "ps_mode='async' with max_staleness=4")
         for name in ("strategy", "comm_hook"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"TrainConfig.{name} must be a string, got {show(getattr(self, name))}; "

@@ -56,6 +56,7 @@ class TrainResult:
     bytes_per_step: list[int] = dataclasses.field(default_factory=list)
     checkpoint: str | None = None
     world_size: int = 1
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # a strategy's own figures (ps: staleness)
 
     @property
     def samples_per_s(self) -> float:

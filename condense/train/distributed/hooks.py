@@ -77,30 +77,50 @@ def int8_bytes(numel: int) -> int:
     return numel + 4 * (-(-numel // INT8_BLOCK))
 
 
+def int8_pack(flat: torch.Tensor) -> torch.Tensor:
+    """Blockwise absmax int8 code of a flat tensor: (4 nb + n,) bytes, the nb fp32 scales first (aligned), then the
+    n int8 codes; `int8_bytes(n)` long. Round-to-nearest keeps the error below half a step of each 256-element
+    block's scale (max|g| / 127).
+
+    Example:
+        >>> x = torch.linspace(-1, 1, 300)
+        >>> bool((int8_unpack(int8_pack(x), 300) - x).abs().max() <= 0.5 / 127 + 1e-7)
+        True
+    """
+    n = flat.numel()
+    nb = -(-n // INT8_BLOCK)
+    x = F.pad(flat.detach().float(), (0, nb * INT8_BLOCK - n)).view(nb, INT8_BLOCK)    # (nb, BLOCK)
+    scale = (x.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)   # (nb,)
+    q = torch.round(x / scale[:, None]).clamp_(-127, 127).to(torch.int8).view(-1)[:n]  # (n,)
+    return torch.cat([scale.view(torch.uint8), q.view(torch.uint8)])                   # (4 nb + n,)
+
+
+def int8_unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The fp32 values (n,) that `int8_pack` coded into `packed`."""
+    nb = -(-n // INT8_BLOCK)
+    codes = F.pad(packed[4 * nb:].view(torch.int8).float(), (0, nb * INT8_BLOCK - n)).view(nb, INT8_BLOCK)
+    return (codes * packed[:4 * nb].view(torch.float32)[:, None]).view(-1)[:n]
+
+
 def int8_allreduce_hook(group, bucket):  # no annotations: DDP checks them at run time, strings fail
-    """Average a gradient bucket across ranks in int8: blockwise absmax quantization, all-gather, dequantize, mean.
+    """Average a gradient bucket across ranks in int8: blockwise absmax quantization (`int8_pack`), all-gather,
+    dequantize, mean.
 
     Each rank sends `int8_bytes(n)` bytes instead of 4n (about 3.9x less). Summing int8 in the collective would
-    overflow, so codes are gathered and summed after dequantization, in fp32; round-to-nearest per 256-element
-    block keeps the error below half a step of each block's scale (max|g| / 127).
+    overflow, so codes are gathered and summed after dequantization, in fp32.
     """
     buf = bucket.buffer()  # (n,) flat gradients
     n = buf.numel()
     world = dist.get_world_size(group)
-    nb = -(-n // INT8_BLOCK)
-    x = F.pad(buf.detach().float(), (0, nb * INT8_BLOCK - n)).view(nb, INT8_BLOCK)      # (nb, BLOCK)
-    scale = (x.abs().amax(dim=1) / 127.0).clamp_min(torch.finfo(torch.float32).tiny)   # (nb,)
-    q = torch.round(x / scale[:, None]).clamp_(-127, 127).to(torch.int8).view(-1)[:n]  # (n,)
-    packed = torch.cat([scale.view(torch.uint8), q.view(torch.uint8)])  # (4 nb + n,) bytes: scales first (aligned)
+    packed = int8_pack(buf)  # (4 nb + n,) bytes
     gathered = [torch.empty_like(packed) for _ in range(world)]
     fut = dist.all_gather(gathered, packed, group=group, async_op=True).get_future()
 
     def decode(_: Any) -> torch.Tensor:
-        total = torch.zeros(nb * INT8_BLOCK, dtype=torch.float32, device=buf.device)
+        total = torch.zeros(n, dtype=torch.float32, device=buf.device)
         for p in gathered:
-            codes = F.pad(p[4 * nb:].view(torch.int8).float(), (0, nb * INT8_BLOCK - n)).view(nb, INT8_BLOCK)
-            total += (codes * p[:4 * nb].view(torch.float32)[:, None]).view(-1)
-        buf.copy_((total[:n] / world).to(buf.dtype))
+            total += int8_unpack(p, n)
+        buf.copy_((total / world).to(buf.dtype))
         return buf
 
     return fut.then(decode)
