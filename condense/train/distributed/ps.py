@@ -197,7 +197,7 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
                                 stop, result.stopped_early = True, True
                     elif value is not None and _better(value, best, higher_is_better, 0.0):
                         best = value
-                flag = torch.tensor([int(stop)])
+                flag = torch.tensor([int(stop)], device=device)  # NCCL broadcasts device tensors
                 dist.broadcast(flag, src=0)  # every worker stops at the same step
                 stop = bool(flag)
             if ckpt_root is not None and cfg.checkpoint_every and (
