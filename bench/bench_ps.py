@@ -111,7 +111,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
 
 
 def _table(task_rows: dict, primary: str) -> list[str]:
-    lines = [f"| variant | updates | samples | steps/s (median) | samples/s | bytes/step, all processes | "
+    lines = [f"| variant | updates | samples | updates/s (median) | samples/s | bytes/step, all processes | "
              f"vs DDP bytes | {primary} | vs DDP | staleness max / mean | stale dropped |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     base = task_rows["ddp"][0] if "ddp" in task_rows else None
@@ -173,7 +173,8 @@ def main() -> None:
              f"DDP = each rank's all-reduce/all-gather payload (counted at the collective) x 2 (with 2 processes, "
              f"each rank's payload crosses once to the other); PowerSGD: the mean over updates after it starts "
              f"(10% of the steps); async: rank 0's updates move nothing, rank 1's a push and a pull, and a dropped "
-             f"push still costs its bytes. Speed: samples/s of training time (excludes RPC start-up and evaluation), "
+             f"push still costs its bytes. Speed: updates/s and samples/s of training time (excludes RPC start-up "
+             f"and evaluation; samples in applied gradients: the batches of dropped ones are computed, not counted), "
              f"median of {args.rounds} interleaved round(s), ratio vs DDP. Quality after the run: digits test "
              f"accuracy (higher is better), tinygpt validation bits/byte (lower is better); async runs are not "
              f"deterministic. Staleness: updates between the weights a gradient was computed on and the one it was "

@@ -109,11 +109,13 @@ def ps_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any
         server.version, server.losses = meta["step"], list(meta["losses"])
         server.samples, server.tokens = meta["samples"], meta["tokens"]
     _init_rpc(world.rank, world.size)
+    done = False
     try:
         result = _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync, amp_dtype, augment,
                        out, meta, fingerprint, precision, evaluate, primary, higher_is_better)
+        done = True
     finally:
-        rpc.shutdown()  # waits for every worker's outstanding calls
+        rpc.shutdown(graceful=done)  # graceful: waits for every worker's outstanding calls; after an error: not
         srv.stop_server()
     return result
 
