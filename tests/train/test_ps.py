@@ -130,3 +130,14 @@ def test_config_and_cli_errors_name_the_fix(capsys):
         assert main(["train", "--task", "digits", *argv, "--out", "x"]) == 2
         err = capsys.readouterr().err
         assert msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_launcher_passes_the_strategy_to_every_worker():
+    import argparse
+
+    from condense.cli.train import _worker_args
+
+    args = argparse.Namespace(task="digits", out="o", device="cpu", task_option=[], set=["ps_mode=async"], steps=3,
+                              strategy="ps", resume=None, finetune=False)
+    assert _worker_args(args) == ["--task", "digits", "--out", "o", "--device", "cpu", "--set", "ps_mode=async",
+                                  "--steps", "3", "--strategy", "ps"]
