@@ -157,6 +157,30 @@ def _better(a: float, b: float | None, higher: bool, delta: float) -> bool:
     return b is None or (a > b + delta if higher else a < b - delta)
 
 
+def judge_eval(result: TrainResult, value: float | None, step: int, cfg: Any, higher_is_better: bool,
+               best: float | None, bad_evals: int) -> tuple[bool, float | None, int]:
+    """After an evaluation whose primary metric is `value`: record the first step at the target (`cfg.target`),
+    track the best value and early stopping (`patience`, `min_delta`). Returns (stop, best, bad_evals)."""
+    if value is None:
+        return False, best, bad_evals
+    stop = False
+    target, patience = getattr(cfg, "target", None), getattr(cfg, "patience", 0)
+    if target is not None and result.step_to_target is None and \
+            (value >= target if higher_is_better else value <= target):
+        result.time_to_target_s, result.step_to_target = result.train_s, step
+        stop = getattr(cfg, "stop_at_target", False)
+    if patience:
+        if _better(value, best, higher_is_better, getattr(cfg, "min_delta", 0.0)):
+            best, bad_evals = value, 0
+        else:
+            bad_evals += 1
+            if bad_evals >= patience:
+                stop, result.stopped_early = True, True
+    elif _better(value, best, higher_is_better, 0.0):
+        best = value
+    return stop, best, bad_evals
+
+
 def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
              loss_fn: Callable[[nn.Module, Any], torch.Tensor], cfg: Any, *,
              params: Iterable[nn.Parameter] | None = None, description: str = "training",
@@ -246,7 +270,6 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
                      start_step=len(result.losses))
     ckpt_root = Path(out) / "checkpoints" if out is not None else None
     eval_every, ckpt_every = opt_get("eval_every", 0), opt_get("checkpoint_every", 0)
-    target, patience = opt_get("target"), opt_get("patience", 0)
     counter = ByteCounter()
     hooked = opt_get("comm_hook", "none") != "none"
     counting = count_bytes(counter) if hooked else contextlib.nullcontext()
@@ -337,19 +360,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
                 if main and out is not None:
                     log.write({"kind": "eval", **row})
                 value = metrics.get(primary) if primary else None
-                if value is not None and target is not None and result.step_to_target is None and \
-                        (value >= target if higher_is_better else value <= target):
-                    result.time_to_target_s, result.step_to_target = result.train_s, step
-                    stop = stop or opt_get("stop_at_target", False)
-                if value is not None and patience:
-                    if _better(value, best, higher_is_better, opt_get("min_delta", 0.0)):
-                        best, bad_evals = value, 0
-                    else:
-                        bad_evals += 1
-                        if bad_evals >= patience:
-                            stop, result.stopped_early = True, True
-                elif value is not None and _better(value, best, higher_is_better, 0.0):
-                    best = value
+                halt, best, bad_evals = judge_eval(result, value, step, cfg, higher_is_better, best, bad_evals)
+                stop = stop or halt
             if ckpt_every and (step % ckpt_every == 0 or step == cfg.steps or stop):
                 save(step)
     log.close()

@@ -47,6 +47,11 @@ def worker(rank, world, port, out):
                             resume=out / "ckpt/checkpoints/step-00000003").losses
     res["weights_equal"] = all(torch.equal(a, b) for a, b in zip(full.state_dict().values(),
                                                                    resumed.state_dict().values()))
+    # early stopping decided on rank 0 (a score that never improves, patience 2): every worker stops at step 3
+    r = ps_fit(make_model(), rank_batches(), mse, TrainConfig(steps=20, strategy="ps", eval_every=1, patience=2, **SGD),
+               evaluate=lambda m: {"score": 0.5}, primary="score")
+    (out / f"early-rank{rank}.json").write_text(json.dumps({"steps": r.steps, "stopped": r.stopped_early,
+                                                            "evals": len(r.evals)}))
     # 3. async: unbounded, then bounded staleness, with a slow worker
     for name, bound in (("async_unbounded", 1000), ("async_bounded", 1)):
         r = ps_fit(make_model(), rank_batches(), _slow_mse(rank),

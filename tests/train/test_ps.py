@@ -56,6 +56,13 @@ def test_sync_ps_resumes_from_a_checkpoint_exactly(session):
         "meta.json", "model.safetensors", "optim.pt", "rng-rank0.pt", "rng-rank1.pt"]
 
 
+def test_sync_ps_stops_every_worker_at_the_step_rank_0_decides(session):
+    out, _ = session
+    ranks = [json.loads((out / f"early-rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == {"steps": 3, "stopped": True, "evals": 3}  # evaluations at 1 (best), 2, 3: 2 without gain
+    assert ranks[1]["steps"] == 3 and ranks[1]["evals"] == 0  # rank 1 only follows the broadcast decision
+
+
 def test_async_ps_reports_staleness_and_never_applies_a_gradient_older_than_the_bound(session):
     _, res = session
     free, bounded = res["async_unbounded"]["stats"], res["async_bounded"]["stats"]

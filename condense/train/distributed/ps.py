@@ -39,8 +39,8 @@ from condense.train.distributed.codecs import PUSH_CODECS
 from condense.train.precision import autocast, dtype_of, resolve_precision
 from condense.train.schedules import batches_per_step
 from condense.train.strategies import TrainingStrategy, register_training_strategy
-from condense.train.trainer import (TrainResult, _Batches, _better, _count, _peak_memory_mb, _rng_state,
-                                    _set_rng_state)
+from condense.train.trainer import (TrainResult, _Batches, _count, _peak_memory_mb, _rng_state, _set_rng_state,
+                                    judge_eval)
 from condense.train.metrics import MetricsLog
 
 RPC_TIMEOUT_S = 1800  # a sync push waits for the slowest worker (and rank 0's evaluations): as long as gloo's
@@ -138,7 +138,6 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
     log = MetricsLog(out, tensorboard=getattr(cfg, "tensorboard", False), enabled=world.is_main and out is not None,
                      start_step=version)
     ckpt_root = Path(out) / "checkpoints" if out is not None else None
-    target = getattr(cfg, "target", None)
     model.train()
     t_loop = time.perf_counter()
     with progress.steps(f"parameter server ({cfg.ps_mode})", cfg.steps) as bar:
@@ -186,19 +185,7 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
                     if out is not None:
                         log.write({"kind": "eval", **row})
                     value = metrics.get(primary) if primary else None
-                    if value is not None and target is not None and result.step_to_target is None and \
-                            (value >= target if higher_is_better else value <= target):
-                        result.time_to_target_s, result.step_to_target = result.train_s, version
-                        stop = stop or cfg.stop_at_target
-                    if value is not None and cfg.patience:
-                        if _better(value, best, higher_is_better, cfg.min_delta):
-                            best, bad_evals = value, 0
-                        else:
-                            bad_evals += 1
-                            if bad_evals >= cfg.patience:
-                                stop, result.stopped_early = True, True
-                    elif value is not None and _better(value, best, higher_is_better, 0.0):
-                        best = value
+                    stop, best, bad_evals = judge_eval(result, value, version, cfg, higher_is_better, best, bad_evals)
                 flag = torch.tensor([int(stop)], device=device)  # NCCL broadcasts device tensors
                 dist.broadcast(flag, src=0)  # every worker stops at the same step
                 stop = bool(flag)
