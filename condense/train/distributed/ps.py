@@ -17,6 +17,7 @@ the saved model has rank 0's, as under DDP (which broadcasts rank 0's buffers be
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import warnings
@@ -33,7 +34,7 @@ from condense.core.task import to_device
 from condense.errors import ConfigError
 from condense.train import checkpoint as ckpt
 from condense.train.augment import batch_augmenter
-from condense.train.distributed import barrier, env_world, init_from_env
+from condense.train.distributed import World, barrier, env_world, init_from_env
 from condense.train.distributed import ps_server as srv
 from condense.train.distributed.codecs import PUSH_CODECS
 from condense.train.precision import autocast, dtype_of, resolve_precision
@@ -78,7 +79,6 @@ def ps_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any
     if world.size < 2:
         raise ConfigError("strategy='ps' needs at least 2 processes (rank 0 hosts the server and trains too): "
                           "launch with `condense train --strategy ps --nproc 2` or more, or use strategy='single'")
-    sync = cfg.ps_mode == "sync"
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if not world.is_main:
@@ -111,8 +111,9 @@ def ps_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any
     _init_rpc(world.rank, world.size)
     done = False
     try:
-        result = _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync, amp_dtype, augment,
-                       out, meta, fingerprint, precision, evaluate, primary, higher_is_better)
+        w = _Worker(model, params, data, loss_fn, cfg, codec, server, world, device, amp_dtype, augment, fingerprint,
+                    precision)
+        result = _loop(w, out=out, meta=meta, evaluate=evaluate, primary=primary, higher_is_better=higher_is_better)
         done = True
     finally:
         rpc.shutdown(graceful=done)  # graceful: waits for every worker's outstanding calls; after an error: not
@@ -120,8 +121,48 @@ def ps_fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any
     return result
 
 
-def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync, amp_dtype, augment, out, meta,
-          fingerprint, precision, evaluate, primary, higher_is_better) -> TrainResult:  # noqa: ANN001
+@dataclasses.dataclass
+class _Worker:
+    """One process's side of a run: its replica, its shard of the data, its push codec; on rank 0 the server."""
+
+    model: nn.Module
+    params: list[nn.Parameter]
+    data: _Batches
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor]
+    cfg: Any
+    codec: Any
+    server: srv.ParameterServer | None
+    world: World
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    augment: Callable[[Any], Any] | None
+    fingerprint: str
+    precision: str
+
+    def gradients(self, version: int) -> tuple[list[torch.Tensor], float, int, int]:
+        """(gradients, mean loss, samples, tokens) of this worker's next `batches_per_step` batches."""
+        k = batches_per_step(version, self.cfg)
+        for p in self.params:
+            p.grad = None
+        total, samples, tokens = 0.0, 0, 0
+        for _ in range(k):
+            batch = to_device(self.data.next(), self.device)
+            if self.augment is not None:
+                batch = self.augment(batch)
+            n, t = _count(batch)
+            samples, tokens = samples + n, tokens + t
+            with autocast(self.device, self.amp_dtype):
+                loss = self.loss_fn(self.model, batch)
+            (loss / k).backward()
+            total += float(loss.detach()) / k
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params], total, samples, tokens
+
+
+def _loop(w: _Worker, *, out: str | Path | None, meta: dict[str, Any],
+          evaluate: Callable[[nn.Module], dict[str, float]] | None, primary: str | None,
+          higher_is_better: bool) -> TrainResult:
+    model, params, cfg, server, world, device = w.model, w.params, w.cfg, w.server, w.world, w.device
+    sync = cfg.ps_mode == "sync"
     if server is not None:  # rank 0 calls its server in-process
         push: Callable[..., tuple[int, list[torch.Tensor]]] = (
             (lambda *a: server.push_sync(*a).wait()) if sync else server.push_async)
@@ -131,7 +172,7 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
         push = lambda *a: rpc.rpc_sync(_name(0), fn, args=a)  # noqa: E731
         version, weights = rpc.rpc_sync(_name(0), srv.remote_pull)
     _load_weights(params, weights)
-    result = TrainResult(losses=list(meta.get("losses", [])), precision=precision, world_size=world.size,
+    result = TrainResult(losses=list(meta.get("losses", [])), precision=w.precision, world_size=world.size,
                          evals=list(meta.get("evals", [])), train_s=meta.get("train_s", 0.0))
     result.time_to_target_s, result.step_to_target = meta.get("time_to_target_s"), meta.get("step_to_target")
     best, bad_evals = meta.get("best"), meta.get("bad_evals", 0)
@@ -145,22 +186,8 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
         bar.advance(shown)
         while version < cfg.steps:
             t0 = time.perf_counter()
-            k = batches_per_step(version, cfg)
-            for p in params:
-                p.grad = None
-            total, samples, tokens = 0.0, 0, 0
-            for _ in range(k):
-                batch = to_device(data.next(), device)
-                if augment is not None:
-                    batch = augment(batch)
-                n, t = _count(batch)
-                samples, tokens = samples + n, tokens + t
-                with autocast(device, amp_dtype):
-                    loss = loss_fn(model, batch)
-                (loss / k).backward()
-                total += float(loss.detach()) / k
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            payload = [x.cpu() for x in codec.encode(grads)]
+            grads, total, samples, tokens = w.gradients(version)
+            payload = [x.cpu() for x in w.codec.encode(grads)]
             version, weights = push(world.rank, version, payload, total, samples, tokens)
             _load_weights(params, weights)
             result.train_s += time.perf_counter() - t0
@@ -191,8 +218,7 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
                 stop = bool(flag)
             if ckpt_root is not None and cfg.checkpoint_every and (
                     version % cfg.checkpoint_every == 0 or version == cfg.steps or stop):
-                _save(ckpt_root, version, model, server, data, world, device, result, cfg, fingerprint, precision,
-                      best, bad_evals)
+                _save(w, ckpt_root, version, result, best, bad_evals)
             if stop:
                 break
     if not sync:
@@ -210,9 +236,9 @@ def _loop(model, params, data, loss_fn, cfg, codec, server, world, device, sync,
     return result
 
 
-def _save(root: Path, step: int, model: nn.Module, server: Any, data: _Batches, world: Any, device: torch.device,
-          result: TrainResult, cfg: Any, fingerprint: str, precision: str, best: Any, bad_evals: int) -> None:
+def _save(w: _Worker, root: Path, step: int, result: TrainResult, best: Any, bad_evals: int) -> None:
     """A checkpoint in the shared loop's layout (every rank calls it at the same step of a sync run)."""
+    model, server, world, device, cfg = w.model, w.server, w.world, w.device, w.cfg
 
     def parts(folder: Path) -> None:
         if server is not None:
@@ -224,10 +250,10 @@ def _save(root: Path, step: int, model: nn.Module, server: Any, data: _Batches, 
         ckpt.save_tensors(folder / f"rng-rank{world.rank}.pt", _rng_state(device))
 
     samples, tokens = (server.samples, server.tokens) if server is not None else (0, 0)
-    meta = {"step": step, "data": data.state(), "losses": result.losses, "evals": result.evals,
+    meta = {"step": step, "data": w.data.state(), "losses": result.losses, "evals": result.evals,
             "train_s": result.train_s, "samples": samples, "tokens": tokens,
             "time_to_target_s": result.time_to_target_s, "step_to_target": result.step_to_target, "best": best,
-            "bad_evals": bad_evals, "fingerprint": fingerprint, "world_size": world.size, "precision": precision,
+            "bad_evals": bad_evals, "fingerprint": w.fingerprint, "world_size": world.size, "precision": w.precision,
             "config": cfg.to_dict()}
     path = ckpt.save_checkpoint(root, step, parts, meta, rank=world.rank, barrier=barrier,
                                 keep=getattr(cfg, "keep_checkpoints", 0))
