@@ -37,6 +37,7 @@ class Node:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     ndim: int | None = None  # rank of the output, when recorded
+    shape: tuple[int, ...] | None = None  # shape of the output, when recorded (a concatenation reads its inputs')
 
     def arg(self, pos: int, name: str, default: Any) -> Any:
         """Argument `name` (keyword) or at position `pos`, else `default`."""
@@ -98,9 +99,14 @@ class _Recorder(TorchFunctionMode):
         if kind == "op" and (target in META_OPS or not ins):
             return
         clean = _replacetensors_in((args, kwargs))
-        self.nodes.append(Node(kind, target, ins, tuple(clean[0]), dict(clean[1]),
-                               outs[0].dim() if outs else None))
-        for t in outs:
+        many = kind == "op" and isinstance(out, (tuple, list)) and len(outs) > 1  # split, chunk, unbind
+        first = outs[0] if outs and not many else None
+        self.nodes.append(Node(kind, target, ins, tuple(clean[0]), dict(clean[1]), outs[0].dim() if outs else None,
+                               tuple(first.shape) if first is not None else None))
+        at = len(self.nodes) - 1
+        for k, t in enumerate(outs):
+            if many:  # one `getitem` node per piece, as torch.fx writes it
+                self.nodes.append(Node("op", "getitem", [at], (TENSOR, k), {}, t.dim(), tuple(t.shape)))
             key = id(t)
             self.ids[key] = len(self.nodes) - 1
             weakref.finalize(t, self.ids.pop, key, None)
