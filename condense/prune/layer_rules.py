@@ -80,7 +80,8 @@ def _flatten_op(site: Site, flow: Flow) -> Flow:
 # -- concatenation and splits -------------------------------------------------------------------------------------
 def _along_channels(site: Site, flow: Flow, dim: int) -> bool:
     """Whether `dim` of the incoming tensor is the channel dimension (raises Blocked when the rank is unknown)."""
-    nd = flow.ndim if flow.ndim is not None else len(site.inputs[site.via].shape or ()) or None
+    shape = site.inputs[site.via].shape if site.via is not None else None
+    nd = flow.ndim if flow.ndim is not None else len(shape or ()) or None
     if nd is None:
         if (dim < 0) != (flow.cdim < 0):
             raise Blocked(f"goes through `{site.name}` at a rank the trace does not know; pass calibration data")
