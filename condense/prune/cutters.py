@@ -121,8 +121,8 @@ class LinearCutter(Cutter):
 
 @register_cutter(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class Conv2dCutter(Cutter):
-    """An ungrouped Conv1d/2d/3d as the base class; a depthwise one (groups == in == out > 1, weight (C, 1, kh, kw)) loses
-    whole filters along either dimension: rows, bias, and its `groups`, `in_channels`, `out_channels`."""
+    """An ungrouped Conv1d/2d/3d as the base class; a depthwise one (groups == in == out > 1, weight (C, 1, *kernel))
+    loses whole filters along either dimension: rows, bias, and its `groups`, `in_channels`, `out_channels`."""
 
     sizes = ("out_channels", "in_channels")
 

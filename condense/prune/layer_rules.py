@@ -80,7 +80,7 @@ def _flatten_op(site: Site, flow: Flow) -> Flow:
 # -- concatenation and splits -------------------------------------------------------------------------------------
 def _along_channels(site: Site, flow: Flow, dim: int) -> bool:
     """Whether `dim` of the incoming tensor is the channel dimension (raises Blocked when the rank is unknown)."""
-    shape = site.inputs[site.via].shape if site.via is not None else None
+    shape = site.inputs[site.via].shape if site.via is not None else None  # recorded: never None
     nd = flow.ndim if flow.ndim is not None else len(shape or ()) or None
     if nd is None:
         if (dim < 0) != (flow.cdim < 0):
@@ -98,20 +98,26 @@ def _cat(site: Site, flow: Flow) -> Flow | Joined:
     dim = n.arg(1, "dim", 0)
     if via is None or not isinstance(dim, int):
         raise Blocked(f"goes through `{site.name}` in a way the trace does not show")
-    if not _along_channels(site, flow, dim):
-        return Joined(flow)  # tokens or batch: every piece has the same channels, cut together
+    if not _along_channels(site, flow, dim):  # tokens or batch: every piece has the same channels, cut together
+        if any(j < 0 for j, _ in n.operands or ()):
+            raise Blocked(f"is concatenated by `{site.name}` with a tensor no traced layer produces: its width is "
+                          "shared")
+        return Joined(flow)
     if flow.flat:
         raise Blocked(f"is concatenated by `{site.name}` after flattening")
-    shapes = [x.shape for x in site.inputs]
-    if any(s is None for s in shapes):
+    ops = n.operands  # every concatenated tensor, traced or not (a model input), with its shape
+    if ops is None:
         raise Blocked(f"is concatenated by `{site.name}` with tensors of widths the trace does not know; pass "
                       "calibration data so the forward pass is recorded")
-    d = dim % len(shapes[via])
-    widths = [s[d] for s in shapes]
-    if widths[via] != flow.span(site.size):
-        raise Blocked(f"is concatenated by `{site.name}` with a width {widths[via]} that does not match its "
+    mine = [k for k, (j, _) in enumerate(ops) if j == n.inputs[via]]
+    if len(mine) != 1:
+        raise Blocked(f"is concatenated with itself in `{site.name}`")
+    d = dim % len(ops[mine[0]][1])
+    widths = [shape[d] for _, shape in ops]
+    if widths[mine[0]] != flow.span(site.size):
+        raise Blocked(f"is concatenated by `{site.name}` with a width {widths[mine[0]]} that does not match its "
                       f"{flow.span(site.size)} channels")
-    return replace(flow, offset=flow.offset + sum(widths[:via]), width=sum(widths))
+    return replace(flow, offset=flow.offset + sum(widths[:mine[0]]), width=sum(widths))
 
 
 @register_op_rule(*SPLIT_OPS)

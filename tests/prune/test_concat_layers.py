@@ -126,6 +126,22 @@ def test_densenet_style_nested_concatenation():
     cut_and_check(model, x, 251, 82)
 
 
+def test_concatenated_with_the_model_input_is_cut_after_it():
+    class Grow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.c = nn.Conv2d(2, 4, 1), nn.Conv2d(6, 3, 1)
+
+        def forward(self, x):
+            return self.c(torch.cat([x, self.a(x)], 1))  # x's 2 channels first: a's are inputs 2..5 of c
+
+    torch.manual_seed(0)
+    model = Grow().eval()
+    g = build_graph(model, run=lambda m: m(IMAGES))
+    assert [(y.name, members(y)) for y in g.groups] == [("a", [("a", "out", 1, 0), ("c", "in", 1, 2)])]
+    cut_and_check(model, IMAGES, 12 + 21, 6 + 15)  # a 2*4+4 -> 2*2+2, c 6*3+3 -> 4*3+3
+
+
 def test_concatenated_with_itself_is_blocked():
     class Twice(nn.Module):
         def __init__(self):
@@ -164,6 +180,17 @@ def test_split_along_tokens_passes_the_channels(fx_first):
     cut_and_check(model, x, 58, 30)  # fc 40 -> 20, out 18 -> 10
     g = build_graph(TokenSplit(channels=True), run=lambda m: m(x))
     assert "split along its channels by `chunk`" in g.blocked["fc"]
+
+    class Prefix(nn.Module):  # a fixed prefix of tokens fixes the width
+        def __init__(self):
+            super().__init__()
+            self.fc, self.out = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x, prefix):
+            return self.out(torch.cat([prefix, self.fc(x)], dim=1))
+
+    g = build_graph(Prefix(), run=lambda m: m(x, torch.zeros(2, 1, 8)), fx_first=fx_first)
+    assert g.groups == [] and "no traced layer produces" in g.blocked["fc"]
 
 
 def test_conv1d_and_conv_transpose1d_net():
@@ -269,3 +296,37 @@ def test_norms_over_the_channels_cut_their_weights_with_renormalize(norm):
     ref = F.linear(torch.relu(h), dense["3.weight"][:, keep], dense["3.bias"])
     with torch.no_grad():
         assert torch.allclose(cut(x), ref, atol=1e-5)
+
+
+def test_a_custom_layer_is_registered_in_one_place():
+    from condense.prune.cutters import Cutter, register_cutter, slice_
+    from condense.prune.rules import channelwise
+
+    class Gain(nn.Module):  # a per-channel scale of a conv map
+        def __init__(self, n):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(n, 1, 1))
+
+        def forward(self, x):
+            return x * self.weight
+
+    @register_cutter(Gain, rule=channelwise)
+    class GainCutter(Cutter):
+        def cut(self, m, dim, idx):
+            slice_(m, "weight", 0, idx)
+
+        def shape(self, m):
+            return {"features": len(m.weight)}
+
+        def weights(self, m, dim):
+            return [(m.weight, 0)]
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), Gain(8), nn.ReLU(), nn.ConvTranspose2d(8, 4, 2, stride=2),
+                          nn.Conv2d(4, 3, 1)).eval()
+    assert [(y.name, members(y)) for y in build_graph(model).groups] == [
+        ("0", [("0", "out", 1, 0), ("1", "out", 1, 0), ("3", "in", 1, 0)]),
+        ("3", [("3", "out", 1, 0), ("4", "in", 1, 0)])]
+    # conv 2*8*9+8=152 -> 76, gain 8 -> 4, convT 8*4*4+4=132 -> 4*2*4+2=34, conv 4*3+3=15 -> 2*3+3=9
+    check = cut_and_check(model, IMAGES, 307, 123)
+    assert check.model[1].weight.shape == (4, 1, 1)
