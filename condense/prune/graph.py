@@ -244,7 +244,7 @@ def _joint_reason(comp: list[str], walks: dict[str, tuple[Source, Walk]], nodes:
                     "is shared")
         if len({walks[n][1].joins[j] for n in comp if j in walks[n][1].joins}) > 1:
             return f"meets the channels of another layer along another dimension in `{op}`"
-    sizes = {walks[n][0].size for n in comp}
+    sizes = {walks[n][0].size // walks[n][1].fold for n in comp}
     if len(sizes) > 1:
         return f"is joined element-wise with {comp} whose widths differ ({sorted(sizes)})"
     return None
@@ -268,11 +268,11 @@ def _add_component(graph: DependencyGraph, comp: list[str], walks: dict[str, tup
             graph.blocked[n] = joint or own.get(n) or (f"is cut together with {first[0]} (their outputs meet "
                                                         f"element-wise), which cannot be pruned: {first[1]}")
         return
-    members = [Member(n, "out") for n in comp]
+    members = [walks[n][1].unfolded(Member(n, "out"), walks[n][0].size, 1) for n in comp]
     for n in comp:
         members.extend(x for x in walks[n][1].members if x not in members)
     ffn_like = (len(comp) == 1 and name in ffn) or _structural_ffn(comp, members, modules)
-    graph.groups.append(Group(name, "ffn" if ffn_like else source.kind, source.size, tuple(members)))
+    graph.groups.append(Group(name, "ffn" if ffn_like else source.kind, source.size // walk.fold, tuple(members)))
 
 
 def _structural_ffn(producers: list[str], members: list[Member], modules: dict[str, nn.Module]) -> bool:

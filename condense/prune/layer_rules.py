@@ -7,8 +7,10 @@ at that offset (`Member.offset`) and keeps the slices of the other inputs; a con
 channels (a DenseNet block, a Linear after two branches) is a member of each group. Concatenation along another
 dimension (tokens, batch) needs the same channels in every piece: its producers are cut together, like an add.
 
-Splits along another dimension (`split`, `chunk`, `unbind` of tokens or heads) pass the channels to every piece;
-a split along the channels is blocked (its piece sizes are fixed in the forward, so they cannot shrink).
+Splits along another dimension (`split`, `chunk`, `unbind` of tokens or heads) pass the channels to every piece.
+`chunk(n)` along the channels of a whole producer output (a fused gate/up projection, GLU) folds the group: unit u
+is channel u of every piece, so every piece loses the same units and the chunks stay equal (`Member.blocks` in the
+producer). Any other split along the channels is blocked (its piece sizes are fixed in the forward).
 
 Norms: BatchNorm (in `rules`) and a GroupNorm with one group per channel act on each channel alone, so a cut equals
 zeroing. LayerNorm, RMSNorm (torch's, and Hugging Face's weight-only types in `cutters.OPTIONAL_NORMS`) and a
@@ -49,6 +51,22 @@ def _pool_op(site: Site, flow: Flow) -> Flow:
     if not flow.conv_map:
         raise Blocked(f"goes through `{site.name}` over the channel dimension")
     return flow
+
+
+@register_module_rule(nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d,
+                      nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+def _pool(site: Site, flow: Flow) -> Flow:
+    if not flow.conv_map:
+        raise Blocked(f"feeds pooling {site.name} over the channel dimension")
+    return flow
+
+
+@register_module_rule(nn.Flatten)
+def _flatten_module(site: Site, flow: Flow) -> Flow:
+    m = site.module
+    if m.start_dim != 1 or m.end_dim != -1 or not flow.conv_map:
+        raise Blocked(f"feeds {site.name} (Flatten) that mixes the channel dimension")
+    return replace(flow, ndim=2, flat=True)
 
 
 @register_op_rule("mean", "sum", "amax", "amin")
@@ -124,6 +142,11 @@ def _cat(site: Site, flow: Flow) -> Flow | Joined:
 def _split(site: Site, flow: Flow) -> Flow:
     n = site.node
     dim = n.arg(1 if n.target == "unbind" else 2, "dim", 0)
+    chunks = n.arg(1, "chunks", None)
+    whole = flow.fold == 1 and flow.offset == 0 and flow.width is None and not flow.flat
+    if n.target == "chunk" and isinstance(dim, int) and _along_channels(site, flow, dim) and whole \
+            and isinstance(chunks, int) and chunks > 1 and site.size % chunks == 0:
+        return replace(flow, fold=chunks)  # equal pieces, whatever the width: unit u is channel u of each piece
     if not isinstance(dim, int) or _along_channels(site, flow, dim):
         raise Blocked(f"is split along its channels by `{site.name}`: the sizes of the pieces are fixed in the "
                       "forward, so they cannot shrink")

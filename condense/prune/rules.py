@@ -40,6 +40,7 @@ class Member:
     dim: str
     unit: int = 1
     offset: int = 0
+    blocks: tuple[tuple[int, int], ...] = ()  # ((offset, unit), ...) when a unit lies in several blocks
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Flow:
     flat: bool = False
     offset: int = 0
     width: int | None = None
-
+    fold: int = 1  # a `chunk` folded the producer's channels into `fold` equal pieces: unit u is channel u of each
     @property
     def last(self) -> bool:
         """The channels are the last dimension (what a Linear reads)."""
@@ -244,22 +245,6 @@ def _batchnorm(site: Site, flow: Flow) -> Reached:
     return Reached((Member(site.name, "out", 1, flow.offset),), flow)
 
 
-@register_module_rule(nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d,
-                      nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-def _pool(site: Site, flow: Flow) -> Flow:
-    if not flow.conv_map:
-        raise Blocked(f"feeds pooling {site.name} over the channel dimension")
-    return flow
-
-
-@register_module_rule(nn.Flatten)
-def _flatten_module(site: Site, flow: Flow) -> Flow:
-    m = site.module
-    if m.start_dim != 1 or m.end_dim != -1 or not flow.conv_map:
-        raise Blocked(f"feeds {site.name} (Flatten) that mixes the channel dimension")
-    return replace(flow, ndim=2, flat=True)
-
-
 def channelwise(site: Site, flow: Flow) -> Reached:
     """The rule of a layer whose weight entry c acts on channel c alone (a per-channel scale): it loses the cut
     entries and the channels go on."""
@@ -356,6 +341,13 @@ class Walk:
     bad: str | None = None
     carriers: set[int] = field(default_factory=set)
     joins: dict[int, Flow] = field(default_factory=dict)
+    fold: int = 1  # the producer's channels are folded into this many pieces: its units are size / fold
+
+    def unfolded(self, mem: Member, size: int, fold: int) -> Member:
+        """`mem` (reached at `fold`) in the folded units: before the fold, unit u is elements u + k * size / fold."""
+        step = size // self.fold * mem.unit
+        return mem if self.fold == fold else replace(mem, blocks=tuple((mem.offset + k * step, mem.unit)
+                                                                       for k in range(self.fold)))
 
 
 def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn.Module], counts: dict[str, int],
@@ -365,6 +357,7 @@ def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn
     walk = Walk(carriers={start})
     todo = [(u, source.flow, start) for u in users.get(start, [])]
     seen: dict[int, tuple[Flow, int | None, Any]] = {}
+    folds: list[int] = []  # the fold of the flow that reached each member
     while todo:
         i, flow, prev = todo.pop()
         via = nodes[i].inputs.index(prev) if prev in nodes[i].inputs else None
@@ -373,10 +366,10 @@ def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn
                 if i in walk.joins and seen[i][0] != flow:
                     raise Blocked(f"meets itself along another dimension in `{nodes[i].target}`")
                 if nodes[i].target in CONCAT_OPS and seen[i][1] != via and seen[i][2] != _step(
-                        nodes, i, via, modules, counts, source.size, flow):  # two slices of one concatenation
+                        nodes, i, via, modules, counts, source.size // flow.fold, flow):  # two slices of one concatenation
                     raise Blocked(f"is concatenated with itself in `{nodes[i].target}`")
                 continue
-            out = _step(nodes, i, via, modules, counts, source.size, flow)
+            out = _step(nodes, i, via, modules, counts, source.size // flow.fold, flow)
             seen[i] = (flow, via, out)
         except _Unsupported as e:
             walk.reason, walk.bad = str(e), nodes[i].target
@@ -388,13 +381,20 @@ def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn
             walk.joins[i] = out = out.flow
         if isinstance(out, Reached):
             walk.members.extend(out.members)
+            folds.extend([flow.fold] * len(out.members))
             if out.renormalizes and not renormalize:
                 walk.reason = f"feeds {nodes[i].target} ({type(modules[nodes[i].target]).__name__}), which {_RENORM}"
                 return walk
             out = out.flow
+        if out is not None and out.fold != flow.fold:
+            if walk.fold not in (1, out.fold):
+                walk.reason = f"is split by `{nodes[i].target}` into {out.fold} pieces and elsewhere {walk.fold}"
+                return walk
+            walk.fold = out.fold
         if out is not None:
             walk.carriers.add(i)
             todo.extend((u, out, i) for u in users.get(i, []))
+    walk.members = [walk.unfolded(m, source.size, f) for m, f in zip(walk.members, folds)]
     if not any(m.dim == "in" for m in walk.members):
         walk.reason = "no layer consumes its outputs"
     return walk

@@ -165,8 +165,8 @@ class TokenSplit(nn.Module):
 
     def forward(self, x):  # x (B, T, 4)
         if self.channels:
-            a, b = self.fc(x).chunk(2, dim=-1)
-            return torch.cat([b, a], -1)
+            a, b = self.fc(x).split([3, 5], dim=-1)  # sizes fixed in the forward
+            return self.out(torch.cat([b, a], -1))
         a, b = self.fc(x).split([2, 3], dim=1)  # (B, 2, 8), (B, 3, 8)
         return self.out(torch.cat([torch.relu(a), b], dim=1))
 
@@ -179,7 +179,7 @@ def test_split_along_tokens_passes_the_channels(fx_first):
     assert [(y.name, members(y)) for y in g.groups] == [("fc", [("fc", "out", 1, 0), ("out", "in", 1, 0)])]
     cut_and_check(model, x, 58, 30)  # fc 40 -> 20, out 18 -> 10
     g = build_graph(TokenSplit(channels=True), run=lambda m: m(x))
-    assert "split along its channels by `chunk`" in g.blocked["fc"]
+    assert "split along its channels by `split`" in g.blocked["fc"]
 
     class Prefix(nn.Module):  # a fixed prefix of tokens fixes the width
         def __init__(self):
@@ -330,3 +330,46 @@ def test_a_custom_layer_is_registered_in_one_place():
     # conv 2*8*9+8=152 -> 76, gain 8 -> 4, convT 8*4*4+4=132 -> 4*2*4+2=34, conv 4*3+3=15 -> 2*3+3=9
     check = cut_and_check(model, IMAGES, 307, 123)
     assert check.model[1].weight.shape == (4, 1, 1)
+
+
+class GLU(nn.Module):
+    """A fused gate/up projection chunked in two along the channels (Phi-3's MLP): both halves lose the same units."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.down = nn.Linear(4, 16), nn.Linear(8, 3)
+
+    def forward(self, x):
+        gate, up = self.fc(x).chunk(2, dim=-1)
+        return self.down(torch.sigmoid(gate) * up)
+
+
+@pytest.mark.parametrize("fx_first", [True, False])
+def test_chunk_along_the_channels_folds_the_group(fx_first):
+    torch.manual_seed(0)
+    model, x = GLU().eval(), torch.randn(3, 4)
+    g = build_graph(model, run=lambda m: m(x), fx_first=fx_first)
+    assert [(y.name, y.kind, y.size, sorted((m.module, m.dim, m.blocks) for m in y.members)) for y in g.groups] == [
+        ("fc", "neurons", 8, [("down", "in", ()), ("fc", "out", ((0, 1), (8, 1)))])]
+    check = cut_and_check(model, x, 107, 55)  # fc 4*16+16 -> 4*8+8, down 8*3+3 -> 4*3+3
+    kept = check.plan.keep["fc"]
+    assert torch.equal(check.model.fc.weight, model.fc.weight[kept + [8 + k for k in kept]])
+
+
+def test_phi3_fused_gate_up_ffn_prunes_exactly():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, vocab_size=256, pad_token_id=0, bos_token_id=0,
+                                  eos_token_id=0)
+    model = transformers.Phi3ForCausalLM(cfg).eval()
+    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(0))
+    g = build_graph(model, run=lambda m: m(ids))
+    assert [(y.name, y.kind, y.size) for y in g.groups] == [
+        (f"model.layers.{i}.mlp.gate_up_proj", "ffn", 64) for i in range(2)]
+    check = check_cut_equals_mask(model, StructuredConfig(ratio=0.25, target="ffn"), ids, rtol=0)
+    assert check.ok and check.max_error <= 1e-5, check.max_error
+    # per layer: gate_up 32*128 -> 32*96, down 64*32 -> 48*32 (no biases)
+    assert (n_params(model), n_params(check.model)) == (34976, 34976 - 2 * (32 * 32 + 16 * 32))
+    mlp = check.model.model.layers[0].mlp
+    assert (mlp.gate_up_proj.out_features, mlp.down_proj.in_features) == (96, 48)
