@@ -27,6 +27,7 @@ from torch import nn
 from condense.core.transforms import TransformContext
 from condense.errors import ConfigError
 from condense.prune.cutters import unit_weights
+from condense.prune.heads import member_elements
 from condense.prune.structured import StructuredConfig, StructuredPlan, apply_plan, plan_structured
 from condense.prune.tracing import tensors_in
 
@@ -63,7 +64,7 @@ def masked_copy(model: nn.Module, plan: StructuredPlan) -> nn.Module:
         for mem in g.members:
             if mem.dim != "in" or not len(drop):
                 continue
-            elems = (drop[:, None] * mem.unit + torch.arange(mem.unit)).reshape(-1)  # (dropped * unit,)
+            elems = member_elements(mem, drop)  # (dropped * unit,), at the member's offset
             with torch.no_grad():
                 for t, axis in unit_weights(modules[mem.module], "in"):
                     t.index_fill_(axis, elems.to(t.device), 0)

@@ -20,11 +20,15 @@ summed over all members). A parameter-free module called many times (one `nn.ReL
 independent ops; a module with weights called twice shares them and is blocked. An FFN is found by its shape:
 linear producers that read the block's width and one linear consumer that writes it back (kind "ffn").
 
-How channels pass each layer type and op is a table of rules, one per type (`condense.prune.rules`: register one
-there for a custom layer). Anything the walk does not understand (a LayerNorm, concat, reshape, a model output, a
-layer type with no rule, a residual add onto a tensor no prunable layer produces) stops it: that layer is reported
-in `blocked` with the reason, never pruned. So a transformer's residual stream (hidden size) is never cut, while
-heads and FFN width are.
+How channels pass each layer type and op is a table of rules, one per type (`condense.prune.rules`, more in
+`condense.prune.layer_rules`: register one there for a custom layer). Concatenation along the channels maps each
+producer to a slice of its consumers' inputs (an offset); see `layer_rules`. Anything the walk does not understand
+(a reshape, a split along the channels, a model output, a layer type with no rule, a residual add onto a tensor no
+prunable layer produces) stops it: that layer is reported in `blocked` with the reason, never pruned. A norm that
+mixes channels (LayerNorm, RMSNorm) stops it too unless `renormalize=True`. So a transformer's residual stream
+(hidden size) is not cut by default, while heads and FFN width are. Tied weights (one Parameter held by two layers,
+e.g. an LM head tied to the embedding) are cut only when every holder is cut the same way in the same group; the
+cut keeps them tied (`condense.prune.cutters.retie_`); otherwise the group is blocked with that reason.
 """
 from __future__ import annotations
 
@@ -35,10 +39,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+import condense.prune.layer_rules  # noqa: F401  (registers the rules of concatenation, norms, Embedding, ...)
 from condense.core.linear_like import linear_like_types, linear_weight
 from condense.errors import first_line
+from condense.prune.cutters import tied_parameters, unit_weights
 from condense.prune.heads import discover
-from condense.prune.rules import MODULE_RULES, PRODUCERS, Blocked, Member, Source, Walk, depthwise, follow, lookup
+from condense.prune.rules import (CONCAT_OPS, MODULE_RULES, PRODUCERS, Blocked, Member, Source, Walk, depthwise,
+                                  follow, lookup)
 from condense.prune.tracing import Node, from_fx, from_recording
 
 __all__ = ["HEAD_PATTERNS", "FFN_PATTERNS", "Member", "Group", "DependencyGraph", "build_graph"]
@@ -124,11 +131,13 @@ def _ffn_pairs(model: nn.Module) -> dict[str, str]:
 
 
 # -- public -------------------------------------------------------------------------------------------------------
-def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = None, fx_first: bool = True
-                ) -> DependencyGraph:
+def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = None, fx_first: bool = True,
+                renormalize: bool = False) -> DependencyGraph:
     """Find the prunable groups of `model` (fx, else a recorded forward pass via `run(model)`, else patterns).
 
-    `fx_first=False` records the forward pass even where torch.fx could trace the model.
+    `fx_first=False` records the forward pass even where torch.fx could trace the model (it is recorded anyway
+    when it concatenates tensors and `run` is given: the widths come from the recorded shapes). `renormalize=True`
+    lets groups through norms that mix channels (LayerNorm, RMSNorm): see `condense.prune.layer_rules`.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -148,6 +157,8 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         if not fx_first and run is not None:
             raise RuntimeError("fx_first=False")
         nodes = from_fx(model, owners)
+        if run is not None and any(n.target in CONCAT_OPS for n in nodes):
+            raise RuntimeError("concatenation: the widths come from a recorded forward pass")
     except Exception as e:  # fx raises many error types for untraceable code
         why = first_line(e, 1000)
         if run is not None:
@@ -190,9 +201,10 @@ def build_graph(model: nn.Module, *, run: Callable[[nn.Module], Any] | None = No
         except Blocked as e:
             graph.blocked[name] = str(e)
             continue
-        walks[name] = (source, follow(nodes, users, modules, counts, where[name], source))
+        walks[name] = (source, follow(nodes, users, modules, counts, where[name], source, renormalize))
     for comp in _united(walks):
         _add_component(graph, comp, walks, nodes, modules, ffn)
+    _block_untied(graph, model, modules)
     covered = {m.module for g in graph.groups for m in g.members}
     for name in [n for n in graph.blocked if n in covered and depthwise(modules[n])]:
         del graph.blocked[name]  # cut with the layer that feeds it
@@ -232,7 +244,7 @@ def _joint_reason(comp: list[str], walks: dict[str, tuple[Source, Walk]], nodes:
                     "is shared")
         if len({walks[n][1].joins[j] for n in comp if j in walks[n][1].joins}) > 1:
             return f"meets the channels of another layer along another dimension in `{op}`"
-    sizes = {walks[n][0].size for n in comp}
+    sizes = {walks[n][0].size // walks[n][1].fold for n in comp}
     if len(sizes) > 1:
         return f"is joined element-wise with {comp} whose widths differ ({sorted(sizes)})"
     return None
@@ -256,11 +268,11 @@ def _add_component(graph: DependencyGraph, comp: list[str], walks: dict[str, tup
             graph.blocked[n] = joint or own.get(n) or (f"is cut together with {first[0]} (their outputs meet "
                                                         f"element-wise), which cannot be pruned: {first[1]}")
         return
-    members = [Member(n, "out") for n in comp]
+    members = [walks[n][1].unfolded(Member(n, "out"), walks[n][0].size, 1) for n in comp]
     for n in comp:
         members.extend(x for x in walks[n][1].members if x not in members)
     ffn_like = (len(comp) == 1 and name in ffn) or _structural_ffn(comp, members, modules)
-    graph.groups.append(Group(name, "ffn" if ffn_like else source.kind, source.size, tuple(members)))
+    graph.groups.append(Group(name, "ffn" if ffn_like else source.kind, source.size // walk.fold, tuple(members)))
 
 
 def _structural_ffn(producers: list[str], members: list[Member], modules: dict[str, nn.Module]) -> bool:
@@ -272,3 +284,29 @@ def _structural_ffn(producers: list[str], members: list[Member], modules: dict[s
         return False
     width = {linear_weight(modules[n]).shape[1] for n in producers}
     return width == {linear_weight(modules[next(iter(consumers))]).shape[0]}
+
+
+def _block_untied(graph: DependencyGraph, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+    """Block every group that would cut a tied weight (one Parameter held by several layers) in some of its holders
+    only, or along different slices: the cut would untie them or cut one holder wrongly."""
+    holders = tied_parameters(model)
+    for g in list(graph.groups):
+        ways: dict[int, set] = {}
+        cut_by: dict[int, set[str]] = {}
+        for mem in g.members:
+            if mem.dim not in ("out", "in"):
+                continue
+            for t, axis in unit_weights(modules[mem.module], mem.dim):
+                if id(t) in holders:
+                    ways.setdefault(id(t), set()).add((axis, mem.offset, mem.unit, getattr(mem, "blocks", ())))
+                    cut_by.setdefault(id(t), set()).add(mem.module)
+        for key, how in ways.items():
+            others = sorted({m for m, _ in holders[key]} - cut_by[key])
+            if others or len(how) > 1:
+                why = (f"its weight is tied to {others} (one Parameter), which this group does not cut" if others else
+                       f"its weight is tied across {sorted(cut_by[key])} (one Parameter), cut along different slices")
+                graph.groups.remove(g)
+                for mem in g.members:
+                    if mem.dim == "out" and lookup(PRODUCERS, modules[mem.module]) is not None:
+                        graph.blocked[mem.module] = why + "; untie them (or exclude the group) to prune it"
+                break

@@ -116,7 +116,8 @@ def _activation(model: nn.Module, groups: list[Group], ctx: TransformContext, *,
 def _single_linear_consumer(g: Group, modules: dict[str, nn.Module]) -> str | None:
     ins = [m for m in g.members if m.dim == "in"]
     if len(ins) == 1 and isinstance(modules[ins[0].module], nn.Linear) and ins[0].unit == g.members[0].unit \
-            and not getattr(ins[0], "blocks", ()):  # OBS removes contiguous units
+            and not getattr(ins[0], "blocks", ()) and not ins[0].offset \
+            and modules[ins[0].module].in_features == g.size * ins[0].unit:  # OBS removes contiguous units
         return ins[0].module
     return None
 

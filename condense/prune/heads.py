@@ -63,7 +63,7 @@ class HeadMember(Member):
 
 def member_elements(mem: Member, idx: torch.Tensor) -> torch.Tensor:
     """The element indices of units `idx` in `mem`'s layer (along its `dim`)."""
-    blocks = getattr(mem, "blocks", ()) or ((0, mem.unit),)
+    blocks = getattr(mem, "blocks", ()) or ((mem.offset, mem.unit),)
     return torch.cat([(off + idx[:, None] * unit + torch.arange(unit)).reshape(-1) for off, unit in blocks])
 
 
@@ -72,7 +72,7 @@ def unit_slices(mem: Member, t: torch.Tensor, axis: int, size: int) -> torch.Ten
     x = t.detach().float().movedim(axis, 0)
     blocks = getattr(mem, "blocks", ())
     if not blocks:
-        return x.reshape(size, -1)
+        return x[mem.offset:mem.offset + size * mem.unit].reshape(size, -1)
     return torch.cat([x[off:off + size * unit].reshape(size, -1) for off, unit in blocks], dim=1)
 
 
@@ -97,7 +97,7 @@ def within_groups(size: int, members: tuple[Member, ...]) -> tuple[int, tuple[Me
     g = attn.unit
     q = [m for m in members[:-1] if m.unit == members[-2].unit]  # q ("out") and the consumer ("in"): g heads a unit
     hd = members[-2].unit // g
-    out = tuple(HeadMember(m.module, m.dim, hd, tuple((j * g * hd, hd) for j in range(size))) for m in q)
+    out = tuple(HeadMember(m.module, m.dim, hd, blocks=tuple((j * g * hd, hd) for j in range(size))) for m in q)
     return g, (*out, Member(attn.module, "group_heads", 1))
 
 
@@ -251,7 +251,7 @@ def _group(name: str, views: list[_View], consumer: str, width: int, ops: list[_
         if len(blocks) == 1 and blocks[0][0] == 0:
             members.append(HeadMember(proj, "out", blocks[0][1]))
         else:
-            members.append(HeadMember(proj, "out", blocks[0][1], blocks))
+            members.append(HeadMember(proj, "out", blocks[0][1], blocks=blocks))
     g = n_q // n_kv
     members.append(Member(consumer, "in", hd_o * g))
     members.append(Member(name, "heads", 1) if g == 1 else Member(name, "q_heads", g))

@@ -16,21 +16,15 @@ reports it in `Walk.joins`, and `condense.prune.graph` unites the producers whos
 (SwiGLU's `act(gate(x)) * up(x)`, a ResNet's `conv2(...) + shortcut`). A join some input of which no prunable
 layer produces (a residual add onto an embedding or a LayerNorm's output) blocks every producer that reaches it.
 
-`PRODUCERS` says which layer types start a group and how big it is. To make a custom layer prunable, register its
-rule (and its cutter in `condense.prune.cutters`):
-
-    >>> class Scale(nn.Module):  # multiplies each channel by a learned factor
-    ...     def __init__(self, n): super().__init__(); self.weight = nn.Parameter(torch.ones(n))
-    >>> @register_module_rule(Scale)
-    ... def _scale(site, flow):
-    ...     return Reached((Member(site.name, "out"),), flow)  # its weight loses entry c too; channels go on
+`PRODUCERS` says which layer types start a group and how big it is. A custom layer is made prunable in one place,
+`condense.prune.cutters.register_cutter(Type, rule=..., producer=...)` (its example uses `channelwise`, the rule of
+a layer that scales each channel by its own weight entry).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Union
 
-import torch  # noqa: F401  (used by the module docstring's example)
 from torch import nn
 
 from condense.core.linear_like import linear_like_types, linear_weight
@@ -39,22 +33,29 @@ from condense.prune.tracing import META_OPS, TENSOR, Node
 
 @dataclass(frozen=True)
 class Member:
-    """One slice of a group: `dim` ("out", "in" or "heads") of module `module`, `unit` elements per group unit."""
+    """One slice of a group: `dim` ("out", "in" or "heads") of module `module`, `unit` elements per group unit,
+    starting at element `offset` (a consumer of a concatenation reads each producer's slice at its offset)."""
 
     module: str
     dim: str
     unit: int = 1
+    offset: int = 0
+    blocks: tuple[tuple[int, int], ...] = ()  # ((offset, unit), ...) when a unit lies in several blocks
 
 
 @dataclass(frozen=True)
 class Flow:
     """Where a group's channels sit in a tensor: dimension `cdim` (-1: the last) of a rank-`ndim` tensor (None:
-    unknown); `flat`: they were flattened together with the spatial positions (a conv map through Flatten)."""
+    unknown); `flat`: they were flattened together with the spatial positions (a conv map through Flatten);
+    `offset`, `width`: they are positions offset ... offset + size - 1 of a dimension `width` wide (after a
+    concatenation; None: the group's own size)."""
 
     cdim: int
     ndim: int | None
     flat: bool = False
-
+    offset: int = 0
+    width: int | None = None
+    fold: int = 1  # a `chunk` folded the producer's channels into `fold` equal pieces: unit u is channel u of each
     @property
     def last(self) -> bool:
         """The channels are the last dimension (what a Linear reads)."""
@@ -62,17 +63,25 @@ class Flow:
 
     @property
     def conv_map(self) -> bool:
-        """The channels are dimension 1 of an unflattened (N, C, H, W) map."""
-        return self.cdim == 1 and self.ndim == 4 and not self.flat
+        """The channels are dimension 1 of an unflattened (N, C, L), (N, C, H, W) or (N, C, D, H, W) map."""
+        return self.cdim == 1 and self.ndim in (3, 4, 5) and not self.flat
+
+    def span(self, size: int) -> int:
+        """The width of the channel dimension, for a group of `size` units."""
+        return size if self.width is None else self.width
 
 
 @dataclass(frozen=True)
 class Site:
-    """The node a rule is asked about: `node`, its `module` (None for an op) and the group's `size` in units."""
+    """The node a rule is asked about: `node`, its `module` (None for an op) and the group's `size` in units;
+    `inputs`: the nodes it reads (with their recorded shapes), `via`: the position among them of the one carrying
+    the group."""
 
     node: Node
     module: nn.Module | None
     size: int
+    inputs: tuple[Node, ...] = ()
+    via: int | None = None
 
     @property
     def name(self) -> str:
@@ -82,10 +91,13 @@ class Site:
 
 @dataclass(frozen=True)
 class Reached:
-    """A rule's answer that adds `members` to the group; `flow` is how the channels go on (None: consumed here)."""
+    """A rule's answer that adds `members` to the group; `flow` is how the channels go on (None: consumed here);
+    `renormalizes`: the layer normalises over the channels (LayerNorm, RMSNorm), so a cut changes its statistics
+    and is only allowed with `build_graph(renormalize=True)`."""
 
     members: tuple[Member, ...] = ()
     flow: Flow | None = None
+    renormalizes: bool = False
 
 
 @dataclass(frozen=True)
@@ -119,9 +131,20 @@ OP_RULES: dict[str, Rule] = {}
 PRODUCERS: dict[type, Callable[[nn.Module, "int | None"], Source]] = {}
 
 
+_LAZY: list[Callable[[], None]] = []  # registrations of optional libraries' types, run before every lookup
+
+
+def register_lazy(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run `fn` before every lookup: it registers rules of optional libraries' types once they are imported."""
+    _LAZY.append(fn)
+    return fn
+
+
 def lookup(table: dict[type, Any], module: nn.Module) -> Any:
     """The entry of `table` for `module`'s type or its nearest base class (None if none)."""
     _register_linear_like()
+    for fn in _LAZY:
+        fn()
     return next((table[t] for t in type(module).__mro__ if t in table), None)
 
 
@@ -157,9 +180,12 @@ def register_producer(*types: type) -> Callable:
 
 
 # -- producers ----------------------------------------------------------------------------------------------------
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
 def depthwise(m: nn.Module) -> bool:
-    """A depthwise Conv2d: one filter per channel (groups == in_channels == out_channels > 1)."""
-    return isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels
+    """A depthwise convolution: one filter per channel (groups == in_channels == out_channels > 1)."""
+    return isinstance(m, CONVS) and 1 < m.groups == m.in_channels == m.out_channels
 
 
 @register_producer(nn.Linear)
@@ -167,26 +193,26 @@ def _linear_source(m: nn.Module, ndim: int | None) -> Source:
     return Source(linear_weight(m).shape[0], Flow(ndim - 1 if ndim else -1, ndim), "neurons")
 
 
-@register_producer(nn.Conv2d)
+@register_producer(*CONVS)
 def _conv_source(m: nn.Conv2d, ndim: int | None) -> Source:
     if depthwise(m):
         raise Blocked("depthwise convolution: its channels are cut with the layer that feeds it, which cannot be "
                       "pruned")
     if m.groups != 1:
         raise Blocked(f"grouped convolution (groups={m.groups})")
-    return Source(m.out_channels, Flow(1, ndim or 4), "channels")
+    return Source(m.out_channels, Flow(1, ndim or len(m.kernel_size) + 2), "channels")
 
 
 # -- module rules -------------------------------------------------------------------------------------------------
 @register_module_rule(nn.Linear)
 def _linear(site: Site, flow: Flow) -> Reached:
-    n_in = linear_weight(site.module).shape[1]
+    n_in, width = linear_weight(site.module).shape[1], flow.span(site.size)
     if not flow.last:
         raise Blocked(f"feeds Linear {site.name} along a non-channel dimension")
-    unit = n_in // site.size if flow.flat else 1
-    if n_in != site.size * unit:
-        raise Blocked(f"feeds {site.name} whose {n_in} inputs do not match {site.size} channels")
-    return Reached((Member(site.name, "in", unit),))
+    unit = n_in // width if flow.flat else 1
+    if n_in != width * unit:
+        raise Blocked(f"feeds {site.name} whose {n_in} inputs do not match {width} channels")
+    return Reached((Member(site.name, "in", unit, flow.offset * unit),))
 
 
 def _register_linear_like() -> None:
@@ -198,39 +224,33 @@ def _register_linear_like() -> None:
             MODULE_RULES[t] = _linear
 
 
-@register_module_rule(nn.Conv2d)
-def _conv2d(site: Site, flow: Flow) -> Reached:
-    m = site.module
-    if flow.cdim != 1 or flow.flat or m.in_channels != site.size:
-        raise Blocked(f"feeds Conv2d {site.name} along another dimension or with mismatched channels")
+@register_module_rule(*CONVS)
+def _conv(site: Site, flow: Flow) -> Reached:
+    m, kind = site.module, type(site.module).__name__
+    if flow.cdim != 1 or flow.flat or m.in_channels != flow.span(site.size):
+        raise Blocked(f"feeds {kind} {site.name} along another dimension or with mismatched channels")
     if depthwise(m):  # channel c of its output reads only channel c: it loses those filters, channels go on
-        return Reached((Member(site.name, "out"),), flow)
+        return Reached((Member(site.name, "out", 1, flow.offset),), flow)
     if m.groups != 1:
-        raise Blocked(f"feeds Conv2d {site.name} with groups={m.groups}")
-    return Reached((Member(site.name, "in"),))
+        raise Blocked(f"feeds {kind} {site.name} with groups={m.groups}")
+    return Reached((Member(site.name, "in", 1, flow.offset),))
 
 
-@register_module_rule(nn.BatchNorm1d, nn.BatchNorm2d)
+@register_module_rule(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _batchnorm(site: Site, flow: Flow) -> Reached:
     m = site.module
-    if m.num_features != site.size or flow.flat or not (flow.cdim == 1 or (flow.cdim == -1 and flow.ndim is None)):
+    if m.num_features != flow.span(site.size) or flow.flat or not (
+            flow.cdim == 1 or (flow.cdim == -1 and flow.ndim is None)):
         raise Blocked(f"feeds {site.name} ({type(m).__name__}) over another dimension")
-    return Reached((Member(site.name, "out"),), flow)
+    return Reached((Member(site.name, "out", 1, flow.offset),), flow)
 
 
-@register_module_rule(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-def _pool(site: Site, flow: Flow) -> Flow:
-    if not flow.conv_map:
-        raise Blocked(f"feeds pooling {site.name} over the channel dimension")
-    return flow
-
-
-@register_module_rule(nn.Flatten)
-def _flatten_module(site: Site, flow: Flow) -> Flow:
-    m = site.module
-    if m.start_dim != 1 or m.end_dim != -1 or flow.cdim != 1 or flow.ndim != 4:
-        raise Blocked(f"feeds {site.name} (Flatten) that mixes the channel dimension")
-    return Flow(1, 2, True)
+def channelwise(site: Site, flow: Flow) -> Reached:
+    """The rule of a layer whose weight entry c acts on channel c alone (a per-channel scale): it loses the cut
+    entries and the channels go on."""
+    if flow.flat:
+        raise Blocked(f"feeds {site.name} ({type(site.module).__name__}) after flattening")
+    return Reached((Member(site.name, "out", 1, flow.offset),), flow)
 
 
 @register_module_rule(nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.Hardswish,
@@ -266,45 +286,21 @@ def _scalar_op(site: Site, flow: Flow) -> Flow | Joined:
     return Joined(flow)
 
 
-@register_op_rule("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d")
-def _pool_op(site: Site, flow: Flow) -> Flow:
-    if not flow.conv_map:
-        raise Blocked(f"goes through `{site.name}` over the channel dimension")
-    return flow
-
-
-@register_op_rule("mean", "sum", "amax", "amin")
-def _reduce_op(site: Site, flow: Flow) -> Flow:
-    name, n, cdim, nd = site.name, site.node, flow.cdim, flow.ndim
-    dims = n.arg(1, "dim", None)
-    if dims is None or flow.flat:
-        raise Blocked(f"is reduced over every dimension by `{name}`")
-    dims = (dims,) if isinstance(dims, int) else tuple(dims)
-    if nd is None and any(d >= 0 for d in dims):
-        raise Blocked(f"`{name}` over dims {dims} of a tensor of unknown rank; pass calibration data")
-    norm = {d % nd if nd else d for d in dims}
-    if (cdim % nd if nd else cdim) in norm:
-        raise Blocked(f"`{name}` reduces the channel dimension")
-    if nd is not None and not bool(n.arg(2, "keepdim", False)):
-        cdim = cdim - sum(1 for d in norm if d < cdim % nd)
-        nd -= len(norm)
-    return Flow(cdim, nd, flow.flat)
-
-
-@register_op_rule("flatten")
-def _flatten_op(site: Site, flow: Flow) -> Flow:
-    n = site.node
-    if n.arg(1, "start_dim", 0) != 1 or n.arg(2, "end_dim", -1) != -1 or flow.cdim != 1 or flow.ndim != 4:
-        raise Blocked("`flatten` mixes the channel dimension")
-    return Flow(1, 2, True)
-
-
 # -- the walk -----------------------------------------------------------------------------------------------------
-def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: int, flow: Flow
-          ) -> Flow | Reached | None:
-    """What the group does at node `n` (None: the node is metadata, not followed); raises Blocked."""
+# Ops that read several traced tensors and still pass a group on (their rules decide how); any other op reading
+# two tensors blocks it. `condense.prune.concat` adds concatenation.
+MULTI_INPUT_OPS: set[str] = set(JOIN_OPS)
+CONCAT_OPS = {"cat", "concat", "concatenate"}
+
+
+def _step(nodes: list[Node], i: int, via: int | None, modules: dict[str, nn.Module], counts: dict[str, int],
+          size: int, flow: Flow) -> Flow | Reached | None:
+    """What the group does at node `i`, reached from its input number `via` (None: the node is metadata, not
+    followed); raises Blocked."""
+    n = nodes[i]
     if n.kind == "output":
         raise Blocked("its output is a model output")
+    inputs = tuple(nodes[j] for j in n.inputs)
     if n.kind == "module":
         m = modules[n.target]
         if len(n.inputs) != 1:
@@ -314,20 +310,24 @@ def _step(n: Node, modules: dict[str, nn.Module], counts: dict[str, int], size: 
         rule = lookup(MODULE_RULES, m)
         if rule is None:
             raise _Unsupported(f"feeds {n.target} ({type(m).__name__}), which has no pruning rule")
-        return rule(Site(n, m, size), flow)
+        return rule(Site(n, m, size, inputs, via), flow)
     if n.target in META_OPS:
         return None
-    if len(n.inputs) != 1 and n.target not in JOIN_OPS:
+    if len(n.inputs) != 1 and n.target not in MULTI_INPUT_OPS:
         raise Blocked(f"meets another tensor in `{n.target}` (e.g. a residual add): its width is shared")
     rule = OP_RULES.get(n.target)
     if rule is None:
         raise Blocked(f"goes through `{n.target}`, which has no pruning rule")
-    return rule(Site(n, None, size), flow)
+    return rule(Site(n, None, size, inputs, via), flow)
 
 
 def has_parameters(m: nn.Module) -> bool:
     """Whether `m` holds weights (so calling it twice shares them); a ReLU called twice is two independent ops."""
     return next(m.parameters(), None) is not None
+
+
+_RENORM = "normalises over these channels, so a cut changes its statistics; StructuredConfig(renormalize=True) cuts " \
+          "through it"
 
 
 @dataclass
@@ -341,24 +341,36 @@ class Walk:
     bad: str | None = None
     carriers: set[int] = field(default_factory=set)
     joins: dict[int, Flow] = field(default_factory=dict)
+    fold: int = 1  # the producer's channels are folded into this many pieces: its units are size / fold
+
+    def unfolded(self, mem: Member, size: int, fold: int) -> Member:
+        """`mem` (reached at `fold`) in the folded units: before the fold, unit u is elements u + k * size / fold."""
+        step = size // self.fold * mem.unit
+        return mem if self.fold == fold else replace(mem, blocks=tuple((mem.offset + k * step, mem.unit)
+                                                                       for k in range(self.fold)))
 
 
 def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn.Module], counts: dict[str, int],
-           start: int, source: Source) -> Walk:
-    """Walk from producer node `start` to every node its channels reach (see `Walk`)."""
+           start: int, source: Source, renormalize: bool = False) -> Walk:
+    """Walk from producer node `start` to every node its channels reach (see `Walk`); `renormalize`: pass norms
+    that mix channels (else they block the group)."""
     walk = Walk(carriers={start})
-    todo = [(u, source.flow) for u in users.get(start, [])]
-    seen: dict[int, Flow] = {}
+    todo = [(u, source.flow, start) for u in users.get(start, [])]
+    seen: dict[int, tuple[Flow, int | None, Any]] = {}
+    folds: list[int] = []  # the fold of the flow that reached each member
     while todo:
-        i, flow = todo.pop()
-        if i in seen:
-            if i in walk.joins and seen[i] != flow:
-                walk.reason = f"meets itself along another dimension in `{nodes[i].target}`"
-                return walk
-            continue
-        seen[i] = flow
+        i, flow, prev = todo.pop()
+        via = nodes[i].inputs.index(prev) if prev in nodes[i].inputs else None
         try:
-            out = _step(nodes[i], modules, counts, source.size, flow)
+            if i in seen:
+                if i in walk.joins and seen[i][0] != flow:
+                    raise Blocked(f"meets itself along another dimension in `{nodes[i].target}`")
+                if nodes[i].target in CONCAT_OPS and seen[i][1] != via and seen[i][2] != _step(
+                        nodes, i, via, modules, counts, source.size // flow.fold, flow):  # two slices of one concatenation
+                    raise Blocked(f"is concatenated with itself in `{nodes[i].target}`")
+                continue
+            out = _step(nodes, i, via, modules, counts, source.size // flow.fold, flow)
+            seen[i] = (flow, via, out)
         except _Unsupported as e:
             walk.reason, walk.bad = str(e), nodes[i].target
             return walk
@@ -369,10 +381,20 @@ def follow(nodes: list[Node], users: dict[int, list[int]], modules: dict[str, nn
             walk.joins[i] = out = out.flow
         if isinstance(out, Reached):
             walk.members.extend(out.members)
+            folds.extend([flow.fold] * len(out.members))
+            if out.renormalizes and not renormalize:
+                walk.reason = f"feeds {nodes[i].target} ({type(modules[nodes[i].target]).__name__}), which {_RENORM}"
+                return walk
             out = out.flow
+        if out is not None and out.fold != flow.fold:
+            if walk.fold not in (1, out.fold):
+                walk.reason = f"is split by `{nodes[i].target}` into {out.fold} pieces and elsewhere {walk.fold}"
+                return walk
+            walk.fold = out.fold
         if out is not None:
             walk.carriers.add(i)
-            todo.extend((u, out) for u in users.get(i, []))
+            todo.extend((u, out, i) for u in users.get(i, []))
+    walk.members = [walk.unfolded(m, source.size, f) for m, f in zip(walk.members, folds)]
     if not any(m.dim == "in" for m in walk.members):
         walk.reason = "no layer consumes its outputs"
     return walk

@@ -33,7 +33,7 @@ from condense.core.config import check_choice, check_int, check_nested, check_pa
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
 from condense.prune.cutters import (CUTTERS, cut_batchnorm, cut_conv2d, cut_heads, cut_linear,  # noqa: F401
-                                    cutter_for, resize_, shape_of)
+                                    cutter_for, resize_, retie_, shape_of, tied_parameters)
 from condense.prune.graph import DependencyGraph, Group, build_graph
 from condense.prune.config_sync import apply_update_, sync_after_cut_
 from condense.prune.head_cutters import register_optional
@@ -74,6 +74,9 @@ class StructuredConfig:
             calibration data) so it reproduces the dense layer's output: recovery without training.
         finetune: recovery training after the cut: the task's loss, or embedding distillation from the dense
             model for sentence encoders (see `condense.prune.recover`); None = no recovery.
+        renormalize: also cut groups that pass a norm over several channels (LayerNorm, RMSNorm, GroupNorm with
+            fewer groups than channels), e.g. an embedding's width; their statistics then cover the kept channels
+            only, so the cut is not equal to zeroing the removed ones (recover afterwards).
 
     Example:
         >>> StructuredConfig(ratio=0.5, target="heads", layer_ratios=(("layers.0.*", 0.25),)).to_dict()["target"]
@@ -91,6 +94,7 @@ class StructuredConfig:
     calibration_batches: int = 8
     reconstruct: bool = False
     finetune: FitConfig | None = None
+    renormalize: bool = False
 
     def __post_init__(self) -> None:
         _check_ratio(self.ratio, "ratio")
@@ -113,6 +117,8 @@ class StructuredConfig:
         check_patterns(self, example="('layers.*',)")
         check_positive_int(self, "calibration_batches", example=8)
         check_nested(self, "finetune", FitConfig, optional=True)
+        if not isinstance(self.renormalize, bool):
+            raise ConfigError(f"StructuredConfig.renormalize must be True or False, got {self.renormalize!r}")
 
 
 def _check_ratio(r: Any, what: str) -> None:
@@ -171,12 +177,12 @@ def _select(graph: DependencyGraph, cfg: StructuredConfig) -> list[Group]:
     return chosen
 
 
-def _graph_for(model: nn.Module, ctx: TransformContext) -> DependencyGraph:
+def _graph_for(model: nn.Module, ctx: TransformContext, renormalize: bool = False) -> DependencyGraph:
     try:
         batch = ctx.calibration_batches(1)[0]
     except CondenseError:
-        return build_graph(model)
-    return build_graph(model, run=lambda m: ctx.run_batch(m, batch))
+        return build_graph(model, renormalize=renormalize)
+    return build_graph(model, run=lambda m: ctx.run_batch(m, batch), renormalize=renormalize)
 
 
 def _within_groups(g: Group) -> Group:
@@ -193,7 +199,7 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
         6
     """
     ctx = ctx or TransformContext()
-    graph = _graph_for(model, ctx)
+    graph = _graph_for(model, ctx, cfg.renormalize)
     if cfg.gqa == "queries":
         graph.groups = [_within_groups(g) for g in graph.groups]
     groups = _select(graph, cfg)
@@ -222,10 +228,14 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
         if kept[g.name] < g.size:
             order = torch.argsort(scores[g.name], descending=True, stable=True)
             keep[g.name] = sorted(order[:kept[g.name]].tolist())
+    elems = {k: v.tolist() for k, v in kept_elements(modules, graph.groups, keep).items()}
+    for (n, d), kept_n in elems.items():
+        gn = modules[n]
+        if isinstance(gn, nn.GroupNorm) and gn.num_groups != gn.num_channels and len(kept_n) % gn.num_groups:
+            raise ConfigError(f"GroupNorm {n} ({gn.num_groups} groups) would keep {len(kept_n)} channels; use "
+                              f"StructuredConfig(round_to={gn.num_groups}) or exclude the groups it belongs to")
     refit: dict[str, tuple[list[int], list[int] | None]] = {}
     if cfg.reconstruct:  # every Linear that loses inputs: (inputs kept, outputs kept or None for all)
-        elems = {(m.module, m.dim): member_elements(m, torch.tensor(keep[g.name], dtype=torch.long)).tolist()
-                 for g in groups if g.name in keep for m in g.members}
         refit = {n: (cols, elems.get((n, "out"))) for (n, d), cols in elems.items()
                  if d == "in" and isinstance(modules[n], nn.Linear)}
         other = sorted({n for (n, d) in elems if d == "in" and n not in refit})
@@ -236,20 +246,44 @@ def plan_structured(model: nn.Module, cfg: StructuredConfig, ctx: TransformConte
     return StructuredPlan(graph, keep, {n: s.tolist() for n, s in scores.items()}, refit)
 
 
+def kept_elements(modules: dict[str, nn.Module], groups: list[Group], keep: dict[str, list[int]]
+                  ) -> dict[tuple[str, str], torch.Tensor]:
+    """{(layer, "out" | "in"): the elements it keeps} after removing every group's dropped units: a layer may hold
+    slices of several groups (a consumer of a concatenation) and elements of none (kept)."""
+    drops: dict[tuple[str, str], list[torch.Tensor]] = {}
+    for g in groups:
+        if g.name not in keep:
+            continue
+        drop = torch.tensor(sorted(set(range(g.size)) - set(keep[g.name])), dtype=torch.long)
+        for mem in g.members:
+            if mem.dim in ("out", "in"):
+                drops.setdefault((mem.module, mem.dim), []).append(member_elements(mem, drop))
+    out = {}
+    for (name, dim), parts in drops.items():
+        m = modules[name]
+        mask = torch.ones(cutter_for(m, dim).size(m, dim), dtype=torch.bool)
+        mask[torch.cat(parts)] = False
+        out[(name, dim)] = mask.nonzero().squeeze(1)
+    return out
+
+
 def apply_plan(model: nn.Module, plan: StructuredPlan) -> dict[str, dict[str, int]]:
-    """Cut every planned group (in place); returns the new shapes of every layer touched."""
+    """Cut every planned group (in place; tied weights stay tied); returns the new shapes of every layer touched."""
     modules = dict(model.named_modules())
+    ties = tied_parameters(model)
     touched: list[str] = []
     for g in plan.graph.groups:
         if g.name not in plan.keep:
             continue
         idx = torch.tensor(plan.keep[g.name], dtype=torch.long)
         for mem in g.members:
-            m = modules[mem.module]
-            elems = member_elements(mem, idx)  # (k * unit,), from every block of a fused projection
-            cutter_for(m, mem.dim)(m, mem.dim, idx if mem.dim == "heads" else elems)
+            if mem.dim not in ("out", "in"):  # heads: the attention module keeps len(idx) heads
+                cutter_for(modules[mem.module], mem.dim)(modules[mem.module], mem.dim, idx)
             if mem.module not in touched:
                 touched.append(mem.module)
+    for (name, dim), elems in kept_elements(modules, plan.graph.groups, plan.keep).items():
+        cutter_for(modules[name], dim)(modules[name], dim, elems)
+    retie_(model, ties)
     return {n: shape_of(modules[n]) for n in touched}
 
 

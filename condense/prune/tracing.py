@@ -37,6 +37,9 @@ class Node:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     ndim: int | None = None  # rank of the output, when recorded
+    shape: tuple[int, ...] | None = None  # shape of the output, when recorded
+    # every tensor argument in order, when recorded: (its node, -1 if none: a model input, a buffer; its shape)
+    operands: tuple[tuple[int, tuple[int, ...]], ...] | None = None
 
     def arg(self, pos: int, name: str, default: Any) -> Any:
         """Argument `name` (keyword) or at position `pos`, else `default`."""
@@ -93,14 +96,21 @@ class _Recorder(TorchFunctionMode):
 
     def add(self, kind: str, target: str, args: tuple, kwargs: dict, out: Any) -> None:
         """Record one call whose inputs are earlier outputs (ops reading no recorded tensor are skipped)."""
-        ins = [self.ids[id(t)] for t in tensors_in((args, kwargs)) if id(t) in self.ids]
+        given = tensors_in((args, kwargs))
+        ins = [self.ids[id(t)] for t in given if id(t) in self.ids]
         outs = tensors_in(out)
         if kind == "op" and (target in META_OPS or not ins):
             return
         clean = _replacetensors_in((args, kwargs))
-        self.nodes.append(Node(kind, target, ins, tuple(clean[0]), dict(clean[1]),
-                               outs[0].dim() if outs else None))
-        for t in outs:
+        many = kind == "op" and isinstance(out, (tuple, list)) and len(outs) > 1  # split, chunk, unbind
+        first = outs[0] if outs and not many else None
+        self.nodes.append(Node(kind, target, ins, tuple(clean[0]), dict(clean[1]), outs[0].dim() if outs else None,
+                               tuple(first.shape) if first is not None else None,
+                               tuple((self.ids.get(id(t), -1), tuple(t.shape)) for t in given)))
+        at = len(self.nodes) - 1
+        for k, t in enumerate(outs):
+            if many:  # one `getitem` node per piece, as torch.fx writes it
+                self.nodes.append(Node("op", "getitem", [at], (TENSOR, k), {}, t.dim(), tuple(t.shape)))
             key = id(t)
             self.ids[key] = len(self.nodes) - 1
             weakref.finalize(t, self.ids.pop, key, None)

@@ -159,9 +159,17 @@ def test_layers_without_a_cutter_are_reported_unsupported():
 
     g = build_graph(WithConv1d())
     assert g.groups == [] and "`transpose`" in g.blocked["fc"]
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.PReLU(6), nn.Linear(6, 2))
+    g = build_graph(net)
+    assert g.unsupported == ["2"] and "PReLU" in g.blocked["0"] and "no pruning rule" in g.blocked["0"]
+
+
+def test_layernorm_blocks_unless_renormalize():
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.LayerNorm(6), nn.Linear(6, 2))
     g = build_graph(net)
-    assert g.unsupported == ["2"] and "LayerNorm" in g.blocked["0"]
+    assert g.groups == [] and g.unsupported == [] and "renormalize=True" in g.blocked["0"]
+    g = build_graph(net, renormalize=True)
+    assert members(g.group("0")) == [("0", "out", 1), ("2", "out", 1), ("3", "in", 1)]
 
 
 @pytest.mark.parametrize("case", ["shared", "grouped", "concat"])
