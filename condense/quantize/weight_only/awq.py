@@ -56,7 +56,9 @@ def register_scale_fold(module_type: type, fold: Callable[[nn.Module, torch.Tens
     """Let AWQ fold scales into `module_type` (e.g. a model's own RMSNorm): `fold(m, s)` divides its output by s.
 
     Example:
-        >>> register_scale_fold(nn.GroupNorm, _fold_norm); nn.GroupNorm in SCALE_FOLDS
+        >>> class ScaleNorm(nn.Module):  # y = x / rms(x) * g: dividing g by s divides y by s
+        ...     def __init__(self): super().__init__(); self.g = nn.Parameter(torch.ones(8))
+        >>> register_scale_fold(ScaleNorm, lambda m, s: m.g.data.div_(s)); ScaleNorm in SCALE_FOLDS
         True
     """
     SCALE_FOLDS[module_type] = fold
