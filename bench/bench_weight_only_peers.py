@@ -166,6 +166,7 @@ def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: P
                                                           "MatMulNBits kernel (ORT's fast CPU setting)")
         except Exception as e:  # noqa: BLE001 (a peer setting that fails here is a row saying why)
             out[label] = (None, f"fails here: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+        print(f"{label}: {out[label][1]}", file=sys.stderr)
     return out
 
 
@@ -209,9 +210,31 @@ def condense_variants(fp32: nn.Module, calib: list[torch.Tensor]) -> dict[str, t
             k = d.get("kernel")
             kernels = ", ".join(sorted(set(k.values()))) if isinstance(k, dict) else str(k)
             extra = f"; {len(d['input_scaled'])} layers scale their input" if d.get("input_scaled") else ""
-            out[f"condense {method.upper()} {bits}-bit ({'group 32' if gs == 32 else 'per channel'})"] = (
-                m, f"kernel {kernels}; quantized in {time.perf_counter() - t0:.0f} s{extra}")
+            label = f"condense {method.upper()} {bits}-bit ({'group 32' if gs == 32 else 'per channel'})"
+            out[label] = (m, f"kernel {kernels}; quantized in {time.perf_counter() - t0:.0f} s{extra}")
+            print(f"{label}: {out[label][1]}", file=sys.stderr)
     return out
+
+
+def input_scale_cost(rows: dict[str, tuple], rounds: int) -> str:
+    """One line: an AWQ layer's time at batch 1 with its explicit input multiply vs the same layer without it."""
+    from condense.quantize.weight_only import WeightOnlyLinear
+
+    for label, (m, _) in rows.items():
+        layer = next((x for x in m.modules() if isinstance(x, WeightOnlyLinear) and x.input_scale is not None),
+                     None) if label.startswith("condense AWQ 4") else None
+        if layer is None:
+            continue
+        plain = copy.deepcopy(layer)
+        plain.input_scale = None
+        x = torch.randn(1, layer.in_features)
+        p50 = _common.interleaved_rounds_p50({"with": lambda: layer(x), "without": lambda: plain(x)},
+                                             rounds=rounds, warmup=5, repeats=50)
+        return (f"AWQ's explicit input multiply (layers with no foldable producer, here each MLP's fc_out), "
+                f"{layer.in_features} -> {layer.out_features} on {layer.kernel} at batch 1: "
+                f"{p50['with'] * 1e6:.1f} us with it vs {p50['without'] * 1e6:.1f} us without "
+                f"({p50['with'] / p50['without']:.3f}x), medians of {rounds} interleaved rounds x 50 calls.")
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -272,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{o['bits_per_byte']:.4f} | {o['perplexity']:.4f}" if o else "- | -")
         lines.append(f"| {label} | {tok:.1f} | {tok / base:.2f}x | {cells} | {note} |")
         print(lines[-1], file=sys.stderr)
+    cost = input_scale_cost(rows, args.rounds * 3)
     notes = (f"tinygpt preset `{args.preset}` (trained, cached); {args.tokens} new tokens after a 4-byte prompt, "
              f"batch 1, medians of {args.rounds} interleaved rounds x {args.repeats} generations; ORT at "
              f"{args.threads} intra-op thread(s) like torch. Quality over {args.windows} x {T}-byte windows per "
@@ -281,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
              f"whole run {time.perf_counter() - t_start:.0f} s.")
     cmd = "python bench/bench_weight_only_peers.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     body = "\n".join(["## Weight-only quantization vs peers (torchao, ONNX Runtime MatMulNBitsQuantizer)", "",
-                      _common.header(cmd, args.threads, notes), "", *lines])
+                      _common.header(cmd, args.threads, notes), "", *lines, "", cost])
     print(body)
     if not args.no_write:
         _common.write_section("weight-only-peers", body)
