@@ -157,7 +157,10 @@ def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: P
                 q.process()
             model = q.model.model
             n = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
-            out[label] = (session(model), f"{n} MatMulNBits nodes; quantized in {time.perf_counter() - t0:.0f} s")
+            lm = [node.name for node in model.graph.node if node.op_type == "MatMul" and node.name in head]
+            lm_note = "" if not head or lm else "; lm_head quantized too (nodes_to_exclude not honoured)"
+            out[label] = (session(model), f"{n} MatMulNBits nodes; quantized in {time.perf_counter() - t0:.0f} s"
+                          + lm_note)
             if label.startswith("ORT RTN 4-bit"):
                 for node in model.graph.node:
                     if node.op_type == "MatMulNBits":
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
              f"batch 1, medians of {args.rounds} interleaved rounds x {args.repeats} generations; ORT at "
              f"{args.threads} intra-op thread(s) like torch. Quality over {args.windows} x {T}-byte windows per "
              f"source (same windows for every row). GPTQ/AWQ calibrated on {len(calib)} batches of 8 x {T} bytes "
-             f"(condense and ORT alike). lm_head stays fp32 in every row. Load average {load0:.2f} at start, "
+             f"(condense and ORT alike). lm_head stays fp32 (excluded) in every row unless its notes say otherwise. Load average {load0:.2f} at start, "
              f"{load_t:.2f} after timing, {os.getloadavg()[0]:.2f} at the end (2 vCPUs shared with other jobs); "
              f"whole run {time.perf_counter() - t_start:.0f} s.")
     cmd = "python bench/bench_weight_only_peers.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
