@@ -33,12 +33,15 @@ def test_config_round_trips_through_json_and_validates():
                                                      act_order=True, exclude=(), scale_dtype="float32")):
         assert config_from_dict(cfg.to_dict()) == cfg
     assert WeightOnlyConfig(method="GPTQ").method is WeightOnlyMethod.GPTQ
+    assert WeightOnlyConfig(method="awq").method is WeightOnlyMethod.AWQ
     with pytest.raises(ConfigError, match="bits must be one of 2, 3, 4, 8, got 5"):
         WeightOnlyConfig(bits=5)
     with pytest.raises(ConfigError, match="or -1 for per-channel"):
         WeightOnlyConfig(group_size=0)
     with pytest.raises(ConfigError, match="method must be one of"):
-        WeightOnlyConfig(method="awq")
+        WeightOnlyConfig(method="hqq")
+    with pytest.raises(ConfigError, match="awq_grid must be"):
+        WeightOnlyConfig(awq_grid=0)
     with pytest.raises(ConfigError, match="act_order only applies to GPTQ"):
         WeightOnlyConfig(act_order=True)
     with pytest.raises(ConfigError, match=r"damp must be in \(0, 1\]"):

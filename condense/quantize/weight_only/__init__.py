@@ -1,4 +1,4 @@
-"""Weight-only quantization (RTN, GPTQ) to really packed 2/3/4/8-bit Linears, for generative models.
+"""Weight-only quantization (RTN, GPTQ, AWQ) to really packed 2/3/4/8-bit Linears, for generative models.
 
 Example:
     >>> import torch
@@ -9,6 +9,7 @@ Example:
     True
 """
 from condense.quantize.weight_only.api import WeightOnlyConfig, WeightOnlyMethod, quantize_weight_only
+from condense.quantize.weight_only.awq import awq_scale_, register_scale_fold
 from condense.quantize.weight_only.gptq import gptq_quantize
 from condense.quantize.weight_only.kernels import KERNELS, WeightKernel, kernel_names, register_kernel
 from condense.quantize.weight_only.linear import WeightOnlyLinear
@@ -22,6 +23,8 @@ __all__ = [
     "WeightOnlyLinear",
     # algorithms on one weight
     "rtn_quantize", "gptq_quantize", "QuantizedWeight",
+    # AWQ's scales on a float model, and where they fold
+    "awq_scale_", "register_scale_fold",
     # packing
     "pack", "unpack", "packed_nbytes",
     # low-bit kernels the packed layers run on

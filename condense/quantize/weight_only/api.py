@@ -1,4 +1,4 @@
-"""Weight-only quantization (RTN or GPTQ) for generative models: `quantize_(model, WeightOnlyConfig(...))`.
+"""Weight-only quantization (RTN, GPTQ or AWQ) for generative models: `quantize_(model, WeightOnlyConfig(...))`.
 
 Each selected `nn.Linear` (or linear-like layer, e.g. GPT-2's Conv1D, converted first) becomes a
 `WeightOnlyLinear` holding 2/3/4/8-bit packed weights with per-group scales; activations stay float. Decoding a
@@ -31,22 +31,25 @@ from condense.core.config import check_choice, check_float, check_patterns, chec
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.core.select import select_modules
+from condense.quantize.weight_only.awq import awq_scale_
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
 from condense.quantize.weight_only.kernel_select import (assign_kernel_, measure_kernels, pick_kernels, shape_key,
                                                           why_dequantize)
 from condense.quantize.weight_only.kernels import DEQUANTIZE, kernel_names
 from condense.quantize.weight_only.linear import WeightOnlyLinear
-from condense.quantize.weight_only.rtn import nearest_group_size, rtn_quantize
+from condense.quantize.weight_only.rtn import effective_group_size, nearest_group_size, rtn_quantize
 
 BITS = (2, 3, 4, 8)
 SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 class WeightOnlyMethod(enum.Enum):
-    """How weights are rounded: RTN (nearest grid point, no data) or GPTQ (error feedback from calibration)."""
+    """How weights are rounded: RTN (nearest grid point, no data), GPTQ (error feedback from calibration) or AWQ
+    (activation-aware per-channel scales searched on calibration data, then RTN; see `awq`)."""
 
     RTN = "rtn"
     GPTQ = "gptq"
+    AWQ = "awq"
 
 
 @config
@@ -54,7 +57,9 @@ class WeightOnlyConfig:
     """Weight-only quantization of `nn.Linear` (and linear-like) layers to packed low-bit integers.
 
     Args:
-        method: RTN (no data) or GPTQ (needs calibration batches: a task or `calibration=`).
+        method: RTN (no data), GPTQ or AWQ (both need calibration batches: a task or `calibration=`). AWQ folds
+            its scales into the preceding norm or Linear where the model allows it; elsewhere the layer multiplies
+            its input by 1/s itself (lineage: "input_scaled").
         bits: 2, 3, 4 or 8 bits per weight.
         group_size: input columns sharing one scale/zero point; -1 = one group per output channel. A layer whose
             in_features it does not divide uses the nearest divisor instead (warned, recorded in the lineage).
@@ -65,7 +70,8 @@ class WeightOnlyConfig:
         act_order: GPTQ: quantize columns in order of decreasing Hessian diagonal (stores a permutation).
         sequential: GPTQ: collect each layer's inputs from a model whose earlier layers are already quantized
             (standard); False collects every layer's inputs at once from the float model.
-        calibration_batches: GPTQ: how many calibration batches to use (at most).
+        calibration_batches: GPTQ/AWQ: how many calibration batches to use (at most).
+        awq_grid: AWQ: alpha grid points in [0, 1) searched per group of layers sharing an input (llm-awq: 20).
         scale_dtype: "float16" (default, smaller) or "float32" storage for scales.
         include: module-name patterns to quantize (fnmatch).
         exclude: module-name patterns to keep in float. Default ("lm_head",): the output projection feeds the
@@ -92,6 +98,7 @@ class WeightOnlyConfig:
     act_order: bool = False
     sequential: bool = True
     calibration_batches: int = 16
+    awq_grid: int = 20
     scale_dtype: str = "float16"
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
@@ -114,6 +121,7 @@ class WeightOnlyConfig:
                               f"for per-channel, got {self.group_size!r}")
         check_float(self, "damp", lo=0, hi=1, lo_open=True, example=0.01)
         check_positive_int(self, "calibration_batches", example=16)
+        check_positive_int(self, "awq_grid", example=20)
         if self.act_order and self.method is not WeightOnlyMethod.GPTQ:
             raise ConfigError("WeightOnlyConfig.act_order only applies to GPTQ; set method=GPTQ or act_order=False")
         check_choice(self, "scale_dtype", SCALE_DTYPES, example="float16")
@@ -160,12 +168,13 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
     warn_tied(tied, "WeightOnlyConfig")
     converted = linearize_(model, names)
     sdt = SCALE_DTYPES[cfg.scale_dtype]
-    if cfg.method is WeightOnlyMethod.RTN:
+    if cfg.method is not WeightOnlyMethod.GPTQ:
+        input_scales = _awq_(model, names, sizes, cfg, ctx) if cfg.method is WeightOnlyMethod.AWQ else {}
         for n in names:
             lin = model.get_submodule(n)
             qw = rtn_quantize(lin.weight, bits=cfg.bits, group_size=sizes.get(n, cfg.group_size),
                               symmetric=cfg.symmetric, scale_dtype=sdt)
-            _set(model, n, WeightOnlyLinear.from_quantized(qw, lin.bias))
+            _set(model, n, WeightOnlyLinear.from_quantized(qw, lin.bias, input_scale=input_scales.get(n)))
     else:
         batches = ctx.calibration_batches(cfg.calibration_batches, what="GPTQ (WeightOnlyConfig)")
 
@@ -186,6 +195,26 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
             ctx.record(**{key: value})
     _run_on_kernel(model, names, cfg, ctx)
     return model
+
+
+def _awq_(model: nn.Module, names: list[str], sizes: dict[str, int], cfg: WeightOnlyConfig,
+          ctx: TransformContext) -> dict[str, torch.Tensor]:
+    """Search and fold AWQ scales into the float model (see `awq`); returns {layer: 1/s} it must apply itself."""
+    batches = ctx.calibration_batches(cfg.calibration_batches, what="AWQ (WeightOnlyConfig)")
+    gs = {n: effective_group_size(sizes.get(n, cfg.group_size), linear_weight(model.get_submodule(n)).shape[1])
+          for n in names}
+    was_training = model.training
+    model.eval()
+    try:
+        folded, input_scales, alphas = awq_scale_(model, names, batches, ctx.run_batch, bits=cfg.bits,
+                                                  group_sizes=gs, symmetric=cfg.symmetric,
+                                                  scale_dtype=SCALE_DTYPES[cfg.scale_dtype], grid=cfg.awq_grid)
+    finally:
+        model.train(was_training)
+    ctx.record(awq_alpha=alphas, awq_folded=folded)
+    if input_scales:
+        ctx.record(input_scaled=sorted(input_scales))
+    return input_scales
 
 
 def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ctx: TransformContext) -> None:
@@ -211,11 +240,12 @@ def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module
     act_order = cfg.method is WeightOnlyMethod.GPTQ and cfg.act_order
     sizes = details.get("group_sizes", {})
     linearize_(model, list(details["layers"]))
+    scaled = set(details.get("input_scaled", ()))
     for n in details["layers"]:
         lin = model.get_submodule(n)
         _set(model, n, WeightOnlyLinear(lin.in_features, lin.out_features, bits=cfg.bits,
                                         group_size=int(sizes.get(n, cfg.group_size)),
-                                        bias=lin.bias is not None, act_order=act_order,
+                                        bias=lin.bias is not None, act_order=act_order, input_scale=n in scaled,
                                         scale_dtype=SCALE_DTYPES[cfg.scale_dtype], device=lin.weight.device))
     kernel = details.get("kernel", DEQUANTIZE)
     if kernel != DEQUANTIZE:  # the codec fills the bytes next; the kernel builds its layout on first use

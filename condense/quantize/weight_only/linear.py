@@ -13,6 +13,8 @@ Stored tensors (exactly what the artifact holds, see `WeightOnlyLinearCodec`):
     qzeros   uint8 (ceil(out·groups·bits/8),)  zero points, packed like qweight
     bias     float (out,)                  if the Linear had one
     perm     int32 (in,)                   only for GPTQ act-order: stored column j is input column perm[j]
+    input_scale float32 (in,)              only for AWQ layers whose scale could not be folded into the layer
+                                           before them: the input is multiplied by it first (x * 1/s)
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ class WeightOnlyLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int, bias: bool = True,
-                 act_order: bool = False, scale_dtype: torch.dtype = torch.float16,
+                 act_order: bool = False, input_scale: bool = False, scale_dtype: torch.dtype = torch.float16,
                  device: torch.device | str | None = None):
         super().__init__()
         self.in_features, self.out_features, self.bits = in_features, out_features, bits
@@ -57,6 +59,7 @@ class WeightOnlyLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
         self.register_buffer("perm", torch.arange(in_features, dtype=torch.int32, device=device)
                              if act_order else None)
+        self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
         self.kernel = DEQUANTIZE  # which registered kernel forward runs on (see `kernels`)
         self._kernel_state = None  # that kernel's weight layout, built from the packed bytes on first use
 
@@ -78,11 +81,15 @@ class WeightOnlyLinear(nn.Module):
         return state
 
     @classmethod
-    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "WeightOnlyLinear":
-        """A module holding `qw` packed (and a copy of `bias`)."""
+    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None, *,
+                       input_scale: torch.Tensor | None = None) -> "WeightOnlyLinear":
+        """A module holding `qw` packed (and a copy of `bias`; `input_scale` (in,) multiplies the input first)."""
         out, n = qw.q.shape
         m = cls(n, out, bits=qw.bits, group_size=qw.group_size, bias=bias is not None,
-                act_order=qw.perm is not None, scale_dtype=qw.scales.dtype, device=qw.q.device)
+                act_order=qw.perm is not None, input_scale=input_scale is not None, scale_dtype=qw.scales.dtype,
+                device=qw.q.device)
+        if input_scale is not None:
+            m.input_scale.copy_(input_scale)
         m.qweight.copy_(pack(qw.q, qw.bits))
         m.scales.copy_(qw.scales)
         m.qzeros.copy_(pack(qw.zeros, qw.bits))
@@ -113,13 +120,14 @@ class WeightOnlyLinear(nn.Module):
         return w.view(out, G, self.group_size).sub_(z).mul_(s).view(out, self.in_features)  # (out, in)
 
     def dequantized_weight(self) -> torch.Tensor:
-        """The float32 (out, in) weight this module computes with, in the original column order."""
+        """The float32 (out, in) weight this module computes with, in the original column order (times the
+        input scale, if any)."""
         w = self._stored_weight()
-        if self.perm is None:
-            return w
-        full = torch.empty_like(w)
-        full[:, self.perm.long()] = w
-        return full
+        if self.perm is not None:
+            full = torch.empty_like(w)
+            full[:, self.perm.long()] = w
+            w = full
+        return w if self.input_scale is None else w * self.input_scale.float()
 
     def kernel_state(self) -> object:
         """The current kernel's weight layout (built from the packed integers the first time)."""
@@ -129,6 +137,8 @@ class WeightOnlyLinear(nn.Module):
         return self._kernel_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale.to(x.dtype)  # (..., in): AWQ's 1/s where no earlier layer could take it
         if self.perm is not None:
             x = x.index_select(-1, self.perm)  # (..., in) in stored column order
         b = None if self.bias is None else self.bias.to(x.dtype)
@@ -142,6 +152,7 @@ class WeightOnlyLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
                 f"group_size={self.group_size}, bias={self.bias is not None}, act_order={self.perm is not None}"
+                + ("" if self.input_scale is None else ", input_scale=True")
                 + ("" if self.kernel == DEQUANTIZE else f", kernel={self.kernel}"))
 
 
@@ -154,6 +165,8 @@ class WeightOnlyLinearCodec(TensorCodec):
             out["bias"] = m.bias.detach()
         if m.perm is not None:
             out["perm"] = m.perm
+        if m.input_scale is not None:
+            out["input_scale"] = m.input_scale
         return out
 
     def load(self, m: WeightOnlyLinear, t: dict[str, torch.Tensor]) -> None:
