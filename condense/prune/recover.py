@@ -4,7 +4,10 @@ With labels (a task with `loss`, e.g. digits, tinygpt) recovery is ordinary fine
 A sentence encoder has no labels, but its dense self is a perfect teacher: the pruned model learns to reproduce
 the dense model's sentence embeddings on unlabelled text (standard-library docstrings, outside the evaluation
 set), with `condense.distillation.losses.embedding_distillation_loss` in the shared `fit` loop; on batches of text
-pairs (the minilm task's summary/rest-of-docstring pairs) it adds the in-batch contrastive term.
+pairs (the minilm task's summary/rest-of-docstring pairs) it adds the in-batch contrastive term. Any other encoder
+(a Hugging Face `BertModel` through the `hf:` task's `embed`, trained on its docstring pairs) matches the pooled
+embeddings, their in-batch similarity ranking, and the output of every block (`BLOCK_WEIGHT`): a structured cut
+keeps the width between blocks, so each block can be held to the dense one's output.
 """
 from __future__ import annotations
 
