@@ -240,14 +240,83 @@ def distill_embeddings_(student: nn.Module, teacher: nn.Module,
     return losses
 
 
+def block_outputs(model: nn.Module) -> dict[str, nn.Module]:
+    """The blocks of `model`: every module held in an `nn.ModuleList` (transformer layers, ResNet stages' blocks),
+    by name. Structured pruning cuts inside blocks and keeps the stream between them, so a pruned student's
+    blocks have the dense teacher's names and output shapes.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ModuleList([nn.Linear(2, 2), nn.ReLU()]))
+        >>> list(block_outputs(net))
+        ['1.0', '1.1']
+    """
+    return {f"{name}.{i}" if name else str(i): m for name, lst in model.named_modules()
+            if isinstance(lst, nn.ModuleList) for i, m in enumerate(lst)}
+
+
+class _Recorder:
+    """Forward hooks keeping the first tensor each named block returns (the hidden states), while in `with`."""
+
+    def __init__(self, blocks: dict[str, nn.Module]) -> None:
+        self.blocks, self.out, self.handles = blocks, {}, []
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        def hook(name: str) -> Callable:
+            def keep(m: nn.Module, args: Any, out: Any) -> None:
+                t = out if isinstance(out, torch.Tensor) else next(
+                    (o for o in out if isinstance(o, torch.Tensor)), None) if isinstance(out, (tuple, list)) else None
+                if t is not None:
+                    self.out[name] = t
+            return keep
+
+        self.out = {}
+        self.handles = [m.register_forward_hook(hook(n)) for n, m in self.blocks.items()]
+        return self.out
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def block_match_loss(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the blocks both sides produced at the same shape of the MSE between the student's and the
+    teacher's block outputs (..., C), over the positions `mask` (B, T) keeps when given, divided by the teacher's
+    mean square (each block weighs alike). 0 when no block pairs up.
+
+    Example:
+        >>> h = {"0": torch.ones(2, 3, 4)}
+        >>> float(block_match_loss(h, {"0": 2 * torch.ones(2, 3, 4)}))
+        0.25
+    """
+    total, n = None, 0
+    for name, hs in student.items():
+        ht = teacher.get(name)
+        if ht is None or ht.shape != hs.shape:
+            continue
+        ht, hs = ht.detach().float(), hs.float()
+        err, sq = (hs - ht) ** 2, ht ** 2
+        if mask is not None and hs.dim() == 3 and tuple(mask.shape) == tuple(hs.shape[:2]):
+            m = mask.to(hs.device, hs.dtype).unsqueeze(-1)  # (B, T, 1)
+            err, sq = (err * m).sum() / m.sum().clamp_min(1), (sq * m).sum() / m.sum().clamp_min(1)
+        else:
+            err, sq = err.mean(-1).mean(), sq.mean(-1).mean()
+        term = err / sq.clamp_min(1e-12)
+        total, n = (term if total is None else total + term), n + 1
+    return total / n if n else torch.zeros(())
+
+
 def embedding_match_loss(teacher: nn.Module, embed: Callable[[nn.Module, Any], torch.Tensor], *,
-                         relation_weight: float = 1.0, temperature: float = 0.05
+                         relation_weight: float = 1.0, temperature: float = 0.05, block_weight: float = 0.0
                          ) -> Callable[[nn.Module, Any], torch.Tensor]:
     """`loss(student, inputs)` for any encoder, through `embed(model, inputs) -> (B, H)` sentence embeddings (a
     task's `Task.embed`, e.g. the `hf:` encoder task's mean pooling): 1 - cosine to the teacher's embeddings, plus
     `relation_weight` times KL(teacher || student) between the softmax (at `temperature`) of each text's cosine
-    similarities to the batch's other texts (the ranking retrieval depends on). `(inputs, target)` batches are
-    accepted and the target ignored.
+    similarities to the batch's other texts (the ranking retrieval depends on). `block_weight` adds
+    `block_match_loss` between the outputs of the blocks (`block_outputs`) of student and teacher that have the
+    same name and shape (layer-wise distillation: after structured pruning every block's output is still the
+    dense width), over the real tokens when the inputs are a dict with an `attention_mask`. `(inputs, target)`
+    batches are accepted and the target ignored.
 
     Example:
         >>> lin = nn.Linear(3, 4)
@@ -255,13 +324,19 @@ def embedding_match_loss(teacher: nn.Module, embed: Callable[[nn.Module, Any], t
         >>> float(loss(lin, torch.randn(5, 3))) < 1e-6
         True
     """
+    t_blocks = block_outputs(teacher) if block_weight else {}
+
     def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
         inputs = batch[0] if isinstance(batch, (tuple, list)) and len(batch) == 2 and \
             isinstance(batch[1], torch.Tensor) else batch
-        with torch.no_grad():
+        with torch.no_grad(), _Recorder(t_blocks if block_weight else {}) as t_out:
             t = F.normalize(embed(teacher, inputs).float(), dim=-1)  # (B, H)
-        s = F.normalize(embed(model, inputs).float(), dim=-1)
+        with _Recorder(block_outputs(model) if block_weight else {}) as s_out:
+            s = F.normalize(embed(model, inputs).float(), dim=-1)
         loss = (1 - (s * t).sum(-1)).mean()
+        if block_weight:
+            mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+            loss = loss + block_weight * block_match_loss(s_out, t_out, mask).to(loss.device)
         if relation_weight and len(t) > 2:
             off = ~torch.eye(len(t), dtype=torch.bool, device=t.device)  # a text's similarity to itself says nothing
             t_rel = (t @ t.T)[off].view(len(t), -1) / temperature  # (B, B - 1)
@@ -275,7 +350,7 @@ def embedding_match_loss(teacher: nn.Module, embed: Callable[[nn.Module, Any], t
 
 def distill_embed_fn_(student: nn.Module, teacher: nn.Module, data: Callable[[], Iterable[Any]] | Iterable[Any],
                       embed: Callable[[nn.Module, Any], torch.Tensor], cfg: FitConfig, *,
-                      train_embeddings: bool = False) -> list[float]:
+                      train_embeddings: bool = False, block_weight: float = 0.0) -> list[float]:
     """Train any encoder `student` to match `teacher`'s embeddings (`embedding_match_loss` through `embed`) on
     unlabelled batches; returns the losses. The `nn.Embedding` tables stay frozen unless `train_embeddings` (the
     blocks are what compression changed; frozen tables make steps cheaper). The teacher runs under no_grad and is
@@ -283,7 +358,7 @@ def distill_embed_fn_(student: nn.Module, teacher: nn.Module, data: Callable[[],
     teacher.eval()
     tables = {id(p) for m in student.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     params = [p for p in student.parameters() if train_embeddings or id(p) not in tables]
-    losses = fit(student, data, embedding_match_loss(teacher, embed), cfg, params=params,
-                 description="embedding distillation")
+    losses = fit(student, data, embedding_match_loss(teacher, embed, block_weight=block_weight), cfg,
+                 params=params, description="embedding distillation")
     student.eval()
     return losses

@@ -282,7 +282,8 @@ def prune_layers(model: nn.Module, cfg: LayerDropConfig, ctx: TransformContext) 
     ctx.record(container=name, kept=keep, n_before=n,
                scores={str(i): round(s, 6) for i, s in scores.items()})
     if cfg.finetune is not None:
-        recover_(model, teacher, ctx, cfg.finetune)
+        # blocks were removed, so block i of the student is not the teacher's block i: no layer-wise term
+        recover_(model, teacher, ctx, cfg.finetune, block_weight=0.0)
     return model
 
 

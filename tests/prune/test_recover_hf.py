@@ -20,10 +20,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 V = 64
 
 
-def bert():
+def bert(**kw):
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=64, initializer_range=0.3)
+                                  intermediate_size=64, max_position_embeddings=64, initializer_range=0.3, **kw)
     return transformers.BertModel(cfg).eval()  # a large init: blocks that matter
 
 
@@ -87,3 +87,64 @@ def test_encoder_without_embed_or_loss_cannot_recover():
     with pytest.raises(ConfigError, match="embed"):
         prune_(dense, StructuredConfig(ratio=0.5, target="ffn", finetune=FitConfig(steps=2)),
                task=encoder_task(dense, train))
+
+
+def test_block_match_loss_against_a_reference():
+    """Layer-wise term: per block, MSE over the real tokens / the teacher's mean square there; mean over blocks."""
+    from condense.distillation.losses import block_match_loss, block_outputs
+
+    dense = bert()
+    assert list(block_outputs(dense)) == ["encoder.layer.0", "encoder.layer.1"]
+    g = torch.Generator().manual_seed(0)
+    t = {n: torch.randn(2, 5, 4, generator=g) for n in ("a", "b")}
+    s = {n: torch.randn(2, 5, 4, generator=g) for n in ("a", "b")}
+    s["c"] = torch.randn(2, 5, 4, generator=g)  # no teacher block of that name: not counted
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    keep = mask.bool()
+    want = sum(((s[n][keep] - t[n][keep]) ** 2).mean() / (t[n][keep] ** 2).mean() for n in "ab") / 2
+    torch.testing.assert_close(block_match_loss(s, t, mask), want)
+    assert float(block_match_loss({}, t)) == 0.0
+
+
+def test_recovery_adds_the_layer_wise_term_by_default():
+    """recover_ of an encoder = 1 - cosine + relation + BLOCK_WEIGHT x block_match_loss (checked on the first
+    step's loss against a reference); layer drop, whose blocks no longer pair up by index, leaves the term out."""
+    from condense.distillation.losses import block_match_loss, embedding_match_loss
+    from condense.prune.recover import BLOCK_WEIGHT
+
+    dense, train = bert(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0), batches(2, 1)  # train = eval
+    task = encoder_task(dense, train, embed=embed)
+    cut = prune_(copy.deepcopy(dense), StructuredConfig(ratio=0.5), task=task)
+    outs = {}
+
+    def grab(name):
+        return lambda m, a, o: outs.__setitem__(name, o if isinstance(o, torch.Tensor) else o[0])
+
+    with torch.no_grad():
+        base = float(embedding_match_loss(dense, embed)(cut, train[0]))
+    hooks = [m.register_forward_hook(grab(f"{w}{i}")) for w, model in (("t", dense), ("s", cut))
+             for i, m in enumerate(model.encoder.layer)]
+    with torch.no_grad():
+        embed(dense, train[0]), embed(cut, train[0])
+    for h in hooks:
+        h.remove()
+    term = float(block_match_loss({i: outs[f"s{i}"] for i in range(2)}, {i: outs[f"t{i}"] for i in range(2)},
+                                  train[0]["attention_mask"]))
+    assert term > 0.01
+    losses = recover_(copy.deepcopy(cut), dense, TransformContext(task=task), FitConfig(steps=1, lr=1e-9))
+    assert BLOCK_WEIGHT == 1.0
+    assert losses[0] == pytest.approx(base + BLOCK_WEIGHT * term, rel=1e-4)
+    plain = recover_(copy.deepcopy(cut), dense, TransformContext(task=task), FitConfig(steps=1, lr=1e-9),
+                     block_weight=0.0)
+    assert plain[0] == pytest.approx(base, rel=1e-4)
+
+
+def test_layer_drop_recovery_has_no_layer_wise_term(monkeypatch):
+    import condense.prune.recover as rec
+    from condense.prune import LayerDropConfig
+
+    seen = []
+    monkeypatch.setattr(rec, "distill_embed_fn_", lambda *a, block_weight, **k: seen.append(block_weight) or [0.0])
+    dense, train = bert(), batches(2, 1)
+    prune_(dense, LayerDropConfig(n_drop=1, finetune=FitConfig(steps=1)), task=encoder_task(dense, train, embed=embed))
+    assert seen == [0.0]

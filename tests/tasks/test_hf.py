@@ -326,3 +326,21 @@ def test_an_artifact_takes_its_folder_by_any_path_and_no_other(folders, tmp_path
     assert rc == 0, err
     rc, err = _cli(capsys, *measure, "--task", "hf:llama")
     assert rc == 2 and f"this artifact is for task hf:{path}" in err
+
+
+def test_encoder_training_batches_are_docstring_pairs(folders):
+    """An encoder task trains (distillation, pruning recovery) on docstring pairs outside the retrieval pairs: each
+    batch holds TRAIN_PAIRS summaries, then their bodies, in the order of `training_pairs`."""
+    from condense.data.stdlib_docs import retrieval_pairs, training_pairs
+    from condense.tasks.hf.task import TRAIN_PAIRS
+
+    enc = get_task("hf:" + folders["bert"][0], **OPTS)
+    pairs = training_pairs(exclude=retrieval_pairs(OPTS["eval_texts"]))
+    batches = list(enc.train_data())
+    assert len(batches) == len(pairs) // TRAIN_PAIRS
+    first = batches[0]
+    assert first["input_ids"].shape == (2 * TRAIN_PAIRS, 32)  # seq_len 32 (under the 64-token training cut)
+    for row, text in ((0, pairs[0][0]), (TRAIN_PAIRS, pairs[0][1]), (2 * TRAIN_PAIRS - 1, pairs[TRAIN_PAIRS - 1][1])):
+        ids = list(text.encode("utf-8"))[:32]  # byte tokenizer
+        assert first["input_ids"][row, :len(ids)].tolist() == ids
+        assert int(first["attention_mask"][row].sum()) == len(ids)
