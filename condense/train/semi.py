@@ -57,6 +57,8 @@ class SemiConfig:
         mu: unlabelled batches per labelled batch.
         weak, strong: augmentations (`condense.train.augment`) of the view that gives targets and of the view
             trained on (fixmatch); "auto": the task's input kind's weak/strong ones. pseudo-label uses `weak` only.
+        ramp_steps: the unlabelled loss weight rises linearly from 0 to lambda_u over this many loss calls (one
+            per step without gradient accumulation); 0: lambda_u from the start.
 
     Example:
         >>> SemiConfig(method="fixmatch", threshold=0.9).mu
@@ -69,6 +71,7 @@ class SemiConfig:
     mu: int = 7
     weak: str = "auto"
     strong: str = "auto"
+    ramp_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in SEMI_METHODS:
@@ -77,6 +80,7 @@ class SemiConfig:
         check_float(self, "threshold", lo=0, hi=1, example=0.95)
         check_float(self, "lambda_u", lo=0, example=1.0)
         check_int(self, "mu", lo=1, hi=1024, example=7)
+        check_int(self, "ramp_steps", lo=0, example=100)
         for name in ("weak", "strong"):
             v = getattr(self, name)
             if v != "auto" and v not in AUGMENTATIONS:
@@ -171,7 +175,8 @@ class SemiLoss:
         sup = self.task.loss(model, batch.labelled)
         unsup, mask = self.method(self._run(model), batch.unlabelled, *self.views, self.cfg.threshold)
         self.mask_rates.append(float(mask.float().mean()))
-        return sup + self.cfg.lambda_u * unsup
+        ramp = min(1.0, len(self.mask_rates) / self.cfg.ramp_steps) if self.cfg.ramp_steps else 1.0
+        return sup + ramp * self.cfg.lambda_u * unsup
 
 
 def semi_task(task: Any, cfg: SemiConfig) -> Any:
