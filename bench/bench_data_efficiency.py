@@ -15,6 +15,7 @@ import argparse
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import _common
 import torch
@@ -94,6 +95,7 @@ def main() -> None:
     ap.add_argument("--part", choices=("all", "digits", "transfer"), default="all")
     ap.add_argument("--labels-per-class", type=int, default=10, help="transfer: labelled docstrings per topic")
     ap.add_argument("--transfer-steps", type=int, default=40, help="transfer: optimizer steps of both runs")
+    ap.add_argument("--jobs", type=int, default=1, help="digits runs in parallel processes (each --threads threads)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -116,8 +118,13 @@ def main() -> None:
     ]
     n_labelled = labelled_subset(digits_split().y_train, fraction=args.fraction).numel()
     rows, means = [], {}
+    jobs = {(name, s): (options, TrainConfig(**base, **fields, seed=s)) for name, options, fields, seeds in variants
+            for s in seeds}
+    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
+        futures = {key: pool.submit(run_variant, *job) for key, job in jobs.items()}
+        results = {key: f.result() for key, f in futures.items()}
     for name, options, fields, seeds in variants:
-        runs = [run_variant(options, TrainConfig(**base, **fields, seed=s)) for s in seeds]
+        runs = [results[name, s] for s in seeds]
         accs = [a for a, _, _ in runs]
         means[name] = statistics.mean(accs)
         print(f"{name}: {[round(a, 4) for a in accs]}", flush=True)
