@@ -32,6 +32,7 @@ CANDIDATES = {  # name: (TrainConfig fields, SemiConfig fields); None semi: supe
     "ema 0.99, 1200 steps": ({"augment": "image-shift", "ema": 0.99, "steps": 1200}, {}),
     "ema 0.99, tau 0.95": ({"augment": "image-shift", "ema": 0.99}, {"threshold": 0.95}),
     "ema 0.99, tau 0.8": ({"augment": "image-shift", "ema": 0.99}, {"threshold": 0.8}),
+    "ema 0.99, tau 0.7": ({"augment": "image-shift", "ema": 0.99}, {"threshold": 0.7}),
     "ema 0.99, lambda_u 2": ({"augment": "image-shift", "ema": 0.99}, {"lambda_u": 2.0}),
     "ema 0.99, strong image-heavy": ({"augment": "image-shift", "ema": 0.99}, {"strong": "image-heavy"}),
     "ema 0.99, ramp 200": ({"augment": "image-shift", "ema": 0.99}, {"ramp_steps": 200}),

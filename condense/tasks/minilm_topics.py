@@ -100,7 +100,8 @@ def accuracy(model: nn.Module, texts: Sequence[str], labels: Sequence[int], max_
     return right / len(texts)
 
 
-def _train_data(texts: Sequence[str], labels: Sequence[int], max_seq_length: int) -> Iterator[tuple[dict, torch.Tensor]]:
+def _train_data(texts: Sequence[str], labels: Sequence[int],
+                max_seq_length: int) -> Iterator[tuple[dict, torch.Tensor]]:
     order = list(range(len(texts)))
     for p in range(TRAIN_PASSES):
         random.Random(p).shuffle(order)
