@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--mu", type=int, default=SemiConfig.mu, help="unlabelled batches per labelled batch")
     ap.add_argument("--threshold", type=float, default=SemiConfig.threshold, help="FixMatch confidence threshold")
     ap.add_argument("--ema", type=float, default=0.99, help="FixMatch runs: FitConfig.ema (weight averaging)")
-    ap.add_argument("--semi-steps", type=int, default=600, help="optimizer steps of the FixMatch runs")
+    ap.add_argument("--semi-steps", type=int, default=1200, help="optimizer steps of the FixMatch runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--part", choices=("all", "digits", "transfer"), default="all")
     ap.add_argument("--labels-per-class", type=int, default=10, help="transfer: labelled docstrings per topic")
@@ -130,7 +130,8 @@ def main() -> None:
     jobs = {(name, s): (options, TrainConfig(**{**base, **fields}, seed=s)) for name, options, fields, seeds in variants
             for s in seeds}
     with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,)) as pool:
-        futures = {key: pool.submit(run_variant, *job) for key, job in jobs.items()}
+        longest_first = sorted(jobs, key=lambda key: -jobs[key][1].steps * (1 + (jobs[key][1].semi is not None)))
+        futures = {key: pool.submit(run_variant, *jobs[key]) for key in longest_first}
         results = {key: f.result() for key, f in futures.items()}
     for name, options, fields, seeds in variants:
         runs = [results[name, s] for s in seeds]

@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=None, help="a JSON file keeping every candidate's accuracies: candidates "
                     "already in it are not run again, and the table lists them all")
+    ap.add_argument("--load-note", default=None, help="what the load was while the recorded candidates ran (when "
+                    "the table is written from --results gathered by earlier runs)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -86,11 +88,19 @@ def main() -> None:
              f"split is not used. Digits CNN (16, 32, 64) from scratch, {BASE['steps']} steps unless stated, AdamW "
              f"lr 3e-3 one-cycle; 5% of the remaining training labels. Every FixMatch row starts from the previous "
              f"settings (threshold 0.9, mu 3, lambda_u 1, weak `image-shift`, strong `image-strong`, labelled "
-             f"batches `image-shift`) and changes what its name says. {_common.load_average().capitalize()} after, "
-             f"{load_before} before ({time.perf_counter() - t_all:.0f} s in all).")
+             f"batches `image-shift`) and changes what its name says. " + (args.load_note or
+             f"{_common.load_average().capitalize()} after, {load_before} before "
+             f"({time.perf_counter() - t_all:.0f} s in all)."))
     lines = ["## Data efficiency: choosing the semi-supervised settings on a validation split", "",
              _common.header("python bench/select_semi.py", args.threads, notes), "",
              "| candidate | validation accuracy | wall time per run |", "|---|---|---|", *rows]
+    semi_rows = {n: statistics.mean(r["accuracy"]) for n, r in done.items() if CANDIDATES[n][1] is not None}
+    if semi_rows and "100% labels" in done:
+        best = max(semi_rows, key=semi_rows.get)
+        full = statistics.mean(done["100% labels"]["accuracy"])
+        lines += ["", f"Chosen (highest mean): {best}, {semi_rows[best]:.4f}, {100 * (full - semi_rows[best]):.2f} "
+                      f"points below 100% labels ({full:.4f}) on the validation split; bench_data_efficiency.py's "
+                      f"FixMatch row and `SemiConfig`'s defaults use it."]
     print("\n".join(lines))
     if not args.no_write:
         _common.write_section("data-efficiency-selection", "\n".join(lines))
