@@ -61,7 +61,8 @@ class SemiConfig:
         weak, strong: augmentations (`condense.train.augment`) of the view that gives targets and of the view
             trained on (fixmatch); "auto": the task's input kind's weak/strong ones. pseudo-label uses `weak` only.
         ramp_steps: the unlabelled loss weight rises linearly from 0 to lambda_u over this many loss calls (one
-            per step without gradient accumulation); 0: lambda_u from the start.
+            per step without gradient accumulation; counted in this process, so a resumed run ramps again);
+            0 (default): lambda_u from the start; a ramp has not been measured on digits yet.
 
     Example:
         >>> SemiConfig(method="fixmatch", threshold=0.9).mu
