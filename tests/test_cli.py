@@ -17,7 +17,7 @@ def test_help_and_tasks():
     r = run("--help")
     assert r.returncode == 0 and "demo" in r.stdout and "examples:" in r.stdout
     r = run("tasks")
-    assert r.returncode == 0 and [ln.split()[0] for ln in r.stdout.splitlines()] == ["digits", "minilm", "tinygpt"]
+    assert r.returncode == 0 and [ln.split()[0] for ln in r.stdout.splitlines()] == ["digits", "minilm", "minilm-topics", "tinygpt"]
 
 
 @pytest.mark.parametrize("args,needle", [

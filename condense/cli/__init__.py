@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from condense.cli import compress, demo, export, federated, info, measure, run, search, tasks, train
+from condense.cli import compress, demo, export, federated, finetune, info, measure, run, search, tasks, train
 from condense.cli.common import Parser
 from condense.errors import CondenseError
 
@@ -27,6 +27,7 @@ EPILOG = """examples:
   condense prepare tinygpt                        # train and cache the built-in language model once
   condense train --task digits --steps 300 --set schedule=cosine --out runs/train-digits
   condense train --task tinygpt --task-option preset=tiny --nproc 2 --set comm_hook=powersgd --out runs/gpt-ddp
+  condense finetune --task minilm-topics --set labels_per_class=10 --out runs/topics   # pretrained vs scratch
   condense search --task digits --budget 1% --trials 20 --out runs/digits-search
   condense search --task minilm --budget 1% --storage postgresql://u:pw@db/condense --study s1 --workers 2 --out runs/s1
   condense run recipes/digits.yaml --out runs/digits-recipe        # a YAML recipe: steps in order, measured
@@ -38,7 +39,7 @@ EPILOG = """examples:
 # in the order `condense --help` lists them
 PARSERS = (tasks.add_tasks_parser, tasks.add_prepare_parser, measure.add_parser, compress.add_parser,
            demo.add_parser, info.add_parser, search.add_parser, run.add_parser, export.add_parser,
-           train.add_parser, federated.add_parser)
+           train.add_parser, finetune.add_parser, federated.add_parser)
 
 
 def build_parser() -> Parser:

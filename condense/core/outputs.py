@@ -20,7 +20,8 @@ from pathlib import Path
 from condense.errors import CondenseError
 
 # what condense writes in a run folder: records (files) and folders
-RUN_FILES = ("report.json", "report.html", "train.json", "metrics.jsonl", "search.db", "condense.json")
+RUN_FILES = ("report.json", "report.html", "train.json", "metrics.jsonl", "search.db", "condense.json",
+             "finetune.json")
 RUN_DIRS = ("model", "checkpoints", "stages", "tb")
 RECORDS = ("report.json", "train.json")  # written after DIR/model, each with the run id
 EXPORT_FILES = ("model.onnx", "model.tflite", "model.json")

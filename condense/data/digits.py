@@ -19,8 +19,11 @@ class DigitsSplit:
 
 
 @lru_cache(maxsize=1)
-def digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
+def digits_split(test_fraction: float = 0.2, seed: int = 0, validation: float = 0.0) -> DigitsSplit:
     """The fixed, stratified train/test split (same every run).
+
+    `validation` > 0: a split for choosing settings without looking at the test images: this fraction of the
+    training images (stratified, fixed) takes the place of the test split, and training uses the rest.
 
     Example:
         >>> s = digits_split()
@@ -34,6 +37,10 @@ def digits_split(test_fraction: float = 0.2, seed: int = 0) -> DigitsSplit:
     x = (d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
+    if validation:
+        if not 0 < validation < 1:
+            raise ConfigError(f"validation must be a fraction in (0, 1), got {validation!r}; e.g. 0.2")
+        xtr, xte, ytr, yte = train_test_split(xtr, ytr, test_size=validation, random_state=seed, stratify=ytr)
     return DigitsSplit(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte))
 
 

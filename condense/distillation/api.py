@@ -20,7 +20,7 @@ not used (warned). Every other batch is all inputs: pass positional input pairs 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -78,6 +78,10 @@ class DistillConfig:
             embeddings of each pair (`losses.contrastive_loss`); 0 distils only. The pairs' signal lifted the
             3-block MiniLM student's retrieval, but moves its vectors away from the teacher's (cosine ~0.84 in
             bench/bench_distill.py): to keep embeddings interchangeable with an index the teacher built, use 0.
+        unlabelled: logit distillation: after each labelled training batch, this many batches of the task's
+            `unlabelled_data` (the training inputs whose labels are held back, e.g. digits with
+            `labels_fraction=0.05`), on which the student learns the teacher's soft targets only (semi-supervised
+            distillation); 0: the training batches only.
 
     Example:
         >>> DistillConfig(layers=3, temperature=4.0).finetune.steps
@@ -97,6 +101,7 @@ class DistillConfig:
     container: str | None = None
     max_tokens: int | None = None
     contrastive_weight: float = 1.0
+    unlabelled: int = 0
     renamed = (Renamed("fit", "finetune"),)
 
     def __post_init__(self) -> None:
@@ -122,6 +127,7 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.container must be a module name or None, got {show(self.container)}; "
                               "e.g. container='encoder.layer'")
         check_int(self, "max_tokens", lo=2, hi=1_000_000, optional=True, example=128)
+        check_int(self, "unlabelled", lo=0, hi=1024, example=1)
 
 
 def _is_encoder(model: nn.Module) -> bool:
@@ -239,6 +245,10 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
     for p in teacher.parameters():
         p.requires_grad_(False)
     kind = config.loss if config.loss != "auto" else _auto_loss(teacher, data, ctx)
+    if config.unlabelled and kind == "embedding":
+        raise ConfigError("DistillConfig.unlabelled adds unlabelled batches to logit distillation; embedding "
+                          "distillation needs no labels and already trains on the task's unlabelled text: set "
+                          "unlabelled=0")
     if kind == "embedding" and not _is_encoder(teacher):  # any other encoder: through its embedding function
         _distill_embedding_fn(teacher, student, config, data, ctx)
     elif kind == "embedding":
@@ -253,8 +263,44 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
                             token_weight=config.hidden_weight, attention_weight=config.attention_weight,
                             contrastive_weight=config.contrastive_weight)
     else:
+        if config.unlabelled:
+            data = with_unlabelled(data, task, config.unlabelled)
         _distill_logits(teacher, student, config, data, ctx, kept)
     return student.eval()
+
+
+def with_unlabelled(data: Any, task: Any, per_batch: int) -> Callable[[], Iterator[Any]]:
+    """A data callable: each batch of `data` followed by `per_batch` batches of `task.unlabelled_data` (inputs
+    only; that source restarts when it runs out), for distillation on the teacher's soft targets.
+
+    Example:
+        >>> import torch
+        >>> from condense.core.task import Task
+        >>> t = Task("t", torch.nn.Identity(), evaluate=dict, primary_metric="m", inputs=torch.zeros(1),
+        ...          unlabelled_data=lambda: [torch.ones(2)])
+        >>> [len(b) for b in with_unlabelled([(torch.zeros(3), torch.zeros(3))], t, 2)()]
+        [2, 2, 2]
+    """
+    source = getattr(task, "unlabelled_data", None)
+    if source is None:
+        raise ConfigError(f"DistillConfig.unlabelled needs a task with unlabelled_data, and "
+                          f"{getattr(task, 'name', 'no task')!r} has none; hold labels back (digits: --task-option "
+                          "labels_fraction=0.05) or set unlabelled=0")
+
+    def epoch() -> Iterator[Any]:
+        rest = iter(source())
+        for batch in (data() if callable(data) else data):
+            yield batch
+            for _ in range(per_batch):
+                item = next(rest, None)
+                if item is None:
+                    rest = iter(source())
+                    item = next(rest, None)
+                    if item is None:
+                        raise ConfigError("the task's unlabelled_data yielded no batches")
+                yield item
+
+    return epoch
 
 
 def _auto_loss(teacher: nn.Module, data: Any, ctx: TransformContext) -> str:

@@ -31,6 +31,8 @@ class TaskEntry:
 TASKS: Registry[TaskEntry] = Registry("task")
 TASKS.register("minilm", TaskEntry("condense.tasks.minilm:make_task",
                "all-MiniLM-L6-v2 sentence encoder (pretrained, offline); retrieval MRR@10 on stdlib docstrings"))
+TASKS.register("minilm-topics", TaskEntry("condense.tasks.minilm_topics:make_task",
+               "pretrained MiniLM + new head: stdlib docstrings by package, few labels (transfer learning)"))
 TASKS.register("digits", TaskEntry("condense.tasks.digits:make_task",
                "small CNN on scikit-learn's 8x8 digits (trained in seconds, cached); test accuracy"))
 TASKS.register("tinygpt", TaskEntry("condense.tasks.tinygpt:make_task",

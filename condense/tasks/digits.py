@@ -136,7 +136,8 @@ def load_digits_model(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
 
 
 def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int = 30,
-              labels_fraction: float | None = None, labels_per_class: int | None = None, label_seed: int = 0) -> Task:
+              labels_fraction: float | None = None, labels_per_class: int | None = None, label_seed: int = 0,
+              validation: float = 0.0) -> Task:
     """The built-in digits task (test accuracy on the fixed 20% split).
 
     Args:
@@ -144,6 +145,9 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
             images (a fixed, stratified subset drawn with `label_seed`); `train_data` then yields as many batches
             per epoch as the full set would, drawn from reshuffles of the labelled images, and `unlabelled_data`
             yields the rest without labels (semi-supervised training: `TrainConfig(semi=...)`).
+        validation: choose settings on a validation split, never the test split: this fraction of the training
+            images (fixed, stratified) is held out and the metric is computed on it; training (labelled and
+            unlabelled) uses the rest. 0: the usual train/test split.
 
     Example:
         >>> t = make_task(labels_per_class=5)
@@ -151,7 +155,9 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         True
     """
     cfg = DigitsConfig(channels=tuple(channels), epochs=epochs)
-    data = digits_split()
+    if isinstance(validation, bool) or not isinstance(validation, (int, float)) or not 0 <= validation < 1:
+        raise ConfigError(f"validation must be a fraction in [0, 1), got {validation!r}; e.g. 0.2")
+    data = digits_split(validation=float(validation))
     labelled = None
     if labels_fraction is not None or labels_per_class is not None:
         if labels_fraction is not None and (isinstance(labels_fraction, bool) or
@@ -198,7 +204,7 @@ def make_task(channels: tuple[int, ...] | list[int] = (32, 64, 128), epochs: int
         loss=cross_entropy_loss,
         skeleton=lambda: DigitsCNN(cfg.channels),
         batch_sizes=(1, 256),
-        description="small CNN on scikit-learn's 8x8 digits; test accuracy"
+        description=f"small CNN on scikit-learn's 8x8 digits; {'validation' if validation else 'test'} accuracy"
                     + (f"; {labelled.numel()} labelled training images" if labelled is not None else ""),
         input_kind="image",
         unlabelled_data=unlabelled_data,

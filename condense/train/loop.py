@@ -45,6 +45,8 @@ class FitConfig:
         augment: a registered augmentation of every training batch's inputs (`condense.train.augment`: image,
             image-shift, image-strong, image-heavy, tokens, tokens-light, tokens-span), "auto" (the one the task's inputs
             declare) or None (off). Draws are seeded by `seed`.
+        ema: decay (e.g. 0.99) of an exponential moving average of the weights (`condense.train.ema`): evaluation
+            during training runs on the averaged weights and the model ends training holding them; None: off.
 
     Example:
         >>> FitConfig(steps=200, lr=1e-3, schedule="cosine").warmup_steps
@@ -75,6 +77,7 @@ class FitConfig:
     batch_max: int = 8
     precision: str = "fp32"
     augment: str | None = None
+    ema: float | None = None
 
     def __post_init__(self) -> None:
         check_int(self, "steps", lo=0, example=100)
@@ -104,6 +107,7 @@ class FitConfig:
         check_float(self, "batch_growth", lo=1, example=2.0)
         check_int(self, "batch_every", lo=1, example=100)
         check_int(self, "batch_max", lo=1, example=8)
+        check_float(self, "ema", lo=0, hi=1, hi_open=True, optional=True, example=0.99)
         for name, choices in (("optimizer", sorted(OPTIMIZERS)), ("schedule", list(LR_SCHEDULES)),
                               ("batch_schedule", list(BATCH_SCHEDULES)), ("precision", list(PRECISIONS))):
             v = getattr(self, name)
@@ -124,7 +128,8 @@ def fit(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[Any],
     Args:
         batches: an iterable, or a zero-argument callable returning a fresh iterable each epoch.
         loss_fn: `loss_fn(model, batch) -> scalar tensor`.
-        params: parameters to optimise (default: all that require grad).
+        params: parameters to optimise (default: all that require grad), or parameter groups (dicts with
+            "params" and "lr_scale": their learning rate is lr_scale x cfg.lr).
         input_kind: what the batches' inputs are (`Task.input_kind`: image | tokens), for `cfg.augment="auto"`.
 
     Example:

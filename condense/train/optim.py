@@ -41,8 +41,10 @@ def _rmsprop(groups: list[dict], cfg: Any) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
-    """The optimizer `cfg.optimizer` over `params` (already filtered to those requiring grad).
+def build_optimizer(params: Iterable[nn.Parameter] | Iterable[dict], cfg: Any) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` over `params` (already filtered to those requiring grad), or over parameter
+    groups: dicts {"params": [...], "lr_scale": s} whose learning rate is s x cfg.lr (discriminative learning
+    rates, `condense.train.transfer`).
 
     Example:
         >>> from condense.train.loop import FitConfig
@@ -50,10 +52,17 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: Any) -> torch.optim.Opt
         'RMSprop'
     """
     params = list(params)
-    if cfg.decay_matrices_only and cfg.weight_decay:
-        groups = [{"params": [p for p in params if p.dim() >= 2]},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-    else:
-        groups = [{"params": params}]
+    given = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = []
+    for g in given:
+        extra = {k: v for k, v in g.items() if k not in ("params", "lr_scale")}
+        if "lr_scale" in g:
+            extra["lr"] = cfg.lr * g["lr_scale"]
+        ps = list(g["params"])
+        if cfg.decay_matrices_only and cfg.weight_decay:
+            groups += [{**extra, "params": [p for p in ps if p.dim() >= 2]},
+                       {**extra, "params": [p for p in ps if p.dim() < 2], "weight_decay": 0.0}]
+        else:
+            groups.append({**extra, "params": ps})
+    groups = [g for g in groups if g["params"]]
     return OPTIMIZERS.get(cfg.optimizer)(groups, cfg)

@@ -50,6 +50,9 @@ SEMI_METHODS: Registry[Method] = Registry("semi-supervised method")
 class SemiConfig:
     """Semi-supervised training on a task's `unlabelled_data`.
 
+    The defaults are the best settings tried on digits' validation split (bench/select_semi.py; with
+    `FitConfig.ema=0.99` and labelled batches augmented `image-shift`).
+
     Args:
         method: fixmatch | pseudo-label (`SEMI_METHODS`).
         threshold: confidence (max softmax probability) at or above which a prediction becomes a target (tau).
@@ -57,18 +60,22 @@ class SemiConfig:
         mu: unlabelled batches per labelled batch.
         weak, strong: augmentations (`condense.train.augment`) of the view that gives targets and of the view
             trained on (fixmatch); "auto": the task's input kind's weak/strong ones. pseudo-label uses `weak` only.
+        ramp_steps: the unlabelled loss weight rises linearly from 0 to lambda_u over this many loss calls (one
+            per step without gradient accumulation; counted in this process, so a resumed run ramps again);
+            0 (default): lambda_u from the start; a ramp has not been measured on digits yet.
 
     Example:
         >>> SemiConfig(method="fixmatch", threshold=0.9).mu
-        7
+        3
     """
 
     method: str = "fixmatch"
-    threshold: float = 0.95
+    threshold: float = 0.9
     lambda_u: float = 1.0
-    mu: int = 7
+    mu: int = 3
     weak: str = "auto"
     strong: str = "auto"
+    ramp_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in SEMI_METHODS:
@@ -77,6 +84,7 @@ class SemiConfig:
         check_float(self, "threshold", lo=0, hi=1, example=0.95)
         check_float(self, "lambda_u", lo=0, example=1.0)
         check_int(self, "mu", lo=1, hi=1024, example=7)
+        check_int(self, "ramp_steps", lo=0, example=100)
         for name in ("weak", "strong"):
             v = getattr(self, name)
             if v != "auto" and v not in AUGMENTATIONS:
@@ -171,7 +179,8 @@ class SemiLoss:
         sup = self.task.loss(model, batch.labelled)
         unsup, mask = self.method(self._run(model), batch.unlabelled, *self.views, self.cfg.threshold)
         self.mask_rates.append(float(mask.float().mean()))
-        return sup + self.cfg.lambda_u * unsup
+        ramp = min(1.0, len(self.mask_rates) / self.cfg.ramp_steps) if self.cfg.ramp_steps else 1.0
+        return sup + ramp * self.cfg.lambda_u * unsup
 
 
 def semi_task(task: Any, cfg: SemiConfig) -> Any:

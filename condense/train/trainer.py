@@ -31,6 +31,7 @@ from condense.train.augment import batch_augmenter
 from condense.train.distributed import World, barrier, env_world
 from condense.train.distributed.hooks import ByteCounter, count_bytes
 from condense.train.distributed.strategy import Single, strategy_for
+from condense.train.ema import WeightEMA
 from condense.train.metrics import MetricsLog
 from condense.train.optim import build_optimizer
 from condense.train.precision import autocast, dtype_of, grad_scaler, resolve_precision
@@ -226,15 +227,20 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
 
     fingerprint = ckpt.fingerprint(model.state_dict())
     wrapped = strategy.wrap(model)
+    groups = None  # parameter groups with their own learning rates (dicts: params, lr_scale)
     if params is not None:
         if type(strategy) is not Single:
             raise ConfigError("params= (training a subset) is only supported in a single process")
+        params = list(params)
+        if params and isinstance(params[0], dict):
+            groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+            params = [p for g in groups for p in g["params"]]
         params = [p for p in params if p.requires_grad]
     else:
         params = [p for p in wrapped.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("nothing to train: no parameter requires grad")
-    opt = build_optimizer(params, cfg)
+    opt = build_optimizer(groups if groups is not None else params, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]
     data = _Batches(batches, world)
     augment = batch_augmenter(opt_get("augment"), input_kind)
@@ -247,6 +253,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
 
     result = TrainResult(losses=[], precision=precision, world_size=world.size)
     best, bad_evals = None, 0
+    ema = WeightEMA(model, cfg.ema) if opt_get("ema") is not None else None
     if resume is not None:
         folder = ckpt.find_checkpoint(resume)
         meta = ckpt.read_meta(folder)
@@ -257,6 +264,10 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             _set_rng_state(ckpt.load_tensors(rng_file), device)
         if (folder / "scaler.pt").exists() and scaler is not None:
             scaler.load_state_dict(ckpt.load_tensors(folder / "scaler.pt"))
+        if ema is not None:
+            if not (folder / "ema.pt").exists():
+                raise ConfigError(f"{folder} was written without ema; resume with the config it was written with")
+            ema.load_state_dict(ckpt.load_tensors(folder / "ema.pt"))
         data.restore(meta["data"])
         result.losses = list(meta["losses"])
         result.evals = list(meta.get("evals", []))
@@ -283,6 +294,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             ckpt.save_tensors(folder / f"rng-rank{world.rank}.pt", _rng_state(device))
             if scaler is not None and main:
                 ckpt.save_tensors(folder / "scaler.pt", scaler.state_dict())
+            if ema is not None and main:
+                ckpt.save_tensors(folder / "ema.pt", ema.state_dict())
 
         meta = {"step": step, "data": data.state(), "losses": result.losses, "evals": result.evals,
                 "train_s": result.train_s, "samples": result.samples, "tokens": result.tokens,
@@ -335,6 +348,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
                 scaler.update()
             else:
                 opt.step()
+            if ema is not None:
+                ema.update(model)
             loss_value = float(total)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -353,7 +368,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
                            "train_s": result.train_s})
             if evaluate is not None and eval_every and (step % eval_every == 0 or step == cfg.steps):
                 wrapped.eval()
-                metrics = evaluate(strategy.unwrap(wrapped))  # FSDP: the sharded module, run collectively
+                with ema.swapped(model) if ema is not None else contextlib.nullcontext():
+                    metrics = evaluate(strategy.unwrap(wrapped))  # FSDP: the sharded module, run collectively
                 wrapped.train()
                 row = {"step": step, "train_s": result.train_s, **metrics}
                 result.evals.append(row)
@@ -365,6 +381,8 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             if ckpt_every and (step % ckpt_every == 0 or step == cfg.steps or stop):
                 save(step)
     log.close()
+    if ema is not None:
+        ema.copy_to(model)
     model.train(was_training)
     result.steps = len(result.losses)
     result.wall_s = time.perf_counter() - t_start

@@ -45,8 +45,8 @@ def test_within_budget_respects_direction():
 
 
 def test_task_lookup_errors():
-    assert [n for n, _ in list_tasks()] == ["digits", "minilm", "tinygpt"]
-    with pytest.raises(CondenseError, match="unknown task 'nope'; choose one of: digits, minilm, tinygpt"):
+    assert [n for n, _ in list_tasks()] == ["digits", "minilm", "minilm-topics", "tinygpt"]
+    with pytest.raises(CondenseError, match="unknown task 'nope'; choose one of: digits, minilm, minilm-topics, tinygpt"):
         get_task("nope")
     with pytest.raises(CondenseError, match="cannot import module 'no_such_mod'"):
         get_task("no_such_mod:make")

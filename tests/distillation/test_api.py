@@ -163,3 +163,28 @@ def test_pipeline_step_pairs_hidden_states_with_the_blocks_the_student_kept(monk
     apply_(copy.deepcopy(task.build_model()),
            DistillConfig(layers=(0, 1), hidden_weight=1.0, finetune=FitConfig(steps=1)), task=task)
     assert seen == [(4, 2, [0, 1])]  # not spread(4, 2) == [1, 3]
+
+
+def test_unlabelled_batches_follow_each_labelled_one_and_learn_only_the_teachers_soft_targets():
+    seen = []
+
+    class Spy(nn.Module):  # a teacher that records which batches it labels
+        def __init__(self):
+            super().__init__()
+            self.net = TinyMLP()
+
+        def forward(self, x):
+            seen.append(float(x[0, 0]))
+            return self.net(x)
+
+    labelled = [(torch.zeros(4, 8), torch.zeros(4, dtype=torch.long))]
+    task = Task("t", TinyMLP(), evaluate=dict, primary_metric="m", inputs=torch.zeros(1, 8),
+                train_data=lambda: labelled, unlabelled_data=lambda: [torch.ones(4, 8), torch.full((4, 8), 2.0)])
+    distill(Spy(), TinyMLP(), DistillConfig(unlabelled=2, finetune=FitConfig(steps=6)), task=task)
+    assert seen[-7:] == [0.0, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0]  # set-up checks on the first batch, then 6 steps
+    with pytest.raises(ConfigError, match="unlabelled_data"):
+        distill(TinyMLP(), TinyMLP(), DistillConfig(unlabelled=1, finetune=FitConfig(steps=1)),
+                task=Task("t", TinyMLP(), evaluate=dict, primary_metric="m", inputs=torch.zeros(1, 8),
+                          train_data=lambda: labelled))
+    with pytest.raises(ConfigError, match="unlabelled"):
+        DistillConfig(unlabelled=-1)

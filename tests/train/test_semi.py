@@ -107,3 +107,30 @@ def test_train_runs_semi_supervised_through_the_engine():
     model, result = train(task, TrainConfig(steps=3, semi=SemiConfig(mu=2, threshold=0.0), precision="fp32",
                                             tensorboard=False, augment="auto"))
     assert result.steps == 3 and result.samples == 3 * 30 and all(math.isfinite(x) for x in result.losses)
+
+
+def test_ramp_steps_raise_the_unlabelled_weight_linearly_to_lambda_u():
+    from types import SimpleNamespace
+
+    from condense.train.semi import SemiLoss
+
+    task = SimpleNamespace(loss=lambda model, b: torch.tensor(0.5), run_batch=None, name="t")
+    loss = SemiLoss(task, SemiConfig(lambda_u=2.0, ramp_steps=4))
+    loss.views = (lambda x: x, lambda x: x)
+    loss.method = lambda run, x, weak, strong, tau: (torch.tensor(1.0), torch.ones(2, dtype=torch.bool))
+    batch = SemiBatch((torch.zeros(1), torch.zeros(1)), torch.zeros(2))
+    assert [float(loss(None, batch)) for _ in range(5)] == [1.0, 1.5, 2.0, 2.5, 2.5]  # 0.5 + 2 x min(1, k/4)
+
+
+def test_validation_split_is_carved_from_training_images_and_never_touches_the_test_split():
+    full, val = digits_split(), digits_split(validation=0.2)
+    key = lambda x: {tuple(r.flatten().tolist()) for r in x}  # noqa: E731
+    train, held, test = key(val.x_train), key(val.x_test), key(full.x_test)
+    assert len(val.y_test) == math.ceil(0.2 * len(full.y_train)) and not held & test and not held & train
+    assert train | held == key(full.x_train)
+    task = get_task("digits", validation=0.2, labels_fraction=0.05)
+    seen = {tuple(r.flatten().tolist()) for xb, _ in task.train_data() for r in xb}
+    seen |= {tuple(r.flatten().tolist()) for xb in task.unlabelled_data() for r in xb}
+    assert not seen & held and not seen & test
+    with pytest.raises(ConfigError, match="validation must be a fraction"):
+        get_task("digits", validation=1.5)
