@@ -112,3 +112,27 @@ def test_bad_requests_name_the_fix():
         speculative_generate(target, target, x, 4, k=3, max_k=2)
     with pytest.raises(ConfigError, match="min_confidence is a probability"):
         speculative_generate(target, target, x, 4, min_confidence=1.0)
+
+
+@pytest.mark.parametrize("kernel", ["dequantize", "torch-int4", "ort-nbits-a8"])
+def test_weight_only_quantized_draft_and_target(kernel):
+    """A 4-bit draft only changes which tokens are proposed; a 4-bit target verifying k+1 rows at once must give its
+    own one-row-at-a-time greedy output, whatever kernel runs it."""
+    import copy
+
+    import condense
+    from condense.quantize.weight_only import WeightOnlyConfig
+    from condense.quantize.weight_only.kernels import why_not
+
+    if why_not(4, kernel, 32, 32, 32):
+        pytest.skip(f"{kernel}: {why_not(4, kernel, 32, 32, 32)}")
+    torch.manual_seed(0)
+    target = GPT(GPTConfig(block_size=48, n_layer=2, n_head=2, n_embd=32)).eval()
+    draft = condense.quantize_(copy.deepcopy(target), WeightOnlyConfig(bits=4, kernel=kernel))
+    qtarget = condense.quantize_(copy.deepcopy(target), WeightOnlyConfig(bits=4, kernel=kernel))
+    assert {m.kernel for m in qtarget.modules() if hasattr(m, "kernel")} == {kernel}
+    x = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(4))
+    out, s = speculative_generate(target, draft, x, 24, k=4)
+    assert torch.equal(out, generate(target, x, 24)) and s.accepted > 0
+    out, s = speculative_generate(qtarget, draft, x, 24, k=4)
+    assert torch.equal(out, generate(qtarget, x, 24)) and s.acceptance_rate == 1.0  # the same 4-bit model
