@@ -114,7 +114,7 @@ def test_bad_requests_name_the_fix():
         speculative_generate(target, target, x, 4, min_confidence=1.0)
 
 
-@pytest.mark.parametrize("kernel", ["dequantize", "torch-int4", "ort-nbits-a8"])
+@pytest.mark.parametrize("kernel", ["dequantize", "torch-int4"])
 def test_weight_only_quantized_draft_and_target(kernel):
     """A 4-bit draft only changes which tokens are proposed; a 4-bit target verifying k+1 rows at once must give its
     own one-row-at-a-time greedy output, whatever kernel runs it."""

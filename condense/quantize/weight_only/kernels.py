@@ -13,11 +13,12 @@ the low-bit weight directly at batch 1:
     ort-nbits   ONNX Runtime's `MatMulNBits` (com.microsoft) in a one-node session per layer: float32
                 activations and w = (q - zp) * scale exactly as condense stores it; 2/3/4-bit integers as 4-bit
                 ones, 8-bit as 8-bit; a power-of-two group size >= 16. Optional (needs onnxruntime).
-    ort-nbits-a8  the same op with accuracy_level=4: ONNX Runtime quantizes each block of activations to int8
-                and multiplies integers (AVX512-VNNI where present), so the weight is read without a float
-                conversion: at batch 1 on a 2048x2048 stack here 5.4x (4-bit) and 2.9x (8-bit) fp32 F.linear vs
-                4.3x for torch-int4, 1.9x for torch-int8 and 1.9x / 0.08x for float32 MatMulNBits. The int8
-                activations cost accuracy: ~0.5% of the output's scale (bfloat16 torch kernels: ~0.3%).
+    ort-nbits-a8  the same op with accuracy_level=4, 8-bit weights: ONNX Runtime quantizes each block of
+                activations to int8 and multiplies integers (AVX512-VNNI where present). At batch 1 here: a
+                2048x2048 stack 3.9x fp32 F.linear (torch-int8 1.8x, float32 MatMulNBits 0.09x), tinygpt-large
+                decode 2.1-2.3x fp32 (torch-int8 1.8-2.0x). The int8 activations cost ~0.5% of the output's scale
+                (bfloat16 torch kernels: ~0.3%). At 4 bits it was faster per layer too (4.5x vs torch-int4's 4.2x on
+                the stack) but decoded tinygpt-large slower (2.1x fp32 vs 2.6-2.9x), so it is not offered there.
 
 The two torch kernels run their fast path on bfloat16 activations only (with float32 activations the same ops measured 4-7x
 slower than fp32 F.linear here), so each rounds x, the scales and the output to bfloat16: the integers are kept
@@ -101,7 +102,7 @@ def kernel_names(bits: int) -> list[str]:
 
     Example:
         >>> kernel_names(4)
-        ['dequantize', 'ort-nbits', 'ort-nbits-a8', 'torch-int4']
+        ['dequantize', 'ort-nbits', 'torch-int4']
     """
     return sorted((n for b, n in KERNELS if b == bits), key=lambda n: (n != DEQUANTIZE, n))
 
@@ -258,7 +259,9 @@ class OrtNBits(WeightKernel):
 
 @register_kernel
 class OrtNBitsA8(OrtNBits):
-    """MatMulNBits with accuracy_level=4: activations quantized to int8 per block, integer dot products."""
+    """MatMulNBits with accuracy_level=4 on 8-bit weights: activations quantized to int8 per block, integer dot
+    products (see the module docstring for why not at 2/3/4 bits)."""
 
     name = "ort-nbits-a8"
+    bits = (8,)
     accuracy_level = 4
