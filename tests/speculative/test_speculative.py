@@ -34,6 +34,42 @@ def test_a_draft_that_agrees_is_always_accepted_and_needs_fewer_target_passes():
     assert (stats.target_calls, stats.drafted, stats.accepted, stats.acceptance_rate) == (3, 6, 6, 1.0)
 
 
+def test_the_heuristic_schedule_grows_k_after_full_acceptance_up_to_max_k():
+    target = _gpt(2, 0)
+    x = torch.tensor([[1, 2, 3]])
+    want = generate(target, x, 20)
+    out, s = speculative_generate(target, target, x, 20, k=1, schedule="heuristic", max_k=8)
+    # prefill 1 token, then rounds drafting k = 1, 3, 5 (+1 bonus each): 13 tokens, then the 7 left (no bonus)
+    assert torch.equal(out, want)
+    assert (s.rounds, s.drafted, s.accepted, s.target_calls) == (4, 16, 16, 5)
+    out, s = speculative_generate(target, target, x, 20, k=1, schedule="heuristic")  # max_k = 2 * k + 2 = 4
+    # k = 1, 3, 4, 4 -> 1 + 2 + 4 + 5 + 5 = 17, then the 3 left
+    assert torch.equal(out, want)
+    assert (s.rounds, s.drafted, s.target_calls) == (5, 15, 6)
+
+
+def test_the_heuristic_schedule_shrinks_k_to_one_after_rejections():
+    target, draft = _gpt(2, 0), _gpt(1, 1)
+    nn.init.zeros_(draft.lm_head.weight)  # the draft always proposes token 0, which this target never picks
+    x = torch.tensor([[1, 2, 3]])
+    out, s = speculative_generate(target, draft, x, 20, k=4, schedule="heuristic")
+    assert torch.equal(out, generate(target, x, 20))
+    # every round is rejected and yields the target's token: 19 rounds drafting 4, 3, 2, then 1 token each
+    assert (s.accepted, s.rounds, s.drafted) == (0, 19, 4 + 3 + 2 + 16)
+
+
+def test_min_confidence_stops_drafting_after_an_unsure_token():
+    target = _gpt(2, 0)
+    x = torch.randint(0, 256, (2, 4), generator=torch.Generator().manual_seed(3))
+    out, s = speculative_generate(target, target, x, 16, k=4, min_confidence=0.5)
+    # an untrained model is never 50% sure of a byte: each round drafts one token (then one draft pass)
+    assert torch.equal(out, generate(target, x, 16))
+    assert s.drafted == s.rounds == s.draft_calls == s.accepted
+    out, s = speculative_generate(target, target, x, 16, k=4, min_confidence=0.001)  # always sure enough
+    # prefill 1 token, then 3 rounds of 4 drafted + 1 = 16
+    assert torch.equal(out, generate(target, x, 16)) and (s.rounds, s.drafted) == (3, 12)
+
+
 def test_a_layer_dropped_draft_of_the_same_model():
     import condense
     from condense.prune import LayerDropConfig
@@ -70,3 +106,33 @@ def test_bad_requests_name_the_fix():
         speculative_generate(target, target, x, 14, k=4)
     with pytest.raises(ConfigError, match="register a DecoderAdapter"):
         speculative_generate(target, nn.Linear(2, 2), x, 4)
+    with pytest.raises(ConfigError, match="choose one of \\['constant', 'heuristic'\\]"):
+        speculative_generate(target, target, x, 4, schedule="adaptive")
+    with pytest.raises(ConfigError, match="raise max_k or lower k"):
+        speculative_generate(target, target, x, 4, k=3, max_k=2)
+    with pytest.raises(ConfigError, match="min_confidence is a probability"):
+        speculative_generate(target, target, x, 4, min_confidence=1.0)
+
+
+@pytest.mark.parametrize("kernel", ["dequantize", "torch-int4"])
+def test_weight_only_quantized_draft_and_target(kernel):
+    """A 4-bit draft only changes which tokens are proposed; a 4-bit target verifying k+1 rows at once must give its
+    own one-row-at-a-time greedy output, whatever kernel runs it."""
+    import copy
+
+    import condense
+    from condense.quantize.weight_only import WeightOnlyConfig
+    from condense.quantize.weight_only.kernels import why_not
+
+    if why_not(4, kernel, 32, 32, 32):
+        pytest.skip(f"{kernel}: {why_not(4, kernel, 32, 32, 32)}")
+    torch.manual_seed(0)
+    target = GPT(GPTConfig(block_size=48, n_layer=2, n_head=2, n_embd=32)).eval()
+    draft = condense.quantize_(copy.deepcopy(target), WeightOnlyConfig(bits=4, kernel=kernel))
+    qtarget = condense.quantize_(copy.deepcopy(target), WeightOnlyConfig(bits=4, kernel=kernel))
+    assert {m.kernel for m in qtarget.modules() if hasattr(m, "kernel")} == {kernel}
+    x = torch.randint(0, 256, (2, 5), generator=torch.Generator().manual_seed(4))
+    out, s = speculative_generate(target, draft, x, 24, k=4)
+    assert torch.equal(out, generate(target, x, 24)) and s.accepted > 0
+    out, s = speculative_generate(qtarget, draft, x, 24, k=4)
+    assert torch.equal(out, generate(qtarget, x, 24)) and s.acceptance_rate == 1.0  # the same 4-bit model
