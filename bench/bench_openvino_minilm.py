@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -125,7 +126,11 @@ def main() -> None:
     ap.add_argument("--no-recipe", action="store_true", help="leave out the recipe's row (its distillation is the "
                                                              "slowest part of the run)")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--results", default="/tmp/bench_openvino_minilm.json", help="where the measured figures go")
+    ap.add_argument("--from-results", action="store_true", help="re-render the section from --results, no runs")
     args = ap.parse_args()
+    if args.from_results:
+        return report(json.loads(Path(args.results).read_text()), args)
     torch.set_num_threads(args.threads)  # ORT sessions take torch's thread count when created
     load_before = os.getloadavg()
     t_start = time.time()
@@ -159,19 +164,33 @@ def main() -> None:
         q[name] = task.metrics(m)
         print(f"{name}: {p50[name] * 1e3:.1f} ms, MRR@10 {q[name]['mrr@10']:.4f}, offsource "
               f"{q[name].get('mrr@10_offsource', float('nan')):.4f}", file=sys.stderr)
+    results = {"names": list(variants), "base": base, "ours": ours, "p50": p50, "q": q, "choice": choice,
+               "ov_info": ov_info, "peers": peers if isinstance(peers, str) else "", "auto_s": auto_s,
+               "recipe_s": recipe_s, "load_before": load_before, "load_after_timing": load_after_timing,
+               "seconds": time.time() - t_start, "argv": sys.argv[1:], "rounds": args.rounds,
+               "threads": args.threads}
+    Path(args.results).write_text(json.dumps(results, default=str))  # --from-results re-renders the section
+    report(results, args)
+
+
+def report(res: dict, args: argparse.Namespace) -> None:
+    """Render (and unless --no-write, write) the section from the measured `res`."""
+    names, base, ours, p50, q, choice = res["names"], res["base"], res["ours"], res["p50"], res["q"], res["choice"]
+    ov_info, recipe_s = res["ov_info"], res["recipe_s"]
+    args.rounds, args.threads = res["rounds"], res["threads"]
     off = "mrr@10_offsource"
     has_off = all(off in v for v in q.values())
     lines = ["| variant | p50 @ batch 32 | speed vs fp32 eager | MRR@10 docstrings | vs fp32 | MRR@10 man pages "
              "(second source) | vs fp32 | cosine to fp32 (man pages) |", "|---|---|---|---|---|---|---|---|"]
-    for name in variants:
+    for name in names:
         r = q[name]
         second = (f"{r[off]:.4f} | {r[off] / q[base][off]:.1%} | {r['cosine_to_fp32_offsource']:.4f}" if has_off
                   else "n/a | n/a | n/a")
         lines.append(f"| {name} | {p50[name] * 1e3:.1f} ms | {p50[base] / p50[name]:.2f}x | {r['mrr@10']:.4f} | "
                      f"{r['mrr@10'] / q[base]['mrr@10']:.1%} | {second} |")
     verdict = ""
-    nncf_row = next((n for n in variants if "NNCF" in n), None)
-    ov_row = next((n for n in variants if n.startswith("OpenVINO default")), None)
+    nncf_row = next((n for n in names if "NNCF" in n), None)
+    ov_row = next((n for n in names if n.startswith("OpenVINO default")), None)
     if nncf_row and ov_row and has_off:
         speed = p50[nncf_row] / p50[ours]
         gap_pp = (q[ov_row][off] - q[ours][off]) / q[base][off] * 100  # points of "vs fp32"
@@ -187,22 +206,22 @@ def main() -> None:
         metric_txt = "" if r["metric"] is None else f"{r['metric']:.4f}"
         cand.append(f"| {r['backend']} | {ms_txt} | {metric_txt} | {(r['error'] or '')[:110]} |")
     peer_note = (f"OpenVINO {ov_info['openvino']}, NNCF {ov_info['nncf']} (installed by the bench into "
-                 f"{PEERS.relative_to(Path.home()) if PEERS.is_relative_to(Path.home()) else PEERS}, --no-deps; "
+                 f"{'~/' + str(PEERS.relative_to(Path.home())) if PEERS.is_relative_to(Path.home()) else PEERS}, --no-deps; "
                  f"NNCF quantized the OpenVINO model read from the plain ONNX export in {ov_info['nncf_s']:.0f} s "
                  f"(SmoothQuant + fast bias correction, its transformer defaults); its torch backend "
                  f"{'was' if ov_info['torch_backend_imported'] else 'was not'} imported). OpenVINO compiles with "
                  f"INFERENCE_NUM_THREADS={args.threads} and its default precision hint here: {ov_info['precision']}."
-                 if ov_info else f"OpenVINO rows skipped: {peers}.")
-    cmd = "python bench/bench_openvino_minilm.py " + " ".join(sys.argv[1:])
+                 if ov_info else f"OpenVINO rows skipped: {res['peers']}.")
+    cmd = "python bench/bench_openvino_minilm.py " + " ".join(res["argv"])
     notes = (f"Baseline: fp32 PyTorch eager. Batch 32 of the task's docstring summaries, tokenisation included, "
              f"{args.rounds} interleaved rounds, {args.threads} threads for every variant. {peer_note} Quality: the "
              f"minilm task's MRR@10 on its docstring pairs and on its second source, manual pages (NAME line -> "
-             f"DESCRIPTION; no calibration or training text comes from them). Int8Config() took {auto_s:.0f} s"
+             f"DESCRIPTION; no calibration or training text comes from them). Int8Config() took {res['auto_s']:.0f} s"
              + (f", the recipe {recipe_s:.0f} s" if recipe_s is not None else ", the recipe row was left out "
                 "(--no-recipe)") + f". Load average (1/5/15 min) before: "
-             f"{' / '.join(f'{x:.2f}' for x in load_before)}, after timing: "
-             f"{' / '.join(f'{x:.2f}' for x in load_after_timing)} (the machine is shared; "
-             f"{time.time() - t_start:.0f} s in all).")
+             f"{' / '.join(f'{x:.2f}' for x in res['load_before'])}, after timing: "
+             f"{' / '.join(f'{x:.2f}' for x in res['load_after_timing'])} (the machine is shared; "
+             f"{res['seconds']:.0f} s in all).")
     body = ("## MiniLM vs OpenVINO and NNCF, both evaluation sources\n\n" + _common.header(cmd.strip(), args.threads,
                                                                                           notes)
             + "\n\n" + "\n".join(lines) + "\n\n" + verdict + "\n\n"
