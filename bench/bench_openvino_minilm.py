@@ -205,8 +205,9 @@ def report(res: dict, args: argparse.Namespace) -> None:
         ms_txt = "" if r["p50_ms"] is None else f"{r['p50_ms']:.1f} ms"
         metric_txt = "" if r["metric"] is None else f"{r['metric']:.4f}"
         cand.append(f"| {r['backend']} | {ms_txt} | {metric_txt} | {(r['error'] or '')[:110]} |")
+    where = "~/" + str(PEERS.relative_to(Path.home())) if PEERS.is_relative_to(Path.home()) else str(PEERS)
     peer_note = (f"OpenVINO {ov_info['openvino']}, NNCF {ov_info['nncf']} (installed by the bench into "
-                 f"{'~/' + str(PEERS.relative_to(Path.home())) if PEERS.is_relative_to(Path.home()) else PEERS}, --no-deps; "
+                 f"{where}, --no-deps; "
                  f"NNCF quantized the OpenVINO model read from the plain ONNX export in {ov_info['nncf_s']:.0f} s "
                  f"(SmoothQuant + fast bias correction, its transformer defaults); its torch backend "
                  f"{'was' if ov_info['torch_backend_imported'] else 'was not'} imported). OpenVINO compiles with "
