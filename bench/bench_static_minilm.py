@@ -1,6 +1,7 @@
 """Static int8 with accuracy aids vs the dynamic path on MiniLM, ONNX Runtime, both evaluation sources.
 
-Usage: .venv/bin/python bench/bench_static_minilm.py [--threads 2] [--rounds 5] [--float-layers 4] [--no-write]
+Usage: .venv/bin/python bench/bench_static_minilm.py [--threads 2] [--rounds 5] [--float-layers 4] [--pairs 500]
+       [--no-write]
 Writes the `static-minilm` section of BENCHMARKS.md. Variants: fp32 eager; the dynamic path (OrtInt8Config with 8
 float FFN outlier channels per block, what `Int8Config()` builds for its "ort" candidate); ORT static int8 (QDQ,
 min-max calibration on the task's 8 calibration batches, 8-bit weights: this CPU has VNNI); the same with SmoothQuant
@@ -28,12 +29,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--float-layers", type=int, default=4)
+    ap.add_argument("--pairs", type=int, default=500, help="evaluation pairs per source (the task's default: 500)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     t_start = time.time()
-    task = condense.get_task("minilm")
+    task = condense.get_task("minilm", n_pairs=args.pairs)
     fp32 = task.build_model()
     static = {"per_channel": True, "reduce_range": False, "observer": "minmax"}
     configs = {
@@ -69,7 +71,7 @@ def main() -> None:
     last = lineage(variants[list(configs)[-1]])["transforms"][-1]["details"].get("aids", {})
     kept = ", ".join(f"{n} ({last['relative_errors'][n]:.3f})" for n in last.get("float_layers", []))
     cmd = "python bench/bench_static_minilm.py " + " ".join(sys.argv[1:])
-    notes = (f"Baseline: fp32 PyTorch eager. {args.rounds} interleaved rounds at batch 32, tokenisation included, "
+    notes = (f"Baseline: fp32 PyTorch eager. MRR@10 on {args.pairs} pairs per source. {args.rounds} interleaved rounds at batch 32, tokenisation included, "
              f"{args.threads} threads. Static configs: {static}. Layers kept in float by the last row (simulated "
              f"relative int8 error on the calibration batches): {kept or 'none'}. Load average (1/5/15 min) before: "
              f"{' / '.join(f'{x:.2f}' for x in load_before)}, after timing: "
