@@ -29,10 +29,9 @@ from condense.measurement.api import MeasureConfig
 from condense.quantize.backends import Int8Config
 
 
-def ort_own_quantize_dynamic(model: torch.nn.Module, texts: list[str]) -> torch.nn.Module:
-    """The baseline: `torch.onnx.export` of the encoder as it is, then ORT's `quantize_dynamic` (QInt8, per-channel)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+def plain_onnx(model: torch.nn.Module, texts: list[str]) -> bytes:
+    """`torch.onnx.export` of the encoder as it is: (input_ids, attention_mask) -> embeddings, dynamic batch and
+    sequence, opset 17 (what a user of ONNX Runtime or OpenVINO starts from)."""
     ids, mask = model.tokenize(texts)
     buf = io.BytesIO()
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
@@ -41,10 +40,17 @@ def ort_own_quantize_dynamic(model: torch.nn.Module, texts: list[str]) -> torch.
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (ids, mask), buf, input_names=["input_ids", "attention_mask"],
                           output_names=["embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
+def ort_own_quantize_dynamic(model: torch.nn.Module, texts: list[str]) -> torch.nn.Module:
+    """The baseline: `torch.onnx.export` of the encoder as it is, then ORT's `quantize_dynamic` (QInt8, per-channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     with tempfile.TemporaryDirectory() as d, quiet_onnxruntime_tools():
         src, dst = os.path.join(d, "fp32.onnx"), os.path.join(d, "int8.onnx")
         with open(src, "wb") as f:
-            f.write(buf.getvalue())
+            f.write(plain_onnx(model, texts))
         quantize_dynamic(src, dst, per_channel=True, weight_type=QuantType.QInt8)
         with open(dst, "rb") as f:
             data = f.read()

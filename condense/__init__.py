@@ -41,6 +41,7 @@ _LAZY = {
     "DynamicInt8Config": "condense.quantize.dynamic",
     "StaticInt8Config": "condense.quantize.static",
     "OrtInt8Config": "condense.quantize.ort",
+    "Bf16Config": "condense.quantize.bf16",
     "QATConfig": "condense.quantize.qat",
     "WeightOnlyConfig": "condense.quantize.weight_only",
     "MixedPrecisionConfig": "condense.quantize.sensitivity",

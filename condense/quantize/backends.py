@@ -32,6 +32,7 @@ class Backend(str, enum.Enum):
     TORCH_STATIC = "torch-static"  # torch.ao FX static int8 with calibration
     ORT = "ort"  # ONNX Runtime dynamic int8 (session-level fusions only)
     ORT_FUSED = "ort-fused"  # ONNX Runtime dynamic int8 after its BERT transformer fusions
+    BF16 = "bf16"  # not int8: bf16 matmuls (Bf16Config), a candidate only where the CPU has native bf16
 
 
 @config
@@ -39,7 +40,7 @@ class Int8Config:
     """Int8 quantization on the backend you name, or on the fastest one that keeps quality (`"auto"`).
 
     Args:
-        backend: "auto", "torch", "torch-static", "ort" or "ort-fused".
+        backend: "auto", "torch", "torch-static", "ort", "ort-fused" or "bf16" (bf16 matmuls, not int8).
         per_channel: per-output-channel weight scales.
         float_channels: ORT backends on BERT encoders: FFN outlier channels per block kept in float (see
             OrtInt8Config); other models get 0, recorded in the lineage's applied config. 8 rather than 4: on
@@ -50,6 +51,10 @@ class Int8Config:
         batch_size: batch size the candidates are timed at (0 = the task's largest).
         min_time_s: seconds of timing per candidate.
         include: module-name patterns to quantize (fnmatch); exclude: patterns to keep in float.
+        bf16: with "auto", also measure bf16 matmuls (`Bf16Config`) where the CPU has native bf16 (avx512_bf16 /
+            amx_bf16; OpenVINO's default there), kept only where faster than every int8 candidate within
+            `tolerance`. Its weights take 2 bytes, not 1: False keeps the pick int8. Where the CPU lacks native
+            bf16 the candidate is not built, and the lineage says why.
 
     Example:
         >>> Int8Config(backend="ort").to_dict()["backend"]
@@ -64,6 +69,7 @@ class Int8Config:
     min_time_s: float = 1.5
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    bf16: bool = True
 
     def __post_init__(self) -> None:
         try:
@@ -79,6 +85,7 @@ class Int8Config:
 
 def backend_config(backend: Backend, cfg: Int8Config, model: nn.Module) -> Any:
     """The technique config that implements `backend` with `cfg`'s options."""
+    from condense.quantize.bf16 import Bf16Config
     from condense.quantize.dynamic import DynamicInt8Config
     from condense.quantize.ort import OrtInt8Config
     from condense.quantize.static import StaticInt8Config
@@ -88,6 +95,8 @@ def backend_config(backend: Backend, cfg: Int8Config, model: nn.Module) -> Any:
         return DynamicInt8Config(**common)
     if backend is Backend.TORCH_STATIC:
         return StaticInt8Config(**common)
+    if backend is Backend.BF16:
+        return Bf16Config(include=cfg.include, exclude=cfg.exclude)
     if backend in (Backend.ORT, Backend.ORT_FUSED):
         fused = backend is Backend.ORT_FUSED
         if fused and not _fusable(model):
@@ -195,15 +204,34 @@ def quantize_int8(model: nn.Module, cfg: Int8Config, ctx: TransformContext) -> n
             return out
         return build
 
-    backends = [b for b in Backend if b is not Backend.AUTO]
+    backends, skipped = auto_backends(cfg)
     rows, built = measure_candidates(model, {b.value: builder(b) for b in backends}, task,
                                      batch_size=batch_size, min_time_s=cfg.min_time_s)
     baseline = next(r for r in rows if r["backend"] == "fp32")["metric"]
     name, reason = pick(rows, baseline=baseline, tolerance=cfg.tolerance, within=task.within_budget)
     out = built[name]
     ctx.record(backend=name, reason=reason, batch_size=batch_size, threads=torch.get_num_threads(), candidates=rows,
-               applied=entries[name])
+               applied=entries[name], skipped=skipped)
     return out
+
+
+def auto_backends(cfg: Int8Config) -> tuple[list[Backend], dict[str, str]]:
+    """The backends "auto" measures, and {backend: why not} for those it leaves out (recorded in the lineage).
+
+    Example:
+        >>> Backend.BF16 in auto_backends(Int8Config(bf16=False))[0]
+        False
+    """
+    from condense.quantize.bf16 import native_bf16
+
+    skipped: dict[str, str] = {}
+    if not cfg.bf16:
+        skipped[Backend.BF16.value] = "Int8Config(bf16=False)"
+    else:
+        native, why = native_bf16()
+        if not native:
+            skipped[Backend.BF16.value] = why
+    return [b for b in Backend if b is not Backend.AUTO and b.value not in skipped], skipped
 
 
 def _replay(model: nn.Module, cfg: Int8Config, details: dict) -> nn.Module:

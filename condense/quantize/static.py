@@ -24,7 +24,7 @@ from torch import nn
 
 from condense.core import lineage
 from condense.core.artifact import CODECS, TensorCodec
-from condense.core.config import check_patterns, check_positive_int, config, show
+from condense.core.config import check_float, check_int, check_patterns, check_positive_int, config, show
 from condense.core.task import batch_tensors
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
@@ -60,6 +60,14 @@ class StaticInt8Config:
         reduce_range: 7-bit activations, torch's x86 default (avoids int16 overflow on CPUs without VNNI).
         calibration_batches: how many of the task's calibration batches to observe.
         include: module-name patterns to quantize (fnmatch); exclude: patterns to keep in float.
+        smooth_quant: SmoothQuant's alpha (0.5 is the paper's and NNCF's choice for encoders; 0 = off): each
+            Linear's input outliers move into its per-channel-quantized weight (condense/quantize/static_aids.py).
+        bias_correction: subtract the output-mean shift that int8 weights cause (measured on the calibration
+            batches) from each Linear's bias.
+        float_layers: keep in float the this many Linears whose simulated int8 output error on the calibration
+            batches is largest.
+        The three aids run on the ONNX Runtime path (any of them set sends a model there); text models (batches of
+        strings, e.g. minilm) always take it.
 
     Example:
         >>> StaticInt8Config(observer="minmax").to_dict()["observer"]
@@ -74,8 +82,13 @@ class StaticInt8Config:
     calibration_batches: int = 8
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
+    smooth_quant: float = 0.0
+    bias_correction: bool = False
+    float_layers: int = 0
 
     def __post_init__(self) -> None:
+        check_float(self, "smooth_quant", lo=0, hi=1, hi_open=True, example=0.5)
+        check_int(self, "float_layers", lo=0, hi=1_000_000, example=4)
         try:
             object.__setattr__(self, "observer", Observer(self.observer))
         except (ValueError, TypeError):
@@ -148,19 +161,33 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: Transform
     batches = ctx.calibration_batches(cfg.calibration_batches, what="StaticInt8Config")
     fx_error = "dict batches (keyword inputs) are not traced by torch.fx"
     was_training = model.training
-    if not isinstance(batches[0], dict):
+    if cfg.smooth_quant or cfg.bias_correction or cfg.float_layers:
+        fx_error = "the accuracy aids (smooth_quant, bias_correction, float_layers) run on the ONNX Runtime path"
+    elif _is_text(batches[0]) and hasattr(model, "tokenize"):
+        fx_error = "text batches are tokenized by the model's export adapter on the ONNX Runtime path"
+    elif not isinstance(batches[0], dict):
         example = batch_tensors(batches[0], "StaticInt8Config traces the model on tensor batches, but the "
-                                "calibration batches are {type}; for text models (e.g. minilm) use "
+                                "calibration batches are {type}; text batches need a model with `tokenize` "
+                                "(e.g. minilm's encoder, exported to ONNX Runtime), or use "
                                 "DynamicInt8Config or OrtInt8Config, which need no traced calibration")
         try:
             return _quantize_fx(model, cfg, ctx, names, kept_float, batches, example)
         except _FxTraceError as e:
             fx_error = str(e)
-    q, details = quantize_static_ort(model.eval(), cfg, batches, kept_float)
+
+    def run(m: nn.Module) -> None:
+        for b in batches:
+            ctx.run_batch(m, b)
+
+    q, details = quantize_static_ort(model.eval(), cfg, batches, kept_float, run)
     model.train(was_training)
     ctx.record(layers=names, excluded=kept_float, calibration_batches=len(batches), fx_error=fx_error[:500],
                **details)
     return q
+
+
+def _is_text(batch: Any) -> bool:
+    return isinstance(batch, (list, tuple)) and bool(batch) and all(isinstance(t, str) for t in batch)
 
 
 def _quantize_fx(model: nn.Module, cfg: StaticInt8Config, ctx: TransformContext, names: list[str],

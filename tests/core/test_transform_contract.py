@@ -60,6 +60,7 @@ EXAMPLES = {
     ("quantize", "int8"): (cnn_task, lambda: _cfg("condense.quantize.backends.Int8Config", backend="torch-static"), 0),
     ("quantize", "dynamic"): (gpt_task, lambda: _cfg("condense.quantize.dynamic.DynamicInt8Config"), 0),
     ("quantize", "static"): (cnn_task, lambda: _cfg("condense.quantize.static.StaticInt8Config"), 0),
+    ("quantize", "bf16"): (gpt_task, lambda: _cfg("condense.quantize.bf16.Bf16Config", exclude=("lm_head",)), 0),
     ("quantize", "ort"): (cnn_task, lambda: _cfg("condense.quantize.ort.OrtInt8Config"), 1e-5),
     ("quantize", "qat"): (cnn_task, lambda: _cfg("condense.quantize.qat.QATConfig", steps=2), 0),
     ("quantize", "weight-only"): (gpt_task, lambda: _cfg("condense.quantize.weight_only.WeightOnlyConfig",

@@ -16,8 +16,8 @@ from tests.core.test_transform_contract import EXAMPLES, NEEDS, _cfg
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 # Transforms that run on CPU kernels only and must refuse a CUDA model with an error naming the fix (seen on an H200).
-CPU_ONLY = {("quantize", "dynamic"), ("quantize", "int8"), ("quantize", "mixed"), ("quantize", "ort"),
-            ("quantize", "qat"), ("quantize", "static"), ("export", "onnx")}
+CPU_ONLY = {("quantize", "bf16"), ("quantize", "dynamic"), ("quantize", "int8"), ("quantize", "mixed"),
+            ("quantize", "ort"), ("quantize", "qat"), ("quantize", "static"), ("export", "onnx")}
 UNCHECKED = {("export", "tflite"), ("export", "tflite-int8")}  # litert_torch was not installed on the GPU machine
 
 # Transforms that train a few steps: GPU and CPU arithmetic differ, so their results drift apart a little.

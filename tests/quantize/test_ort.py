@@ -11,6 +11,7 @@ from condense.core.lineage import lineage
 from condense.errors import CondenseError, ConfigError
 from condense.export import OrtSentenceEncoder
 from condense.quantize.backends import Int8Config, pick
+from condense.quantize.bf16 import native_bf16
 from condense.quantize.ort import OrtInt8Config
 
 TEXTS = ["Return the number of items in a container.", "Open a file and return a stream.",
@@ -91,7 +92,9 @@ def test_auto_backend_records_a_measured_choice(tmp_path):
     q = condense.quantize_(model, Int8Config(min_time_s=0.3, tolerance=0.05), task=task)
     d = lineage(q)["transforms"][-1]["details"]
     rows = {r["backend"]: r for r in d["candidates"]}
-    assert set(rows) == {"fp32", "torch", "torch-static", "ort", "ort-fused"}
+    native = native_bf16()[0]  # the bf16 candidate is built only where the CPU has native bf16, else recorded
+    assert set(rows) == {"fp32", "torch", "torch-static", "ort", "ort-fused"} | ({"bf16"} if native else set())
+    assert d["skipped"] == ({} if native else {"bf16": native_bf16()[1]})
     assert "BERT" in rows["ort-fused"]["error"] and rows["ort-fused"]["p50_ms"] is None
     ok = [r for r in rows.values() if r["backend"] != "fp32" and r["error"] is None and r["metric"] >= 0.95]
     assert d["backend"] == min(ok, key=lambda r: r["p50_ms"])["backend"]
@@ -213,9 +216,11 @@ def test_auto_backend_skips_a_candidate_that_fails_and_says_why(monkeypatch):
     monkeypatch.setattr(backends, "_apply", apply_then_break)
     task = condense.get_task("condense.testing:tiny_task")
     with pytest.warns(UserWarning, match="backend 'ort' skipped: RuntimeError: ort cannot take this model"):
-        q = condense.quantize_(task.build_model(), Int8Config(min_time_s=0.2, tolerance=0.05), task=task)
+        q = condense.quantize_(task.build_model(), Int8Config(min_time_s=0.2, tolerance=0.05, bf16=False),
+                               task=task)
     d = lineage(q)["transforms"][-1]["details"]
     rows = {r["backend"]: r for r in d["candidates"]}
+    assert d["skipped"] == {"bf16": "Int8Config(bf16=False)"} and "bf16" not in rows
     assert rows["ort"]["error"] == "RuntimeError: ort cannot take this model" and rows["ort"]["p50_ms"] is None
     assert rows["torch-static"]["error"].startswith("TypeError: forward() got an unexpected keyword")
     assert d["backend"] == "torch" and rows["torch"]["error"] is None and rows["torch"]["p50_ms"] > 0
