@@ -45,7 +45,7 @@ INF, NAN = float("inf"), float("nan")
     ({"type": "TrainConfig", "nesterov": "yes"}, "TrainConfig.nesterov must be true or false, got 'yes'"),
     ({"type": "TrainConfig", "steps": True}, "TrainConfig.steps must be an integer, got True"),
     ({"type": "Int8Config", "backend": ["dynamic"]}, "Int8Config.backend must be one of ['auto', 'torch',"),
-    ({"type": "WeightOnlyConfig", "method": {"a": 1}}, "WeightOnlyConfig.method must be one of ['rtn', 'gptq']"),
+    ({"type": "WeightOnlyConfig", "method": {"a": 1}}, "WeightOnlyConfig.method must be one of ['rtn', 'gptq', 'awq']"),
     ({"type": "EarlyExitConfig", "finetune": [1, 2]},
      'EarlyExitConfig.finetune must be a mapping of FitConfig fields, got [1, 2]; e.g. finetune={"steps": 100}'),
     ({"type": "DistillConfig", "finetune": {"stpes": 3}},

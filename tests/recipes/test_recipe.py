@@ -37,8 +37,8 @@ def test_steps_build_the_same_configs_as_python():
     (_doc({"prune": {"method": "layer-drop", "n_drop": 1, "finetune": {"steps": 1.5}}}),
      "steps[0] (prune): LayerDropConfig.finetune: FitConfig.steps must be an integer (not a fraction), got 1.5; "
      "e.g. steps=100"),
-    (_doc({"quantize": {"scheme": "weight-only", "bits": 4, "method": "awq"}}),
-     "steps[0] (quantize): WeightOnlyConfig.method must be one of ['rtn', 'gptq'], got 'awq'; e.g. method=\"rtn\""),
+    (_doc({"quantize": {"scheme": "weight-only", "bits": 4, "method": "hqq"}}),
+     "steps[0] (quantize): WeightOnlyConfig.method must be one of ['rtn', 'gptq', 'awq'], got 'hqq'; e.g. method=\"rtn\""),
     (_doc({"quantize": {"scheme": "int4"}}), "steps[0] (quantize): unknown scheme 'int4'; use one of:"),
     (_doc({"prune": {"n_drop": 1}}), "steps[0] (prune): say which method: one of"),
     (_doc({"prune": {"method": "layer-drop"}}), "steps[0] (prune): LayerDropConfig needs exactly one of n_drop"),
