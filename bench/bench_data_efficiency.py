@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--mu", type=int, default=SemiConfig.mu, help="unlabelled batches per labelled batch")
     ap.add_argument("--threshold", type=float, default=SemiConfig.threshold, help="FixMatch confidence threshold")
     ap.add_argument("--ema", type=float, default=0.99, help="FixMatch runs: FitConfig.ema (weight averaging)")
-    ap.add_argument("--semi-steps", type=int, default=1200, help="optimizer steps of the FixMatch runs")
+    ap.add_argument("--semi-steps", type=int, default=2000, help="optimizer steps of the FixMatch runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--part", choices=("all", "digits", "transfer"), default="all")
     ap.add_argument("--labels-per-class", type=int, default=10, help="transfer: labelled docstrings per topic")

@@ -79,7 +79,7 @@ def test_semi_batches_pair_mu_unlabelled_batches_and_restart():
 def test_semi_loss_is_supervised_plus_weighted_unlabelled_loss():
     task = get_task("digits", channels=[4, 4, 8], labels_per_class=2)
     model = task.build_skeleton().eval()  # eval: batch norm does not move between the calls compared
-    cfg = SemiConfig(method="pseudo-label", threshold=0.0, lambda_u=0.5, weak="image-shift")
+    cfg = SemiConfig(method="pseudo-label", threshold=0.0, lambda_u=0.5, weak="image-shift", align=0)
     st = semi_task(task, cfg)
     batch = next(iter(st.train_data()))
     torch.manual_seed(3)
@@ -154,7 +154,7 @@ def test_distribution_alignment_divides_by_the_mean_of_the_last_window_batches()
     from condense.train.semi import SemiLoss
 
     skew = torch.tensor([[0.6, 0.4], [0.95, 0.05]]).log()
-    plain = SemiLoss(SimpleNamespace(name="t"), SemiConfig(method="pseudo-label"))
+    plain = SemiLoss(SimpleNamespace(name="t"), SemiConfig(method="pseudo-label", align=0))
     aligned = SemiLoss(SimpleNamespace(name="t"), SemiConfig(method="pseudo-label", align=4))
     ident = lambda x: x  # noqa: E731
     _, mask = plain.method(ident, skew, ident, ident, 0.69, align=plain.align)
