@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--mu", type=int, default=SemiConfig.mu, help="unlabelled batches per labelled batch")
     ap.add_argument("--threshold", type=float, default=SemiConfig.threshold, help="FixMatch confidence threshold")
     ap.add_argument("--ema", type=float, default=0.99, help="FixMatch runs: FitConfig.ema (weight averaging)")
-    ap.add_argument("--semi-steps", type=int, default=1200, help="optimizer steps of the FixMatch runs")
+    ap.add_argument("--semi-steps", type=int, default=2000, help="optimizer steps of the FixMatch runs")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--part", choices=("all", "digits", "transfer"), default="all")
     ap.add_argument("--labels-per-class", type=int, default=10, help="transfer: labelled docstrings per topic")
@@ -155,7 +155,9 @@ def main() -> None:
              f"seed 0); the rest are unlabelled. Augmentation: `augment=\"auto\"` (digits: `image`, 1-px shifts, "
              f"+-10 degree rotations, Gaussian noise 0.05). FixMatch: `semi=SemiConfig()` (its defaults: threshold "
              f"{semi.threshold}, mu {semi.mu}, lambda_u {semi.lambda_u}, weak view `image-shift`, strong view "
-             f"`image-strong`: 1-px shifts, +-10 degrees, 2x2 cutout, noise 0.05) on the unlabelled rest, labelled "
+             f"`image-strong`: 1-px shifts, +-10 degrees, 2x2 cutout, noise 0.05"
+             + (f", distribution alignment over the last {semi.align} batches" if semi.align else "")
+             + f") on the unlabelled rest, labelled "
              f"batches with the weak view (`augment=\"image-shift\"`), `ema={args.ema}` (evaluated and kept: the "
              f"moving average of the weights), {args.semi_steps} steps. These settings were the best of those "
              f"{sel}; the EMA row shows what the average alone gives fully supervised. Accuracy: mean over the "

@@ -22,7 +22,8 @@ from condense.train.semi import SemiConfig
 
 BASE = dict(steps=600, lr=3e-3, optimizer="adamw", weight_decay=1e-4, grad_clip=None, schedule="onecycle",
             min_lr_ratio=0.0, precision="fp32", tensorboard=False)
-OLD = dict(method="fixmatch", threshold=0.9, mu=3, lambda_u=1.0, weak="image-shift", strong="image-strong")
+OLD = dict(method="fixmatch", threshold=0.9, mu=3, lambda_u=1.0, weak="image-shift", strong="image-strong",
+           ramp_steps=0, align=0)  # every field spelled out: SemiConfig's defaults move to the chosen settings
 CANDIDATES = {  # name: (TrainConfig fields, SemiConfig fields); None semi: supervised on every label
     "100% labels": ({}, None),
     "100% labels, ema 0.99": ({"ema": 0.99}, None),
@@ -36,6 +37,20 @@ CANDIDATES = {  # name: (TrainConfig fields, SemiConfig fields); None semi: supe
     "ema 0.99, lambda_u 2": ({"augment": "image-shift", "ema": 0.99}, {"lambda_u": 2.0}),
     "ema 0.99, strong image-heavy": ({"augment": "image-shift", "ema": 0.99}, {"strong": "image-heavy"}),
     "ema 0.99, ramp 200": ({"augment": "image-shift", "ema": 0.99}, {"ramp_steps": 200}),
+    "ema 0.99, tau 0.8, 1200 steps": ({"augment": "image-shift", "ema": 0.99, "steps": 1200}, {"threshold": 0.8}),
+    "ema 0.99, tau 0.8, 1200 steps, align 32": ({"augment": "image-shift", "ema": 0.99, "steps": 1200},
+                                                {"threshold": 0.8, "align": 32}),
+    "ema 0.99, tau 0.8, 2000 steps": ({"augment": "image-shift", "ema": 0.99, "steps": 2000}, {"threshold": 0.8}),
+    "ema 0.99, tau 0.8, 1200 steps, strong image-heavy": ({"augment": "image-shift", "ema": 0.99, "steps": 1200},
+                                                          {"threshold": 0.8, "strong": "image-heavy"}),
+    "ema 0.99, tau 0.8, mu 7, 1200 steps": ({"augment": "image-shift", "ema": 0.99, "steps": 1200},
+                                            {"threshold": 0.8, "mu": 7}),
+    "ema 0.99, tau 0.8, 2000 steps, lr 1e-3 cosine": ({"augment": "image-shift", "ema": 0.99, "steps": 2000,
+                                                       "lr": 1e-3, "schedule": "cosine"}, {"threshold": 0.8}),
+    "ema 0.99, tau 0.8, 2000 steps, align 32": ({"augment": "image-shift", "ema": 0.99, "steps": 2000},
+                                                {"threshold": 0.8, "align": 32}),
+    "ema 0.99, tau 0.8, 1200 steps, ramp 300": ({"augment": "image-shift", "ema": 0.99, "steps": 1200},
+                                                {"threshold": 0.8, "ramp_steps": 300}),
 }
 
 
@@ -88,7 +103,9 @@ def main() -> None:
              f"split is not used. Digits CNN (16, 32, 64) from scratch, {BASE['steps']} steps unless stated, AdamW "
              f"lr 3e-3 one-cycle; 5% of the remaining training labels. Every FixMatch row starts from the previous "
              f"settings (threshold 0.9, mu 3, lambda_u 1, weak `image-shift`, strong `image-strong`, labelled "
-             f"batches `image-shift`) and changes what its name says. " + (args.load_note or
+             f"batches `image-shift`) and changes what its name says (`align 32`: `SemiConfig.align=32`, the "
+             f"targets' distribution aligned to uniform over the last 32 batches; `ramp N`: `ramp_steps=N`). "
+             + (args.load_note or
              f"{_common.load_average().capitalize()} after, {load_before} before "
              f"({time.perf_counter() - t_all:.0f} s in all)."))
     lines = ["## Data efficiency: choosing the semi-supervised settings on a validation split", "",

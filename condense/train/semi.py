@@ -27,8 +27,8 @@ from condense.errors import ConfigError
 from condense.train.augment import AUGMENTATIONS, BATCH_INPUTS, augment_batch, resolve_augmentation
 from condense.train.loop import fit
 
-__all__ = ["SemiConfig", "SemiBatch", "SemiLoss", "SEMI_METHODS", "consistency_loss", "semi_batches", "semi_task",
-           "fit_semi_supervised"]
+__all__ = ["SemiConfig", "SemiBatch", "SemiLoss", "SEMI_METHODS", "DistributionAlignment", "consistency_loss",
+           "semi_batches", "semi_task", "fit_semi_supervised"]
 
 
 class SemiBatch(NamedTuple):
@@ -41,8 +41,8 @@ class SemiBatch(NamedTuple):
 # FitConfig.augment augments the labelled inputs only; the unlabelled ones get the method's weak/strong views
 BATCH_INPUTS.register(SemiBatch)(lambda batch, fn: SemiBatch(augment_batch(batch.labelled, fn), batch.unlabelled))
 
-Method = Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, Callable, Callable, float],
-                  tuple[torch.Tensor, torch.Tensor]]
+# (run, unlabelled x, weak view, strong view, threshold, align: target logits -> target logits) -> (loss, mask)
+Method = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 SEMI_METHODS: Registry[Method] = Registry("semi-supervised method")
 
 
@@ -51,7 +51,7 @@ class SemiConfig:
     """Semi-supervised training on a task's `unlabelled_data`.
 
     The defaults are the best settings tried on digits' validation split (bench/select_semi.py; with
-    `FitConfig.ema=0.99` and labelled batches augmented `image-shift`).
+    `FitConfig.ema=0.99`, 2000 steps and labelled batches augmented `image-shift`): threshold 0.8, align 32.
 
     Args:
         method: fixmatch | pseudo-label (`SEMI_METHODS`).
@@ -63,6 +63,10 @@ class SemiConfig:
         ramp_steps: the unlabelled loss weight rises linearly from 0 to lambda_u over this many loss calls (one
             per step without gradient accumulation; counted in this process, so a resumed run ramps again);
             0 (default): lambda_u from the start; a ramp has not been measured on digits yet.
+        align: distribution alignment (ReMixMatch) over the last `align` unlabelled batches: each target
+            distribution p becomes p / m renormalised, m the mean target distribution of those batches, so the
+            pseudo-labels' class marginal is pushed towards uniform (a balanced task); 0: off. Counted in this
+            process, like ramp_steps.
 
     Example:
         >>> SemiConfig(method="fixmatch", threshold=0.9).mu
@@ -70,12 +74,13 @@ class SemiConfig:
     """
 
     method: str = "fixmatch"
-    threshold: float = 0.9
+    threshold: float = 0.8
     lambda_u: float = 1.0
     mu: int = 3
     weak: str = "auto"
     strong: str = "auto"
     ramp_steps: int = 0
+    align: int = 32
 
     def __post_init__(self) -> None:
         if self.method not in SEMI_METHODS:
@@ -85,6 +90,7 @@ class SemiConfig:
         check_float(self, "lambda_u", lo=0, example=1.0)
         check_int(self, "mu", lo=1, hi=1024, example=7)
         check_int(self, "ramp_steps", lo=0, example=100)
+        check_int(self, "align", lo=0, example=32)
         for name in ("weak", "strong"):
             v = getattr(self, name)
             if v != "auto" and v not in AUGMENTATIONS:
@@ -110,19 +116,45 @@ def consistency_loss(target_logits: torch.Tensor, logits: torch.Tensor,
     return (per_row * mask).sum() / max(per_row.numel(), 1), mask
 
 
+class DistributionAlignment:
+    """ReMixMatch's distribution alignment with a uniform class prior: target probabilities p -> p / m renormalised,
+    m the mean of p over the last `window` batches (this one included); returned as logits (log p - log m).
+
+    Example:
+        >>> da = DistributionAlignment(window=4)
+        >>> q = da(torch.tensor([[0.6, 0.4], [0.8, 0.2]]).log()).softmax(-1)  # m = (0.7, 0.3)
+        >>> [[round(float(v), 4) for v in row] for row in q]
+        [[0.3913, 0.6087], [0.6316, 0.3684]]
+    """
+
+    def __init__(self, window: int):
+        self.window = window
+        self.history: list[torch.Tensor] = []  # per batch: the mean target distribution, (K,)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = logits.detach().float().softmax(-1)  # (B, K)
+        self.history = [*self.history[max(0, len(self.history) + 1 - self.window):], probs.mean(0)]
+        marginal = torch.stack(self.history).mean(0)  # (K,)
+        return probs.clamp_min(1e-12).log() - marginal.clamp_min(1e-12).log()
+
+
+def _same(logits: torch.Tensor) -> torch.Tensor:
+    return logits
+
+
 @SEMI_METHODS.register("fixmatch")
-def _fixmatch(run: Callable, x: torch.Tensor, weak: Callable, strong: Callable,
-              threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fixmatch(run: Callable, x: torch.Tensor, weak: Callable, strong: Callable, threshold: float,
+              align: Callable = _same) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
-        target = run(weak(x))  # (B, K)
+        target = align(run(weak(x)))  # (B, K)
     return consistency_loss(target, run(strong(x)), threshold)
 
 
 @SEMI_METHODS.register("pseudo-label")
-def _pseudo_label(run: Callable, x: torch.Tensor, weak: Callable, strong: Callable,
-                  threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _pseudo_label(run: Callable, x: torch.Tensor, weak: Callable, strong: Callable, threshold: float,
+                  align: Callable = _same) -> tuple[torch.Tensor, torch.Tensor]:
     logits = run(weak(x))  # (B, K): its own detached confident predictions are its targets
-    return consistency_loss(logits, logits, threshold)
+    return consistency_loss(align(logits.detach()), logits, threshold)
 
 
 def semi_batches(labelled: Callable[[], Any], unlabelled: Callable[[], Any],
@@ -159,6 +191,7 @@ class SemiLoss:
     def __init__(self, task: Any, cfg: SemiConfig):
         self.task, self.cfg = task, cfg
         self.method = SEMI_METHODS.get(cfg.method)
+        self.align = DistributionAlignment(cfg.align) if cfg.align else _same
         self.views: tuple[Callable, Callable] | None = None
         self.mask_rates: list[float] = []
 
@@ -177,7 +210,8 @@ class SemiLoss:
             self.views = tuple(resolve_augmentation(getattr(self.cfg, role), self.task.input_kind,
                                                     batch.unlabelled, role=role) for role in ("weak", "strong"))
         sup = self.task.loss(model, batch.labelled)
-        unsup, mask = self.method(self._run(model), batch.unlabelled, *self.views, self.cfg.threshold)
+        unsup, mask = self.method(self._run(model), batch.unlabelled, *self.views, self.cfg.threshold,
+                                  align=self.align)
         self.mask_rates.append(float(mask.float().mean()))
         ramp = min(1.0, len(self.mask_rates) / self.cfg.ramp_steps) if self.cfg.ramp_steps else 1.0
         return sup + ramp * self.cfg.lambda_u * unsup

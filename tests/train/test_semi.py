@@ -13,7 +13,8 @@ from condense.errors import ConfigError
 from condense.tasks import get_task
 from condense.train.augment import AUGMENTATIONS
 from condense.train.api import TrainConfig, train
-from condense.train.semi import SemiBatch, SemiConfig, consistency_loss, semi_batches, semi_task
+from condense.train.semi import (DistributionAlignment, SemiBatch, SemiConfig, consistency_loss, semi_batches,
+                                 semi_task)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,7 +79,7 @@ def test_semi_batches_pair_mu_unlabelled_batches_and_restart():
 def test_semi_loss_is_supervised_plus_weighted_unlabelled_loss():
     task = get_task("digits", channels=[4, 4, 8], labels_per_class=2)
     model = task.build_skeleton().eval()  # eval: batch norm does not move between the calls compared
-    cfg = SemiConfig(method="pseudo-label", threshold=0.0, lambda_u=0.5, weak="image-shift")
+    cfg = SemiConfig(method="pseudo-label", threshold=0.0, lambda_u=0.5, weak="image-shift", align=0)
     st = semi_task(task, cfg)
     batch = next(iter(st.train_data()))
     torch.manual_seed(3)
@@ -117,7 +118,7 @@ def test_ramp_steps_raise_the_unlabelled_weight_linearly_to_lambda_u():
     task = SimpleNamespace(loss=lambda model, b: torch.tensor(0.5), run_batch=None, name="t")
     loss = SemiLoss(task, SemiConfig(lambda_u=2.0, ramp_steps=4))
     loss.views = (lambda x: x, lambda x: x)
-    loss.method = lambda run, x, weak, strong, tau: (torch.tensor(1.0), torch.ones(2, dtype=torch.bool))
+    loss.method = lambda run, x, weak, strong, tau, align: (torch.tensor(1.0), torch.ones(2, dtype=torch.bool))
     batch = SemiBatch((torch.zeros(1), torch.zeros(1)), torch.zeros(2))
     assert [float(loss(None, batch)) for _ in range(5)] == [1.0, 1.5, 2.0, 2.5, 2.5]  # 0.5 + 2 x min(1, k/4)
 
@@ -134,3 +135,32 @@ def test_validation_split_is_carved_from_training_images_and_never_touches_the_t
     assert not seen & held and not seen & test
     with pytest.raises(ConfigError, match="validation must be a fraction"):
         get_task("digits", validation=1.5)
+
+
+def test_distribution_alignment_divides_by_the_mean_of_the_last_window_batches():
+    da = DistributionAlignment(window=2)
+    p1 = torch.tensor([[0.6, 0.4], [0.8, 0.2]])  # batch mean (0.7, 0.3)
+    p2 = torch.tensor([[0.1, 0.9], [0.3, 0.7]])  # batch mean (0.2, 0.8)
+    p3 = torch.tensor([[0.5, 0.5], [0.5, 0.5]])  # batch mean (0.5, 0.5)
+    hand = lambda p, m: (p / m) / (p / m).sum(-1, keepdim=True)  # noqa: E731
+    assert torch.allclose(da(p1.log()).softmax(-1), hand(p1, torch.tensor([0.7, 0.3])), atol=1e-6)
+    assert torch.allclose(da(p2.log()).softmax(-1), hand(p2, torch.tensor([0.45, 0.55])), atol=1e-6)
+    got = da(p3.log()).softmax(-1)  # window 2: p1's batch has left, m = mean of (0.2, 0.8) and (0.5, 0.5)
+    assert torch.allclose(got, hand(p3, torch.tensor([0.35, 0.65])), atol=1e-6) and len(da.history) == 2
+    assert torch.allclose(got[0], torch.tensor([0.65, 0.35]), atol=1e-6)  # (1/0.35, 1/0.65) renormalised
+    # wired into a method: pseudo-labels from p / m, m = (0.775, 0.225) -> rows (0.3034, 0.6966), (0.8465, 0.1535)
+    from types import SimpleNamespace
+
+    from condense.train.semi import SemiLoss
+
+    skew = torch.tensor([[0.6, 0.4], [0.95, 0.05]]).log()
+    plain = SemiLoss(SimpleNamespace(name="t"), SemiConfig(method="pseudo-label", align=0))
+    aligned = SemiLoss(SimpleNamespace(name="t"), SemiConfig(method="pseudo-label", align=4))
+    ident = lambda x: x  # noqa: E731
+    _, mask = plain.method(ident, skew, ident, ident, 0.69, align=plain.align)
+    assert mask.tolist() == [False, True]
+    loss, mask = aligned.method(ident, skew, ident, ident, 0.69, align=aligned.align)
+    ref = (F.cross_entropy(skew[:1], torch.tensor([1])) + F.cross_entropy(skew[1:], torch.tensor([0]))) / 2
+    assert mask.tolist() == [True, True] and torch.allclose(loss, ref, atol=1e-6)
+    with pytest.raises(ConfigError, match="align"):
+        SemiConfig(align=-1)
