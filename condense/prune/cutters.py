@@ -137,7 +137,8 @@ class Conv2dCutter(Cutter):
 
 @register_cutter(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 class ConvTransposeCutter(Cutter):
-    """An ungrouped ConvTranspose: weight (in, out, *kernel), so outputs are its dimension 1."""
+    """A layer whose weight is stored (in, out, ...), so outputs are its dimension 1: an ungrouped ConvTranspose
+    (weight (in, out, *kernel)); `TransposedLinearCutter` reuses it with its own size attributes."""
 
     sizes = ("out_channels", "in_channels")
 
@@ -151,7 +152,7 @@ class ConvTransposeCutter(Cutter):
 
     def weights(self, m: nn.Module, dim: str) -> list[tuple[torch.Tensor, int]]:
         if dim == "out":
-            return [(m.weight, 1)] + ([(m.bias, 0)] if m.bias is not None else [])
+            return [(m.weight, 1)] + ([(m.bias, 0)] if getattr(m, "bias", None) is not None else [])
         return [(m.weight, 0)] if dim == "in" else []
 
 
@@ -238,23 +239,10 @@ def optional_norm_types() -> list[type]:
             if (c := getattr(sys.modules.get(mod), name, None)) is not None]
 
 
-class TransposedLinearCutter(Cutter):
+class TransposedLinearCutter(ConvTransposeCutter):
     """transformers' `Conv1D`: y = x W + b with W stored (in, out), sizes `nf` (out) and `nx` (in)."""
 
     sizes = ("nf", "nx")
-
-    def cut(self, m: nn.Module, dim: str, idx: torch.Tensor) -> None:
-        if dim == "out":
-            slice_(m, "weight", 1, idx)
-            slice_(m, "bias", 0, idx)
-        else:
-            slice_(m, "weight", 0, idx)
-        setattr(m, self.sizes[dim == "in"], len(idx))
-
-    def weights(self, m: nn.Module, dim: str) -> list[tuple[torch.Tensor, int]]:
-        if dim == "out":
-            return [(m.weight, 1)] + ([(m.bias, 0)] if getattr(m, "bias", None) is not None else [])
-        return [(m.weight, 0)] if dim == "in" else []
 
 
 def _register_optional() -> None:
