@@ -252,7 +252,7 @@ def test_stale_running_trials_are_failed_on_resume_and_the_count_completes(tmp_p
 
 def test_a_search_killed_with_sigkill_resumes_and_completes_its_count(tmp_path):
     args = [sys.executable, "-m", "condense.cli", "search", "--task", "condense.testing:tiny_task", "--budget", "20%",
-            "--trials", "30", "--knobs", "quantize", "--batch-size", "8", "--set", "timing_min_s=0.5",
+            "--trials", "30", "--knobs", "quantize", "--batch-size", "8", "--set", "timing_min_s=1.0",
             "--set", "sensitivity=false", "--out", str(tmp_path)]
     proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -260,8 +260,9 @@ def test_a_search_killed_with_sigkill_resumes_and_completes_its_count(tmp_path):
             if line.startswith("trial 0:"):
                 break
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # the next trial has started (it measures for >= 0.5 s): kill -9 now
-            if any(t.state.name == "RUNNING" for t in _study(tmp_path).trials):
+        while time.monotonic() < deadline:  # the next trial has started (it measures for >= 1 s): kill -9 now
+            # wait for its "pid" too: optuna marks a trial RUNNING before the objective records which process runs it
+            if any(t.state.name == "RUNNING" and "pid" in t.user_attrs for t in _study(tmp_path).trials):
                 break
             time.sleep(0.02)
     finally:
