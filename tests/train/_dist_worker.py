@@ -4,12 +4,20 @@ Results go to JSON/pt files in `out` that tests/train/test_distributed.py compar
 """
 import json
 import os
+import socket
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a test's rendezvous (MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 HOOKS = ("allreduce", "fp16", "bf16", "int8", "powersgd")
 

@@ -1,6 +1,5 @@
 """Two processes on gloo (torch.multiprocessing spawn), one session shared by the checks below."""
 import json
-import socket
 
 import pytest
 import torch
@@ -12,16 +11,10 @@ from condense.train.trainer import run_loop
 from tests.train import _dist_worker as w
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    mp.spawn(w.worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(w.worker, args=(2, w.free_port(), str(out)), nprocs=2, join=True)
     return out, json.loads((out / "results.json").read_text())
 
 

@@ -1,7 +1,6 @@
 """Parameter-server training: two processes (torch.multiprocessing spawn, RPC + gloo), one session shared by the
 checks below; codecs and config checks in one process."""
 import json
-import socket
 
 import pytest
 import torch
@@ -19,16 +18,10 @@ from tests.train import _dist_worker as dw
 from tests.train import _ps_worker as w
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
     out = tmp_path_factory.mktemp("ps")
-    mp.spawn(w.worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(w.worker, args=(2, dw.free_port(), str(out)), nprocs=2, join=True)
     return out, json.loads((out / "results.json").read_text())
 
 
