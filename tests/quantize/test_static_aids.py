@@ -9,24 +9,12 @@ from condense.errors import ConfigError
 from condense.quantize.static import StaticInt8Config
 from condense.quantize.static_aids import SmoothedLinear, fake_int8_weight, prepare
 
+from tests.quantize._tiny_bert import padded_batch, tiny_bert
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _bert():
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                  vocab_size=128, max_position_embeddings=64)
-    return transformers.BertModel(cfg).eval()
-
-
-def _batch(seed, b=4, t=16):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(b, t, dtype=torch.long)
-    mask[1:, t - 5:] = 0
-    return {"input_ids": torch.randint(0, 128, (b, t), generator=g), "attention_mask": mask}
 
 
 def _run(batches):
@@ -41,14 +29,14 @@ def _linears(m):
 
 
 def test_smoothquant_keeps_the_float_function_and_shares_scales_across_query_key_value():
-    model = _bert()
+    model = tiny_bert()
     names = _linears(model)  # per layer q, k, v, attention out, FFN in, FFN out; plus the pooler
     assert len(names) == 2 * 6 + 1
-    smoothed, d = prepare(model, names, _run([_batch(i) for i in range(2)]), smooth_quant=0.5,
+    smoothed, d = prepare(model, names, _run([padded_batch(i) for i in range(2)]), smooth_quant=0.5,
                           bias_correction=False, float_layers=0)
     assert sum(isinstance(m, SmoothedLinear) for m in smoothed.modules()) == 13
     assert sorted(len(g) for g in d["smooth_quant"]["groups"]) == [1] * 7 + [3] * 2  # q/k/v read one input
-    x = _batch(9)
+    x = padded_batch(9)
     with torch.no_grad():
         ref, got = model(**x).last_hidden_state, smoothed(**x).last_hidden_state
     assert (got - ref).abs().max().item() <= 1e-4 * ref.abs().max().item()  # fp32 rounding only
@@ -79,9 +67,9 @@ def test_bias_correction_subtracts_the_int8_weight_shift_of_the_mean_input():
 
 @pytest.fixture(scope="module")
 def aided(one_thread):
-    q = condense.quantize_(_bert(), StaticInt8Config(calibration_batches=2, smooth_quant=0.5, bias_correction=True,
+    q = condense.quantize_(tiny_bert(), StaticInt8Config(calibration_batches=2, smooth_quant=0.5, bias_correction=True,
                                                      float_layers=3),
-                           calibration=[_batch(i) for i in range(2)])
+                           calibration=[padded_batch(i) for i in range(2)])
     return q
 
 
@@ -97,12 +85,12 @@ def test_float_layers_keeps_exactly_the_largest_error_layers_in_float(aided):
 
 
 def test_aided_static_int8_stays_close_to_fp32_and_reloads_exactly(aided, tmp_path):
-    x = _batch(100, b=3, t=12)
+    x = padded_batch(100, b=3, t=12)
     with torch.inference_mode():
-        ref, got = _bert()(**x).last_hidden_state, aided(**x).last_hidden_state
+        ref, got = tiny_bert()(**x).last_hidden_state, aided(**x).last_hidden_state
     cos = F.cosine_similarity(got, ref, dim=-1)  # (B, T)
     assert cos.min() > 0.99 and (got - ref).abs().max() > 0
-    back = condense.load(condense.save(aided, tmp_path / "aided"), model=_bert())
+    back = condense.load(condense.save(aided, tmp_path / "aided"), model=tiny_bert())
     with torch.inference_mode():
         assert torch.equal(back(**x).last_hidden_state, aided(**x).last_hidden_state)
 

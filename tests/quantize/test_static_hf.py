@@ -12,37 +12,25 @@ from condense.core.lineage import lineage
 from condense.quantize.static import StaticInt8Config
 from condense.export.session import OrtModule  # the static int8 graph runs in ONNX Runtime
 
+from tests.quantize._tiny_bert import padded_batch, tiny_bert
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("onnxruntime")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _bert():
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                                  vocab_size=128, max_position_embeddings=64)
-    return transformers.BertModel(cfg).eval()
-
-
-def _batch(seed, b=4, t=16):
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(b, t, dtype=torch.long)
-    mask[1:, t - 5:] = 0  # padded rows
-    return {"input_ids": torch.randint(0, 128, (b, t), generator=g), "attention_mask": mask}
-
-
 @pytest.fixture(scope="module")
 def quantized(one_thread):
-    fp32 = _bert()
-    q = condense.quantize_(_bert(), StaticInt8Config(calibration_batches=4),
-                           calibration=[_batch(i) for i in range(4)])
+    fp32 = tiny_bert()
+    q = condense.quantize_(tiny_bert(), StaticInt8Config(calibration_batches=4),
+                           calibration=[padded_batch(i) for i in range(4)])
     return fp32, q
 
 
 def test_bert_dict_batches_run_within_bound_of_fp32(quantized):
     fp32, q = quantized
-    x = _batch(100, b=3, t=12)  # another batch size and length than calibration: dynamic axes
+    x = padded_batch(100, b=3, t=12)  # another batch size and length than calibration: dynamic axes
     with torch.inference_mode():
         ref, got = fp32(**x), q(**x)
     assert type(got) is type(ref)  # the same ModelOutput class, keyword inputs as the original
@@ -64,8 +52,8 @@ def test_lineage_names_the_onnxruntime_path(quantized):
 
 def test_save_load_gives_equal_outputs(quantized, tmp_path):
     _, q = quantized
-    loaded = condense.load(condense.save(q, tmp_path / "bert-static"), model=_bert())
-    x = _batch(7)
+    loaded = condense.load(condense.save(q, tmp_path / "bert-static"), model=tiny_bert())
+    x = padded_batch(7)
     with torch.inference_mode():
         a, b = q(**x), loaded(**x)
     assert torch.equal(a.last_hidden_state, b.last_hidden_state)
