@@ -113,7 +113,8 @@ def graph_bytes(model: nn.Module, accuracy_level: int) -> tuple[bytes, dict[str,
         warnings.warn(f"ort-graph: {len(floats)} layer(s) run as float MatMuls of their dequantized weight, not "
                       f"MatMulNBits: {'; '.join(sorted(set(floats.values())))}; quantize with a power-of-two "
                       "group_size >= 16 to have them packed", stacklevel=3)
-    return export_kv_step(twin, custom_opsets={"com.microsoft": 1}), floats
+    packed = any(isinstance(m, _GraphLinear) for m in twin.modules())
+    return export_kv_step(twin, custom_opsets={"com.microsoft": 1} if packed else None), floats
 
 
 class OrtGraphLM(nn.Module):
