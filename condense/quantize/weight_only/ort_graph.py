@@ -129,7 +129,7 @@ class OrtGraphLM(nn.Module):
         super().__init__()
         if kernel not in GRAPH_KERNELS:
             raise ConfigError(f"OrtGraphLM kernel must be one of {sorted(GRAPH_KERNELS)}, got {kernel!r}")
-        kv_step_adapter(model, f"kernel={kernel!r}")  # a clear error for a model without one
+        self._adapter = kv_step_adapter(model, f"kernel={kernel!r}")  # a clear error for a model without one
         self.model = model
         self.kernel = kernel
         self.float_layers: dict[str, str] = {}
@@ -139,8 +139,10 @@ class OrtGraphLM(nn.Module):
 
     @property
     def adapter(self) -> Any:
-        """The wrapped model's `KVStepAdapter`."""
-        return kv_step_adapter(self.model, f"kernel={self.kernel!r}")
+        """The wrapped model's `KVStepAdapter` (looked up once per copy)."""
+        if self._adapter is None:
+            self._adapter = kv_step_adapter(self.model, f"kernel={self.kernel!r}")
+        return self._adapter
 
     @property
     def config(self) -> Any:
@@ -155,7 +157,7 @@ class OrtGraphLM(nn.Module):
     def __getstate__(self) -> dict:
         """Copies and pickles leave the session and graph behind; they are rebuilt from the packed layers."""
         state = self.__dict__.copy()
-        state["_graph"], state["_session"], state["_threads"] = None, None, 0
+        state["_graph"], state["_session"], state["_threads"], state["_adapter"] = None, None, 0, None
         return state
 
     def reset(self) -> None:
@@ -182,8 +184,9 @@ class OrtGraphLM(nn.Module):
             raise CondenseError("the ONNX Runtime graph returns logits only; run the wrapped model "
                                 "(`.model`, dequantizing) for hidden states")
         B, T = idx.shape
-        past = 0 if kv_cache is None else self.adapter.cache_length(kv_cache)
-        limit = self.adapter.max_len(self.model)
+        adapter = self.adapter
+        past = 0 if kv_cache is None else adapter.cache_length(kv_cache)
+        limit = adapter.max_len(self.model)
         if past + T > limit:
             raise CondenseError(f"sequence of {past + T} tokens is longer than the model's {limit}; pass at most "
                                 f"the last {limit} tokens")
@@ -192,14 +195,14 @@ class OrtGraphLM(nn.Module):
             if past:
                 raise CondenseError("this cache was filled by the PyTorch model, not the ONNX Runtime graph; "
                                     "start a new cache")
-            empty = np.zeros(self.adapter.past_shape(self.model, B), dtype=np.float32)
+            empty = np.zeros(adapter.past_shape(self.model, B), dtype=np.float32)
             stored = (empty, empty)
         pk, pv = (a[:, :, :, :past] if a.shape[3] != past else a for a in stored)  # cropped caches drop the tail
-        logits, pk, pv = self.session().run(None, {"idx": idx.detach().cpu().numpy().astype(np.int64),
-                                                   "past_k": pk, "past_v": pv})
+        ids = np.asarray(idx.detach().cpu().numpy(), dtype=np.int64)  # (B, T), no copy when already int64
+        logits, pk, pv = self.session().run(None, {"idx": ids, "past_k": pk, "past_v": pv})
         if kv_cache is not None:
             kv_cache._ort_past = (pk, pv)
-            self.adapter.set_cache_length(kv_cache, past + T)
+            adapter.set_cache_length(kv_cache, past + T)
         out = torch.from_numpy(logits)  # (B, T, V)
         if targets is None:
             return out
