@@ -139,7 +139,8 @@ def matmul_nbits_inputs(qw: QuantizedWeight) -> tuple[dict[str, torch.Tensor], d
     b = pack(qw.q.cpu(), nbits).view(out, blocks, qw.group_size * nbits // 8)  # row-major blocks: ORT's layout
     per_row = -(-blocks * nbits // 8)  # zero points are packed per row, padded to a whole byte
     z = torch.nn.functional.pad(qw.zeros.cpu(), (0, per_row * 8 // nbits - blocks))  # (out, padded blocks)
-    arrays = {"B": b, "scales": qw.scales.detach().cpu().float().reshape(-1), "zero_points": pack(z, nbits)}
+    arrays = {"B": b, "scales": qw.scales.detach().cpu().float().reshape(out, blocks),
+              "zero_points": pack(z, nbits).view(out, per_row)}  # 2-D, as ORT's own quantizer writes them
     return arrays, {"K": n, "N": out, "bits": nbits, "block_size": qw.group_size}
 
 

@@ -71,7 +71,7 @@ class _GraphLinear(nn.Module):
         for name, t in arrays.items():
             self.register_buffer(name, t)
         self.attrs = (attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"], accuracy_level)
-        self.bias = None if layer.bias is None else layer.bias.detach().float()
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().float())  # an initializer
         self.perm = None if layer.perm is None else layer.perm.long()
         self.input_scale = None if layer.input_scale is None else layer.input_scale.float()
 
