@@ -85,7 +85,10 @@ class WeightOnlyConfig:
             power-of-two groups); the torch kernels compute in bfloat16 around the exact integers.
             "ort-graph" / "ort-graph-a8" run the whole model (every decode step, prefill and evaluation) as one
             ONNX Runtime graph with MatMulNBits on these integers (float32 / int8 activations; see `ort_graph`):
-            the model becomes an `OrtGraphLM`; needs a KV-step adapter (tinygpt's GPT has one).
+            the model becomes an `OrtGraphLM`; needs a KV-step adapter (tinygpt's GPT has one). "auto" does not
+            pick them: they replace the model by another module type (logits only, no hidden states) and "a8"
+            changes the activations' precision, which is the user's call (tinygpt-large 4-bit: 3.9-4.7x fp32
+            decode against the per-layer kernels' 1.6-1.7x, BENCHMARKS.md "weight-only-peers").
 
     Example:
         >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)
