@@ -1,20 +1,29 @@
 """Weight-only peers on the large tinygpt preset: condense RTN/GPTQ/AWQ vs torchao vs ONNX Runtime's quantizer.
 
 Usage: .venv/bin/python bench/bench_weight_only_peers.py [--preset large] [--tokens 32] [--rounds 3] [--repeats 2]
-       [--windows 32] [--calibration 4] [--threads 1] [--only condense,torchao,ort] [--no-write]
-Writes the `weight-only-peers` section of BENCHMARKS.md.
+       [--batches 1,8] [--windows 16] [--calibration 4] [--threads 1] [--methods4 rtn,gptq,awq] [--methods8 rtn]
+       [--only SUBSTRING,...] [--ort-gptq] [--no-write]
+Writes the `weight-only-peers` section of BENCHMARKS.md. `--only` keeps the rows whose label contains one of the
+comma-separated substrings (case-insensitive; the fp32 baseline always runs), e.g. `--only "ort-graph,ORT RTN"`.
+ORT's GPTQ (931 s here) runs only with `--ort-gptq`; condense's 8-bit GPTQ/AWQ only when named in `--methods8`.
+The default run takes about 10 minutes on 2 loaded vCPUs.
 
 Side by side in one process, on the same trained model (lm_head kept in float everywhere):
-  condense  `WeightOnlyConfig(method=rtn|gptq|awq)`, 4-bit group 32 and 8-bit per channel, kernel="auto";
+  condense  `WeightOnlyConfig(method=rtn|gptq|awq)`, 4-bit group 32 and 8-bit per channel, kernel="auto" (per-layer
+            low-bit kernels), and the same integers run as one ONNX Runtime graph (kernel="ort-graph-a8", int8
+            activations, and for RTN 4-bit "ort-graph", float32 activations; `condense.quantize.weight_only.ort_graph`);
   torchao   `quantize_` with `Int8WeightOnlyConfig()` and `IntxWeightOnlyConfig(int4, PerGroup(32))` (its CPU int4
             path), and `Int4WeightOnlyConfig(group_size=32)`, whose failure on CPU is printed as its row;
   ORT       the model exported to ONNX with its KV cache as inputs/outputs (one graph: prefill and decode steps),
             quantized by `onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer`: its default
             (RTN, block 32) at 4 and 8 bits, 4-bit RTN again with accuracy_level=4 (int8 activations), and its
             GPTQ and HQQ algo configs (4-bit, block 32).
-Decode: tokens/s at batch 1, `--tokens` greedy tokens after the 4-byte prompt "def ". torch models run condense's
-`generate` (KV cache); ORT models run the same loop in Python around `InferenceSession.run` (prefill the prompt,
-then one token per call, keys/values fed back as numpy arrays). Medians of interleaved rounds.
+Decode: tokens/s at each of `--batches`, `--tokens` greedy tokens after the 4-byte prompt "def ". torch models and
+condense's ort-graph run condense's `generate` (KV cache); ORT's models run the same loop in Python around
+`InferenceSession.run` (prefill the prompt, then one token per call, keys/values fed back as numpy arrays).
+Medians of interleaved rounds. Roofline: tokens/s x weight bytes read per step / (batch x memory bandwidth), with
+the bandwidth from `condense.measurement.bandwidth` and the bytes of the torch model's tensors (packed sizes) or
+of the ONNX graph's initializers (MatMulNBits stores float32 scales: slightly more than condense's fp16).
 Quality: bits per byte (and per-byte perplexity 2**bpb) over `--windows` windows of 128 bytes of the val split
 (primary) and of manual-page text (second source), the same windows for every row.
 """
@@ -32,58 +41,29 @@ from pathlib import Path
 import _common
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import condense
 from condense.core.lineage import lineage
+from condense.export.gpt import gpt_past_shape
+from condense.export.kvstep import export_kv_step
+from condense.measurement.bandwidth import memory_bandwidth, weight_bytes
 from condense.quantize.weight_only import WeightOnlyConfig
+from condense.quantize.weight_only.ort_graph import GRAPH_KERNELS, OrtGraphLM, graph_lm
 from condense.tasks.gpt import generate
 from condense.tasks.tinygpt import PRESETS, PROMPT, byte_tensor, evaluate_lm, offsource_bytes
 
 
-class KVStep(nn.Module):
-    """GPT forward with the KV cache as tensors: (idx (B,T), past_k, past_v (L,B,H,P,D)) -> logits, present k, v.
-    One ONNX graph then serves prefill (P = 0), decode steps (T = 1) and perplexity windows."""
-
-    def __init__(self, gpt: nn.Module):
-        super().__init__()
-        self.g = gpt
-
-    def forward(self, idx: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
-        g = self.g
-        B, T = idx.shape
-        P = past_k.shape[3]
-        pos = torch.arange(T) + P
-        x = g.wte(idx) + g.wpe(pos)  # (B, T, C)
-        mask = torch.arange(P + T)[None, :] <= (torch.arange(T)[:, None] + P)  # (T, P+T): causal after the past
-        ks, vs = [], []
-        for i, blk in enumerate(g.blocks):
-            a = blk.attn
-            H, D = a.n_heads, a.head_dim
-            h = blk.ln_1(x)
-            q = a.q_proj(h).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-            k = torch.cat([past_k[i], a.k_proj(h).view(B, T, H, D).transpose(1, 2)], 2)  # (B, H, P+T, D)
-            v = torch.cat([past_v[i], a.v_proj(h).view(B, T, H, D).transpose(1, 2)], 2)
-            ks.append(k)
-            vs.append(v)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, T, H * D)
-            x = x + a.o_proj(y)
-            x = x + blk.mlp(blk.ln_2(x))
-        return g.lm_head(g.ln_f(x)), torch.stack(ks), torch.stack(vs)
-
-
 def _empty_past(gpt: nn.Module, batch: int) -> np.ndarray:
-    a = gpt.blocks[0].attn
-    return np.zeros((len(gpt.blocks), batch, a.n_heads, 0, a.head_dim), dtype=np.float32)
+    return np.zeros(gpt_past_shape(gpt, batch), dtype=np.float32)
 
 
 class OrtLM(nn.Module):
     """An ORT session of a `KVStep` graph, callable like the GPT for `evaluate_lm` and decodable with `generate`."""
 
-    def __init__(self, sess, gpt: nn.Module):
+    def __init__(self, sess, gpt: nn.Module, data: bytes):
         super().__init__()
-        self.sess, self.empty = sess, (lambda b: _empty_past(gpt, b))
+        self.sess, self.empty, self.data = sess, (lambda b: _empty_past(gpt, b)), data
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         e = self.empty(idx.shape[0])
@@ -101,19 +81,8 @@ class OrtLM(nn.Module):
         return np.concatenate(out, 1)
 
 
-def export_kvstep(gpt: nn.Module, path: Path) -> None:
-    e = torch.from_numpy(_empty_past(gpt, 1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(KVStep(gpt).eval(), (torch.tensor([list(PROMPT)]), e, e), str(path), dynamo=False,
-                          opset_version=17, input_names=["idx", "past_k", "past_v"],
-                          output_names=["logits", "present_k", "present_v"],
-                          dynamic_axes={"idx": {0: "B", 1: "T"}, "past_k": {1: "B", 3: "P"},
-                                        "past_v": {1: "B", 3: "P"}, "logits": {0: "B", 1: "T"},
-                                        "present_k": {1: "B", 3: "PT"}, "present_v": {1: "B", 3: "PT"}})
-
-
-def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: Path) -> dict[str, tuple]:
+def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: Path, want, gptq: bool
+                 ) -> dict[str, tuple]:
     """label -> (OrtLM or None, note) for ORT fp32 and each MatMulNBitsQuantizer setting."""
     import onnx
     import onnxruntime as ort
@@ -121,14 +90,14 @@ def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: P
     from onnxruntime.quantization.calibrate import CalibrationDataReader
 
     fp = tmp / "fp32.onnx"
-    export_kvstep(gpt, fp)
+    fp.write_bytes(export_kv_step(gpt))
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.log_severity_level = 3
 
     def session(model) -> OrtLM:
         data = model.SerializeToString() if not isinstance(model, (str, Path)) else Path(model).read_bytes()
-        return OrtLM(ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]), gpt)
+        return OrtLM(ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]), gpt, data)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -146,8 +115,13 @@ def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: P
             calibration_data_reader=Reader(), block_size=32, perchannel=False)),
         "ORT HQQ 4-bit (block 32)": (4, lambda: mnq.HQQWeightOnlyQuantConfig(block_size=32, bits=4)),
     }
-    out: dict[str, tuple] = {"ORT fp32": (session(fp), "fp32 ONNX graph, same KV-cache loop")}
+    if not gptq:
+        del algos["ORT GPTQ 4-bit (block 32)"]
+    out: dict[str, tuple] = {"ORT fp32": (session(fp), "fp32 ONNX graph, same KV-cache loop")} \
+        if want("ORT fp32") else {}
     for label, (bits, make) in algos.items():
+        if not (want(label) or (label.startswith("ORT RTN 4-bit") and want("ORT RTN 4-bit, accuracy_level=4"))):
+            continue
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -173,7 +147,7 @@ def ort_variants(gpt: nn.Module, calib: list[torch.Tensor], threads: int, tmp: P
     return out
 
 
-def torchao_variants(fp32: nn.Module) -> dict[str, tuple]:
+def torchao_variants(fp32: nn.Module, want) -> dict[str, tuple]:
     """label -> (model or None, note) for torchao's weight-only configs that a CPU user would try."""
     try:
         from torchao.quantization import (Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig,
@@ -189,6 +163,8 @@ def torchao_variants(fp32: nn.Module) -> dict[str, tuple]:
                 lambda: Int4WeightOnlyConfig(group_size=32), torch.bfloat16)}
     out: dict[str, tuple] = {}
     for label, (make, dtype) in cfgs.items():
+        if not want(label):
+            continue
         try:
             m = copy.deepcopy(fp32).to(dtype)
             quantize_(m, make(), filter_fn=keep)
@@ -200,10 +176,17 @@ def torchao_variants(fp32: nn.Module) -> dict[str, tuple]:
     return out
 
 
-def condense_variants(fp32: nn.Module, calib: list[torch.Tensor]) -> dict[str, tuple]:
+def condense_variants(fp32: nn.Module, calib: list[torch.Tensor], methods: dict[int, list[str]], want
+                      ) -> dict[str, tuple]:
+    """Per-layer rows (kernel="auto") and the same integers as one ORT graph (ort-graph-a8; ort-graph for RTN 4)."""
     out: dict[str, tuple] = {}
     for bits, gs in ((4, 32), (8, -1)):
-        for method in ("rtn", "gptq", "awq"):
+        for method in methods[bits]:
+            label = f"condense {method.upper()} {bits}-bit ({'group 32' if gs == 32 else 'per channel'})"
+            graphs = {k: f"{label}, {k}" for k in (("ort-graph-a8", "ort-graph") if (method, bits) == ("rtn", 4)
+                                                   else ("ort-graph-a8",))}
+            if not (want(label) or any(want(g) for g in graphs.values())):
+                continue
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -213,10 +196,41 @@ def condense_variants(fp32: nn.Module, calib: list[torch.Tensor]) -> dict[str, t
             k = d.get("kernel")
             kernels = ", ".join(sorted(set(k.values()))) if isinstance(k, dict) else str(k)
             extra = f"; {len(d['input_scaled'])} layers scale their input" if d.get("input_scaled") else ""
-            label = f"condense {method.upper()} {bits}-bit ({'group 32' if gs == 32 else 'per channel'})"
-            out[label] = (m, f"kernel {kernels}; quantized in {time.perf_counter() - t0:.0f} s{extra}")
-            print(f"{label}: {out[label][1]}", file=sys.stderr)
+            took = time.perf_counter() - t0
+            if want(label):
+                out[label] = (m, f"kernel {kernels}; quantized in {took:.0f} s{extra}")
+                print(f"{label}: {out[label][1]}", file=sys.stderr)
+            for kernel, glabel in graphs.items():
+                if want(glabel):
+                    t1 = time.perf_counter()
+                    g = graph_lm(copy.deepcopy(m), kernel)
+                    g.graph()
+                    out[glabel] = (g, f"the same integers as `WeightOnlyConfig(kernel={kernel!r})` runs them: one "
+                                      f"ONNX Runtime graph, MatMulNBits accuracy_level={GRAPH_KERNELS[kernel]}; "
+                                      f"quantized in {took:.0f} s, graph built in {time.perf_counter() - t1:.1f} s")
+                    print(f"{glabel}: {out[glabel][1]}", file=sys.stderr)
     return out
+
+
+def read_bytes(m: nn.Module) -> int:
+    """Weight bytes one decode step reads: the torch tensors (packed sizes) or the ONNX graph's initializers."""
+    import onnx
+    from onnx import numpy_helper
+
+    if isinstance(m, (OrtLM, OrtGraphLM)):
+        graph = onnx.load_from_string(m.graph() if isinstance(m, OrtGraphLM) else m.data)
+        return sum(numpy_helper.to_array(t).nbytes for t in graph.graph.initializer)
+    try:
+        return weight_bytes(m)
+    except RuntimeError:  # torchao's tensor subclasses: count the plain tensors inside them
+        return sum(_inner_bytes(t) for t in (*m.parameters(), *m.buffers()))
+
+
+def _inner_bytes(t: torch.Tensor) -> int:
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(_inner_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
 
 
 def input_scale_cost(rows: dict[str, tuple], rounds: int) -> str:
@@ -246,66 +260,82 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--windows", type=int, default=32, help="128-byte windows per evaluation source")
+    ap.add_argument("--batches", default="1,8", help="decode batch sizes (comma-separated; the first is the main one)")
+    ap.add_argument("--windows", type=int, default=16, help="128-byte windows per evaluation source")
     ap.add_argument("--calibration", type=int, default=4, help="calibration batches (8 x 128 bytes) for GPTQ/AWQ")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", default="condense,torchao,ort")
+    ap.add_argument("--methods4", default="rtn,gptq,awq", help="condense methods at 4 bits")
+    ap.add_argument("--methods8", default="rtn", help="condense methods at 8 bits (gptq/awq add ~3 min each)")
+    ap.add_argument("--only", default="", help="keep rows whose label contains one of these comma-separated "
+                                                "substrings (case-insensitive); fp32 eager always runs")
+    ap.add_argument("--ort-gptq", action="store_true", help="also run ORT's GPTQ (931 s here)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load0 = os.getloadavg()[0]
+    load0 = os.getloadavg()
     t_start = time.perf_counter()
     task = condense.get_task("tinygpt", preset=args.preset)
     fp32 = task.build_model().eval()
     calib = list(task.calibration_data())[:args.calibration]
     T = PRESETS[args.preset].model.block_size
+    batches = [int(b) for b in args.batches.split(",")]
+    subs = [x.strip().lower() for x in args.only.split(",") if x.strip()]
+
+    def want(label: str) -> bool:
+        return not subs or any(x in label.lower() for x in subs)
+
     rows: dict[str, tuple] = {"fp32 (torch eager)": (fp32, "baseline")}
-    only = args.only.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="condense-peers-"))
-    if "condense" in only:
-        rows.update(condense_variants(fp32, calib))
-    if "torchao" in only:
-        rows.update(torchao_variants(fp32))
-    if "ort" in only:
-        rows.update(ort_variants(fp32, calib, args.threads, tmp))
+    methods = {4: [m for m in args.methods4.split(",") if m], 8: [m for m in args.methods8.split(",") if m]}
+    rows.update(condense_variants(fp32, calib, methods, want))
+    rows.update(torchao_variants(fp32, want))
+    rows.update(ort_variants(fp32, calib, args.threads, tmp, want, args.ort_gptq))
     print(f"built {len(rows)} variants in {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
 
-    prompt = torch.tensor([list(PROMPT)])
     fns = {}
     for label, (m, _) in rows.items():
-        if isinstance(m, OrtLM):
-            fns[label] = (lambda m=m: m.generate(prompt.numpy(), args.tokens))
-        elif m is not None:
-            fns[label] = (lambda m=m: generate(m, prompt, args.tokens))
+        for b in batches:
+            prompt = torch.tensor([list(PROMPT)] * b)
+            if isinstance(m, OrtLM):
+                fns[label, b] = (lambda m=m, p=prompt: m.generate(p.numpy(), args.tokens))
+            elif m is not None:
+                fns[label, b] = (lambda m=m, p=prompt: generate(m, p, args.tokens))
     p50 = _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=1, repeats=args.repeats)
     load_t = os.getloadavg()[0]
+    bandwidth = memory_bandwidth("cpu")
     val = byte_tensor("val", PRESETS[args.preset].val_bytes)
     off = offsource_bytes(args.windows * T + 1)
-    base = args.tokens / p50["fp32 (torch eager)"]
-    lines = ["| variant | decode tokens/s @ batch 1 | vs fp32 eager | bits/byte (val) | perplexity (val) | "
-             "bits/byte (man pages) | perplexity (man pages) | notes |", "|" + "---|" * 8]
-    quality = {}
+    base = {b: args.tokens * b / p50["fp32 (torch eager)", b] for b in batches}
+    speed_cols = "".join(f"decode tokens/s @ batch {b} | vs fp32 eager | roofline @ {b} | " for b in batches)
+    lines = [f"| variant | {speed_cols}weights read / step | bits/byte (val) | perplexity (val) | "
+             "bits/byte (man pages) | perplexity (man pages) | notes |", "|" + "---|" * (7 + 3 * len(batches))]
     for label, (m, note) in rows.items():
         if m is None:
-            lines.append(f"| {label} | - | - | - | - | - | - | {note} |")
+            lines.append(f"| {label} |" + " - |" * (5 + 3 * len(batches)) + f" {note} |")
             continue
         with torch.inference_mode():
             q = evaluate_lm(m, val, T, args.windows)
             o = evaluate_lm(m, off, T, args.windows) if off is not None else None
-        quality[label] = q["perplexity"]
-        tok = args.tokens / p50[label]
+        nbytes = read_bytes(m)
+        speed = ""
+        for b in batches:
+            tok = args.tokens * b / p50[label, b]
+            speed += f"{tok:.1f} | {tok / base[b]:.2f}x | {tok * nbytes / (b * bandwidth):.0%} | "
         cells = f"{q['bits_per_byte']:.4f} | {q['perplexity']:.4f} | " + (
             f"{o['bits_per_byte']:.4f} | {o['perplexity']:.4f}" if o else "- | -")
-        lines.append(f"| {label} | {tok:.1f} | {tok / base:.2f}x | {cells} | {note} |")
+        lines.append(f"| {label} | {speed}{nbytes / 1e6:.1f} MB | {cells} | {note} |")
         print(lines[-1], file=sys.stderr)
     cost = input_scale_cost(rows, args.rounds * 3)
     notes = (f"tinygpt preset `{args.preset}` (trained, cached); {args.tokens} new tokens after a 4-byte prompt, "
-             f"batch 1, medians of {args.rounds} interleaved rounds x {args.repeats} generations; ORT at "
-             f"{args.threads} intra-op thread(s) like torch. Quality over {args.windows} x {T}-byte windows per "
-             f"source (same windows for every row). GPTQ/AWQ calibrated on {len(calib)} batches of 8 x {T} bytes "
-             f"(condense and ORT alike). lm_head stays fp32 (excluded) in every row unless its notes say otherwise. Load average {load0:.2f} at start, "
-             f"{load_t:.2f} after timing, {os.getloadavg()[0]:.2f} at the end (2 vCPUs shared with other jobs); "
-             f"whole run {time.perf_counter() - t_start:.0f} s.")
+             f"batch {', '.join(map(str, batches))}, medians of {args.rounds} interleaved rounds x {args.repeats} "
+             f"generations; ORT at {args.threads} intra-op thread(s) like torch. Roofline: tokens/s x weights read "
+             f"per step / (batch x {bandwidth / 1e9:.1f} GB/s measured by condense.measurement.bandwidth). "
+             f"Quality over {args.windows} x {T}-byte windows per source (same windows for every row). GPTQ/AWQ "
+             f"calibrated on {len(calib)} batches of 8 x {T} bytes (condense and ORT alike). lm_head stays fp32 "
+             "(excluded) in every row unless its notes say otherwise. "
+             f"Load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at start, {load_t:.2f} after timing, "
+             f"{os.getloadavg()[0]:.2f} at the end (2 vCPUs shared with other jobs); whole run "
+             f"{time.perf_counter() - t_start:.0f} s.")
     cmd = "python bench/bench_weight_only_peers.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     body = "\n".join(["## Weight-only quantization vs peers (torchao, ONNX Runtime MatMulNBitsQuantizer)", "",
                       _common.header(cmd, args.threads, notes), "", *lines, "", cost])

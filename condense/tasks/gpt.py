@@ -305,7 +305,8 @@ def _register() -> None:
     from functools import partial
 
     from condense.early_exit.model import SPLITTERS, split_gpt
-    from condense.export.gpt import GPTAdapter
+    from condense.export.gpt import GPTAdapter, GPTKVStep, gpt_past_shape
+    from condense.export.kvstep import KV_STEP_ADAPTERS, KVStepAdapter
     from condense.export.onnx import EXPORT_ADAPTERS
     from condense.fusion.api import FUSERS
     from condense.fusion.gpt import FusedBlock
@@ -318,6 +319,10 @@ def _register() -> None:
                                          max_len=lambda m: m.config.block_size))
     SPLITTERS.register(GPT)(split_gpt)
     EXPORT_ADAPTERS.register(GPT)(GPTAdapter())
+    KV_STEP_ADAPTERS.register(GPT)(KVStepAdapter(
+        step=GPTKVStep, past_shape=gpt_past_shape, max_len=lambda m: m.config.block_size,
+        cache_length=lambda cache: cache.length,
+        set_cache_length=lambda cache, n: setattr(cache, "_len", [n] * len(cache._len))))
 
 
 _register()

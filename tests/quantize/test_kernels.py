@@ -93,7 +93,7 @@ def test_config_names_the_kernels_of_its_bits():
     assert WeightOnlyConfig(bits=8, group_size=-1, kernel="torch-int8").kernel == "torch-int8"
     assert kernel_names(8) == ["dequantize", "ort-nbits", "ort-nbits-a8", "torch-int8"]
     with pytest.raises(ConfigError, match=r"kernel must be one of \['dequantize', 'ort-nbits', 'torch-int4', "
-                                          r"'auto'\] for bits=4, got 'torch-int8'"):
+                                          r"'ort-graph', 'ort-graph-a8', 'auto'\] for bits=4, got 'torch-int8'"):
         WeightOnlyConfig(bits=4, kernel="torch-int8")
 
 

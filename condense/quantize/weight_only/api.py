@@ -30,6 +30,7 @@ from condense.core.linear_like import linear_like_types, linear_weight, lineariz
 from condense.core.config import check_choice, check_float, check_patterns, check_positive_int, config
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
+from condense.export.kvstep import kv_step_adapter
 from condense.core.select import select_modules
 from condense.quantize.weight_only.awq import awq_scale_
 from condense.quantize.weight_only.gptq import gptq_model_, gptq_quantize
@@ -37,6 +38,7 @@ from condense.quantize.weight_only.kernel_select import (assign_kernel_, measure
                                                           why_dequantize)
 from condense.quantize.weight_only.kernels import DEQUANTIZE, kernel_names
 from condense.quantize.weight_only.linear import WeightOnlyLinear
+from condense.quantize.weight_only.ort_graph import GRAPH_KERNELS, graph_lm
 from condense.quantize.weight_only.rtn import effective_group_size, nearest_group_size, rtn_quantize
 
 BITS = (2, 3, 4, 8)
@@ -81,6 +83,12 @@ class WeightOnlyConfig:
             measured at batch 1 on this machine), "dequantize" (unpack on every call), "torch-int4" (2/3/4 bits, group
             size 32-256), "torch-int8" (8 bits, group_size=-1), "ort-nbits" (ONNX Runtime MatMulNBits, float32;
             power-of-two groups); the torch kernels compute in bfloat16 around the exact integers.
+            "ort-graph" / "ort-graph-a8" run the whole model (every decode step, prefill and evaluation) as one
+            ONNX Runtime graph with MatMulNBits on these integers (float32 / int8 activations; see `ort_graph`):
+            the model becomes an `OrtGraphLM`; needs a KV-step adapter (tinygpt's GPT has one). "auto" does not
+            pick them: they replace the model by another module type (logits only, no hidden states) and "a8"
+            changes the activations' precision, which is the user's call (tinygpt-large 4-bit: 3.9-4.7x fp32
+            decode against the per-layer kernels' 1.6-1.7x, BENCHMARKS.md "weight-only-peers").
 
     Example:
         >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)
@@ -125,8 +133,9 @@ class WeightOnlyConfig:
         if self.act_order and self.method is not WeightOnlyMethod.GPTQ:
             raise ConfigError("WeightOnlyConfig.act_order only applies to GPTQ; set method=GPTQ or act_order=False")
         check_choice(self, "scale_dtype", SCALE_DTYPES, example="float16")
-        if self.kernel != "auto" and self.kernel not in kernel_names(self.bits):
-            raise ConfigError(f"WeightOnlyConfig.kernel must be one of {kernel_names(self.bits) + ['auto']} for "
+        if self.kernel not in ("auto", *kernel_names(self.bits), *GRAPH_KERNELS):
+            raise ConfigError(f"WeightOnlyConfig.kernel must be one of "
+                              f"{kernel_names(self.bits) + sorted(GRAPH_KERNELS) + ['auto']} for "
                               f"bits={self.bits}, got {self.kernel!r}; 'auto' measures them and keeps the fastest")
         check_patterns(self, example="('blocks.*',)")
 
@@ -161,6 +170,8 @@ def plan_group_sizes(model: nn.Module, names: list[str], group_size: int) -> dic
 
 def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: TransformContext) -> nn.Module:
     """Swap the selected Linears for `WeightOnlyLinear`s quantized by RTN or GPTQ (in place)."""
+    if cfg.kernel in GRAPH_KERNELS:
+        kv_step_adapter(model, f"WeightOnlyConfig(kernel={cfg.kernel!r})")  # fail before quantizing
     names = select_modules(model, cfg.LAYER_TYPES + linear_like_types(), cfg.include, cfg.exclude,
                            what="WeightOnlyConfig")
     sizes = plan_group_sizes(model, names, cfg.group_size)
@@ -193,8 +204,7 @@ def quantize_weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: Transform
     for key, value in (("group_sizes", sizes), ("linearized", sorted(converted)), ("tied", tied)):
         if value:
             ctx.record(**{key: value})
-    _run_on_kernel(model, names, cfg, ctx)
-    return model
+    return _run_on_kernel(model, names, cfg, ctx)
 
 
 def _awq_(model: nn.Module, names: list[str], sizes: dict[str, int], cfg: WeightOnlyConfig,
@@ -217,8 +227,17 @@ def _awq_(model: nn.Module, names: list[str], sizes: dict[str, int], cfg: Weight
     return input_scales
 
 
-def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ctx: TransformContext) -> None:
-    """Put the quantized layers on `cfg.kernel` (measured first for "auto"), recording the choice."""
+def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ctx: TransformContext
+                   ) -> nn.Module:
+    """Put the quantized layers on `cfg.kernel` (measured first for "auto"), recording the choice; returns the
+    model (an `OrtGraphLM` around it for a whole-graph kernel)."""
+    if cfg.kernel in GRAPH_KERNELS:
+        new = graph_lm(model, cfg.kernel)
+        new.graph()  # build now: export errors and float-left layers surface at quantize time
+        ctx.record(kernel=cfg.kernel, graph_bytes=len(new.graph()))
+        if new.float_layers:
+            ctx.record(graph_float_layers=new.float_layers)
+        return new
     kernel: str | dict[str, str] = cfg.kernel
     if kernel == "auto":
         rows = measure_kernels(model, names, cfg.bits)
@@ -233,6 +252,7 @@ def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ct
     fallback = assign_kernel_(model, names, kernel, what="WeightOnlyConfig")
     if fallback:
         ctx.record(kernel_fallback=fallback)
+    return model
 
 
 def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
@@ -248,6 +268,8 @@ def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module
                                         bias=lin.bias is not None, act_order=act_order, input_scale=n in scaled,
                                         scale_dtype=SCALE_DTYPES[cfg.scale_dtype], device=lin.weight.device))
     kernel = details.get("kernel", DEQUANTIZE)
+    if isinstance(kernel, str) and kernel in GRAPH_KERNELS:  # the graph is built from the loaded bytes on first use
+        return graph_lm(model, kernel)
     if kernel != DEQUANTIZE:  # the codec fills the bytes next; the kernel builds its layout on first use
         assign_kernel_(model, list(details["layers"]), kernel, what="loading a weight-only model")
     return model

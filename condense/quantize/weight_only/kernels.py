@@ -122,6 +122,28 @@ def why_not(bits: int, name: str, in_features: int, out_features: int, group_siz
     return kernel.unavailable() or kernel.unsupported(in_features, out_features, group_size, bits)
 
 
+def matmul_nbits_inputs(qw: QuantizedWeight) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """ONNX Runtime MatMulNBits' inputs for `qw`, from its exact integers: ({"B", "scales", "zero_points"} as CPU
+    tensors, {K, N, bits, block_size} attributes). w = (q - zp) * scale exactly as condense stores it; 2/3-bit
+    integers are valid 4-bit ones, 8-bit stay 8-bit; scales become float32 (the op's activation type).
+    Used by the one-node `OrtNBits` sessions and by the whole-graph export (`ort_graph`).
+
+    Example:
+        >>> arrays, attrs = matmul_nbits_inputs(rtn_quantize(torch.randn(16, 64), bits=4, group_size=32))
+        >>> tuple(arrays["B"].shape), attrs["bits"], attrs["block_size"]
+        ((16, 2, 16), 4, 32)
+    """
+    nbits = 8 if qw.bits == 8 else 4  # 2/3-bit integers are valid 4-bit ones
+    out, n = qw.q.shape
+    blocks = n // qw.group_size
+    b = pack(qw.q.cpu(), nbits).view(out, blocks, qw.group_size * nbits // 8)  # row-major blocks: ORT's layout
+    per_row = -(-blocks * nbits // 8)  # zero points are packed per row, padded to a whole byte
+    z = torch.nn.functional.pad(qw.zeros.cpu(), (0, per_row * 8 // nbits - blocks))  # (out, padded blocks)
+    arrays = {"B": b, "scales": qw.scales.detach().cpu().float().reshape(out, blocks),
+              "zero_points": pack(z, nbits).view(out, per_row)}  # 2-D, as ORT's own quantizer writes them
+    return arrays, {"K": n, "N": out, "bits": nbits, "block_size": qw.group_size}
+
+
 # -- the kernels --------------------------------------------------------------------------------------------------
 @register_kernel
 class Dequantize(WeightKernel):
@@ -230,18 +252,11 @@ class OrtNBits(WeightKernel):
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
-        nbits = 8 if qw.bits == 8 else 4  # 2/3-bit integers are valid 4-bit ones
-        out, n = qw.q.shape
-        blocks = n // qw.group_size
-        b = pack(qw.q, nbits).view(out, blocks, qw.group_size * nbits // 8)  # row-major blocks: ORT's layout
-        per_row = -(-blocks * nbits // 8)  # zero points are packed per row, padded to a whole byte
-        z = torch.nn.functional.pad(qw.zeros, (0, per_row * 8 // nbits - blocks))  # (out, padded blocks)
-        inits = [numpy_helper.from_array(b.numpy(), "B"),
-                 numpy_helper.from_array(qw.scales.float().reshape(-1).numpy(), "scales"),
-                 numpy_helper.from_array(pack(z, nbits).numpy(), "zero_points")]
+        arrays, attrs = matmul_nbits_inputs(qw)
+        n, out = attrs["K"], attrs["N"]
+        inits = [numpy_helper.from_array(a.numpy(), name) for name, a in arrays.items()]
         node = helper.make_node("MatMulNBits", ["x", "B", "scales", "zero_points"], ["y"], domain="com.microsoft",
-                                K=n, N=out, bits=nbits, block_size=qw.group_size,
-                                accuracy_level=self.accuracy_level)
+                                **attrs, accuracy_level=self.accuracy_level)
         graph = helper.make_graph([node], "weight_only_linear",
                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", n])],
                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", out])], inits)
