@@ -68,6 +68,11 @@ def test_the_stacked_state_follows_loads_and_kernel_changes():
         codec.load(layers[1], codec.export(other))  # written in place, as loading an artifact does
         assert all(torch.equal(a, b) for a, b in zip(run(layers, x), _one_by_one(layers, x)))
         assert torch.equal(run(layers, x)[1], other(x))
+        with torch.inference_mode():  # tensors made in inference mode carry no version counter: still followed
+            inf = _layers(bits, kernel, group, seed=2)
+            run(inf, x)
+            codec.load(inf[0], codec.export(layers[0]))
+            assert torch.equal(run(inf, x)[0], layers[0](x))
         layers[2].set_kernel(DEQUANTIZE)  # mixed kernels: one by one
         got = run(layers, x)
         assert run._run is None and all(torch.equal(a, b) for a, b in zip(got, _one_by_one(layers, x)))

@@ -5,7 +5,8 @@ the module's `kernel` (see `kernels`): "dequantize" (default) unpacks, applies t
 points and calls `F.linear` on every call (no weight cache; slow on CPU); "torch-int4"/"torch-int8" (torch's
 low-bit CPU matmuls) and "ort-nbits" (ONNX Runtime's MatMulNBits) run on a layout they build once from the packed
 integers (kept beside them, not saved).
-`WeightOnlyConfig(kernel="auto")` measures which is fastest here.
+`WeightOnlyConfig(kernel="auto")` measures which is fastest here. `SharedInputLinears` runs layers that read one
+input (attention's q/k/v) as one stacked matmul on kernels where that is bit-identical.
 
 Stored tensors (exactly what the artifact holds, see `WeightOnlyLinearCodec`):
     qweight  uint8 (ceil(out·in·bits/8),)   weight integers, row-major (out, in), packed (see `packing`)
@@ -65,6 +66,7 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("input_scale", torch.ones(in_features, device=device) if input_scale else None)
         self.kernel = DEQUANTIZE  # which registered kernel forward runs on (see `kernels`)
         self._kernel_state = None  # that kernel's weight layout, built from the packed bytes on first use
+        self._epoch = 0  # counts resets of that layout (new kernel, loaded tensors): stacked states follow it
 
     def set_kernel(self, name: str) -> str | None:
         """Run on kernel `name` from now on; returns why not (and keeps "dequantize") when it cannot here."""
@@ -74,6 +76,7 @@ class WeightOnlyLinear(nn.Module):
             reason = f"{name} is a CPU kernel; the layer is on {self.qweight.device}"
         self.kernel = DEQUANTIZE if reason else name
         self._kernel_state = None
+        self._epoch = self.__dict__.get("_epoch", 0) + 1
         return reason
 
     def __getstate__(self) -> dict:
@@ -175,14 +178,13 @@ def _bias(m: nn.Module) -> torch.Tensor | None:
 
 
 def _layer_key(m: nn.Module) -> tuple:
-    """What a stacked state depends on: the kernel name and each tensor's identity and in-place write count (read
-    from the module's dicts: nn.Module attribute lookup of buffers is slow on this path)."""
+    """What a stacked state depends on: the kernel name, the layer's layout resets (set_kernel, loading) and its
+    tensors' identities (`.to()` replaces them), read from the module's dicts (nn.Module's attribute lookup of
+    buffers is slow on this path)."""
     if type(m) is not WeightOnlyLinear:
         return (None,)
     b = m._buffers
-    q, s, z, bias = b["qweight"], b["scales"], b["qzeros"], _bias(m)
-    return (m.kernel, id(q), q._version, id(s), s._version, id(z), z._version, id(bias),
-            None if bias is None else bias._version)
+    return (m.kernel, m.__dict__.get("_epoch", 0), id(b["qweight"]), id(b["scales"]), id(b["qzeros"]), id(_bias(m)))
 
 
 class SharedInputLinears:
@@ -194,8 +196,8 @@ class SharedInputLinears:
     `WeightOnlyLinear` on the same `stackable` kernel (each output column its own dot product) with equal bits,
     group size and input width, no act-order permutation or input scale, all or none with a bias, no hooks, a
     float32 CPU input and no tracing, their integers, scales and zero points are stacked into one kernel state
-    (built once from the packed bytes, rebuilt when a layer's kernel changes or its tensors are replaced or written
-    in place; never saved: the artifact keeps the separate layers) and the output is split: each layer's output is
+    (built once from the packed bytes, rebuilt whenever a layer's own layout would be, after `set_kernel` or
+    loading, and when its tensors are replaced; never saved: the artifact keeps the separate layers) and the output is split: each layer's output is
     bit for bit what its own forward gives (tests/quantize/test_shared_input.py). Otherwise the layers run one by
     one. Copies start without the stacked state.
 
@@ -207,7 +209,9 @@ class SharedInputLinears:
 
     def __init__(self) -> None:
         self._key: tuple = ()
-        self._held: tuple = ()  # the tensors the key names by id, held so that no other tensor can take their ids
+        # while stacked, the tensors the key names by id, held so that no other tensor can take their ids (a
+        # mistaken match without a stacked state only runs the layers one by one)
+        self._held: tuple = ()
         self._run = None  # (kernel, state, bias, sizes), or None when these layers cannot run stacked
 
     def __getstate__(self) -> dict:
@@ -225,7 +229,8 @@ class SharedInputLinears:
         key = tuple(_layer_key(m) for m in layers)
         if key != self._key:
             self._run, self._key = self._stack(layers), key
-            self._held = tuple(t for m in layers for t in (*m._buffers.values(), *m._parameters.values()))
+            self._held = () if self._run is None else \
+                tuple(t for m in layers for t in (*m._buffers.values(), _bias(m)))
         if self._run is None:
             return tuple(m(x) for m in layers)
         kernel, state, bias, sizes = self._run
@@ -282,6 +287,7 @@ class WeightOnlyLinearCodec(TensorCodec):
             with torch.no_grad():
                 target.copy_(t[k])
         m._kernel_state = None  # rebuilt from the loaded bytes on the next forward
+        m._epoch = m.__dict__.get("_epoch", 0) + 1
 
 
 CODECS.register(WeightOnlyLinear)(WeightOnlyLinearCodec())
