@@ -222,7 +222,8 @@ class SharedInputLinears:
 
     def __call__(self, layers: Sequence[nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Each layer's output for input `x` (..., in)."""
-        if (x.dtype != torch.float32 or x.device.type != "cpu" or _module_hooks._global_forward_hooks
+        if (type(layers[0]) is not WeightOnlyLinear or x.dtype != torch.float32 or x.device.type != "cpu"
+                or _module_hooks._global_forward_hooks
                 or _module_hooks._global_forward_pre_hooks or torch.jit.is_tracing()
                 or torch.compiler.is_compiling() or any(m._forward_hooks or m._forward_pre_hooks for m in layers)):
             return tuple(m(x) for m in layers)
