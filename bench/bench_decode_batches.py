@@ -4,6 +4,8 @@ Usage: .venv/bin/python bench/bench_decode_batches.py [--preset large] [--batche
        [--threads 1] [--no-write]
 Writes the `decode-batches` section of BENCHMARKS.md. Each model generates `--tokens` greedy tokens with the KV
 cache through the task's `generate`; medians of interleaved rounds; tokens/s counts every sequence of the batch.
+"roof" is the share of the memory-bandwidth roof reached: tokens/s x the model's weight bytes / (batch x the
+bandwidth `condense.measurement.bandwidth.memory_bandwidth` measures here), as `condense measure` reports it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import _common
 import torch
 
 import condense
+from condense.measurement.bandwidth import memory_bandwidth, roofline_fraction, weight_bytes
 from condense.measurement.timing import interleaved_p50
 from condense.quantize.weight_only import WeightOnlyConfig
 
@@ -35,15 +38,20 @@ def main(argv: list[str] | None = None) -> None:
     models = {"fp32": fp32,
               "4-bit (group 32)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=4)),
               "8-bit (per channel)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=8, group_size=-1))}
+    bandwidth = memory_bandwidth()
+    nbytes = {n: weight_bytes(m) for n, m in models.items()}
     lines = ["| batch | " + " | ".join(models) + " | load average |", "|---|" + "---|" * (len(models) + 1)]
     for bs in (int(b) for b in args.batches.split(",")):
         fns = {n: (lambda m=m, bs=bs: task.generate(m, bs, args.tokens)) for n, m in models.items()}
         with torch.inference_mode():
             p50 = interleaved_p50(fns, rounds=args.rounds, warmup=1, repeats=2)
-        cells = [f"{bs * args.tokens / p50[n]:.1f} tokens/s ({p50['fp32'] / p50[n]:.2f}x)" for n in models]
+        cells = [f"{bs * args.tokens / p50[n]:.1f} tokens/s ({p50['fp32'] / p50[n]:.2f}x; "
+                 f"{roofline_fraction(bs * args.tokens / p50[n], bs, nbytes[n], bandwidth):.0%} roof)" for n in models]
         lines.append(f"| {bs} | " + " | ".join(cells) + f" | {os.getloadavg()[0]:.2f} |")
     notes = (f"tinygpt preset `{args.preset}`; RTN `WeightOnlyConfig(bits=4)` and `(bits=8, group_size=-1)`, "
-             f"kernel auto (the default); {args.tokens} new tokens, {args.rounds} interleaved rounds.")
+             f"kernel auto (the default); {args.tokens} new tokens, {args.rounds} interleaved rounds. Roof: weight bytes "
+             + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in nbytes.items())
+             + f"; measured bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} thread(s)).")
     cmd = "python bench/bench_decode_batches.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     body = "\n".join(["## Weight-only decode at batch 1 and 8", "", _common.header(cmd, args.threads, notes), "",
                       *lines])

@@ -113,6 +113,17 @@ def test_generation_past_block_size_runs():
         assert out.shape == (1, prompt_len + CFG.block_size + 5)
 
 
+def test_generate_decodes_in_inference_mode_and_returns_an_ordinary_tensor():
+    model, modes = make_model(), []
+    model.blocks[0].register_forward_hook(lambda m, i, o: modes.append(torch.is_inference_mode_enabled()))
+    prompt = tokens(1, 3)
+    out = generate(model, prompt, 4)
+    assert modes == [True] * 4 and not out.is_inference()
+    out[0, 0] = 7  # writable outside inference mode
+    with torch.inference_mode():
+        assert torch.equal(generate(model, prompt, 4)[:, 1:], out[:, 1:])
+
+
 def test_sampling_is_reproducible_and_top_k_1_is_greedy():
     model = make_model()
     prompt = tokens(2, 4)

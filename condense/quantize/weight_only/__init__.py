@@ -12,15 +12,15 @@ from condense.quantize.weight_only.api import WeightOnlyConfig, WeightOnlyMethod
 from condense.quantize.weight_only.awq import awq_scale_, register_scale_fold
 from condense.quantize.weight_only.gptq import gptq_quantize
 from condense.quantize.weight_only.kernels import KERNELS, WeightKernel, kernel_names, register_kernel
-from condense.quantize.weight_only.linear import WeightOnlyLinear
+from condense.quantize.weight_only.linear import SharedInputLinears, WeightOnlyLinear
 from condense.quantize.weight_only.packing import pack, packed_nbytes, unpack
 from condense.quantize.weight_only.rtn import QuantizedWeight, rtn_quantize
 
 __all__ = [
     # configure and apply
     "WeightOnlyConfig", "WeightOnlyMethod", "quantize_weight_only",
-    # the module
-    "WeightOnlyLinear",
+    # the module, and q/k/v-style layers on one input run as one stacked matmul
+    "WeightOnlyLinear", "SharedInputLinears",
     # algorithms on one weight
     "rtn_quantize", "gptq_quantize", "QuantizedWeight",
     # AWQ's scales on a float model, and where they fold

@@ -50,6 +50,9 @@ class WeightKernel:
     name: ClassVar[str]
     bits: ClassVar[tuple[int, ...]]
     ops: ClassVar[tuple[str, ...]] = ()  # aten ops it needs
+    # True when each output column is computed on its own, so the rows of several weights stacked into one state
+    # give every layer's output bit for bit (`SharedInputLinears` then runs q/k/v as one call)
+    stackable: ClassVar[bool] = False
 
     def unsupported(self, in_features: int, out_features: int, group_size: int, bits: int) -> str | None:
         """Why this kernel cannot run a layer of that shape (None: it can)."""
@@ -62,6 +65,12 @@ class WeightKernel:
     def run(self, state: Any, x: torch.Tensor) -> torch.Tensor:
         """(rows, in) float -> (rows, out) float32, columns of x already in stored order."""
         raise NotImplementedError
+
+    def run_linear(self, state: Any, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """(rows, in) float32 -> (rows, out) float32 plus `bias` (float32 or None): exactly `run(...) + bias`;
+        a kernel may override it to save an op per call."""
+        y = self.run(state, x)
+        return y if bias is None else y + bias
 
     def unavailable(self) -> str | None:
         """Why this kernel cannot run on this machine (None: it can); checked once per process."""
@@ -165,6 +174,7 @@ class TorchInt4(WeightKernel):
 
     name = "torch-int4"
     bits = (2, 3, 4)
+    stackable = True
     ops = ("_weight_int4pack_mm_for_cpu", "_convert_weight_to_int4pack_for_cpu")
     GROUPS: ClassVar[tuple[int, ...]] = (32, 64, 128, 256)
 
@@ -194,6 +204,11 @@ class TorchInt4(WeightKernel):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, group,
                                                           sz).float()
 
+    def run_linear(self, state: Any, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        packed, sz, group = state
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16).contiguous(), packed, group, sz)
+        return y.float() if bias is None else y + bias  # bfloat16 + float32 adds in float32: run() + bias exactly
+
 
 @register_kernel
 class TorchInt8(WeightKernel):
@@ -201,6 +216,7 @@ class TorchInt8(WeightKernel):
 
     name = "torch-int8"
     bits = (8,)
+    stackable = True
     ops = ("_weight_int8pack_mm",)
 
     def unsupported(self, in_features: int, out_features: int, group_size: int, bits: int) -> str | None:
