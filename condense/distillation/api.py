@@ -28,8 +28,8 @@ from torch import nn
 from condense.core.config import MAX_COUNT, Renamed, check_choice, check_float, check_int, check_nested, config, \
     config_from_dict, show
 from condense.core.transforms import TRANSFORMS, TransformContext, apply_, register_family, register_transform
-from condense.distillation.losses import Projection, distill_embeddings_, embedding_match_loss, hidden_state_loss, \
-    logit_kd_loss
+from condense.distillation.losses import CONTRASTIVE_TARGETS, Projection, distill_embeddings_, embedding_match_loss, \
+    hidden_state_loss, logit_kd_loss
 from condense.distillation.outputs import HIDDEN, default_embed, logits_of, read_output, split_batch
 from condense.distillation.students import build_student, paired_layers
 from condense.errors import ConfigError
@@ -77,7 +77,12 @@ class DistillConfig:
             summary sentence and the rest of it): weight of the in-batch contrastive loss between the student's
             embeddings of each pair (`losses.contrastive_loss`); 0 distils only. The pairs' signal lifted the
             3-block MiniLM student's retrieval, but moves its vectors away from the teacher's (cosine ~0.84 in
-            bench/bench_distill.py): to keep embeddings interchangeable with an index the teacher built, use 0.
+            bench/bench_distill.py): to keep embeddings interchangeable with an index the teacher built, use 0
+            or contrastive_target="teacher".
+        contrastive_target: what the pair loss compares the student's embedding of each pair's half with:
+            "student" (its own embedding of the other half: the pairs' signal alone, which drifts from the teacher)
+            or "teacher" (the teacher's embedding of the other half, `losses.anchored_contrastive_loss`: the
+            student learns to retrieve the teacher's vectors, so it stays interchangeable with the teacher).
         unlabelled: logit distillation: after each labelled training batch, this many batches of the task's
             `unlabelled_data` (the training inputs whose labels are held back, e.g. digits with
             `labels_fraction=0.05`), on which the student learns the teacher's soft targets only (semi-supervised
@@ -101,6 +106,7 @@ class DistillConfig:
     container: str | None = None
     max_tokens: int | None = None
     contrastive_weight: float = 1.0
+    contrastive_target: str = "student"
     unlabelled: int = 0
     renamed = (Renamed("fit", "finetune"),)
 
@@ -121,6 +127,7 @@ class DistillConfig:
         check_float(self, "width_ratio", lo=0, hi=1, lo_open=True, example=0.5)  # fraction of the width kept
         check_choice(self, "loss", LOSSES, example="auto")
         check_choice(self, "width_target", WIDTH_TARGETS, example="ffn")
+        check_choice(self, "contrastive_target", CONTRASTIVE_TARGETS, example="teacher")
         for name in ("hidden_weight", "attention_weight", "contrastive_weight"):
             check_float(self, name, lo=0, example=1.0)
         if self.container is not None and not isinstance(self.container, str):
@@ -261,7 +268,8 @@ def _train(teacher: nn.Module, student: nn.Module, config: DistillConfig, data: 
                               "dimensions; keep the hidden size (narrow only heads/FFN: width_target='ffn')")
         distill_embeddings_(student, teacher, data, config.finetune, max_tokens=config.max_tokens,
                             token_weight=config.hidden_weight, attention_weight=config.attention_weight,
-                            contrastive_weight=config.contrastive_weight)
+                            contrastive_weight=config.contrastive_weight,
+                            contrastive_target=config.contrastive_target)
     else:
         if config.unlabelled:
             data = with_unlabelled(data, task, config.unlabelled)

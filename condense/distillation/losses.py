@@ -120,6 +120,32 @@ def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, scale: floa
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def anchored_contrastive_loss(s_queries: torch.Tensor, s_documents: torch.Tensor, t_queries: torch.Tensor,
+                              t_documents: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """The pair loss against the teacher's embeddings: the mean of `contrastive_loss(student queries, teacher
+    documents)` and `contrastive_loss(teacher queries, student documents)`, all (B, C) unit vectors.
+
+    The student learns to find the teacher's vector of each pair's other half among the batch's, so the pairs'
+    signal pulls its embeddings towards the teacher's space instead of away from it: its queries still retrieve from
+    an index the teacher built. The teacher's embeddings are targets (no gradient).
+
+    Example:
+        >>> e = torch.eye(4)
+        >>> float(anchored_contrastive_loss(e, e, e, e, scale=20.0)) < 1e-6
+        True
+    """
+    t_queries, t_documents = t_queries.detach(), t_documents.detach()
+    return 0.5 * (contrastive_loss(s_queries, t_documents, scale) + contrastive_loss(t_queries, s_documents, scale))
+
+
+# what the pair loss compares a student's embedding of each pair's half with: its own of the other half, or the
+# teacher's (DistillConfig.contrastive_target); each takes (student q, student d, teacher q, teacher d, scale)
+CONTRASTIVE_TARGETS: dict[str, Callable[..., torch.Tensor]] = {
+    "student": lambda sq, sd, tq, td, scale: contrastive_loss(sq, sd, scale),
+    "teacher": anchored_contrastive_loss,
+}
+
+
 class TokenEncoder(Protocol):
     """What embedding distillation needs from a sentence encoder type, besides `tokenize`: its per-token hidden
     states before pooling (and attention maps), and which parameters are its blocks (the rest stays frozen)."""
@@ -154,7 +180,7 @@ def token_encoder(model: nn.Module) -> TokenEncoder:
 def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = None, token_weight: float = 0.0,
                                 relation_weight: float = 1.0, temperature: float = 0.05,
                                 attention_weight: float = 0.0, contrastive_weight: float = 1.0,
-                                contrastive_scale: float = 20.0
+                                contrastive_scale: float = 20.0, contrastive_target: str = "student"
                                 ) -> Callable[[nn.Module, list[str] | TextPairs], torch.Tensor]:
     """`loss(student, batch)`: 1 - cosine between student and teacher sentence embeddings, plus optional terms.
 
@@ -166,6 +192,8 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
     `attention_weight` adds `attention_map_loss` between the student's last attention maps and the teacher's.
     `contrastive_weight` adds, on `TextPairs` batches, `contrastive_loss` between the student's query and document
     embeddings: the pairs' own signal, which can move the student past the teacher on the task the pairs resemble.
+    `contrastive_target="teacher"` compares them with the teacher's embeddings of the other half instead
+    (`anchored_contrastive_loss`: the student stays in the teacher's space).
 
     Example:
         >>> from condense.tasks.encoder import load_minilm
@@ -173,6 +201,10 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
         >>> float(embedding_distillation_loss(enc)(enc, ["a cat sat on the mat"]))  # doctest: +SKIP
         0.0
     """
+    if contrastive_target not in CONTRASTIVE_TARGETS:
+        raise ConfigError(f"contrastive_target must be one of {', '.join(map(repr, CONTRASTIVE_TARGETS))}, got "
+                          f"{contrastive_target!r}; e.g. contrastive_target='teacher'")
+    pair_loss = CONTRASTIVE_TARGETS[contrastive_target]
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -209,7 +241,7 @@ def embedding_distillation_loss(teacher: nn.Module, *, max_tokens: int | None = 
             out = out + attention_weight * attention_map_loss(s_attn[-1:], t_attn[-1:], mask)
         if contrastive_weight and pairs and len(batch.queries) > 1:
             n = len(batch.queries)
-            out = out + contrastive_weight * contrastive_loss(s_emb[:n], s_emb[n:], contrastive_scale)
+            out = out + contrastive_weight * pair_loss(s_emb[:n], s_emb[n:], t_emb[:n], t_emb[n:], contrastive_scale)
         return out
 
     return loss
@@ -219,7 +251,7 @@ def distill_embeddings_(student: nn.Module, teacher: nn.Module,
                         texts: Callable[[], Iterable[list[str] | TextPairs]], cfg: FitConfig, *,
                         max_tokens: int | None = None, token_weight: float = 0.0, relation_weight: float = 1.0,
                         train_embeddings: bool = False, attention_weight: float = 0.0,
-                        contrastive_weight: float = 1.0) -> list[float]:
+                        contrastive_weight: float = 1.0, contrastive_target: str = "student") -> list[float]:
     """Train `student` (a SentenceEncoder) to match `teacher`'s embeddings on batches of texts (lists of strings,
     or `TextPairs`, which add the contrastive term); returns losses. Terms as in `embedding_distillation_loss`.
 
@@ -233,7 +265,7 @@ def distill_embeddings_(student: nn.Module, teacher: nn.Module,
     """
     loss = embedding_distillation_loss(teacher, max_tokens=max_tokens, token_weight=token_weight,
                                        relation_weight=relation_weight, attention_weight=attention_weight,
-                                       contrastive_weight=contrastive_weight)
+                                       contrastive_weight=contrastive_weight, contrastive_target=contrastive_target)
     params = student.parameters() if train_embeddings else token_encoder(student).block_parameters(student)
     losses = fit(student, texts, loss, cfg, params=params, description="embedding distillation")
     student.eval()

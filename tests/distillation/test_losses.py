@@ -108,3 +108,54 @@ def test_embedding_distillation_of_an_unregistered_model_says_what_to_register()
 
     with pytest.raises(ConfigError, match=r"Linear has none.*TOKEN_ENCODERS\.register\(Linear\)"):
         embedding_distillation_loss(torch.nn.Linear(2, 2))
+
+
+def test_anchored_contrastive_loss_matches_a_hand_computed_reference():
+    from condense.distillation.losses import anchored_contrastive_loss
+
+    sq = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8]]), dim=-1)
+    sd = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0]]), dim=-1)
+    tq = F.normalize(torch.tensor([[0.9, 0.1], [0.5, 0.9]]), dim=-1)
+    td = F.normalize(torch.tensor([[1.0, 0.3], [-0.2, 1.0]]), dim=-1)
+    scale = 4.0
+
+    def sym_ce(q, d):  # symmetric InfoNCE written out: rows are queries, columns documents, the diagonal right
+        sims = [[scale * sum(a * b for a, b in zip(qi, dj)) for dj in d.tolist()] for qi in q.tolist()]
+        cols = [list(c) for c in zip(*sims)]
+        ce = lambda rows: sum(math.log(sum(math.exp(v) for v in r)) - r[i] for i, r in enumerate(rows)) / len(rows)
+        return 0.5 * (ce(sims) + ce(cols))
+
+    expected = 0.5 * (sym_ce(sq, td) + sym_ce(tq, sd))  # student queries -> teacher documents, and the reverse
+    sq_, sd_ = sq.clone().requires_grad_(True), sd.clone().requires_grad_(True)
+    tq_, td_ = tq.clone().requires_grad_(True), td.clone().requires_grad_(True)
+    loss = anchored_contrastive_loss(sq_, sd_, tq_, td_, scale)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()  # the teacher's side is a target: no gradient reaches it
+    assert tq_.grad is None and td_.grad is None and sq_.grad.abs().sum() > 0 and sd_.grad.abs().sum() > 0
+
+
+def test_contrastive_target_teacher_is_the_anchored_pair_loss():
+    from condense.distillation import DistillConfig
+    from condense.distillation.losses import anchored_contrastive_loss, embedding_distillation_loss
+    from condense.errors import ConfigError
+    from condense.tasks.encoder import TextPairs
+
+    teacher, student = _tiny_encoder(), _tiny_encoder()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    pairs = TextPairs(["return the sum", "open a file", "sort a list"],
+                      ["adds numbers together", "reads bytes from disk", "orders items in place"])
+    texts = pairs.queries + pairs.documents
+    s, t = torch.tensor(student.encode(texts)), torch.tensor(teacher.encode(texts))
+    with torch.no_grad():
+        plain = float(embedding_distillation_loss(teacher, contrastive_weight=0.0)(student, pairs))
+        anchored = float(embedding_distillation_loss(teacher, contrastive_weight=0.5,
+                                                     contrastive_target="teacher")(student, pairs))
+    want = plain + 0.5 * float(anchored_contrastive_loss(s[:3], s[3:], t[:3], t[3:]))
+    assert anchored == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ConfigError, match="contrastive_target must be one of 'student', 'teacher', got 'both'"):
+        embedding_distillation_loss(teacher, contrastive_target="both")
+    with pytest.raises(ConfigError, match="contrastive_target must be one of"):
+        DistillConfig(contrastive_target="both")

@@ -11,7 +11,9 @@ import torch
 
 from condense.data.manpages import MAN_ROOT, page_files
 from condense.errors import CondenseError
+from condense.data import stdlib_prose
 from condense.tasks import minilm
+from condense.tasks.encoder import TextPairs
 from condense.tasks.encoder import SentenceEncoder, load_minilm
 from condense.tasks.minilm import make_task, reference_embeddings, retrieval_metrics
 
@@ -198,14 +200,27 @@ def test_inputs_run_and_data(task, model):
     calib = list(task.calibration_data())
     assert [len(b) for b in calib] == [32] * 8
     assert not {t for b in calib for t in b} & ev_texts
-    train = list(task.train_data())  # (summary, rest of docstring) pairs, 32 a batch, outside the eval set
+    batches = list(task.train_data())  # "mixed": a pair batch, then a batch of 64 prose paragraphs, and so on
+    train, prose = batches[0::2], batches[1::2]
+    assert all(isinstance(b, TextPairs) for b in train) and all(isinstance(b, list) for b in prose)
+    assert len(prose) == len(train) and all(len(b) == 64 for b in prose)
+    prose_texts = {t for b in prose for t in b}
+    assert prose_texts == set(stdlib_prose.prose_texts())  # every paragraph comes round (a remainder differs per cycle)
+    assert not prose_texts & ev_texts
+    docs_only = list(make_task(n_pairs=100, train_text="docstrings").train_data())
+    pooled = {q for b in train for q in b.queries}
+    assert {q for b in docs_only for q in b.queries} | {q for q, _ in stdlib_prose.prose_pairs()} >= pooled
+    assert {q for q, _ in stdlib_prose.prose_pairs()} <= pooled
     per_pass = len(train) // minilm.TRAIN_PASSES
     assert len(train) % minilm.TRAIN_PASSES == 0 and all(len(b.queries) == len(b.documents) == 32 for b in train)
     first, second = ([t for b in train[i * per_pass:(i + 1) * per_pass] for t in b.queries] for i in (0, 1))
     assert len(set(first)) == len(first) and first != second  # each pass reshuffled (a batch's remainder left out)
     assert len(set(first) & set(second)) >= len(first) - 32
     assert not {t for b in train for t in b.queries + b.documents} & ev_texts
-    assert [b.queries for b in train] == [b.queries for b in task.train_data()]  # the same order every epoch
+    assert batches == list(task.train_data())  # the same order every epoch
+    # "docstrings": the docstring pairs only, one pass after the other
+    assert all(isinstance(b, TextPairs) for b in docs_only) and len(docs_only) % minilm.TRAIN_PASSES == 0
+    assert not {q for q, _ in stdlib_prose.prose_pairs()} & {q for b in docs_only for q in b.queries}
 
 
 def test_make_task_is_cheap_and_validates():
@@ -218,6 +233,8 @@ def test_make_task_is_cheap_and_validates():
         make_task(n_pairs=1)
     with pytest.raises(CondenseError, match="max_seq_length"):
         make_task(max_seq_length=4096)
+    with pytest.raises(CondenseError, match="train_text must be one of 'docstrings', 'mixed', got 'man'"):
+        make_task(train_text="man")
 
 
 def test_build_model_is_the_pretrained_encoder(task):
@@ -264,10 +281,14 @@ def test_offsource_set_shares_no_text_with_training_or_calibration():
     off = minilm.offsource_set(200, 40)
     off_texts = {x.lower() for x in off.queries + off.documents}
     used = {x.lower() for b in t.calibration_data() for x in b}
-    used |= {x.lower() for b in itertools.islice(t.train_data(), 200) for x in b.queries + b.documents}
+    used |= {x.lower() for b in t.train_data() for x in (b.queries + b.documents if isinstance(b, TextPairs) else b)}
     ev = retrieval_pairs(40)
     used |= {x.lower() for p in training_pairs(ev) for x in p} | {x.lower() for x in unlabelled_texts(None, ev)}
+    used |= {x.lower() for x in stdlib_prose.prose_texts()}
     assert len(off) == 200 and len(used) > 1000 and not off_texts & used
+    # nor a sentence of one: no training text holds a whole manual-page query
+    prose = " ".join(sorted(used))
+    assert [q for q in off.queries if len(q.split()) >= 6 and q.lower() in prose] == []
     assert minilm.offsource_set(200, 40) == off  # deterministic
 
 
