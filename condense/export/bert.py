@@ -30,17 +30,24 @@ class _FusableAttention(nn.Module):
         super().__init__()
         self.attn = attn
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, pack: Callable | None = None,
+                unpack: Callable | None = None) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); or, with `pack`/`unpack` (see _EncoderGraph), packed (1, N, C) -> (1, N, C)."""
         a = self.attn
-        B, T, _ = x.shape
+        B, T = bias.shape[0], bias.shape[-1]
         nh, hd = a.n_heads, a.head_dim
-        q = a.query(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
-        k = a.key(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
-        v = a.value(x).view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
+        q, k, v = a.query(x), a.key(x), a.value(x)  # (B, T, nh*hd), or (1, N, nh*hd) packed
+        if unpack is not None:
+            q, k, v = unpack(q), unpack(k), unpack(v)  # (B, T, nh*hd)
+        q = q.view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
+        k = k.view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
+        v = v.view(B, T, nh, hd).permute(0, 2, 1, 3)  # (B, nh, T, hd)
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(hd) + bias  # (B, nh, T, T)
         y = torch.matmul(scores.softmax(dim=-1), v)  # (B, nh, T, hd)
         y = y.permute(0, 2, 1, 3).contiguous().view(B, T, nh * hd)  # (B, T, nh*hd)
-        return a.out(y)  # (B, T, C)
+        if pack is not None:
+            y = pack(y)  # (1, N, nh*hd)
+        return a.out(y)  # (B, T, C), or (1, N, C) packed
 
 
 def _linear_part(lin: nn.Linear, *, rows: list[int] | None = None, cols: list[int] | None = None,
@@ -70,11 +77,20 @@ class _EncoderGraph(nn.Module):
     With `float_channels`, each listed FFN hidden channel is taken out of the main (to-be-int8) path: its row of
     `ffn_in` is zeroed (GELU(0) = 0, so `ffn_out` sees 0 there) and a small float side path computes it exactly,
     LLM.int8()-style. The int8 matmuls' per-tensor activation scale is then no longer set by an outlier.
+
+    With `packed`, padding is dropped inside the graph: after the embeddings the real tokens of the batch are
+    gathered into one (1, N, C) tensor, every token-wise layer (projections, FFN, LayerNorm, GELU) runs on those N rows
+    only, and only attention scatters them back to the (B, T) layout (a Gather by each slot's packed index; padded
+    slots get a copy of a real row, which the -10000 mask bias hides from every query). A batch of short texts
+    padded to its longest one does 2-3x less work; padded slots no longer enter the per-tensor int8 activation
+    scales either. The embeddings are the same numbers either way (same ops per row).
     """
 
-    def __init__(self, encoder: nn.Module, float_channels: dict[int, list[int]] | None = None) -> None:
+    def __init__(self, encoder: nn.Module, float_channels: dict[int, list[int]] | None = None,
+                 packed: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
+        self.packed = packed
         self.attn = nn.ModuleList(_FusableAttention(b.attn) for b in encoder.bert.layers)
         self.split = sorted(int(i) for i, ch in (float_channels or {}).items() if ch)
         self.ffn_in, self.side_in, self.side_out = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
@@ -93,20 +109,38 @@ class _EncoderGraph(nn.Module):
         bert = self.encoder.bert
         bias = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * -10000.0  # (B, 1, 1, T)
         x = bert.embeddings(input_ids)  # (B, T, C)
+        pack = unpack = None
+        if self.packed:
+            B, T = input_ids.shape
+            flat = attention_mask.reshape(-1).to(torch.int64)  # (B*T,)
+            rows = torch.nonzero(flat).squeeze(1)  # (N,) the real tokens' slots
+            slots = (torch.cumsum(flat, 0) - 1).clamp(min=0)  # (B*T,) each slot's row in the packed matrix
+
+            # packed rows keep a leading axis of 1: Linear on a 3-d input exports as MatMul + Add (a 2-d one as
+            # Gemm, which ORT's quantizer rewrites under new node names, so layers kept in float would be missed)
+            def pack(t: torch.Tensor) -> torch.Tensor:  # (B, T, D) -> (1, N, D)
+                return t.reshape(1, B * T, t.shape[-1]).index_select(1, rows)
+
+            def unpack(t: torch.Tensor) -> torch.Tensor:  # (1, N, D) -> (B, T, D)
+                return t.index_select(1, slots).view(B, T, t.shape[-1])
+
+            x = pack(x)  # (1, N, C)
         for i, (block, attn) in enumerate(zip(bert.layers, self.attn)):
-            x = block.attn_norm(x + attn(x, bias))  # (B, T, C)
-            y = block.ffn_out(F.gelu(self.ffn_in[i](x)))  # (B, T, C)
+            x = block.attn_norm(x + attn(x, bias, pack, unpack))  # (B, T, C), or (1, N, C) packed
+            y = block.ffn_out(F.gelu(self.ffn_in[i](x)))
             if i in self.split:
-                y = y + self.side_out[i](F.gelu(self.side_in[i](x)))  # (B, T, C): the float outlier channels
-            x = block.ffn_norm(x + y)  # (B, T, C)
+                y = y + self.side_out[i](F.gelu(self.side_in[i](x)))  # the float outlier channels
+            x = block.ffn_norm(x + y)
+        if unpack is not None:
+            x = unpack(x)  # (B, T, C); padded slots are left out by the mask below
         return mean_pool(x, attention_mask)  # (B, C)
 
 
 class EncoderAdapter(ExportAdapter):
     """The minilm SentenceEncoder: (input_ids, attention_mask) in, embeddings out; tokenisation stays in Python."""
 
-    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
-             ) -> ExportSpec:
+    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None,
+             packed: bool = False) -> ExportSpec:
         layers = list(model.bert.layers)
         heads = {(b.attn.n_heads, b.attn.head_dim) for b in layers}
         fusion = None
@@ -114,7 +148,7 @@ class EncoderAdapter(ExportAdapter):
             fusion = {"model_type": "bert", "num_heads": h[0], "hidden_size": model.dim}
         axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
                 "embeddings": {0: "batch"}}
-        graph = _EncoderGraph(model, float_channels)
+        graph = _EncoderGraph(model, float_channels, packed)
         side = [m.weight.detach().numpy() for m in list(graph.side_in) + list(graph.side_out)
                 if isinstance(m, nn.Linear)]
         return ExportSpec(graph, ("input_ids", "attention_mask"), ("embeddings",), axes,

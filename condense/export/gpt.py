@@ -32,8 +32,8 @@ class _LogitsOnly(nn.Module):
 class GPTAdapter(ExportAdapter):
     """`GPT`: input `idx` (int64, B x T), output `logits`; both axes dynamic."""
 
-    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
-             ) -> ExportSpec:
+    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None,
+             packed: bool = False) -> ExportSpec:
         if float_channels:
             super().spec(model, batch, float_channels=float_channels)  # raises the shared message
         axes = {"idx": {0: "batch", 1: "time"}, "logits": {0: "batch", 1: "time"}}

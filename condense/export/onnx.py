@@ -62,9 +62,9 @@ class ExportAdapter:
     """How a model type is exported. The base class: tensors in (positional, or a dict batch as keywords with its
     keys as input names), the model's outputs out (a ModelOutput's tensor fields by name), batch axis dynamic."""
 
-    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None
-             ) -> ExportSpec:
-        """The ExportSpec; `float_channels` ({block: [channels]}) asks for outlier channels kept in float."""
+    def spec(self, model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None,
+             packed: bool = False) -> ExportSpec:
+        """The ExportSpec; `float_channels` ({block: [channels]}) kept in float; `packed`: padding dropped where it can."""
         if float_channels:
             raise ConfigError(f"float outlier channels are supported for BERT sentence encoders only, not "
                               f"{type(model).__name__}; set float_channels=0")
@@ -97,9 +97,9 @@ def adapter_for(model: nn.Module) -> ExportAdapter:
     return EXPORT_ADAPTERS.find(model) or ExportAdapter()
 
 
-def export_spec(model: nn.Module, batch: Any, *, float_channels: dict[int, list[int]] | None = None) -> ExportSpec:
-    """The ExportSpec for `model` (see `ExportAdapter.spec`)."""
-    return adapter_for(model).spec(model, batch, float_channels=float_channels)
+def export_spec(model: nn.Module, batch: Any, *, float_channels: dict | None = None, packed: bool = False
+                ) -> ExportSpec:  # see `ExportAdapter.spec`
+    return adapter_for(model).spec(model, batch, float_channels=float_channels, packed=packed)
 
 
 # -- export -----------------------------------------------------------------------------------------------------

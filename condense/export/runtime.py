@@ -146,18 +146,21 @@ def example_batch(ctx: TransformContext, what: str) -> Any:
 def build_ort(model: nn.Module, batch: Any, *, opset: int, optimize: bool,
               post: Callable[[bytes, Any], tuple[bytes, dict]] | None = None,
               fusion_hints: dict[str, Any] | None = None,
-              float_channels: dict[int, list[int]] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+              float_channels: dict[int, list[int]] | None = None, packed: bool = False
+              ) -> tuple[nn.Module, dict[str, Any]]:
     """Export `model`, optionally fuse, optionally post-process the bytes (e.g. quantize), and wrap for ORT.
 
     `post(data, spec)` returns (new bytes, details); `fusion_hints` override the adapter's fuser hints
-    (num_heads, hidden_size); `float_channels` are passed to the export adapter (outliers kept in float).
-    Returns (the ORT-backed module, JSON-able details: opset, inputs, fusions, bytes, parity vs `model`).
+    (num_heads, hidden_size); `float_channels` and `packed` (padding dropped inside the graph) are passed to the
+    export adapter. Returns (the ORT-backed module, JSON-able details: opset, inputs, fusions, whether the graph
+    is packed, bytes, parity vs `model`).
     """
-    spec = export_spec(model, batch, float_channels=float_channels)
+    spec = export_spec(model, batch, float_channels=float_channels, packed=packed)
     inputs = spec.to_inputs(batch)
     data = onnx_bytes(spec, inputs, opset=opset)
     details: dict[str, Any] = {"opset": opset, "inputs": list(spec.input_names), "outputs": list(spec.output_names),
-                               "exporter": graph_metadata(data).get(EXPORTER_KEY), "fusions": {}}
+                               "exporter": graph_metadata(data).get(EXPORTER_KEY), "fusions": {},
+                               "packed": bool(getattr(spec.module, "packed", False))}
     if optimize:
         fusion = dict(spec.fusion, **fusion_hints) if spec.fusion and fusion_hints else spec.fusion
         data, details["fusions"] = fuse_transformer(data, fusion)

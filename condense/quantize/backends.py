@@ -2,8 +2,9 @@
 
 With `backend="auto"` every applicable int8 variant is built (torch dynamic, torch static, ONNX Runtime with its
 transformer fusions), each is timed on the task's own batch with `time_call` (interleaved rounds, so a busy
-machine slows them alike) and evaluated on the task's metric; the fastest one whose primary metric stays within
-`tolerance` of fp32 is kept. The lineage records the pick, the reason and every candidate's p50.
+machine slows them alike) and evaluated on the task's metric, fastest first, until one stays within `tolerance`
+of fp32: that one is kept (the slower ones could not win, so their evaluation is skipped unless `evaluate_all`).
+The lineage records the pick, the reason, and every candidate's p50 and build and evaluation seconds.
 
 The decision itself is `pick`, a pure function of the measured rows; measuring is `measure_candidates`. Note
 that the metric used to qualify candidates is the task's evaluation metric, as `measure` reports it.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import time
 import warnings
 from typing import Any, Callable
 
@@ -55,6 +57,9 @@ class Int8Config:
             amx_bf16; OpenVINO's default there), kept only where faster than every int8 candidate within
             `tolerance`. Its weights take 2 bytes, not 1: False keeps the pick int8. Where the CPU lacks native
             bf16 the candidate is not built, and the lineage says why.
+        evaluate_all: with "auto", evaluate every candidate's metric. False (default): candidates are evaluated
+            fastest first and those slower than the first one within `tolerance` are not (they cannot be picked;
+            the lineage's rows say so). On minilm each evaluation takes tens of seconds, most of the call.
 
     Example:
         >>> Int8Config(backend="ort").to_dict()["backend"]
@@ -70,6 +75,7 @@ class Int8Config:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     bf16: bool = True
+    evaluate_all: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -122,36 +128,65 @@ def _fusable(model: nn.Module) -> bool:
 
 # -- measuring and deciding -------------------------------------------------------------------------------------
 def measure_candidates(model: nn.Module, builders: dict[str, Callable[[nn.Module], nn.Module]], task: Any, *,
-                       batch_size: int, min_time_s: float, rounds: int = 3
+                       batch_size: int, min_time_s: float, rounds: int = 3,
+                       good: Callable[[float, float], bool] | None = None
                        ) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
     """Build each candidate from a copy of `model`, time it on `task.batch(batch_size)`, evaluate it.
 
-    Returns (rows, built models); a row is {"backend", "p50_ms", "metric", "error"}. The fp32 model is timed too
-    (row "fp32"). A candidate that fails (to build, to run the task's batch or to evaluate: a model condense did
-    not write may take inputs a backend cannot) gets a row with the error, no timing, and a warning; the others go on.
+    Returns (rows, built models); a row is {"backend", "p50_ms", "metric", "error", "build_s", "eval_s", "note"}
+    (seconds to build the candidate and to evaluate it: what each candidate costs the call). The fp32 model is
+    timed and evaluated too (row "fp32"). Candidates are evaluated fastest first; with `good(metric, fp32 metric)`
+    the ones slower than the first good one are not evaluated (they cannot be picked; their note says so). A
+    candidate that fails (to build, to run the task's batch or to evaluate: a model condense did not write may take
+    inputs a backend cannot) gets a row with the error and a warning; the others go on.
     """
     built: dict[str, nn.Module] = {}
-    rows: dict[str, dict[str, Any]] = {"fp32": {"backend": "fp32", "p50_ms": None, "metric": None, "error": None}}
+    rows: dict[str, dict[str, Any]] = {}
     batch = task.batch(batch_size)
-    for name, build in builders.items():
-        rows[name] = {"backend": name, "p50_ms": None, "metric": None, "error": None}
+    for name, build in {"fp32": None, **builders}.items():
+        rows[name] = {"backend": name, "p50_ms": None, "metric": None, "error": None, "build_s": None,
+                      "eval_s": None, "note": None}
         try:
-            m = build(copy.deepcopy(model))
+            t0 = time.perf_counter()
+            m = model if build is None else build(copy.deepcopy(model))
             with torch.inference_mode():
                 task.run_batch(m, batch)  # runs the task's own inputs before it is timed
-            rows[name]["metric"] = task.metrics(m)[task.primary_metric]
+            rows[name]["build_s"] = round(time.perf_counter() - t0, 2)
             built[name] = m
         except Exception as e:  # noqa: BLE001  (one backend failing must not stop the others)
-            rows[name]["error"] = first_line(e, typed=not isinstance(e, CondenseError))
-            warnings.warn(f"Int8Config: backend {name!r} skipped: {rows[name]['error']}", stacklevel=2)
-    timed = {"fp32": model, **built}
+            if build is None:
+                raise
+            _failed(rows[name], e)
     with torch.inference_mode():  # interleaved, so load from elsewhere hits every candidate alike
-        p50 = interleaved_p50({name: (lambda m=m: task.run_batch(m, batch)) for name, m in timed.items()},
+        p50 = interleaved_p50({name: (lambda m=m: task.run_batch(m, batch)) for name, m in built.items()},
                               rounds=rounds, warmup=2, repeats=3, min_time_s=min_time_s / rounds)
-    rows["fp32"]["metric"] = task.metrics(model)[task.primary_metric]
-    for name in timed:
+    for name in built:
         rows[name]["p50_ms"] = round(p50[name] * 1e3, 3)
+    found = None
+    for name in ["fp32", *sorted((n for n in built if n != "fp32"), key=p50.get)]:
+        if found is not None:
+            rows[name]["note"] = (f"not evaluated: slower than {found}, which kept the metric, so it cannot be "
+                                  "picked (Int8Config(evaluate_all=True) evaluates every candidate)")
+            continue
+        t0 = time.perf_counter()
+        try:
+            rows[name]["metric"] = task.metrics(built[name])[task.primary_metric]
+        except Exception as e:  # noqa: BLE001
+            if name == "fp32":
+                raise
+            _failed(rows[name], e)
+            del built[name]
+            continue
+        rows[name]["eval_s"] = round(time.perf_counter() - t0, 2)
+        if name != "fp32" and good is not None and good(rows[name]["metric"], rows["fp32"]["metric"]):
+            found = name
+    del built["fp32"]
     return list(rows.values()), built
+
+
+def _failed(row: dict[str, Any], e: Exception) -> None:
+    row["error"], row["p50_ms"] = first_line(e, typed=not isinstance(e, CondenseError)), None
+    warnings.warn(f"Int8Config: backend {row['backend']!r} skipped: {row['error']}", stacklevel=3)
 
 
 def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,
@@ -164,11 +199,11 @@ def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,
         >>> pick(rows, baseline=0.9, tolerance=0.01, within=lambda v, b, t: v >= b * (1 - t))[0]
         'b'
     """
-    ok = [r for r in rows if r["backend"] != "fp32" and r["error"] is None
+    ok = [r for r in rows if r["backend"] != "fp32" and r["error"] is None and r["metric"] is not None
           and within(r["metric"], baseline, tolerance)]
     if not ok:
         summary = "; ".join(f"{r['backend']}: " + (r["error"] or f"metric {r['metric']:.4f}") for r in rows
-                            if r["backend"] != "fp32")
+                            if r["backend"] != "fp32" and (r["error"] or r["metric"] is not None))
         raise CondenseError(f"no int8 backend kept the metric within {tolerance:.1%} of fp32 ({baseline:.4f}): "
                             f"{summary}; raise Int8Config.tolerance or exclude sensitive layers")
     best = min(ok, key=lambda r: r["p50_ms"])
@@ -205,8 +240,9 @@ def quantize_int8(model: nn.Module, cfg: Int8Config, ctx: TransformContext) -> n
         return build
 
     backends, skipped = auto_backends(cfg)
+    good = None if cfg.evaluate_all else (lambda v, base: task.within_budget(v, base, cfg.tolerance))
     rows, built = measure_candidates(model, {b.value: builder(b) for b in backends}, task,
-                                     batch_size=batch_size, min_time_s=cfg.min_time_s)
+                                     batch_size=batch_size, min_time_s=cfg.min_time_s, good=good)
     baseline = next(r for r in rows if r["backend"] == "fp32")["metric"]
     name, reason = pick(rows, baseline=baseline, tolerance=cfg.tolerance, within=task.within_budget)
     out = built[name]

@@ -96,12 +96,55 @@ def test_auto_backend_records_a_measured_choice(tmp_path):
     assert set(rows) == {"fp32", "torch", "torch-static", "ort", "ort-fused"} | ({"bf16"} if native else set())
     assert d["skipped"] == ({} if native else {"bf16": native_bf16()[1]})
     assert "BERT" in rows["ort-fused"]["error"] and rows["ort-fused"]["p50_ms"] is None
-    ok = [r for r in rows.values() if r["backend"] != "fp32" and r["error"] is None and r["metric"] >= 0.95]
-    assert d["backend"] == min(ok, key=lambda r: r["p50_ms"])["backend"]
-    assert all(r["p50_ms"] > 0 for r in ok) and d["backend"] in d["reason"]
+    # evaluated fastest first until one keeps the metric: faster ones were evaluated and missed it, slower ones
+    # were not evaluated (they could not win) and say so
+    picked, base = rows[d["backend"]], rows["fp32"]["metric"]
+    built = [r for r in rows.values() if r["backend"] != "fp32" and r["error"] is None]
+    assert task.within_budget(picked["metric"], base, 0.05) and d["backend"] in d["reason"]
+    for r in built:
+        assert r["p50_ms"] > 0 and r["build_s"] >= 0
+        if r["p50_ms"] < picked["p50_ms"]:
+            assert r["metric"] is not None and not task.within_budget(r["metric"], base, 0.05)
+        elif r is not picked:
+            assert r["metric"] is None and r["eval_s"] is None and r["note"].startswith("not evaluated")
     x = task.batch(8)
     loaded = condense.load(condense.save(q, tmp_path / "auto"))
     assert torch.equal(torch.as_tensor(loaded(x)), torch.as_tensor(q(x)))
+
+
+class _Twice(torch.nn.Module):
+    """The model run twice per call: the same outputs, reliably slower."""
+
+    def __init__(self, m: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.m(x)
+        return self.m(x)
+
+
+@pytest.mark.parametrize("evaluate_all", [False, True])
+def test_measure_candidates_evaluates_fastest_first_and_stops_at_the_first_good_one(evaluate_all):
+    from condense.quantize.backends import measure_candidates
+
+    task = condense.get_task("condense.testing:tiny_task")
+    evaluated = []
+
+    def good(v: float, base: float) -> bool:
+        evaluated.append(v)
+        return v == base
+
+    rows, built = measure_candidates(task.build_model(), {"slow": _Twice, "fast": lambda m: m}, task, batch_size=8,
+                                     min_time_s=0.05, good=None if evaluate_all else good)
+    rows = {r["backend"]: r for r in rows}
+    assert set(built) == {"slow", "fast"} and rows["slow"]["p50_ms"] > rows["fast"]["p50_ms"]
+    assert rows["fast"]["metric"] == rows["fp32"]["metric"] == 1.0
+    if evaluate_all:
+        assert rows["slow"]["metric"] == 1.0 and rows["slow"]["note"] is None and evaluated == []
+    else:  # "fast" kept the metric, so "slow" could not win: not evaluated, and its row says why
+        assert rows["slow"]["metric"] is None and rows["slow"]["note"].startswith("not evaluated: slower than fast")
+        assert evaluated == [1.0]
 
 
 def test_pick_keeps_quality_first():
