@@ -18,7 +18,7 @@ import _common
 import torch
 
 import condense
-from condense.measurement.bandwidth import memory_bandwidth, roofline_fraction, weight_bytes
+from condense.measurement.bandwidth import cache_note, memory_bandwidth, roofline_fraction, weight_bytes
 from condense.measurement.timing import interleaved_p50
 from condense.quantize.weight_only import WeightOnlyConfig
 
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     notes = (f"tinygpt preset `{args.preset}`; RTN `WeightOnlyConfig(bits=4)` and `(bits=8, group_size=-1)`, "
              f"kernel auto (the default); {args.tokens} new tokens, {args.rounds} interleaved rounds. Roof: weight bytes "
              + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in nbytes.items())
-             + f"; measured bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} thread(s)).")
+             + f"; measured bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} thread(s)). "
+             + cache_note(nbytes["fp32"]))
     cmd = "python bench/bench_decode_batches.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
     body = "\n".join(["## Weight-only decode at batch 1 and 8", "", _common.header(cmd, args.threads, notes), "",
                       *lines])

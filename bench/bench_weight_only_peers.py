@@ -47,7 +47,7 @@ import condense
 from condense.core.lineage import lineage
 from condense.export.gpt import gpt_past_shape
 from condense.export.kvstep import export_kv_step
-from condense.measurement.bandwidth import memory_bandwidth, weight_bytes
+from condense.measurement.bandwidth import cache_note, memory_bandwidth, weight_bytes
 from condense.quantize.weight_only import WeightOnlyConfig
 from condense.quantize.weight_only.ort_graph import GRAPH_KERNELS, OrtGraphLM, graph_lm
 from condense.tasks.gpt import generate
@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
              f"batch {', '.join(map(str, batches))}, medians of {args.rounds} interleaved rounds x {args.repeats} "
              f"generations; ORT at {args.threads} intra-op thread(s) like torch. Roofline: tokens/s x weights read "
              f"per step / (batch x {bandwidth / 1e9:.1f} GB/s measured by condense.measurement.bandwidth). "
-             f"Quality over {args.windows} x {T}-byte windows per source (same windows for every row). GPTQ/AWQ "
+             + (cache_note(read_bytes(rows["fp32 (torch eager)"][0])) + " ")
+             + f"Quality over {args.windows} x {T}-byte windows per source (same windows for every row). GPTQ/AWQ "
              f"calibrated on {len(calib)} batches of 8 x {T} bytes (condense and ORT alike). lm_head stays fp32 "
              "(excluded) in every row unless its notes say otherwise. "
              f"Load average {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f} at start, {load_t:.2f} after timing, "

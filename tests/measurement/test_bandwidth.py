@@ -55,3 +55,27 @@ def test_measure_reports_time_to_first_token_and_the_share_of_the_roof():
     assert abs(d["roofline"] - m.tokens_per_s["1"] * d["weight_bytes"] / d["bandwidth_bps"]) < 1e-9
     rows = {r: None for r in comparison_table([m]).columns[0]._cells}
     assert "time to first token @ batch 1" in rows and "decode vs memory roof @ batch 1" in rows
+
+
+def test_the_probe_outgrows_a_last_level_cache_larger_than_its_default(monkeypatch):
+    from condense.measurement import bandwidth
+
+    monkeypatch.setattr(bandwidth, "last_level_cache_bytes", lambda: 480 * 2**20)  # a 480 MiB L3
+    assert bandwidth.probe_mbytes() == 1920
+    assert bandwidth.fits_in_cache(102 * 2**20) and not bandwidth.fits_in_cache(481 * 2**20)
+    monkeypatch.setattr(bandwidth, "last_level_cache_bytes", lambda: 32 * 2**20)  # a 32 MiB L3: the default holds
+    assert bandwidth.probe_mbytes() == 256
+    monkeypatch.setattr(bandwidth, "last_level_cache_bytes", lambda: None)  # unknown: default, never "fits"
+    assert bandwidth.probe_mbytes() == 256 and not bandwidth.fits_in_cache(1)
+
+
+def test_last_level_cache_is_read_from_sysfs_sizes(tmp_path, monkeypatch):
+    from condense.measurement import bandwidth
+
+    for i, size in enumerate(["48K", "2048K", "491520K"]):
+        d = tmp_path / "cpu0" / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        (d / "size").write_text(size + "\n")
+    real = bandwidth.Path
+    monkeypatch.setattr(bandwidth, "Path", lambda p: real(str(p).replace("/sys/devices/system/cpu", str(tmp_path))))
+    assert bandwidth.last_level_cache_bytes() == 491520 * 1024
