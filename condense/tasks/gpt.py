@@ -290,6 +290,11 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, *, use_cache: b
 def _generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, use_cache: bool, temperature: float,
               top_k: int | None, generator: torch.Generator | None) -> torch.Tensor:
     """`generate`'s loop, after its checks."""
+    fast = getattr(model, "greedy_decode", None)  # a runtime with its own greedy loop (e.g. `OrtGraphLM`)
+    if fast is not None and use_cache and temperature == 0:
+        out = fast(idx, max_new_tokens)
+        if out is not None:
+            return out.to(idx.device, idx.dtype)
     block = model.config.block_size
     n_layer = len(model.blocks)
     cache: KVCache | None = None

@@ -117,3 +117,21 @@ def test_a_model_without_a_kv_step_adapter_is_refused_before_quantizing():
         quantize_(nn.Sequential(nn.Linear(64, 16)), WeightOnlyConfig(bits=4, kernel="ort-graph"))
     with pytest.raises(ConfigError, match="ort-graph-a8"):
         WeightOnlyConfig(bits=4, kernel="ort-graph-x")
+
+
+def test_greedy_decode_loop_picks_the_tokens_of_the_step_by_step_path(tiny):
+    task, base = tiny
+    graph = quantize_(copy.deepcopy(base), WeightOnlyConfig(kernel="ort-graph-a8", bits=4, group_size=32), task=task)
+    prompt = torch.tensor([[100, 101, 32], [35, 36, 37]])
+    n = 12
+    fast = generate(graph, prompt, n)  # OrtGraphLM.greedy_decode: one numpy loop around the session
+    cache, idx = KVCache(len(graph.blocks), graph.config.block_size), prompt  # the torch loop, step by step
+    logits = graph(idx, kv_cache=cache)
+    for _ in range(n):
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], 1)
+        logits = graph(idx[:, -1:], kv_cache=cache)
+    assert torch.equal(fast, idx) and fast.dtype == prompt.dtype
+    assert torch.equal(generate(graph, prompt, 0), prompt)
+    too_long = graph.config.block_size  # past the context: generate's own loop restarts the cache
+    assert graph.greedy_decode(prompt, too_long) is None
+    assert generate(graph, prompt, too_long).shape == (2, 3 + too_long)

@@ -209,6 +209,28 @@ class OrtGraphLM(nn.Module):
         return out, F.cross_entropy(out.reshape(B * T, -1), targets.reshape(B * T).cpu())
 
 
+    def greedy_decode(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor | None:
+        """`idx` (B, T) extended by `max_new_tokens` greedy tokens in one loop around the session (numpy in,
+        numpy out: no torch call per token), the tokens `generate`'s own loop picks (argmax, first of ties);
+        None when the sequence would outgrow the model's context (`generate` then restarts its cache)."""
+        B, T = idx.shape
+        adapter = self.adapter
+        if T + max_new_tokens > adapter.max_len(self.model):
+            return None
+        out = np.empty((B, T + max_new_tokens), dtype=np.int64)
+        out[:, :T] = idx.detach().cpu().numpy()
+        if max_new_tokens == 0:
+            return torch.from_numpy(out)
+        run = self.session().run
+        empty = np.zeros(adapter.past_shape(self.model, B), dtype=np.float32)
+        logits, pk, pv = run(None, {"idx": out[:, :T], "past_k": empty, "past_v": empty})
+        for i in range(T, T + max_new_tokens):
+            out[:, i] = logits[:, -1].argmax(-1)
+            if i + 1 < T + max_new_tokens:
+                logits, pk, pv = run(None, {"idx": out[:, i:i + 1], "past_k": pk, "past_v": pv})
+        return torch.from_numpy(out)
+
+
 def graph_lm(model: nn.Module, kernel: str) -> OrtGraphLM:
     """`model` (its layers left on "dequantize": the graph holds its own layout) wrapped to run as one graph."""
     for m in model.modules():
