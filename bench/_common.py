@@ -97,3 +97,18 @@ def load_average() -> str:
     import os
 
     return "load average %.2f / %.2f / %.2f" % os.getloadavg()
+
+
+def tinygpt_decode_models(preset: str) -> tuple:
+    """(the tinygpt task at `preset`, {fp32, RTN 4-bit group 32, RTN 8-bit per channel}): what the decode benches
+    compare, every quantized model on kernel "auto"."""
+    import copy
+
+    import condense
+    from condense.quantize.weight_only import WeightOnlyConfig
+
+    task = condense.get_task("tinygpt", preset=preset)
+    fp32 = task.build_model().eval()
+    return task, {"fp32": fp32,
+                  "4-bit (group 32)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=4)),
+                  "8-bit (per channel)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=8, group_size=-1))}

@@ -10,17 +10,14 @@ bandwidth `condense.measurement.bandwidth.memory_bandwidth` measures here), as `
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 
 import _common
 import torch
 
-import condense
 from condense.measurement.bandwidth import cache_note, memory_bandwidth, roofline_fraction, weight_bytes
 from condense.measurement.timing import interleaved_p50
-from condense.quantize.weight_only import WeightOnlyConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,11 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    task = condense.get_task("tinygpt", preset=args.preset)
-    fp32 = task.build_model().eval()
-    models = {"fp32": fp32,
-              "4-bit (group 32)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=4)),
-              "8-bit (per channel)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=8, group_size=-1))}
+    task, models = _common.tinygpt_decode_models(args.preset)
     bandwidth = memory_bandwidth()
     nbytes = {n: weight_bytes(m) for n, m in models.items()}
     lines = ["| batch | " + " | ".join(models) + " | load average |", "|---|" + "---|" * (len(models) + 1)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import os
 import sys
 import time
@@ -24,8 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import condense
-from condense.quantize.weight_only import WeightOnlyConfig, WeightOnlyLinear
+from condense.quantize.weight_only import WeightOnlyLinear
 from condense.quantize.weight_only.kernels import KERNELS
 from condense.tasks.gpt import KVCache
 
@@ -80,11 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    task = condense.get_task("tinygpt", preset=args.preset)
-    fp32 = task.build_model().eval()
-    models = {"fp32": fp32,
-              "4-bit (group 32)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=4)),
-              "8-bit (per channel)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=8, group_size=-1))}
+    task, models = _common.tinygpt_decode_models(args.preset)
     variants = {"step": (), **{p: (p,) for p in STAND_INS}, "everything else": tuple(STAND_INS)}
     samples = {(n, v): [] for n in models for v in [*variants, "generate"]}
     tok = torch.tensor([[5]])
