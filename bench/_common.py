@@ -109,6 +109,18 @@ def tinygpt_decode_models(preset: str) -> tuple:
 
     task = condense.get_task("tinygpt", preset=preset)
     fp32 = task.build_model().eval()
-    return task, {"fp32": fp32,
-                  "4-bit (group 32)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=4)),
-                  "8-bit (per channel)": condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(bits=8, group_size=-1))}
+    q = lambda cfg: condense.quantize_(copy.deepcopy(fp32), cfg)  # noqa: E731
+    return task, {"fp32": fp32, "4-bit (group 32)": q(WeightOnlyConfig(bits=4)),
+                  "8-bit (per channel)": q(WeightOnlyConfig(bits=8, group_size=-1))}
+
+
+def publish(section: str, title: str, script: str, argv: list[str] | None, threads: int, notes: str,
+            lines: list[str], *, write: bool = True) -> str:
+    """Print a bench's section (title, command line with `argv` or sys.argv, machine header, `lines`) and, if
+    `write`, replace `section` in BENCHMARKS.md with it; returns the body."""
+    cmd = f"python bench/{script}" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
+    body = "\n".join([f"## {title}", "", header(cmd, threads, notes), "", *lines])
+    print(body)
+    if write:
+        write_section(section, body)
+    return body

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import _common
 import torch
@@ -46,12 +45,8 @@ def main(argv: list[str] | None = None) -> None:
              + ", ".join(f"{n} {b / 1e6:.1f} MB" for n, b in nbytes.items())
              + f"; measured bandwidth {bandwidth / 1e9:.1f} GB/s ({args.threads} thread(s)). "
              + cache_note(nbytes["fp32"]))
-    cmd = "python bench/bench_decode_batches.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    body = "\n".join(["## Weight-only decode at batch 1 and 8", "", _common.header(cmd, args.threads, notes), "",
-                      *lines])
-    print(body)
-    if not args.no_write:
-        _common.write_section("decode-batches", body)
+    _common.publish("decode-batches", "Weight-only decode at batch 1 and 8", "bench_decode_batches.py",
+                    argv, args.threads, notes, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 
 import _common
@@ -117,12 +116,8 @@ def main(argv: list[str] | None = None) -> None:
              f"(median of {args.rounds} interleaved rounds) and share of the step. Each part's cost is the step's drop "
              "when that part alone is replaced by a free stand-in; \"everything else\" is the step with all four "
              f"replaced. Machine load average {os.getloadavg()[0]:.2f} at the end.")
-    cmd = "python bench/bench_decode_profile.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    body = "\n".join(["## Where a decode step's time goes (batch 1)", "", _common.header(cmd, args.threads, notes), "",
-                      *lines])
-    print(body)
-    if not args.no_write:
-        _common.write_section("decode-profile", body)
+    _common.publish("decode-profile", "Where a decode step's time goes (batch 1)", "bench_decode_profile.py",
+                    argv, args.threads, notes, lines, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ def cache_note(nbytes: int, what: str = "the fp32 weights") -> str:
     llc = last_level_cache_bytes()
     if llc is None or nbytes > llc:
         return ""
-    return (f"{what} ({nbytes / 1e6:.1f} MB) fit in this CPU's {llc / 2**20:.0f} MiB last-level cache: decode is not "
-            "bound by memory bandwidth here, so a share of the roof above 100% is possible.")
+    return (f"{what[:1].upper()}{what[1:]} ({nbytes / 1e6:.1f} MB) fit in this CPU's {llc / 2**20:.0f} MiB "
+            "last-level cache: decode is not bound by memory bandwidth here, so a share of the roof above 100% is "
+            "possible.")
 
 
 def memory_bandwidth(device: str | torch.device = "cpu", *, mbytes: int | None = None, repeats: int = 5) -> float:
