@@ -1,6 +1,8 @@
 """Tiny fixture models and tasks for tests and examples (seconds to build, no caches)."""
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -35,3 +37,17 @@ def tiny_task(seed: int = 0) -> Task:
     return Task("tiny", model, evaluate=evaluate, primary_metric="agreement", inputs=x[:1],
                 calibration_data=lambda: iter([x[:32], x[32:]]), batch_sizes=(1, 8),
                 description="random MLP; agreement with its own predictions")
+
+
+def slow_tiny_task(seed: int = 0, evaluate_s: float = 1.0) -> Task:
+    """`tiny_task` whose evaluation takes at least `evaluate_s` seconds: trials long enough that several search
+    processes started together all get some (the tiny model alone measures in microseconds)."""
+    task = tiny_task(seed)
+    fast = task.evaluate
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        time.sleep(evaluate_s)
+        return fast(m)
+
+    task.evaluate = evaluate
+    return task
