@@ -21,17 +21,28 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def step_verdicts(prev: Measurement, cur: Measurement) -> dict[str, Any]:
     """Speedups (>1 is faster), size ratio (<1 is smaller), quality change, and plain-language warnings."""
     speedups = {bs: _ratio(prev.p50(int(bs)), cur.p50(int(bs))) for bs in cur.latency if bs in prev.latency}
+    # generative tasks: decode tokens/s (higher is faster) is a speed of its own beside the forward's latency
+    decode = {bs: _ratio(cur.tokens_per_s[bs], prev.tokens_per_s[bs]) for bs in cur.tokens_per_s
+              if bs in prev.tokens_per_s}
     size_ratio = _ratio(cur.size_bytes, prev.size_bytes)
     quality_delta = {k: cur.quality[k] - prev.quality[k] for k in cur.quality if k in prev.quality}
     warnings: list[str] = []
-    faster_any = any(s is not None and s >= FASTER for s in speedups.values())
+    faster_any = any(s is not None and s >= FASTER for s in (*speedups.values(), *decode.values()))
     if size_ratio is not None and size_ratio <= SMALLER and not faster_any and speedups:
         warnings.append(f"{cur.label}: smaller ({size_ratio:.2f}x the size) but not faster "
                         f"(speedups {', '.join(f'batch {b}: {s:.2f}x' for b, s in speedups.items())})")
     for bs, s in speedups.items():
         if s is not None and s < 1 / FASTER:
-            warnings.append(f"{cur.label}: slower than {prev.label} at batch {bs} ({s:.2f}x)")
-    return {"speedup": speedups, "size_ratio": size_ratio, "quality_delta": quality_delta, "warnings": warnings}
+            d = decode.get(bs)
+            also = f"; decode tokens/s {d:.2f}x" if d is not None else ""
+            warnings.append(f"{cur.label}: slower than {prev.label} at batch {bs} ({s:.2f}x{also})")
+    for bs, d in decode.items():
+        if d is not None and d < 1 / FASTER:
+            warnings.append(f"{cur.label}: decodes slower than {prev.label} at batch {bs} ({d:.2f}x tokens/s)")
+    out = {"speedup": speedups, "size_ratio": size_ratio, "quality_delta": quality_delta, "warnings": warnings}
+    if decode:
+        out["decode_speedup"] = decode
+    return out
 
 
 def find_sensitivity(steps: list[dict[str, Any]]) -> dict[str, Any] | None:

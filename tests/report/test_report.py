@@ -26,6 +26,18 @@ def test_verdicts_compute_ratios_and_flag_smaller_not_faster():
     assert v["warnings"] == ["slow: slower than a at batch 1 (0.50x)"]
 
 
+def test_verdicts_count_decode_tokens_per_s_as_speed_for_generative_models():
+    fp32, q = _m("fp32", 0.010, 0.100, 1000, 0.9), _m("4-bit", 0.0139, 0.100, 160, 0.9)  # forward 0.72x at batch 1
+    fp32.tokens_per_s, q.tokens_per_s = {"1": 254.2}, {"1": 789.6}  # but decodes 3.11x as fast
+    v = step_verdicts(fp32, q)
+    assert abs(v["decode_speedup"]["1"] - 789.6 / 254.2) < 1e-12
+    assert v["warnings"] == ["4-bit: slower than fp32 at batch 1 (0.72x; decode tokens/s 3.11x)"]  # not "not faster"
+    q.tokens_per_s = {"1": 200.0}
+    v = step_verdicts(fp32, q)
+    assert "smaller (0.16x the size) but not faster" in v["warnings"][0]
+    assert v["warnings"][-1] == "4-bit: decodes slower than fp32 at batch 1 (0.79x tokens/s)"
+
+
 def test_report_json_and_html_are_complete():
     steps = [{"label": "fp32", "transforms": [], "measurement": _m("fp32", 0.01, 0.1, 1000, 0.9)},
              {"label": "int8", "transforms": [{"type": "X"}], "measurement": _m("int8", 0.005, 0.03, 300, 0.89)}]
