@@ -261,8 +261,10 @@ def test_a_search_killed_with_sigkill_resumes_and_completes_its_count(tmp_path):
                 break
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # the next trial has started (it measures for >= 1 s): kill -9 now
-            # wait for its "pid" too: optuna marks a trial RUNNING before the objective records which process runs it
-            if any(t.state.name == "RUNNING" and "pid" in t.user_attrs for t in _study(tmp_path).trials):
+            # the next one: trial 0 prints its line before optuna records it COMPLETE (it is RUNNING a moment
+            # longer); and its "pid" too: optuna marks a trial RUNNING before the objective records its process
+            if any(t.number >= 1 and t.state.name == "RUNNING" and "pid" in t.user_attrs
+                   for t in _study(tmp_path).trials):
                 break
             time.sleep(0.02)
     finally:
