@@ -135,3 +135,26 @@ def test_greedy_decode_loop_picks_the_tokens_of_the_step_by_step_path(tiny):
     too_long = graph.config.block_size  # past the context: generate's own loop restarts the cache
     assert graph.greedy_decode(prompt, too_long) is None
     assert generate(graph, prompt, too_long).shape == (2, 3 + too_long)
+
+
+def test_auto_times_the_whole_graph_against_its_per_layer_pick_and_keeps_the_faster(tiny, tmp_path, monkeypatch):
+    from condense.quantize.weight_only import api
+
+    task, base = tiny
+    for margin in (0.0, float("inf")):  # always faster enough / never: both outcomes, whatever this machine times
+        monkeypatch.setattr(api, "GRAPH_MARGIN", margin)
+        m = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=4, group_size=32), task=task)
+        details = lineage(m)["transforms"][-1]["details"]
+        cand = details["graph_candidate"]
+        assert cand["kernel"] == "ort-graph-a8" and cand["step_ms"] > 0 and cand["per_layer_step_ms"] > 0
+        # the speed-up is the ratio of the two step times (recorded rounded to 1 us: compare within 2%)
+        assert abs(cand["speedup"] / (cand["per_layer_step_ms"] / cand["step_ms"]) - 1) < 0.02
+        assert cand["picked"] is (margin == 0.0) and isinstance(m, OrtGraphLM) is cand["picked"]
+        if cand["picked"]:
+            assert details["kernel"] == "ort-graph-a8" and isinstance(details["layer_kernels"], dict)
+            prompt = torch.tensor([[100, 101, 32]])
+            condense.save(m, tmp_path / "auto")
+            loaded = condense.load(tmp_path / "auto")
+            assert isinstance(loaded, OrtGraphLM) and torch.equal(generate(loaded, prompt, 8), generate(m, prompt, 8))
+        else:
+            assert isinstance(details["kernel"], dict) and "layer_kernels" not in details

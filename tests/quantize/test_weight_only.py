@@ -120,13 +120,13 @@ def test_module_stores_exact_bytes_and_computes_with_the_dequantized_weight(bits
 
 def test_quantize_swaps_linears_keeps_lm_head_and_records_lineage(tiny):
     task, base = tiny
-    m = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=4, group_size=32))
+    m = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=4, group_size=32, whole_graph=False))
     assert isinstance(m.blocks[0].attn.q_proj, WeightOnlyLinear) and isinstance(m.blocks[1].mlp.fc_out,
                                                                                  WeightOnlyLinear)
     assert type(m.lm_head) is nn.Linear  # excluded by default
     details = lineage(m)["transforms"][-1]["details"]
     assert len(details["layers"]) == 12 and "lm_head" not in details["layers"] and details["bits"] == 4
-    all_in = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=8, group_size=32, exclude=()))
+    all_in = quantize_(copy.deepcopy(base), WeightOnlyConfig(bits=8, group_size=32, exclude=(), whole_graph=False))
     assert isinstance(all_in.lm_head, WeightOnlyLinear)
 
 

@@ -18,7 +18,9 @@ machine lacks it, on "dequantize", with a warning).
 """
 from __future__ import annotations
 
+import copy
 import enum
+import importlib.util
 from collections import Counter
 import warnings
 from typing import ClassVar
@@ -85,10 +87,13 @@ class WeightOnlyConfig:
             power-of-two groups); the torch kernels compute in bfloat16 around the exact integers.
             "ort-graph" / "ort-graph-a8" run the whole model (every decode step, prefill and evaluation) as one
             ONNX Runtime graph with MatMulNBits on these integers (float32 / int8 activations; see `ort_graph`):
-            the model becomes an `OrtGraphLM`; needs a KV-step adapter (tinygpt's GPT has one). "auto" does not
-            pick them: they replace the model by another module type (logits only, no hidden states) and "a8"
-            changes the activations' precision, which is the user's call (tinygpt-large 4-bit: 3.9-4.7x fp32
-            decode against the per-layer kernels' 1.6-1.7x, BENCHMARKS.md "weight-only-peers").
+            the model becomes an `OrtGraphLM`; needs a KV-step adapter (tinygpt's GPT has one). "auto" also
+            times "ort-graph-a8" against its per-layer pick on a model with an adapter and takes it when one-token
+            steps run `GRAPH_MARGIN` (1.2x) faster (lineage: "graph_candidate"; tinygpt-large GPTQ 4-bit: 4.51x fp32
+            decode against the per-layer kernels' 2.17x, BENCHMARKS.md "weight-only-peers").
+        whole_graph: with kernel="auto", allow the whole-graph runtime (default True). False keeps the model's own
+            module with per-layer kernels: the graph returns logits only (no hidden states, no training), so set it
+            when later steps need those.
 
     Example:
         >>> cfg = WeightOnlyConfig(method=WeightOnlyMethod.GPTQ, bits=4, group_size=64)
@@ -111,6 +116,7 @@ class WeightOnlyConfig:
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ("lm_head",)
     kernel: str = "auto"
+    whole_graph: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
@@ -137,6 +143,8 @@ class WeightOnlyConfig:
             raise ConfigError(f"WeightOnlyConfig.kernel must be one of "
                               f"{kernel_names(self.bits) + sorted(GRAPH_KERNELS) + ['auto']} for "
                               f"bits={self.bits}, got {self.kernel!r}; 'auto' measures them and keeps the fastest")
+        if not isinstance(self.whole_graph, bool):
+            raise ConfigError(f"WeightOnlyConfig.whole_graph must be true or false, got {self.whole_graph!r}")
         check_patterns(self, example="('blocks.*',)")
 
 
@@ -252,7 +260,53 @@ def _run_on_kernel(model: nn.Module, names: list[str], cfg: WeightOnlyConfig, ct
     fallback = assign_kernel_(model, names, kernel, what="WeightOnlyConfig")
     if fallback:
         ctx.record(kernel_fallback=fallback)
+    if cfg.kernel == "auto" and cfg.whole_graph:
+        graph = _whole_graph_if_faster(model, ctx)
+        if graph is not None:
+            return graph
     return model
+
+
+GRAPH_MARGIN = 1.2  # the whole graph must decode this much faster than the per-layer pick to replace the module
+
+
+def _whole_graph_if_faster(model: nn.Module, ctx: TransformContext) -> nn.Module | None:
+    """kernel="auto" on a model with a KV-step adapter (a causal LM whose decode step condense can export): time
+    one-token steps of the per-layer pick against the same integers run as one ONNX Runtime graph
+    ("ort-graph-a8"); the graph (an `OrtGraphLM`) when it is `GRAPH_MARGIN` faster and packs every layer, else None.
+    Recorded either way (`graph_candidate`)."""
+    from condense.export.kvstep import KV_STEP_ADAPTERS
+    from condense.measurement.timing import interleaved_p50
+
+    if KV_STEP_ADAPTERS.find(model) is None:
+        return None
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    kernel = "ort-graph-a8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            graph = graph_lm(copy.deepcopy(model), kernel)
+            graph.graph()
+        except Exception as e:  # noqa: BLE001 - an export the graph cannot take leaves the per-layer pick
+            ctx.record(graph_candidate={"kernel": kernel, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            return None
+    if graph.float_layers:
+        ctx.record(graph_candidate={"kernel": kernel, "error": f"{len(graph.float_layers)} layer(s) not packable"})
+        return None
+    idx = torch.zeros(1, 1, dtype=torch.long)
+    with torch.inference_mode():
+        p50 = interleaved_p50({"per-layer": lambda: model(idx), kernel: lambda: graph(idx)}, rounds=3, warmup=2,
+                              repeats=5, min_time_s=0.3)
+    ratio = p50["per-layer"] / p50[kernel]
+    picked = ratio >= GRAPH_MARGIN
+    ctx.record(graph_candidate={"kernel": kernel, "step_ms": round(p50[kernel] * 1e3, 4),
+                                "per_layer_step_ms": round(p50["per-layer"] * 1e3, 4), "speedup": round(ratio, 3),
+                                "picked": picked})
+    if not picked:
+        return None
+    ctx.record(layer_kernels=ctx.details.get("kernel"), kernel=kernel)  # load rebuilds the graph from "kernel"
+    return graph_lm(model, kernel)
 
 
 def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
