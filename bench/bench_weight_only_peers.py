@@ -9,9 +9,10 @@ ORT's GPTQ (931 s here) runs only with `--ort-gptq`; condense's 8-bit GPTQ/AWQ o
 The default run takes about 10 minutes on 2 loaded vCPUs.
 
 Side by side in one process, on the same trained model (lm_head kept in float everywhere):
-  condense  `WeightOnlyConfig(method=rtn|gptq|awq)`, 4-bit group 32 and 8-bit per channel, kernel="auto" (per-layer
-            low-bit kernels), and the same integers run as one ONNX Runtime graph (kernel="ort-graph-a8", int8
-            activations, and for RTN 4-bit "ort-graph", float32 activations; `condense.quantize.weight_only.ort_graph`);
+  condense  `WeightOnlyConfig(method=rtn|gptq|awq)`, 4-bit group 32 and 8-bit per channel, kernel="auto" with
+            whole_graph=False (per-layer low-bit kernels), and the same integers run as one ONNX Runtime graph
+            (kernel="ort-graph-a8", which "auto" itself takes where it measures it faster; int8 activations, and
+            for RTN 4-bit "ort-graph", float32 activations; `condense.quantize.weight_only.ort_graph`);
   torchao   `quantize_` with `Int8WeightOnlyConfig()` and `IntxWeightOnlyConfig(int4, PerGroup(32))` (its CPU int4
             path), and `Int4WeightOnlyConfig(group_size=32)`, whose failure on CPU is printed as its row;
   ORT       the model exported to ONNX with its KV cache as inputs/outputs (one graph: prefill and decode steps),
@@ -178,7 +179,8 @@ def torchao_variants(fp32: nn.Module, want) -> dict[str, tuple]:
 
 def condense_variants(fp32: nn.Module, calib: list[torch.Tensor], methods: dict[int, list[str]], want
                       ) -> dict[str, tuple]:
-    """Per-layer rows (kernel="auto") and the same integers as one ORT graph (ort-graph-a8; ort-graph for RTN 4)."""
+    """Per-layer rows (kernel="auto", whole_graph=False) and the same integers as one ORT graph (ort-graph-a8, what
+    "auto" takes where it measures the graph faster; ort-graph for RTN 4)."""
     out: dict[str, tuple] = {}
     for bits, gs in ((4, 32), (8, -1)):
         for method in methods[bits]:
@@ -190,8 +192,9 @@ def condense_variants(fp32: nn.Module, calib: list[torch.Tensor], methods: dict[
             t0 = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                m = condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(
-                    method=method, bits=bits, group_size=gs, calibration_batches=len(calib)), calibration=calib)
+                m = condense.quantize_(copy.deepcopy(fp32), WeightOnlyConfig(  # the per-layer pick of "auto"
+                    method=method, bits=bits, group_size=gs, calibration_batches=len(calib), whole_graph=False),
+                    calibration=calib)
             d = lineage(m)["transforms"][-1]["details"]
             k = d.get("kernel")
             kernels = ", ".join(sorted(set(k.values()))) if isinstance(k, dict) else str(k)
