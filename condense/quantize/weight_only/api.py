@@ -306,7 +306,7 @@ def _whole_graph_if_faster(model: nn.Module, ctx: TransformContext) -> nn.Module
     if not picked:
         return None
     ctx.record(layer_kernels=ctx.details.get("kernel"), kernel=kernel)  # load rebuilds the graph from "kernel"
-    return graph_lm(model, kernel)
+    return graph  # built and timed above (from a copy holding the same packed layers): not exported again
 
 
 def _replay(model: nn.Module, cfg: WeightOnlyConfig, details: dict) -> nn.Module:
