@@ -208,8 +208,10 @@ def pick(rows: list[dict[str, Any]], *, baseline: float, tolerance: float,
                             f"{summary}; raise Int8Config.tolerance or exclude sensitive layers")
     best = min(ok, key=lambda r: r["p50_ms"])
     others = ", ".join(f"{r['backend']} {r['p50_ms']:.2f} ms" for r in rows if r is not best and r["p50_ms"])
+    unevaluated = sum(1 for r in rows if r.get("note"))  # slower than the pick: not evaluated (evaluate_all=False)
     return best["backend"], (f"fastest of {len(ok)} candidate(s) within {tolerance:.1%} of fp32's metric "
-                             f"({baseline:.4f}): {best['backend']} {best['p50_ms']:.2f} ms vs {others}")
+                             f"({baseline:.4f}): {best['backend']} {best['p50_ms']:.2f} ms vs {others}"
+                             + (f"; {unevaluated} slower candidate(s) not evaluated" if unevaluated else ""))
 
 
 # -- the handler --------------------------------------------------------------------------------------------------

@@ -107,6 +107,9 @@ def test_auto_backend_records_a_measured_choice(tmp_path):
             assert r["metric"] is not None and not task.within_budget(r["metric"], base, 0.05)
         elif r is not picked:
             assert r["metric"] is None and r["eval_s"] is None and r["note"].startswith("not evaluated")
+    slower = sum(1 for r in built if r["p50_ms"] > picked["p50_ms"])  # the reason counts them, or says nothing
+    assert (f"; {slower} slower candidate(s) not evaluated" in d["reason"]) if slower else \
+        "not evaluated" not in d["reason"]
     x = task.batch(8)
     loaded = condense.load(condense.save(q, tmp_path / "auto"))
     assert torch.equal(torch.as_tensor(loaded(x)), torch.as_tensor(q(x)))
