@@ -42,6 +42,7 @@ _LAZY = {
     "StaticInt8Config": "condense.quantize.static",
     "OrtInt8Config": "condense.quantize.ort",
     "Bf16Config": "condense.quantize.bf16",
+    "OneDnnInt8Config": "condense.quantize.onednn",
     "QATConfig": "condense.quantize.qat",
     "WeightOnlyConfig": "condense.quantize.weight_only",
     "MixedPrecisionConfig": "condense.quantize.sensitivity",

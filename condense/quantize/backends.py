@@ -1,8 +1,8 @@
 """`Int8Config`: int8 on whichever backend is fastest here, chosen by measuring, not by guessing.
 
-With `backend="auto"` every applicable int8 variant is built (torch dynamic, torch static, ONNX Runtime with its
-transformer fusions), each is timed on the task's own batch with `time_call` (interleaved rounds, so a busy
-machine slows them alike) and evaluated on the task's metric, fastest first, until one stays within `tolerance`
+With `backend="auto"` every applicable int8 variant is built (torch dynamic, torch static, ONNX Runtime with and
+without its transformer fusions, oneDNN's AMX/VNNI kernels and bf16 where the CPU has them natively), each is
+timed on the task's own batch with `time_call` (interleaved rounds, so a busy machine slows them alike) and evaluated on the task's metric, fastest first, until one stays within `tolerance`
 of fp32: that one is kept (the slower ones could not win, so their evaluation is skipped unless `evaluate_all`).
 The lineage records the pick, the reason, and every candidate's p50 and build and evaluation seconds.
 
@@ -35,6 +35,7 @@ class Backend(str, enum.Enum):
     ORT = "ort"  # ONNX Runtime dynamic int8 (session-level fusions only)
     ORT_FUSED = "ort-fused"  # ONNX Runtime dynamic int8 after its BERT transformer fusions
     BF16 = "bf16"  # not int8: bf16 matmuls (Bf16Config), a candidate only where the CPU has native bf16
+    ONEDNN = "onednn"  # static int8 on oneDNN's AMX/VNNI kernels in eager torch (OneDnnInt8Config), where native
 
 
 @config
@@ -42,10 +43,11 @@ class Int8Config:
     """Int8 quantization on the backend you name, or on the fastest one that keeps quality (`"auto"`).
 
     Args:
-        backend: "auto", "torch", "torch-static", "ort", "ort-fused" or "bf16" (bf16 matmuls, not int8).
+        backend: "auto", "torch", "torch-static", "ort", "ort-fused", "onednn" (static int8 on oneDNN's AMX/VNNI
+            kernels, padding dropped on BERT encoders: `OneDnnInt8Config`) or "bf16" (bf16 matmuls, not int8).
         per_channel: per-output-channel weight scales.
-        float_channels: ORT backends on BERT encoders: FFN outlier channels per block kept in float (see
-            OrtInt8Config); other models get 0, recorded in the lineage's applied config. 8 rather than 4: on
+        float_channels: ORT and oneDNN backends on BERT encoders: FFN outlier channels per block kept in float
+            (see OrtInt8Config, OneDnnInt8Config); other models get 0, recorded in the lineage's applied config. 8 rather than 4: on
             all-MiniLM-L6-v2 with ORT's tuned session, 4 left the "ort" candidate at MRR@10 0.6011 (98.6% of fp32,
             outside a 1% budget), 8 at 0.6085 (99.9%): `python bench/bench_int8_minilm.py --float-channels 4`
             against the default.
@@ -93,6 +95,7 @@ def backend_config(backend: Backend, cfg: Int8Config, model: nn.Module) -> Any:
     """The technique config that implements `backend` with `cfg`'s options."""
     from condense.quantize.bf16 import Bf16Config
     from condense.quantize.dynamic import DynamicInt8Config
+    from condense.quantize.onednn import OneDnnInt8Config
     from condense.quantize.ort import OrtInt8Config
     from condense.quantize.static import StaticInt8Config
 
@@ -103,6 +106,8 @@ def backend_config(backend: Backend, cfg: Int8Config, model: nn.Module) -> Any:
         return StaticInt8Config(**common)
     if backend is Backend.BF16:
         return Bf16Config(include=cfg.include, exclude=cfg.exclude)
+    if backend is Backend.ONEDNN:
+        return OneDnnInt8Config(float_channels=cfg.float_channels, include=cfg.include, exclude=cfg.exclude)
     if backend in (Backend.ORT, Backend.ORT_FUSED):
         fused = backend is Backend.ORT_FUSED
         if fused and not _fusable(model):
@@ -231,7 +236,7 @@ def quantize_int8(model: nn.Module, cfg: Int8Config, ctx: TransformContext) -> n
     task = ctx.task
     if task is None:
         raise ConfigError("Int8Config(backend='auto') times the candidates on the task's batches: pass task=..., "
-                          "or name a backend ('torch', 'torch-static', 'ort', 'ort-fused')")
+                          "or name a backend ('torch', 'torch-static', 'ort', 'ort-fused', 'onednn')")
     batch_size = cfg.batch_size or max(task.batch_sizes)
     entries: dict[str, dict] = {}
 
@@ -261,6 +266,7 @@ def auto_backends(cfg: Int8Config) -> tuple[list[Backend], dict[str, str]]:
         False
     """
     from condense.quantize.bf16 import native_bf16
+    from condense.quantize.onednn import onednn_int8
 
     skipped: dict[str, str] = {}
     if not cfg.bf16:
@@ -269,6 +275,9 @@ def auto_backends(cfg: Int8Config) -> tuple[list[Backend], dict[str, str]]:
         native, why = native_bf16()
         if not native:
             skipped[Backend.BF16.value] = why
+    native, why = onednn_int8()
+    if not native:
+        skipped[Backend.ONEDNN.value] = why
     return [b for b in Backend if b is not Backend.AUTO and b.value not in skipped], skipped
 
 

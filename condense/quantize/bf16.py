@@ -28,6 +28,24 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 d
 
 
 @lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU feature flags of /proc/cpuinfo (x86 and Arm Linux), or None where it cannot be read.
+
+    Example:
+        >>> flags = cpu_flags()
+        >>> flags is None or isinstance(flags, frozenset)
+        True
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+        return frozenset()
+    except OSError:
+        return None
+
+
+@lru_cache(maxsize=1)
 def native_bf16() -> tuple[bool, str]:
     """(whether this CPU computes bf16 natively, why): x86 flags `avx512_bf16`/`amx_bf16` in /proc/cpuinfo, and
     oneDNN's own check (`torch.ops.mkldnn._is_mkldnn_bf16_supported`) where /proc/cpuinfo cannot be read.
@@ -36,19 +54,14 @@ def native_bf16() -> tuple[bool, str]:
         >>> native_bf16()[0] in (True, False)
         True
     """
-    try:
-        flags = set()
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-        found = [f for f in BF16_FLAGS if f in flags]
-        cap = torch.backends.cpu.get_cpu_capability()
-        return (bool(found), f"CPU flags {', '.join(found)} ({cap})" if found
-                else f"no {'/'.join(BF16_FLAGS)} in /proc/cpuinfo's flags ({cap}): bf16 would be emulated")
-    except OSError:
+    flags = cpu_flags()
+    if flags is None:
         ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         return ok, f"oneDNN reports bf16 {'supported' if ok else 'unsupported'} (/proc/cpuinfo unreadable)"
+    found = [f for f in BF16_FLAGS if f in flags]
+    cap = torch.backends.cpu.get_cpu_capability()
+    return (bool(found), f"CPU flags {', '.join(found)} ({cap})" if found
+            else f"no {'/'.join(BF16_FLAGS)} in /proc/cpuinfo's flags ({cap}): bf16 would be emulated")
 
 
 class Bf16Linear(nn.Linear):

@@ -102,12 +102,19 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         B, T = input_ids.shape
+        self.check_length(T)
+        return self.at(input_ids, torch.arange(T, device=input_ids.device))  # (B, T, C)
+
+    def check_length(self, T: int) -> None:
+        """A clear error for sequences longer than the position table."""
         if T > self.position.num_embeddings:
             raise CondenseError(f"sequence of {T} tokens exceeds the model's {self.position.num_embeddings} "
                                 "positions; truncate inputs (e.g. max_seq_length=128)")
-        pos = torch.arange(T, device=input_ids.device)  # (T,)
-        x = self.word(input_ids) + self.position(pos) + self.token_type.weight[0]  # (B, T, C); single segment
-        return self.norm(x)
+
+    def at(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Embeddings of `input_ids` at `positions` (broadcast against each other; single segment), normalised:
+        (B, T) ids with (T,) positions as `forward` does, or (N,) ids with their (N,) positions (packed tokens)."""
+        return self.norm(self.word(input_ids) + self.position(positions) + self.token_type.weight[0])
 
 
 class SelfAttention(nn.Module):

@@ -61,6 +61,7 @@ EXAMPLES = {
     ("quantize", "dynamic"): (gpt_task, lambda: _cfg("condense.quantize.dynamic.DynamicInt8Config"), 0),
     ("quantize", "static"): (cnn_task, lambda: _cfg("condense.quantize.static.StaticInt8Config"), 0),
     ("quantize", "bf16"): (gpt_task, lambda: _cfg("condense.quantize.bf16.Bf16Config", exclude=("lm_head",)), 0),
+    ("quantize", "onednn"): (gpt_task, lambda: _cfg("condense.quantize.onednn.OneDnnInt8Config"), 0),
     ("quantize", "ort"): (cnn_task, lambda: _cfg("condense.quantize.ort.OrtInt8Config"), 1e-5),
     ("quantize", "qat"): (cnn_task, lambda: _cfg("condense.quantize.qat.QATConfig", steps=2), 0),
     ("quantize", "weight-only"): (gpt_task, lambda: _cfg("condense.quantize.weight_only.WeightOnlyConfig",
@@ -99,6 +100,11 @@ def test_every_registered_transform_has_an_example_and_a_replay():
 def test_transform_records_lineage_and_reloads_to_the_same_outputs(key, tmp_path):
     if key in NEEDS and importlib.util.find_spec(NEEDS[key]) is None:
         pytest.skip(f"{NEEDS[key]} is not installed")
+    if key == ("quantize", "onednn"):
+        from condense.quantize.onednn import onednn_int8
+
+        if not onednn_int8()[0]:
+            pytest.skip(f"no native oneDNN int8 here: {onednn_int8()[1]}")
     make_task, make_cfg, tol = EXAMPLES[key]
     task, cfg = make_task(), make_cfg()
     model = task.build_model()

@@ -59,6 +59,9 @@ def test_int8config_names_bf16_as_a_backend_and_bf16config_checks_its_patterns()
 
 
 def test_auto_builds_the_bf16_candidate_only_where_the_cpu_has_native_bf16(monkeypatch):
+    import condense.quantize.onednn as onednn_mod
+
+    monkeypatch.setattr(onednn_mod, "onednn_int8", lambda: (True, "CPU flags amx_int8 (test)"))
     monkeypatch.setattr(bf16_mod, "native_bf16", lambda: (False, "no avx512_bf16/amx_bf16 (test)"))
     backends, skipped = auto_backends(Int8Config())
     assert Backend.BF16 not in backends and skipped == {"bf16": "no avx512_bf16/amx_bf16 (test)"}

@@ -12,6 +12,7 @@ from condense.errors import CondenseError, ConfigError
 from condense.export import OrtSentenceEncoder
 from condense.quantize.backends import Int8Config, pick
 from condense.quantize.bf16 import native_bf16
+from condense.quantize.onednn import onednn_int8
 from condense.quantize.ort import OrtInt8Config
 
 TEXTS = ["Return the number of items in a container.", "Open a file and return a stream.",
@@ -93,8 +94,11 @@ def test_auto_backend_records_a_measured_choice(tmp_path):
     d = lineage(q)["transforms"][-1]["details"]
     rows = {r["backend"]: r for r in d["candidates"]}
     native = native_bf16()[0]  # the bf16 candidate is built only where the CPU has native bf16, else recorded
-    assert set(rows) == {"fp32", "torch", "torch-static", "ort", "ort-fused"} | ({"bf16"} if native else set())
-    assert d["skipped"] == ({} if native else {"bf16": native_bf16()[1]})
+    int8_native, int8_why = onednn_int8()  # likewise the oneDNN candidate, where int8 dot products are native
+    assert set(rows) == ({"fp32", "torch", "torch-static", "ort", "ort-fused"} | ({"bf16"} if native else set())
+                         | ({"onednn"} if int8_native else set()))
+    assert d["skipped"] == ({} if native else {"bf16": native_bf16()[1]}) | ({} if int8_native
+                                                                            else {"onednn": int8_why})
     assert "BERT" in rows["ort-fused"]["error"] and rows["ort-fused"]["p50_ms"] is None
     # evaluated fastest first until one keeps the metric: faster ones were evaluated and missed it, slower ones
     # were not evaluated (they could not win) and say so

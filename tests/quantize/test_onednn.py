@@ -1,0 +1,141 @@
+"""Static int8 on oneDNN's kernels (OneDnnInt8Config): the matmul against exact int8 arithmetic, the packed BERT
+encoder against the float model and against masked attention, the per-Linear path on any model, save/load."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import condense
+from condense.core.lineage import lineage
+from condense.errors import ConfigError
+from condense.quantize.onednn import Int8Linear, Int8Matmul, OneDnnInt8Config, onednn_int8
+from condense.quantize.onednn.encoder import PackedInt8Bert, grouped_attention
+from condense.tasks.bert import Bert, BertConfig
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not onednn_int8()[0], reason=f"no native oneDNN int8 here: {onednn_int8()[1]}")]
+
+CFG = BertConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_position=32)
+
+
+def _reference(mm: Int8Matmul, x: torch.Tensor) -> torch.Tensor:
+    """What the kernel computes, in float64: uint8 input at the static scale, int8 weights, float bias."""
+    scale, zp = mm.output_range
+    xs = x.double() if mm.inv_smooth is None else x.double() * mm.inv_smooth.double()
+    xq = torch.clamp(torch.round(xs / scale) + zp, 0, 255)
+    return ((xq - zp) * scale) @ (mm.weight.double() * mm.w_scale.double()[:, None]).t() + mm.bias.double()
+
+
+def test_int8_matmul_computes_exact_int8_arithmetic_and_fuses_gelu_residual_and_uint8_output():
+    torch.manual_seed(0)
+    w, b, x = torch.randn(24, 40), torch.randn(24), torch.randn(50, 40) * 2
+    mm = Int8Matmul(w, b, float(x.min()), float(x.max()), smooth=torch.rand(40) + 0.5)
+    ref = _reference(mm, x)
+    assert (mm(x).double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    plain = Int8Matmul(w, b, float(x.min()), float(x.max()))  # int8 vs float: within the rounding error
+    assert (plain(x) - F.linear(x, w, b)).norm() < 0.02 * F.linear(x, w, b).norm()
+    res = torch.randn(50, 24)
+    acc = res.clone()
+    out = mm(x, accumulate=acc)
+    assert out.data_ptr() == acc.data_ptr() and (out.double() - (res.double() + ref)).abs().max() < 1e-3
+    q = mm(x, out_dtype=torch.uint8, gelu=True, out_range=(0.02, 3))
+    levels = torch.clamp(torch.round(F.gelu(ref) / 0.02) + 3, 0, 255)
+    assert q.dtype == torch.uint8 and (q.double() - levels).abs().max() <= 1
+
+
+def test_grouped_attention_equals_masked_padded_attention():
+    torch.manual_seed(0)
+    lens = [7, 7, 5, 2]  # sorted longest first, as the packed encoder lays them out
+    nh, hd, T = 2, 8, 7
+    qkv = torch.randn(sum(lens), 3 * nh * hd)
+    got = grouped_attention(qkv, [(7, 2), (5, 1), (2, 1)], nh, hd)
+    off = 0
+    for n in lens:
+        q, k, v = qkv[off:off + n].view(1, n, 3, nh, hd).permute(2, 0, 3, 1, 4)
+        pad = lambda t: F.pad(t, (0, 0, 0, T - n))  # noqa: E731
+        keep = (torch.arange(T) < n)[None, None, None, :]
+        want = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=keep)[0, :, :n]
+        assert torch.allclose(got[off:off + n].view(n, nh, hd).transpose(0, 1), want, atol=1e-6)
+        off += n
+
+
+def _batches(seed: int, n: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(1, 60, (6, 12), generator=g)
+        mask = torch.ones(6, 12, dtype=torch.long)
+        for i, keep in enumerate((12, 12, 9, 4, 1, 7)):
+            mask[i, keep:] = 0
+        out.append((ids, mask))
+    return out
+
+
+def _pooled(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask[..., None].float()
+    return F.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+
+def test_packed_encoder_matches_the_float_bert_within_int8_error_and_zeroes_padding():
+    torch.manual_seed(0)
+    ref_model = Bert(CFG).eval()
+    q = condense.quantize_(copy.deepcopy(ref_model), OneDnnInt8Config(float_channels=2), calibration=_batches(0))
+    ids, mask = _batches(1, 1)[0]
+    with torch.no_grad():
+        want, got = ref_model(ids, mask), q(ids, mask)
+    assert isinstance(q, PackedInt8Bert) and got.shape == want.shape
+    assert (got[mask == 0] == 0).all()
+    cos = (_pooled(got, mask) * _pooled(want, mask)).sum(-1)
+    assert cos.min() > 0.99, cos
+    d = lineage(q)["transforms"][-1]["details"]
+    assert d["path"] == "packed" and d["encoders"] == [""] and d["calibration_batches"] == 3
+    assert sum(isinstance(m, Int8Matmul) for m in q.modules()) == 4 * CFG.num_layers
+    assert q.layers[0].ffn_in.out_features == CFG.intermediate_size - 2  # 2 FFN channels kept in float
+    with pytest.raises(condense.CondenseError, match="last hidden states only"):
+        q(ids, mask, output_hidden_states=True)
+
+
+def test_packed_encoder_saves_and_loads_to_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    q = condense.quantize_(Bert(CFG).eval(), OneDnnInt8Config(), calibration=_batches(0))
+    ids, mask = _batches(2, 1)[0]
+    with torch.no_grad():
+        want = q(ids, mask)
+    back = condense.load(condense.save(q, tmp_path / "q"), model=Bert(CFG).eval())
+    with torch.no_grad():
+        got = back(ids, mask)
+    assert isinstance(back, PackedInt8Bert) and torch.equal(got, want)
+
+
+def test_per_linear_path_on_a_model_condense_did_not_write(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)).eval()
+    x = torch.randn(64, 16)
+    want = model(x).detach()
+    q = condense.quantize_(model, OneDnnInt8Config(exclude=("2",)), calibration=[x[:32], x[32:]])
+    d = lineage(q)["transforms"][-1]["details"]
+    assert d["path"] == "linear" and d["layers"] == ["0"]
+    assert isinstance(q[0], Int8Linear) and isinstance(q[2], torch.nn.Linear)
+    with torch.no_grad():
+        got = q(x)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
+    back = condense.load(condense.save(q, tmp_path / "l"), model=torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4)))
+    with torch.no_grad():
+        assert torch.equal(back(x), got)
+
+
+def test_config_checks_and_clear_errors(monkeypatch):
+    with pytest.raises(ConfigError, match="smooth_quant"):
+        OneDnnInt8Config(smooth_quant=1.5)
+    with pytest.raises(ConfigError, match="packed must be"):
+        OneDnnInt8Config(packed="yes")
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ConfigError, match="no packed int8 encoder"):
+        condense.quantize_(mlp, OneDnnInt8Config(packed=True), calibration=[torch.randn(2, 4)])
+    import condense.quantize.onednn.config as cfg_mod
+
+    monkeypatch.setattr(cfg_mod, "onednn_int8", lambda: (False, "no amx_int8/avx512_vnni/avx_vnni (test)"))
+    with pytest.raises(ConfigError, match=r"avx_vnni \(test\); use Int8Config"):
+        condense.quantize_(mlp, OneDnnInt8Config(), calibration=[torch.randn(2, 4)])
