@@ -42,6 +42,17 @@ def _quantize(data: bytes, opset: int) -> bytes:
     return _quantize_bytes(data, OrtInt8Config(opset=opset), [])[0]
 
 
+def _check_exportable(model: nn.Module) -> None:
+    """A clear error for models whose layers compute on kernels ONNX cannot express (oneDNN's int8 in eager torch)."""
+    from condense.quantize.onednn import Int8Matmul
+
+    if any(isinstance(m, Int8Matmul) for m in model.modules()):
+        raise CondenseError("this model's int8 layers run on oneDNN's kernels inside PyTorch (OneDnnInt8Config, "
+                            "Int8Config's 'onednn' pick), which an ONNX file cannot express; for ONNX Runtime, "
+                            "quantize with OrtInt8Config / Int8Config(backend='ort') instead (a recipe: --set "
+                            "steps.N.quantize.backend=ort), or export the float model and pass --int8")
+
+
 def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: bool = False,
                  opset: int = 17, format: str = "onnx", int8_mode: str | None = None) -> dict[str, Any]:
     """Write `model` to ONNX (int8 via ONNX Runtime's dynamic quantization if `int8`) and check it.
@@ -68,6 +79,7 @@ def export_model(model: nn.Module, task: Any, out: str | os.PathLike, *, int8: b
         True
     """
     check_format(format)
+    _check_exportable(model)
     if format == "tflite":
         from condense.export.litert import export_tflite
 

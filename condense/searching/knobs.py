@@ -157,7 +157,7 @@ def suggest_prune(trial: Any, space: Space) -> Any:
 
 
 # -- quantization -----------------------------------------------------------------------------------------------
-QUANT = Searchable("quantize")  # dynamic, ort
+QUANT = Searchable("quantize")  # dynamic, ort, onednn
 
 
 def suggest_quantize(trial: Any, space: Space) -> Any:
@@ -268,7 +268,8 @@ KNOBS.register("factorize", Knob("factorize", 20, FACTORIZES, suggest_factorize,
 KNOBS.register("early_exit", Knob("early_exit", 30, EARLY_EXITS, suggest_early_exit,
                                   {"confidence": {"threshold": 0.9}}, check_early_exit))
 KNOBS.register("quantize", Knob("quantize", 40, QUANT, suggest_quantize,
-                                {"dynamic": {"exclude": ()}, "ort": {"float_channels": 0, "exclude": ()}}))
+                                {"dynamic": {"exclude": ()}, "ort": {"float_channels": 0, "exclude": ()},
+                                 "onednn": {"exclude": ()}}))
 
 
 def select_knobs(names: tuple[str, ...], *, model: Any = None, task: Any = None,

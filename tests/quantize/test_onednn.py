@@ -139,3 +139,13 @@ def test_config_checks_and_clear_errors(monkeypatch):
     monkeypatch.setattr(cfg_mod, "onednn_int8", lambda: (False, "no amx_int8/avx512_vnni/avx_vnni (test)"))
     with pytest.raises(ConfigError, match=r"avx_vnni \(test\); use Int8Config"):
         condense.quantize_(mlp, OneDnnInt8Config(), calibration=[torch.randn(2, 4)])
+
+
+def test_export_of_a_onednn_model_is_a_clear_error_naming_the_fix(tmp_path):
+    from condense.export.files import export_model
+
+    torch.manual_seed(0)
+    q = condense.quantize_(Bert(CFG).eval(), OneDnnInt8Config(), calibration=_batches(0))
+    with pytest.raises(condense.CondenseError, match=r"cannot express; for ONNX Runtime, quantize with OrtInt8Config"):
+        export_model(q, None, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()

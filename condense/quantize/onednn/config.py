@@ -205,4 +205,5 @@ PARAM_VIEWS.register(Int8Matmul)(lambda m: {"weight": m.weight, "bias": m.bias})
 MAC_COUNTERS.register(Int8Matmul)(lambda m, inp, out: inp[0].shape[0] * m.in_features * m.out_features)
 
 # -- registered transforms ----------------------------------------------------------------------------------------
-register_transform(OneDnnInt8Config, family="quantize", name="onednn", replay=_replay)(quantize_onednn_int8)
+register_transform(OneDnnInt8Config, family="quantize", name="onednn", replay=_replay, search=True)(
+    quantize_onednn_int8)
