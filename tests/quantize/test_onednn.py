@@ -94,6 +94,7 @@ def test_packed_encoder_matches_the_float_bert_within_int8_error_and_zeroes_padd
     assert q.layers[0].ffn_in.out_features == CFG.intermediate_size - 2  # 2 FFN channels kept in float
     with pytest.raises(condense.CondenseError, match="last hidden states only"):
         q(ids, mask, output_hidden_states=True)
+    assert torch.equal(q(ids, mask), got)  # with autograd on too (inference kernels: computed without it)
 
 
 def test_packed_encoder_saves_and_loads_to_identical_outputs(tmp_path):

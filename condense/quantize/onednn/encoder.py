@@ -105,15 +105,12 @@ def grouped_attention(qkv: torch.Tensor, groups: list[tuple[int, int]], n_heads:
                       ) -> torch.Tensor:
     """Unmasked attention per group of equal-length sequences laid end to end in `qkv` (N, 3 * n_heads *
     head_dim) -> (N, n_heads * head_dim)."""
-    width = n_heads * head_dim
-    y = qkv.new_empty(qkv.shape[0], width)
-    off = 0
-    for length, count in groups:
-        span = length * count
-        q, k, v = qkv[off:off + span].view(count, length, 3, n_heads, head_dim).permute(2, 0, 3, 1, 4)
-        y[off:off + span] = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(span, width)
-        off += span
-    return y
+    outs = []
+    for (length, count), part in zip(groups, qkv.split([n * c for n, c in groups])):
+        q, k, v = part.view(count, length, 3, n_heads, head_dim).permute(2, 0, 3, 1, 4)
+        # torch's CPU flash attention lays its output out as (count, length, heads, head_dim): no copy here
+        outs.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(count * length, -1))
+    return torch.cat(outs) if len(outs) > 1 else outs[0]
 
 
 class PackedInt8Bert(nn.Module):
@@ -135,6 +132,14 @@ class PackedInt8Bert(nn.Module):
         if output_hidden_states or output_attentions:
             raise CondenseError("this encoder runs int8 on packed tokens (OneDnnInt8Config) and computes the last "
                                 "hidden states only; distil or prune the float model first, then quantize")
+        x, rows, cols = self._packed(input_ids, attention_mask)
+        out = x.new_zeros(*input_ids.shape, x.shape[-1])
+        out[rows, cols] = x
+        return out
+
+    def _packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Last hidden states of the real tokens (N, C) and their (row, column) in the padded batch."""
         if input_ids.dim() != 2:
             raise CondenseError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}; "
                                 "use SentenceEncoder.tokenize(texts) to build them")
@@ -151,12 +156,11 @@ class PackedInt8Bert(nn.Module):
         rows, cols = order[flat // T], flat % T  # where each packed token sits in the padded batch
         lengths, counts = torch.unique_consecutive(lens[order], return_counts=True)
         groups = [(n, c) for n, c in zip(lengths.tolist(), counts.tolist()) if n > 0]
-        x = self.embeddings.at(input_ids[rows, cols], cols)  # (N, C)
-        for layer in self.layers:
-            x = layer(x, groups)
-        out = x.new_zeros(B, T, x.shape[-1])
-        out[rows, cols] = x
-        return out
+        with torch.no_grad():  # inference kernels: no autograd formula for oneDNN's int8 ops
+            x = self.embeddings.at(input_ids[rows, cols], cols)  # (N, C)
+            for layer in self.layers:
+                x = layer(x, groups)
+        return x, rows, cols
 
 
 def calibration_stats(bert: Bert, run: Any) -> list[Stats]:
