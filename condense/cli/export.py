@@ -10,7 +10,8 @@ from condense.errors import CondenseError
 
 EPILOG = """examples:
   condense export --model runs/digits-recipe --out runs/digits.onnx
-  condense export --model runs/minilm-recipe --out runs/minilm-onnx --int8
+  condense export --model runs/minilm-ort --out runs/minilm-onnx   # from: condense run recipes/minilm.yaml
+                                                                 #   --out runs/minilm-ort --set steps.1.quantize.backend=ort
   condense export --model runs/digits-recipe --format tflite --int8 --out runs/digits.tflite"""
 
 
