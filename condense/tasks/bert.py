@@ -293,3 +293,14 @@ def load_pretrained_weights(model: Bert, safetensors_path: str | Path) -> Bert:
         raise CondenseError(f"weights in {safetensors_path} do not fit the model: " + "; ".join(problems[:6])
                             + "; build the Bert from the same folder's config.json (BertConfig.from_json)")
     return model
+
+
+# -- what techniques need to know about this model (registered here: techniques never import tasks) ---------------
+def _register() -> None:
+    from condense.quantize.onednn.config import PACKED_ENCODERS
+    from condense.quantize.onednn.encoder import build_packed_bert
+
+    PACKED_ENCODERS.register(Bert)(build_packed_bert)
+
+
+_register()

@@ -70,22 +70,11 @@ class OneDnnInt8Config:
         check_patterns(self, example="('bert.layers.*',)")
 
 
-# model type -> fn(module, stats run, cfg) -> packed int8 replacement; and its placeholder rebuild for loading
-PACKED_ENCODERS: TypeRegistry[tuple[Callable, Callable]] = TypeRegistry("packed int8 encoder")
-
-
-def _register_bert() -> None:
-    from condense.quantize.onednn import encoder
-    from condense.tasks.bert import Bert
-
-    def build(bert: Bert, run: Callable[[], None] | None, cfg: OneDnnInt8Config) -> nn.Module:
-        stats = encoder.placeholder_stats(bert) if run is None else encoder.calibration_stats(bert, run)
-        return encoder.PackedInt8Bert(bert, stats, float_channels=cfg.float_channels, alpha=cfg.smooth_quant)
-
-    PACKED_ENCODERS.register(Bert)((build, encoder.PackedInt8Bert))
-
-
-_register_bert()
+# model type -> build(module, run, cfg) -> its packed int8 replacement (`run` feeds the calibration batches; None
+# when an artifact loads). Registered by the module defining the model (condense/tasks/bert.py), since techniques
+# never import tasks; `condense.quantize.onednn.encoder.build_packed_bert` serves BERT-like encoders.
+PACKED_ENCODERS: TypeRegistry[Callable[[nn.Module, Callable[[], None] | None, "OneDnnInt8Config"], nn.Module]] = \
+    TypeRegistry("packed int8 encoder")
 
 
 def _packed_targets(model: nn.Module) -> list[str]:
@@ -173,7 +162,7 @@ def quantize_onednn_int8(model: nn.Module, cfg: OneDnnInt8Config, ctx: Transform
     targets = _use_packed(model, cfg)
     if targets:
         for name in targets:
-            build, _ = PACKED_ENCODERS.find(model.get_submodule(name))
+            build = PACKED_ENCODERS.find(model.get_submodule(name))
             model = _set(model, name, build(model.get_submodule(name), run, cfg))
         ctx.record(path="packed", encoders=targets, calibration_batches=len(batches), cpu=onednn_int8()[1])
         return model
@@ -190,7 +179,7 @@ def _replay(model: nn.Module, cfg: OneDnnInt8Config, details: dict) -> nn.Module
     """The same structure with placeholder ranges; the artifact's tensors then overwrite every buffer."""
     if details.get("path") == "packed":
         for name in details["encoders"]:
-            build, _ = PACKED_ENCODERS.find(model.get_submodule(name))
+            build = PACKED_ENCODERS.find(model.get_submodule(name))
             model = _set(model, name, build(model.get_submodule(name), None, cfg))
         return model
     with torch.no_grad():

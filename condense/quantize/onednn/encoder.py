@@ -25,10 +25,12 @@ from torch import nn
 from condense.errors import CondenseError
 from condense.quantize.onednn.kernels import Int8Matmul
 from condense.quantize.static_aids import smooth_scales
-from condense.tasks.bert import Bert, Block
 
 SITES = ("qkv", "out", "in", "h")  # inputs of: query/key/value, attn.out, ffn_in, ffn_out
 SMOOTHED = ("qkv", "in")  # LayerNorm outputs (SmoothQuant sites)
+# What this file reads of a BERT-like encoder (condense's `condense.tasks.bert.Bert`, which registers it): `.config`,
+# `.embeddings` with `check_length(T)` and `at(ids, positions)`, and `.layers`, post-LN blocks with `attn` (`query`,
+# `key`, `value`, `out` Linears, `n_heads`, `head_dim`), `attn_norm`, `ffn_in`, `ffn_out`, `ffn_norm` (exact GELU).
 
 Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site -> per-channel (min, max) over real tokens
 
@@ -49,7 +51,7 @@ class FloatChannels(nn.Module):
 class PackedInt8Block(nn.Module):
     """One post-LN BERT block on packed tokens (see the module docstring)."""
 
-    def __init__(self, block: Block, stats: Stats, *, float_channels: int, alpha: float) -> None:
+    def __init__(self, block: nn.Module, stats: Stats, *, float_channels: int, alpha: float) -> None:
         super().__init__()
         a = block.attn
         self.n_heads, self.head_dim = a.n_heads, a.head_dim
@@ -120,7 +122,7 @@ class PackedInt8Bert(nn.Module):
     Hidden states of every layer and attention maps are not available: distil or prune before quantizing.
     """
 
-    def __init__(self, bert: Bert, stats: list[Stats], *, float_channels: int, alpha: float) -> None:
+    def __init__(self, bert: nn.Module, stats: list[Stats], *, float_channels: int, alpha: float) -> None:
         super().__init__()
         self.config = bert.config
         self.embeddings = bert.embeddings
@@ -163,7 +165,7 @@ class PackedInt8Bert(nn.Module):
         return x, rows, cols
 
 
-def calibration_stats(bert: Bert, run: Any) -> list[Stats]:
+def calibration_stats(bert: nn.Module, run: Any) -> list[Stats]:
     """Per block and site, per-channel (min, max) of the float model's activations over real tokens only, while
     `run()` feeds it the calibration batches."""
     stats: list[Stats] = [{} for _ in bert.layers]
@@ -198,7 +200,7 @@ def calibration_stats(bert: Bert, run: Any) -> list[Stats]:
     return stats
 
 
-def placeholder_stats(bert: Bert) -> list[Stats]:
+def placeholder_stats(bert: nn.Module) -> list[Stats]:
     """Stats of the right shapes for rebuilding the structure before an artifact's tensors load into it."""
     out = []
     for b in bert.layers:
@@ -206,3 +208,10 @@ def placeholder_stats(bert: Bert) -> list[Stats]:
                   "h": b.ffn_out.in_features}
         out.append({s: (-torch.ones(w), torch.arange(w, dtype=torch.float32) + 1.0) for s, w in widths.items()})
     return out
+
+
+def build_packed_bert(bert: nn.Module, run: Any, cfg: Any) -> PackedInt8Bert:
+    """`PACKED_ENCODERS`' builder for a BERT-like encoder: calibrated while `run()` feeds it the calibration batches,
+    or (`run` None, when an artifact loads) with placeholder ranges its saved tensors then overwrite."""
+    stats = placeholder_stats(bert) if run is None else calibration_stats(bert, run)
+    return PackedInt8Bert(bert, stats, float_channels=cfg.float_channels, alpha=cfg.smooth_quant)
