@@ -150,3 +150,22 @@ def test_export_of_a_onednn_model_is_a_clear_error_naming_the_fix(tmp_path):
     with pytest.raises(condense.CondenseError, match=r"cannot express; for ONNX Runtime, quantize with OrtInt8Config"):
         export_model(q, None, tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_hugging_face_bert_gets_the_per_linear_path_and_reloads_exactly(tmp_path):
+    pytest.importorskip("transformers")
+    from tests.quantize._tiny_bert import padded_batch, tiny_bert
+
+    model = tiny_bert()
+    ref = copy.deepcopy(model)
+    q = condense.quantize_(model, OneDnnInt8Config(), calibration=[padded_batch(s) for s in range(4)])
+    assert lineage(q)["transforms"][-1]["details"]["path"] == "linear"  # no packed encoder for HF's BertModel
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 2 * 6 + 1  # q, k, v, out, FFN x2 per layer; pooler
+    b = padded_batch(9)
+    keep = b["attention_mask"].bool()
+    with torch.no_grad():
+        want, got = ref(**b).last_hidden_state, q(**b).last_hidden_state
+    assert (got - want)[keep].norm() < 0.01 * want[keep].norm()
+    back = condense.load(condense.save(q, tmp_path / "hf"), model=tiny_bert())
+    with torch.no_grad():
+        assert torch.equal(back(**b).last_hidden_state, got)
