@@ -38,10 +38,12 @@ class OneDnnInt8Config:
 
     Args:
         smooth_quant: SmoothQuant's alpha (0 = off): s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha) per input
-            channel, weights scaled by s and inputs divided by it before quantizing. 0.7 on MiniLM: cosine to the
-            float embeddings 0.9963 vs 0.9934 without (bench/bench_openvino_minilm.py's candidate table).
+            channel, weights scaled by s and inputs divided by it before quantizing (packed encoders: the LayerNorm
+            outputs feeding q/k/v and ffn_in). On MiniLM (docstring pairs) cosine to the float embeddings 0.9991
+            with 0.7, 0.9961 with 0: `condense quantize --task minilm --scheme onednn --set smooth_quant=0`.
         float_channels: packed encoders: per block, this many FFN hidden channels with the largest calibrated GELU
-            output computed in float on a side path (one outlier channel otherwise sets the uint8 step of all 1536).
+            output computed in float on a side path (one outlier channel otherwise sets the uint8 step of all
+            1536; MiniLM's reaches 24.6 where the next is 6.5). On MiniLM cosine 0.9991 with 8, 0.9963 with 0.
         calibration_batches: how many of the task's calibration batches set the activation ranges.
         packed: None (default): the packed encoder where one is registered for the model, else per-Linear;
             False: always per-Linear (`Int8Linear`); True: the packed encoder or an error.
