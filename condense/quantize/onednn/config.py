@@ -16,7 +16,7 @@ computes exactly what the saved one did.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -28,8 +28,8 @@ from condense.core.transforms import TransformContext, register_transform
 from condense.errors import CondenseError, ConfigError
 from condense.measurement.counts import PARAM_VIEWS
 from condense.measurement.macs import MAC_COUNTERS
-from condense.quantize.onednn.kernels import Int8Linear, Int8Matmul, onednn_int8
-from condense.quantize.static_aids import smooth_scales
+from condense.quantize.onednn.kernels import Int8Linear, Int8Matmul, onednn_int8, widen_range
+from condense.quantize.static_aids import _hooked, _replace
 
 
 @config
@@ -102,10 +102,10 @@ def _use_packed(model: nn.Module, cfg: OneDnnInt8Config) -> list[str]:
 
 
 def _set(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """`model` with its submodule `name` replaced by `new` (`new` itself for the root, "")."""
     if name == "":
         return new
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
+    _replace(model, name, new)
     return model
 
 
@@ -120,34 +120,14 @@ def _check_cpu(model: nn.Module) -> None:
 
 def _linear_stats(model: nn.Module, names: list[str], run: Callable[[], None]
                   ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per selected Linear, the per-input-channel (min, max) over the calibration batches."""
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def observe(name: str):
-        def hook(_m: nn.Module, inputs: tuple, _out: Any) -> None:
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            lo, hi = x.amin(0), x.amax(0)
-            old = stats.get(name)
-            stats[name] = (lo, hi) if old is None else (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
-        return hook
-
-    handles = [model.get_submodule(n).register_forward_hook(observe(n)) for n in names]
-    try:
-        run()
-    finally:
-        for h in handles:
-            h.remove()
+    _hooked(model, names, lambda name, x: widen_range(stats, name, x), lambda _m: run())
     missing = [n for n in names if n not in stats]
     if missing:
         raise CondenseError(f"OneDnnInt8Config: calibration never ran {missing[:4]}; exclude layers the task's "
                             "batches do not reach (exclude=(...))")
     return stats
-
-
-def _int8_linear(lin: nn.Linear, lo: torch.Tensor, hi: torch.Tensor, alpha: float) -> Int8Linear:
-    s = smooth_scales(torch.maximum(lo.abs(), hi.abs()), [lin.weight], alpha) if alpha else None
-    if s is not None:
-        lo, hi = lo / s, hi / s
-    return Int8Linear(lin, float(lo.min()), float(hi.max()), s)
 
 
 def quantize_onednn_int8(model: nn.Module, cfg: OneDnnInt8Config, ctx: TransformContext) -> nn.Module:
@@ -172,7 +152,7 @@ def quantize_onednn_int8(model: nn.Module, cfg: OneDnnInt8Config, ctx: Transform
     stats = _linear_stats(model, names, run)
     with torch.no_grad():
         for n in names:
-            model = _set(model, n, _int8_linear(model.get_submodule(n), *stats[n], cfg.smooth_quant))
+            model = _set(model, n, Int8Linear(model.get_submodule(n), *stats[n], cfg.smooth_quant))
     ctx.record(path="linear", layers=names, calibration_batches=len(batches), cpu=onednn_int8()[1])
     return model
 
@@ -188,7 +168,7 @@ def _replay(model: nn.Module, cfg: OneDnnInt8Config, details: dict) -> nn.Module
         for n in details["layers"]:
             lin = model.get_submodule(n)
             ones = torch.ones(lin.in_features)
-            model = _set(model, n, _int8_linear(lin, -ones, ones, cfg.smooth_quant))
+            model = _set(model, n, Int8Linear(lin, -ones, ones, cfg.smooth_quant))
     return model
 
 

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.errors import CondenseError
-from condense.quantize.onednn.kernels import Int8Matmul
-from condense.quantize.static_aids import smooth_scales
+from condense.quantize.onednn.kernels import Int8Matmul, widen_range
 
 SITES = ("qkv", "out", "in", "h")  # inputs of: query/key/value, attn.out, ffn_in, ffn_out
 SMOOTHED = ("qkv", "in")  # LayerNorm outputs (SmoothQuant sites)
@@ -56,25 +55,16 @@ class PackedInt8Block(nn.Module):
         a = block.attn
         self.n_heads, self.head_dim = a.n_heads, a.head_dim
 
-        def smooth(site: str, weights: list[torch.Tensor]) -> torch.Tensor | None:
-            if not alpha or site not in SMOOTHED:
-                return None
-            lo, hi = stats[site]
-            return smooth_scales(torch.maximum(lo.abs(), hi.abs()), weights, alpha)
-
-        def rng(site: str, s: torch.Tensor | None, channels: torch.Tensor | None = None) -> tuple[float, float]:
+        def matmul(site: str, weight: torch.Tensor, bias: torch.Tensor, channels: torch.Tensor | None = None
+                   ) -> Int8Matmul:
             lo, hi = stats[site]
             if channels is not None:
                 lo, hi = lo[channels], hi[channels]
-            if s is not None:
-                lo, hi = lo / s, hi / s
-            return float(lo.min()), float(hi.max())
+            return Int8Matmul.calibrated(weight, bias, lo, hi, alpha if site in SMOOTHED else 0.0)
 
-        w_qkv = torch.cat([a.query.weight, a.key.weight, a.value.weight]).detach()
-        b_qkv = torch.cat([a.query.bias, a.key.bias, a.value.bias]).detach()
-        s = smooth("qkv", [w_qkv])
-        self.qkv = Int8Matmul(w_qkv, b_qkv, *rng("qkv", s), s)
-        self.out = Int8Matmul(a.out.weight, a.out.bias, *rng("out", None))
+        self.qkv = matmul("qkv", torch.cat([a.query.weight, a.key.weight, a.value.weight]).detach(),
+                          torch.cat([a.query.bias, a.key.bias, a.value.bias]).detach())
+        self.out = matmul("out", a.out.weight, a.out.bias)
         self.attn_norm = block.attn_norm
         lo, hi = stats["h"]
         k = min(float_channels, block.ffn_in.out_features - 1)
@@ -82,10 +72,8 @@ class PackedInt8Block(nn.Module):
         kept = torch.ones(lo.numel(), dtype=torch.bool)
         kept[outliers] = False
         kept = kept.nonzero().squeeze(1)
-        w_in = block.ffn_in.weight.detach()[kept]
-        s = smooth("in", [w_in])
-        self.ffn_in = Int8Matmul(w_in, block.ffn_in.bias.detach()[kept], *rng("in", s), s)
-        self.ffn_out = Int8Matmul(block.ffn_out.weight.detach()[:, kept], block.ffn_out.bias, *rng("h", None, kept))
+        self.ffn_in = matmul("in", block.ffn_in.weight.detach()[kept], block.ffn_in.bias.detach()[kept])
+        self.ffn_out = matmul("h", block.ffn_out.weight.detach()[:, kept], block.ffn_out.bias, kept)
         self.float_channels = (FloatChannels(block.ffn_in.weight[outliers], block.ffn_in.bias[outliers],
                                              block.ffn_out.weight[:, outliers]) if k else None)
         self.ffn_norm = block.ffn_norm
@@ -177,12 +165,8 @@ def calibration_stats(bert: nn.Module, run: Any) -> list[Stats]:
 
     def observe(i: int, site: str):
         def hook(_m: nn.Module, inputs: tuple, _out: Any) -> None:
-            x = inputs[0].detach()
-            x = (x[mask[0]] if mask[0] is not None and mask[0].shape == x.shape[:2] else x.reshape(-1, x.shape[-1]))
-            x = x.float()
-            lo, hi = x.amin(0), x.amax(0)
-            old = stats[i].get(site)
-            stats[i][site] = (lo, hi) if old is None else (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
+            x, m = inputs[0], mask[0]
+            widen_range(stats[i], site, x[m] if m is not None and m.shape == x.shape[:2] else x)
         return hook
 
     handles = [bert.register_forward_pre_hook(remember_mask, with_kwargs=True)]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from condense.quantize.bf16 import cpu_flags
+from condense.quantize.static_aids import smooth_scales
 
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags of native int8 dot products on x86
 
@@ -69,6 +70,21 @@ def uint8_range(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(min(255, max(0, round(-lo / scale))))
 
 
+def widen_range(ranges: dict, key: object, x: torch.Tensor) -> None:
+    """Widen `ranges[key]`, the per-channel (min, max) of the activations seen so far, by `x` (..., channels).
+
+    Example:
+        >>> r = {}
+        >>> widen_range(r, "a", torch.tensor([[1.0, -2.0]])); widen_range(r, "a", torch.tensor([[3.0, 0.0]]))
+        >>> r["a"]
+        (tensor([ 1., -2.]), tensor([3., 0.]))
+    """
+    x = x.detach().reshape(-1, x.shape[-1]).float()
+    lo, hi = x.amin(dim=0), x.amax(dim=0)
+    old = ranges.get(key)
+    ranges[key] = (lo, hi) if old is None else (torch.minimum(old[0], lo), torch.maximum(old[1], hi))
+
+
 class Int8Matmul(nn.Module):
     """`y = x @ W^T + b` on oneDNN's int8 kernel; x (M, K) is quantized with a static scale, W per output channel.
 
@@ -95,6 +111,16 @@ class Int8Matmul(nn.Module):
         self.register_buffer("x_scale", torch.tensor(scale, dtype=torch.float64))
         self.register_buffer("x_zero_point", torch.tensor(zp, dtype=torch.int64))
         self._cache: tuple | None = None
+
+    @classmethod
+    def calibrated(cls, weight: torch.Tensor, bias: torch.Tensor | None, lo: torch.Tensor, hi: torch.Tensor,
+                   alpha: float = 0.0) -> "Int8Matmul":
+        """From the per-input-channel range (lo, hi) of its calibration inputs, with SmoothQuant's `alpha` (0 = off):
+        the input scale then covers the smoothed range."""
+        s = smooth_scales(torch.maximum(lo.abs(), hi.abs()), [weight], alpha) if alpha else None
+        if s is not None:
+            lo, hi = lo / s, hi / s
+        return cls(weight, bias, float(lo.min()), float(hi.max()), s)
 
     @property
     def in_features(self) -> int:
@@ -124,6 +150,9 @@ class Int8Matmul(nn.Module):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) float -> uint8 at this matmul's input scale (after the SmoothQuant divisor, if any)."""
         _, scale, zp, _, _ = self._prepared()
+        return self._quantize(x, scale, zp)
+
+    def _quantize(self, x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
         x = x.float() if self.inv_smooth is None else x.float() * self.inv_smooth
         q = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
         # its bytes as a plain uint8 tensor, without int_repr()'s copy (~0.16 ms per 3000 x 384 here)
@@ -138,7 +167,7 @@ class Int8Matmul(nn.Module):
         (M, N) tensor the result is added to in place (and returned): a residual connection in the same kernel.
         """
         packed, scale, zp, wzp, bias_bf16 = self._prepared()
-        xq = x if quantized else self.quantize(x)
+        xq = x if quantized else self._quantize(x, scale, zp)
         if accumulate is not None:
             return torch.ops.onednn.qlinear_pointwise.binary(
                 xq, scale, zp, packed, self.w_scale, wzp, accumulate, self.bias, 1.0, 0, torch.float32, 1.0, 0,
@@ -156,9 +185,10 @@ class Int8Matmul(nn.Module):
 class Int8Linear(nn.Module):
     """A drop-in for `nn.Linear` (any leading dims, float in and out) computing on `Int8Matmul`."""
 
-    def __init__(self, lin: nn.Linear, lo: float, hi: float, smooth: torch.Tensor | None = None) -> None:
+    def __init__(self, lin: nn.Linear, lo: torch.Tensor, hi: torch.Tensor, alpha: float = 0.0) -> None:
+        """lo, hi: per-input-channel range of the calibration inputs; alpha: SmoothQuant's (0 = off)."""
         super().__init__()
-        self.mm = Int8Matmul(lin.weight, lin.bias, lo, hi, smooth)
+        self.mm = Int8Matmul.calibrated(lin.weight, lin.bias, lo, hi, alpha)
 
     @property
     def in_features(self) -> int:
