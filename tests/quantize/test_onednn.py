@@ -169,3 +169,23 @@ def test_hugging_face_bert_gets_the_per_linear_path_and_reloads_exactly(tmp_path
     back = condense.load(condense.save(q, tmp_path / "hf"), model=tiny_bert())
     with torch.no_grad():
         assert torch.equal(back(**b).last_hidden_state, got)
+
+
+def test_hugging_face_gpt2_conv1d_layers_are_quantized_and_reload_exactly(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=256, n_positions=64)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ref = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    cal, x = [torch.randint(0, 256, (4, 32), generator=g) for _ in range(4)], torch.randint(0, 256, (2, 32), generator=g)
+    q = condense.quantize_(model, OneDnnInt8Config(exclude=("lm_head",)), calibration=cal)
+    d = lineage(q)["transforms"][-1]["details"]
+    assert len(d["linearized"]) == 4 * cfg.n_layer  # c_attn, c_proj, c_fc, mlp.c_proj: Conv1D -> Linear first
+    assert sum(isinstance(m, Int8Linear) for m in q.modules()) == 4 * cfg.n_layer
+    with torch.no_grad():
+        want, got = ref(x).logits, q(x).logits
+    assert (got - want).norm() < 0.03 * want.norm() and (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.95
+    back = condense.load(condense.save(q, tmp_path / "g"), model=transformers.GPT2LMHeadModel(cfg).eval())
+    with torch.no_grad():
+        assert torch.equal(back(x).logits, got)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from condense.core.config import check_float, check_int, check_patterns, check_positive_int, config, show
+from condense.core.linear_like import linear_like_types, linearize_, tied_weights, warn_tied
 from condense.core.registry import TypeRegistry
 from condense.core.select import select_modules
 from condense.core.transforms import TransformContext, register_transform
@@ -148,12 +149,20 @@ def quantize_onednn_int8(model: nn.Module, cfg: OneDnnInt8Config, ctx: Transform
             model = _set(model, name, build(model.get_submodule(name), run, cfg))
         ctx.record(path="packed", encoders=targets, calibration_batches=len(batches), cpu=onednn_int8()[1])
         return model
-    names = select_modules(model, (nn.Linear,), cfg.include, cfg.exclude, what="OneDnnInt8Config")
+    names = select_modules(model, (nn.Linear, *linear_like_types()), cfg.include, cfg.exclude,
+                           what="OneDnnInt8Config")
+    tied = tied_weights(model, names)
+    warn_tied(tied, "OneDnnInt8Config")
+    converted = linearize_(model, names)  # GPT-2's Conv1D -> nn.Linear (weight transposed), as DynamicInt8Config
     stats = _linear_stats(model, names, run)
     with torch.no_grad():
         for n in names:
             model = _set(model, n, Int8Linear(model.get_submodule(n), *stats[n], cfg.smooth_quant))
     ctx.record(path="linear", layers=names, calibration_batches=len(batches), cpu=onednn_int8()[1])
+    if converted:
+        ctx.record(linearized=sorted(converted))
+    if tied:
+        ctx.record(tied=tied)
     return model
 
 
@@ -164,6 +173,7 @@ def _replay(model: nn.Module, cfg: OneDnnInt8Config, details: dict) -> nn.Module
             build = PACKED_ENCODERS.find(model.get_submodule(name))
             model = _set(model, name, build(model.get_submodule(name), None, cfg))
         return model
+    linearize_(model, list(details["layers"]))
     with torch.no_grad():
         for n in details["layers"]:
             lin = model.get_submodule(n)
