@@ -49,7 +49,7 @@ class TextEncoderAPI:
         """Texts -> (input_ids, attention_mask), LongTensors (B, T) padded to the longest text in the batch."""
         texts = check_texts(texts)
         encs = self.tokenizer.encode_batch(texts)
-        # through numpy: 0.18 ms instead of torch.tensor's 0.94 ms for 32 x 128 tokens (bench machine, 2026-12-05)
+        # through numpy: torch.tensor on nested Python lists is several times slower for a batch of long texts
         ids = torch.from_numpy(np.array([e.ids for e in encs], dtype=np.int64))  # (B, T)
         mask = torch.from_numpy(np.array([e.attention_mask for e in encs], dtype=np.int64))  # (B, T)
         return ids, mask

@@ -155,7 +155,7 @@ class Int8Matmul(nn.Module):
     def _quantize(self, x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
         x = x.float() if self.inv_smooth is None else x.float() * self.inv_smooth
         q = torch.quantize_per_tensor(x, scale, zp, torch.quint8)
-        # its bytes as a plain uint8 tensor, without int_repr()'s copy (~0.16 ms per 3000 x 384 here)
+        # its bytes as a plain uint8 tensor, without int_repr()'s copy
         return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), q.storage_offset(), q.shape, q.stride())
 
     def forward(self, x: torch.Tensor, *, out_dtype: torch.dtype = torch.float32, gelu: bool = False,

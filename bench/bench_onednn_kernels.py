@@ -1,0 +1,131 @@
+"""Where MiniLM's time goes on the oneDNN int8 path: the matmul kernels side by side (fp32, bf16, oneDNN int8 and its
+fused GELU / residual variants) at the man-page batch's shapes, attention per layer, and the packed int8 encoder's
+forward with its attention timed apart.
+
+Usage: .venv/bin/python bench/bench_onednn_kernels.py [--threads 2] [--rounds 15] [--no-write]
+Writes the `onednn-kernels` section of BENCHMARKS.md. Shapes: M = 3021 tokens (the minilm task's first 32 manual-page
+documents with the padding dropped), hidden 384, FFN 1536 (1528 int8 channels + 8 kept in float); attention: 24
+sequences of 128 tokens, 12 heads of 32 (the batch's full-length group). Interleaved rounds, medians.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import _common  # also sets sys.path
+import torch
+import torch.nn.functional as F
+
+import condense
+from condense.quantize.onednn import Int8Matmul, OneDnnInt8Config, onednn_int8
+import condense.quantize.onednn.encoder as encoder
+
+M, C, FFN = 3021, 384, 1528
+
+
+def matmul_rows() -> dict[str, callable]:
+    torch.manual_seed(0)
+    x = torch.randn(M, C)
+    w_in, w_out = torch.randn(FFN, C) * 0.05, torch.randn(C, FFN) * 0.05
+    b_in, b_out = torch.randn(FFN), torch.randn(C)
+    h = F.gelu(F.linear(x, w_in, b_in))
+    mm_in = Int8Matmul(w_in, b_in, float(x.min()), float(x.max()))
+    mm_out = Int8Matmul(w_out, b_out, float(h.min()), float(h.max()))
+    xq, hq = mm_in.quantize(x), mm_out.quantize(h)
+    xb, hb, wib, wob = x.bfloat16(), h.bfloat16(), w_in.bfloat16(), w_out.bfloat16()
+    acc = torch.randn(M, C)
+    return {
+        f"ffn_in {M}x{C}x{FFN}, fp32 F.linear": lambda: F.linear(x, w_in, b_in),
+        f"ffn_in {M}x{C}x{FFN}, bf16 F.linear": lambda: F.linear(xb, wib, b_in.bfloat16()),
+        f"ffn_in {M}x{C}x{FFN}, int8 (uint8 in, uint8 out)": lambda: mm_in(xq, quantized=True, out_dtype=torch.uint8,
+                                                                            out_range=mm_out.output_range),
+        f"ffn_in {M}x{C}x{FFN}, int8 + exact GELU fused (uint8 out)": lambda: mm_in(
+            xq, quantized=True, out_dtype=torch.uint8, gelu=True, out_range=mm_out.output_range),
+        f"ffn_out {M}x{FFN}x{C}, fp32 F.linear": lambda: F.linear(h, w_out, b_out),
+        f"ffn_out {M}x{FFN}x{C}, bf16 F.linear": lambda: F.linear(hb, wob, b_out.bfloat16()),
+        f"ffn_out {M}x{FFN}x{C}, int8 + residual add fused (fp32 out)": lambda: mm_out(hq, quantized=True,
+                                                                                      accumulate=acc),
+        f"quantize {M}x{C} fp32 -> uint8": lambda: mm_in.quantize(x),
+    }
+
+
+def attention_rows() -> dict[str, callable]:
+    torch.manual_seed(0)
+    base = [torch.randn(24, 12, 128, 32) for _ in range(3)]
+    out = {}
+    for dt in (torch.bfloat16, torch.float32, torch.float16):
+        q, k, v = [t.to(dt) for t in base]
+        out[f"attention 24 x 12 heads x 128 x 32, {str(dt).split('.')[-1]} SDPA (flash)"] = \
+            lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v)
+    return out
+
+
+def forward_breakdown(threads: int, reps: int = 10) -> dict[str, float]:
+    """The packed int8 encoder's forward on the man-page batch (ms), and the part of it spent in attention."""
+    from bench_openvino_minilm import timing_batches
+
+    task = condense.get_task("minilm")
+    fp32 = task.build_model()
+    q = condense.quantize_(copy.deepcopy(fp32), OneDnnInt8Config(), task=task)
+    texts = timing_batches(task, fp32)["long"]["texts"]
+    ids, mask = fp32.tokenize(texts)
+    spent = [0.0]
+    inner = encoder.grouped_attention
+
+    def timed(*a):
+        t0 = time.perf_counter()
+        r = inner(*a)
+        spent[0] += time.perf_counter() - t0
+        return r
+
+    encoder.grouped_attention = timed
+    try:
+        with torch.inference_mode():
+            for _ in range(3):
+                q(ids, mask)
+            totals = []
+            attn = []
+            for _ in range(reps):
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                q(ids, mask)
+                totals.append(time.perf_counter() - t0)
+                attn.append(spent[0])
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fp32.tokenize(texts)
+            tok = (time.perf_counter() - t0) / reps
+    finally:
+        encoder.grouped_attention = inner
+    med = lambda v: sorted(v)[len(v) // 2] * 1e3  # noqa: E731
+    return {"forward": med(totals), "attention": med(attn), "tokenize": tok * 1e3}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    native, why = onednn_int8()
+    if not native:
+        raise SystemExit(f"this bench needs oneDNN's native int8 kernels: {why}")
+    torch.set_num_threads(args.threads)
+    load = _common.load_average()
+    fns = {**matmul_rows(), **attention_rows()}
+    p50 = _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=3, repeats=3)
+    lines = ["| kernel | p50 |", "|---|---|"] + [f"| {k} | {v * 1e3:.3f} ms |" for k, v in p50.items()]
+    b = forward_breakdown(args.threads)
+    lines += ["", f"Packed int8 MiniLM encoder (`OneDnnInt8Config()`, 6 blocks) on the man-page batch of 32 "
+              f"({M} real tokens), median of 10: forward {b['forward']:.1f} ms, of which attention "
+              f"{b['attention']:.1f} ms ({b['attention'] / b['forward']:.0%}); tokenisation of the batch "
+              f"{b['tokenize']:.1f} ms (outside the forward)."]
+    notes = (f"{why}; at the start {load}, at the end {_common.load_average()}. Interleaved rounds ({args.rounds}, "
+             "3 calls each), medians.")
+    _common.publish("onednn-kernels", "oneDNN int8 kernels and MiniLM's forward, where the time goes",
+                    "bench_onednn_kernels.py", None, args.threads, notes, lines, write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
