@@ -22,7 +22,7 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -188,3 +188,12 @@ def warn_tied(tied: dict[str, list[str]], what: str) -> None:
                       "its own quantized copy, so the tie is broken (the other module keeps the float weight and "
                       f"the matrix is stored twice); exclude them (exclude={tuple(tied)!r}) to keep the tie",
                       stacklevel=3)
+
+
+def prepare_linears_(model: nn.Module, names: list[str], what: str) -> dict[str, Any]:
+    """Before quantizing the selected layers: warn about tied weights (`warn_tied`) and turn linear-like layers into
+    `nn.Linear` (`linearize_`); returns the lineage details to record ("linearized", "tied"; empty ones left out)."""
+    tied = tied_weights(model, names)
+    warn_tied(tied, what)
+    converted = linearize_(model, names)
+    return {k: v for k, v in (("linearized", sorted(converted)), ("tied", tied)) if v}

@@ -21,7 +21,7 @@ from torch.ao.nn.quantized import dynamic as nnqd
 
 from condense.core.artifact import CODECS, TensorCodec
 from condense.core.config import check_patterns, config
-from condense.core.linear_like import linear_like_types, linearize_, tied_weights, warn_tied
+from condense.core.linear_like import linear_like_types, linearize_, prepare_linears_
 from condense.core.transforms import TransformContext, register_transform
 from condense.errors import ConfigError
 from condense.measurement.counts import PARAM_VIEWS
@@ -68,15 +68,9 @@ def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, ctx: Transfo
                            what="DynamicInt8Config")
     if any(p.device.type != "cpu" for p in model.parameters()):
         raise ConfigError("DynamicInt8Config runs on CPU int8 kernels; move the model to CPU first (model.cpu())")
-    tied = tied_weights(model, names)
-    warn_tied(tied, "DynamicInt8Config")
-    converted = linearize_(model, names)
+    prepared = prepare_linears_(model, names, "DynamicInt8Config")
     model = _quantize_layers(model, names, cfg.per_channel)
-    ctx.record(layers=names)
-    if converted:
-        ctx.record(linearized=sorted(converted))
-    if tied:
-        ctx.record(tied=tied)
+    ctx.record(layers=names, **prepared)
     return model
 
 

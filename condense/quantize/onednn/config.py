@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from condense.core.config import check_float, check_int, check_patterns, check_positive_int, config, show
-from condense.core.linear_like import linear_like_types, linearize_, tied_weights, warn_tied
+from condense.core.linear_like import linear_like_types, linearize_, prepare_linears_
 from condense.core.registry import TypeRegistry
 from condense.core.select import select_modules
 from condense.core.transforms import TransformContext, register_transform
@@ -151,18 +151,12 @@ def quantize_onednn_int8(model: nn.Module, cfg: OneDnnInt8Config, ctx: Transform
         return model
     names = select_modules(model, (nn.Linear, *linear_like_types()), cfg.include, cfg.exclude,
                            what="OneDnnInt8Config")
-    tied = tied_weights(model, names)
-    warn_tied(tied, "OneDnnInt8Config")
-    converted = linearize_(model, names)  # GPT-2's Conv1D -> nn.Linear (weight transposed), as DynamicInt8Config
+    prepared = prepare_linears_(model, names, "OneDnnInt8Config")  # GPT-2's Conv1D -> nn.Linear first
     stats = _linear_stats(model, names, run)
     with torch.no_grad():
         for n in names:
             model = _set(model, n, Int8Linear(model.get_submodule(n), *stats[n], cfg.smooth_quant))
-    ctx.record(path="linear", layers=names, calibration_batches=len(batches), cpu=onednn_int8()[1])
-    if converted:
-        ctx.record(linearized=sorted(converted))
-    if tied:
-        ctx.record(tied=tied)
+    ctx.record(path="linear", layers=names, calibration_batches=len(batches), cpu=onednn_int8()[1], **prepared)
     return model
 
 
