@@ -5,7 +5,8 @@ forward with its attention timed apart.
 Usage: .venv/bin/python bench/bench_onednn_kernels.py [--threads 2] [--rounds 15] [--no-write]
 Writes the `onednn-kernels` section of BENCHMARKS.md. Shapes: M = 3021 tokens (the minilm task's first 32 manual-page
 documents with the padding dropped), hidden 384, FFN 1536 (1528 int8 channels + 8 kept in float); attention: 24
-sequences of 128 tokens, 12 heads of 32 (the batch's full-length group). Interleaved rounds, medians.
+sequences of 128 tokens, 12 heads of 32, and the batch's real lengths (13 of 128 and 19 shorter ones) one call per
+distinct length against the encoder's `attention_plan` buckets. Interleaved rounds, medians.
 """
 from __future__ import annotations
 
@@ -50,10 +51,25 @@ def matmul_rows() -> dict[str, callable]:
     }
 
 
-def attention_rows() -> dict[str, callable]:
+def man_page_lengths() -> list[int]:
+    """Real-token lengths of the man-page batch's 32 sequences, longest first (as the packed encoder lays them out)."""
+    from bench_openvino_minilm import timing_batches
+
+    task = condense.get_task("minilm")
+    fp32 = task.build_model()
+    _, mask = fp32.tokenize(timing_batches(task, fp32)["long"]["texts"])
+    return sorted(mask.sum(1).tolist(), reverse=True)
+
+
+def attention_rows(lengths: list[int]) -> dict[str, callable]:
     torch.manual_seed(0)
-    base = [torch.randn(24, 12, 128, 32) for _ in range(3)]
+    qkv = torch.randn(sum(lengths), 3 * 12 * 32).bfloat16()
     out = {}
+    for name, plan in (("one call per distinct length, no mask", encoder.attention_plan(lengths, short=10**9, step=1)),
+                       ("attention_plan buckets (the encoder's)", encoder.attention_plan(lengths))):
+        out[f"attention of the man-page batch ({len(lengths)} sequences, {sum(lengths)} tokens), {name}: "
+            f"{len(plan)} calls"] = lambda plan=plan: encoder.bucketed_attention(qkv, plan, 12, 32)
+    base = [torch.randn(24, 12, 128, 32) for _ in range(3)]
     for dt in (torch.bfloat16, torch.float32, torch.float16):
         q, k, v = [t.to(dt) for t in base]
         out[f"attention 24 x 12 heads x 128 x 32, {str(dt).split('.')[-1]} SDPA (flash)"] = \
@@ -71,7 +87,7 @@ def forward_breakdown(threads: int, reps: int = 10) -> dict[str, float]:
     texts = timing_batches(task, fp32)["long"]["texts"]
     ids, mask = fp32.tokenize(texts)
     spent = [0.0]
-    inner = encoder.grouped_attention
+    inner = encoder.bucketed_attention
 
     def timed(*a):
         t0 = time.perf_counter()
@@ -79,7 +95,7 @@ def forward_breakdown(threads: int, reps: int = 10) -> dict[str, float]:
         spent[0] += time.perf_counter() - t0
         return r
 
-    encoder.grouped_attention = timed
+    encoder.bucketed_attention = timed
     try:
         with torch.inference_mode():
             for _ in range(3):
@@ -97,7 +113,7 @@ def forward_breakdown(threads: int, reps: int = 10) -> dict[str, float]:
                 fp32.tokenize(texts)
             tok = (time.perf_counter() - t0) / reps
     finally:
-        encoder.grouped_attention = inner
+        encoder.bucketed_attention = inner
     med = lambda v: sorted(v)[len(v) // 2] * 1e3  # noqa: E731
     return {"forward": med(totals), "attention": med(attn), "tokenize": tok * 1e3}
 
@@ -113,7 +129,7 @@ def main() -> None:
         raise SystemExit(f"this bench needs oneDNN's native int8 kernels: {why}")
     torch.set_num_threads(args.threads)
     load = _common.load_average()
-    fns = {**matmul_rows(), **attention_rows()}
+    fns = {**matmul_rows(), **attention_rows(man_page_lengths())}
     p50 = _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=3, repeats=3)
     lines = ["| kernel | p50 |", "|---|---|"] + [f"| {k} | {v * 1e3:.3f} ms |" for k, v in p50.items()]
     b = forward_breakdown(args.threads)

@@ -10,7 +10,7 @@ import condense
 from condense.core.lineage import lineage
 from condense.errors import ConfigError
 from condense.quantize.onednn import Int8Linear, Int8Matmul, OneDnnInt8Config, onednn_int8
-from condense.quantize.onednn.encoder import PackedInt8Bert, grouped_attention
+from condense.quantize.onednn.encoder import PackedInt8Bert, attention_plan, bucketed_attention
 from condense.tasks.bert import Bert, BertConfig
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -44,18 +44,26 @@ def test_int8_matmul_computes_exact_int8_arithmetic_and_fuses_gelu_residual_and_
     assert q.dtype == torch.uint8 and (q.double() - levels).abs().max() <= 1
 
 
-def test_grouped_attention_equals_masked_padded_attention():
+@pytest.mark.parametrize("lens, kw, kinds", [
+    ([7, 7, 5, 2, 1], dict(block=4, short=4), ["window", "window", "gathered"]),
+    ([7, 7, 5, 2, 1], dict(block=4, short=4, step=1), ["window", "window", "exact", "exact"]),
+    ([8, 8, 6, 3], dict(block=4, short=2), ["exact", "window", "exact"]),  # the 3 has no rows after it to pad into
+    ([7, 7, 5, 2, 1], dict(), ["gathered"]),
+    ([9, 6, 6, 6, 4, 1], dict(block=3, short=8, step=4), ["exact", "exact", "gathered"]),
+])
+def test_bucketed_attention_equals_per_sequence_attention(lens, kw, kinds):
     torch.manual_seed(0)
-    lens = [7, 7, 5, 2]  # sorted longest first, as the packed encoder lays them out
-    nh, hd, T = 2, 8, 7
+    nh, hd = 2, 8
     qkv = torch.randn(sum(lens), 3 * nh * hd)
-    got = grouped_attention(qkv, [(7, 2), (5, 1), (2, 1)], nh, hd)
+    plan = attention_plan(lens, dtype=qkv.dtype, **kw)
+    assert [b.stop - b.start for b in plan] and sum(b.stop - b.start for b in plan) == sum(lens)
+    assert ["exact" if b.mask is None else "window" if b.rows is None else "gathered" for b in plan] == kinds
+    got = bucketed_attention(qkv, plan, nh, hd)
+    assert got.shape == (sum(lens), nh * hd)
     off = 0
     for n in lens:
         q, k, v = qkv[off:off + n].view(1, n, 3, nh, hd).permute(2, 0, 3, 1, 4)
-        pad = lambda t: F.pad(t, (0, 0, 0, T - n))  # noqa: E731
-        keep = (torch.arange(T) < n)[None, None, None, :]
-        want = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=keep)[0, :, :n]
+        want = F.scaled_dot_product_attention(q, k, v)[0]  # this sequence alone, no padding
         assert torch.allclose(got[off:off + n].view(n, nh, hd).transpose(0, 1), want, atol=1e-6)
         off += n
 
@@ -90,8 +98,11 @@ def test_packed_encoder_matches_the_float_bert_within_int8_error_and_zeroes_padd
     assert cos.min() > 0.99, cos
     d = lineage(q)["transforms"][-1]["details"]
     assert d["path"] == "packed" and d["encoders"] == [""] and d["calibration_batches"] == 3
-    assert sum(isinstance(m, Int8Matmul) for m in q.modules()) == 4 * CFG.num_layers
-    assert q.layers[0].ffn_in.out_features == CFG.intermediate_size - 2  # 2 FFN channels kept in float
+    # per block: q/k/v, attention out, ffn_in, ffn_out and the 2 channels kept out of ffn_out's uint8 input
+    assert sum(isinstance(m, Int8Matmul) for m in q.modules()) == 5 * CFG.num_layers
+    assert q.layers[0].ffn_in.out_features == CFG.intermediate_size - 2
+    side = q.layers[0].float_channels.mm
+    assert side.out_features == 2 and side.output_range == q.layers[0].ffn_in.output_range
     with pytest.raises(condense.CondenseError, match="last hidden states only"):
         q(ids, mask, output_hidden_states=True)
     assert torch.equal(q(ids, mask), got)  # with autograd on too (inference kernels: computed without it)

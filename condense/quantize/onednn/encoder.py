@@ -1,21 +1,24 @@
 """A BERT encoder on oneDNN int8 matmuls with the padding dropped: every token-wise layer (the four matmuls,
-LayerNorm, GELU, residual adds) runs on the batch's real tokens only, and attention runs on groups of sequences of
-equal length, so no padded position is computed anywhere and no mask is needed.
+LayerNorm, GELU, residual adds) runs on the batch's real tokens only; attention runs on a few buckets of sequences
+of similar length (`attention_plan`).
 
-Layout: the batch's sequences are sorted by length (longest first) and their real tokens laid end to end, (N, C);
-sequences of the same length are then contiguous, so one group is a (n, L, 3, heads, head_dim) view of the fused
-q/k/v output and goes to `scaled_dot_product_attention` without a mask. The last hidden states are scattered back
-to (B, T, C), zero at padded positions, so the sentence encoder's mean pooling is unchanged.
+Layout: the batch's sequences are sorted by length (longest first) and their real tokens laid end to end, (N, C).
+A bucket of sequences that all have its length is a (n, L, 3, heads, head_dim) view of the fused q/k/v output and
+goes to `scaled_dot_product_attention` without a mask; a bucket of shorter ones is gathered to its length with a
+key mask, and only its real rows are kept. The last hidden states are scattered back to (B, T, C), zero at padded
+positions, so the sentence encoder's mean pooling is unchanged.
 
 Per block: q/k/v as one int8 matmul (bf16 out, for attention); the attention output projection adds into the
 residual in the same kernel; `ffn_in` applies GELU and writes uint8 at `ffn_out`'s input scale (no float
 intermediate); `ffn_out` adds into the residual. BERT's FFN has a few hidden channels whose GELU output is 3-4x
 the next largest: with one activation scale per tensor they would coarsen every other channel's steps, so the
-`float_channels` largest (on calibration data) are computed in float on a side path (LLM.int8()-style).
+`float_channels` largest (on calibration data) are kept out of it: an int8 matmul from the same uint8 input
+writes their GELU output in float32 and a float matmul adds them to the residual (LLM.int8()-style).
 SmoothQuant (`alpha`) moves the LayerNorm outputs' outlier channels into the q/k/v and `ffn_in` weights.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,16 +38,18 @@ Stats = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site -> per-channel (min
 
 
 class FloatChannels(nn.Module):
-    """The FFN hidden channels kept in float: h_k = gelu(x W_in[k]^T + b[k]); out += h_k W_out[:, k]^T."""
+    """The FFN hidden channels kept out of `ffn_out`'s uint8 input: h_k = gelu(x W_in[k]^T + b[k]) on an int8
+    matmul that reads `ffn_in`'s uint8 input (float32 out, so these channels keep their own range), then
+    out += h_k W_out[:, k]^T in float."""
 
-    def __init__(self, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor) -> None:
+    def __init__(self, ffn_in: Int8Matmul, w_in: torch.Tensor, b_in: torch.Tensor, w_out: torch.Tensor) -> None:
         super().__init__()
-        self.register_buffer("w_in", w_in.detach().float().t().contiguous())  # (C, k)
-        self.register_buffer("b_in", b_in.detach().float().clone())  # (k,)
+        self.mm = ffn_in.sharing_input(w_in, b_in)
         self.register_buffer("w_out", w_out.detach().float().t().contiguous())  # (k, C)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(torch.addmm(self.b_in, x, self.w_in))  # (N, k)
+    def hidden(self, xq: torch.Tensor) -> torch.Tensor:
+        """xq: `ffn_in`'s quantized input (N, C) -> (N, k) float32."""
+        return self.mm(xq, quantized=True, gelu=True)
 
 
 class PackedInt8Block(nn.Module):
@@ -74,33 +79,123 @@ class PackedInt8Block(nn.Module):
         kept = kept.nonzero().squeeze(1)
         self.ffn_in = matmul("in", block.ffn_in.weight.detach()[kept], block.ffn_in.bias.detach()[kept])
         self.ffn_out = matmul("h", block.ffn_out.weight.detach()[:, kept], block.ffn_out.bias, kept)
-        self.float_channels = (FloatChannels(block.ffn_in.weight[outliers], block.ffn_in.bias[outliers],
-                                             block.ffn_out.weight[:, outliers]) if k else None)
+        self.float_channels = (FloatChannels(self.ffn_in, block.ffn_in.weight.detach()[outliers],
+                                             block.ffn_in.bias.detach()[outliers],
+                                             block.ffn_out.weight.detach()[:, outliers]) if k else None)
         self.ffn_norm = block.ffn_norm
 
-    def forward(self, x: torch.Tensor, groups: list[tuple[int, int]]) -> torch.Tensor:
-        """x (N, C) float32 packed tokens (overwritten), groups [(length, count)] -> (N, C)."""
+    def forward(self, x: torch.Tensor, plan: list[Bucket]) -> torch.Tensor:
+        """x (N, C) float32 packed tokens (overwritten), plan: `attention_plan` of their sequences -> (N, C)."""
         qkv = self.qkv(x, out_dtype=torch.bfloat16)  # (N, 3 * heads * head_dim)
-        y = grouped_attention(qkv, groups, self.n_heads, self.head_dim)  # (N, heads * head_dim)
+        y = bucketed_attention(qkv, plan, self.n_heads, self.head_dim)  # (N, heads * head_dim)
         x = self.attn_norm(self.out(y, accumulate=x))  # x + out(y), in the kernel
-        side = self.float_channels.hidden(x) if self.float_channels is not None else None
-        h = self.ffn_in(x, out_dtype=torch.uint8, gelu=True, out_range=self.ffn_out.output_range)
+        xq = self.ffn_in.quantize(x)
+        side = self.float_channels.hidden(xq) if self.float_channels is not None else None
+        h = self.ffn_in(xq, quantized=True, out_dtype=torch.uint8, gelu=True, out_range=self.ffn_out.output_range)
         f = self.ffn_out(h, quantized=True, accumulate=x)  # x + ffn_out(h), in the kernel
         if side is not None:
             f = f.addmm_(side, self.float_channels.w_out)
         return self.ffn_norm(f)
 
 
-def grouped_attention(qkv: torch.Tensor, groups: list[tuple[int, int]], n_heads: int, head_dim: int
-                      ) -> torch.Tensor:
-    """Unmasked attention per group of equal-length sequences laid end to end in `qkv` (N, 3 * n_heads *
-    head_dim) -> (N, n_heads * head_dim)."""
-    outs = []
-    for (length, count), part in zip(groups, qkv.split([n * c for n, c in groups])):
-        q, k, v = part.view(count, length, 3, n_heads, head_dim).permute(2, 0, 3, 1, 4)
-        # torch's CPU flash attention lays its output out as (count, length, heads, head_dim): no copy here
-        outs.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(count * length, -1))
-    return torch.cat(outs) if len(outs) > 1 else outs[0]
+@dataclass(frozen=True)
+class Bucket:
+    """One `scaled_dot_product_attention` call: `count` sequences on a (count, length) grid whose outputs fill the
+    packed rows [start, stop).
+
+    rows None: the grid is a view of the packed rows, sequence i's window starting at start + i * stride; a window
+    longer than `stride` reaches into the rows after the sequence, whose keys `mask` hides and whose outputs are
+    dropped. rows a tensor: the grid's packed rows (gathered), padding pointing at a row of its own sequence, and
+    `real` the grid positions that are real tokens. mask: additive key mask, 0 at real keys, -inf at padding; None
+    when every key is real.
+    """
+
+    start: int
+    stop: int
+    count: int
+    length: int
+    stride: int
+    rows: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    real: torch.Tensor | None = None
+
+
+def attention_plan(lengths: list[int], *, block: int = 32, short: int = 64, step: int = 16,
+                   dtype: torch.dtype = torch.bfloat16) -> list[Bucket]:
+    """Buckets for sequences of `lengths` (sorted longest first, laid end to end).
+
+    torch's CPU flash attention (bf16) runs a sequence longer than `short` whose length is not a multiple of its
+    `block` about as slowly as one padded to the next multiple with a key mask takes: such a group of equal-length
+    sequences is attended through windows padded to that multiple, read in place (no copy). Up to `short` tokens
+    the call itself is most of the cost, so shorter sequences are gathered into a few buckets, their lengths
+    rounded up to a multiple of `step`.
+
+    Example:
+        >>> [(b.length, b.count, b.rows is None, b.mask is None) for b in attention_plan([128, 128, 100, 40, 33])]
+        [(128, 2, True, True), (128, 1, True, False), (40, 2, False, False)]
+    """
+    plan, small, start, n_rows = [], [], 0, sum(lengths)
+    for length, count in _runs(lengths):
+        window = -(-length // block) * block
+        if length <= short:
+            small.append((length, count, start))
+        elif window != length and start + (count - 1) * length + window <= n_rows:
+            mask = torch.zeros(1, 1, 1, window, dtype=dtype)
+            mask[..., length:] = float("-inf")
+            plan.append(Bucket(start, start + count * length, count, window, length, mask=mask))
+        else:
+            plan.append(Bucket(start, start + count * length, count, length, length))
+        start += count * length
+    by_size: dict[int, list[tuple[int, int, int]]] = {}
+    for length, count, first in small:
+        by_size.setdefault(min(small[0][0], -(-length // step) * step), []).append((length, count, first))
+    for size, groups in by_size.items():
+        first, stop = groups[0][2], groups[-1][2] + groups[-1][0] * groups[-1][1]
+        if len(groups) == 1 and groups[0][0] == size:
+            plan.append(Bucket(first, stop, groups[0][1], size, size))
+            continue
+        lens = torch.tensor([n for n, c, _ in groups for _ in range(c)])
+        starts = torch.tensor([s + i * n for n, c, s in groups for i in range(c)])
+        pos = torch.arange(size)
+        keep = pos[None, :] < lens[:, None]  # (count, size)
+        rows = starts[:, None] + torch.minimum(pos[None, :], lens[:, None] - 1)
+        mask = torch.zeros(len(lens), 1, 1, size, dtype=dtype).masked_fill_(~keep[:, None, None, :], float("-inf"))
+        plan.append(Bucket(first, stop, len(lens), size, size, rows.reshape(-1), mask,
+                           keep.reshape(-1).nonzero().squeeze(1)))
+    return plan
+
+
+def _runs(lengths: list[int]) -> list[tuple[int, int]]:
+    """[(length, how many in a row)] of a sorted list."""
+    out: list[list[int]] = []
+    for n in lengths:
+        if out and out[-1][0] == n:
+            out[-1][1] += 1
+        else:
+            out.append([n, 1])
+    return [(n, c) for n, c in out]
+
+
+def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head_dim: int) -> torch.Tensor:
+    """Attention of the sequences laid end to end in `qkv` (N, 3 * n_heads * head_dim), bucket by bucket
+    (`attention_plan`) -> (N, n_heads * head_dim) in the same row order."""
+    n, width = qkv.shape
+    out = qkv.new_empty(n, n_heads * head_dim)
+    for b in plan:
+        if b.rows is None:
+            grid = qkv.as_strided((b.count, b.length, width), (b.stride * width, width, 1),
+                                  qkv.storage_offset() + b.start * width)
+        else:
+            grid = qkv.index_select(0, b.rows).view(b.count, b.length, width)
+        q, k, v = grid.unflatten(2, (3, n_heads, head_dim)).permute(2, 0, 3, 1, 4)
+        # torch's CPU flash attention lays its output out as (count, length, heads, head_dim): a view here
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask).transpose(1, 2).flatten(2)
+        dst = out[b.start:b.stop]
+        if b.rows is None:
+            dst.view(b.count, b.stride, -1).copy_(o[:, :b.stride])
+        else:
+            torch.index_select(o.reshape(-1, o.shape[-1]), 0, b.real, out=dst)
+    return out
 
 
 class PackedInt8Bert(nn.Module):
@@ -144,12 +239,11 @@ class PackedInt8Bert(nn.Module):
         order = torch.argsort(lens, descending=True, stable=True)
         flat = keep[order].reshape(-1).nonzero().squeeze(1)  # real tokens, longest sequence first
         rows, cols = order[flat // T], flat % T  # where each packed token sits in the padded batch
-        lengths, counts = torch.unique_consecutive(lens[order], return_counts=True)
-        groups = [(n, c) for n, c in zip(lengths.tolist(), counts.tolist()) if n > 0]
+        plan = attention_plan([n for n in lens[order].tolist() if n > 0])
         with torch.no_grad():  # inference kernels: no autograd formula for oneDNN's int8 ops
             x = self.embeddings.at(input_ids[rows, cols], cols)  # (N, C)
             for layer in self.layers:
-                x = layer(x, groups)
+                x = layer(x, plan)
         return x, rows, cols
 
 

@@ -122,6 +122,15 @@ class Int8Matmul(nn.Module):
             lo, hi = lo / s, hi / s
         return cls(weight, bias, float(lo.min()), float(hi.max()), s)
 
+    def sharing_input(self, weight: torch.Tensor, bias: torch.Tensor | None) -> "Int8Matmul":
+        """Another matmul over the same uint8 input as this one (same SmoothQuant divisor, scale and zero point),
+        so one quantized input feeds both."""
+        smooth = None if self.inv_smooth is None else 1.0 / self.inv_smooth
+        other = Int8Matmul(weight, bias, 0.0, 1.0, smooth)
+        other.x_scale.copy_(self.x_scale)
+        other.x_zero_point.copy_(self.x_zero_point)
+        return other
+
     @property
     def in_features(self) -> int:
         return self.weight.shape[1]
