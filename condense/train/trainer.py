@@ -122,9 +122,17 @@ class _Batches:
 
 
 def _count(batch: Any) -> tuple[int, int]:
-    """(samples, tokens) in a batch: its first tensor's first dimension, and its numel when it holds token ids."""
+    """(samples, tokens) in a batch: its first tensor's first dimension, and its numel when it holds token ids; a
+    list of texts counts its texts.
+
+    Example:
+        >>> _count((torch.zeros(4, 3, dtype=torch.long), torch.zeros(4))), _count(["a b", "c"]), _count([])
+        ((4, 12), (2, 0), (0, 0))
+    """
     first = batch
     while isinstance(first, (tuple, list)) and first:
+        if isinstance(first[0], str):
+            return len(first), 0
         first = first[0]
     if isinstance(first, dict):
         first = next(iter(first.values()), None)
@@ -359,7 +367,7 @@ def run_loop(model: nn.Module, batches: Callable[[], Iterable[Any]] | Iterable[A
             if hooked:
                 result.bytes_per_step.append(counter.bytes - bytes0)
             step += 1
-            rate = f"{n * k * world.size / dt:,.0f} samples/s" if dt > 0 else ""
+            rate = f"{n * k * world.size / dt:,.0f} samples/s" if dt > 0 and n else ""
             bar.start(f"loss {loss_value:.4f}  {rate}")
             bar.advance()
             if main and out is not None:

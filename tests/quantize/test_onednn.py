@@ -55,7 +55,7 @@ def test_bucketed_attention_equals_per_sequence_attention(lens, kw, kinds):
     torch.manual_seed(0)
     nh, hd = 2, 8
     qkv = torch.randn(sum(lens), 3 * nh * hd)
-    plan = attention_plan(lens, dtype=qkv.dtype, **kw)
+    plan = attention_plan(lens, **kw)  # a bf16 mask: converted to the float32 q/k/v dtype
     assert [b.stop - b.start for b in plan] and sum(b.stop - b.start for b in plan) == sum(lens)
     assert ["exact" if b.mask is None else "window" if b.rows is None else "gathered" for b in plan] == kinds
     got = bucketed_attention(qkv, plan, nh, hd)

@@ -128,7 +128,7 @@ def attention_plan(lengths: list[int], *, block: int = 32, short: int = 64, step
     `block` about as slowly as one padded to the next multiple with a key mask takes: such a group of equal-length
     sequences is attended through windows padded to that multiple, read in place (no copy). Up to `short` tokens
     the call itself is most of the cost, so shorter sequences are gathered into a few buckets, their lengths
-    rounded up to a multiple of `step`.
+    rounded up to a multiple of `step`, each padded to its longest.
 
     Example:
         >>> [(b.length, b.count, b.rows is None, b.mask is None) for b in attention_plan([128, 128, 100, 40, 33])]
@@ -146,12 +146,13 @@ def attention_plan(lengths: list[int], *, block: int = 32, short: int = 64, step
         else:
             plan.append(Bucket(start, start + count * length, count, length, length))
         start += count * length
-    by_size: dict[int, list[tuple[int, int, int]]] = {}
+    buckets: dict[int, list[tuple[int, int, int]]] = {}  # lengths rounded up to `step` -> their groups
     for length, count, first in small:
-        by_size.setdefault(min(small[0][0], -(-length // step) * step), []).append((length, count, first))
-    for size, groups in by_size.items():
+        buckets.setdefault(-(-length // step) * step, []).append((length, count, first))
+    for groups in buckets.values():
+        size = groups[0][0]  # the bucket's longest
         first, stop = groups[0][2], groups[-1][2] + groups[-1][0] * groups[-1][1]
-        if len(groups) == 1 and groups[0][0] == size:
+        if len(groups) == 1:
             plan.append(Bucket(first, stop, groups[0][1], size, size))
             continue
         lens = torch.tensor([n for n, c, _ in groups for _ in range(c)])
@@ -179,9 +180,11 @@ def _runs(lengths: list[int]) -> list[tuple[int, int]]:
 def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head_dim: int) -> torch.Tensor:
     """Attention of the sequences laid end to end in `qkv` (N, 3 * n_heads * head_dim), bucket by bucket
     (`attention_plan`) -> (N, n_heads * head_dim) in the same row order."""
+    qkv = qkv.contiguous()  # the windows below are views with its row stride
     n, width = qkv.shape
     out = qkv.new_empty(n, n_heads * head_dim)
     for b in plan:
+        mask = b.mask if b.mask is None or b.mask.dtype == qkv.dtype else b.mask.to(qkv.dtype)
         if b.rows is None:
             grid = qkv.as_strided((b.count, b.length, width), (b.stride * width, width, 1),
                                   qkv.storage_offset() + b.start * width)
@@ -189,7 +192,7 @@ def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head
             grid = qkv.index_select(0, b.rows).view(b.count, b.length, width)
         q, k, v = grid.unflatten(2, (3, n_heads, head_dim)).permute(2, 0, 3, 1, 4)
         # torch's CPU flash attention lays its output out as (count, length, heads, head_dim): a view here
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask).transpose(1, 2).flatten(2)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(2)
         dst = out[b.start:b.stop]
         if b.rows is None:
             dst.view(b.count, b.stride, -1).copy_(o[:, :b.stride])
