@@ -110,10 +110,14 @@ def main() -> None:
     else:
         verdict = f"No trial met the budget: {missed}"
     top = sorted((r for r in done if r.get("within_budget") and r["steps"]), key=lambda r: r["latency_s"])[:5]
-    trials_tbl = ["| trial | steps | p50 @ 32 (search timing) | MRR@10 |", "|---|---|---|---|"]
+    off = task.offsource_metric
+    trials_tbl = ["| trial | steps | p50 @ 32 (search timing) | MRR@10 | MRR@10 man pages (second source) |",
+                  "|---|---|---|---|---|"]
     for r in top:
+        second = (r.get("quality") or {}).get(off)
         trials_tbl.append(f"| {r['number']} | {' → '.join(_short(d) for d in r['steps'])} | "
-                          f"{r['latency_s'] * 1e3:.1f} ms | {r['metric']:.4f} |")
+                          f"{r['latency_s'] * 1e3:.1f} ms | {r['metric']:.4f} | "
+                          + (f"{second:.4f} |" if second is not None else "not measured |"))
     sens = res.sensitivity or {}
     knobs = args.knobs.split(",")
     described = {"distill": f"distill (a student keeping {args.distill_layers.replace(',', ' or ')} of the 6 blocks)",
