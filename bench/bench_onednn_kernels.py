@@ -6,7 +6,9 @@ Usage: .venv/bin/python bench/bench_onednn_kernels.py [--threads 2] [--rounds 15
 Writes the `onednn-kernels` section of BENCHMARKS.md. Shapes: M = 3021 tokens (the minilm task's first 32 manual-page
 documents with the padding dropped), hidden 384, FFN 1536 (1528 int8 channels + 8 kept in float); attention: 24
 sequences of 128 tokens, 12 heads of 32, and the batch's real lengths (13 of 128 and 19 shorter ones) one call per
-distinct length against the encoder's `attention_plan` buckets. Interleaved rounds, medians.
+distinct length against the encoder's `attention_plan` buckets, and one 124-token text alone vs padded to 128 with a
+key mask; the FFN's 8 outlier channels as a float addmm + GELU vs an int8 matmul reading ffn_in's uint8 input; the
+tanh-approximate GELU post-op beside the exact one. Interleaved rounds, medians.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def matmul_rows() -> dict[str, callable]:
     xq, hq = mm_in.quantize(x), mm_out.quantize(h)
     xb, hb, wib, wob = x.bfloat16(), h.bfloat16(), w_in.bfloat16(), w_out.bfloat16()
     acc = torch.randn(M, C)
+    w8, b8 = torch.randn(8, C) * 0.05, torch.randn(8)
+    w8t, side = w8.t().contiguous(), mm_in.sharing_input(w8, b8)
     return {
         f"ffn_in {M}x{C}x{FFN}, fp32 F.linear": lambda: F.linear(x, w_in, b_in),
         f"ffn_in {M}x{C}x{FFN}, bf16 F.linear": lambda: F.linear(xb, wib, b_in.bfloat16()),
@@ -47,21 +51,34 @@ def matmul_rows() -> dict[str, callable]:
         f"ffn_out {M}x{FFN}x{C}, bf16 F.linear": lambda: F.linear(hb, wob, b_out.bfloat16()),
         f"ffn_out {M}x{FFN}x{C}, int8 + residual add fused (fp32 out)": lambda: mm_out(hq, quantized=True,
                                                                                       accumulate=acc),
+        f"ffn_in {M}x{C}x{FFN}, int8 + tanh-approximate GELU fused (uint8 out)": lambda: _tanh_gelu(mm_in, xq, mm_out),
+        f"8 FFN outlier channels {M}x{C}x8, float addmm + GELU (before)": lambda: F.gelu(torch.addmm(b8, x, w8t)),
+        f"8 FFN outlier channels {M}x{C}x8, int8 from ffn_in's uint8 input, GELU fused (float32 out)":
+            lambda: side(xq, quantized=True, gelu=True),
         f"quantize {M}x{C} fp32 -> uint8": lambda: mm_in.quantize(x),
     }
 
 
-def man_page_lengths() -> list[int]:
-    """Real-token lengths of the man-page batch's 32 sequences, longest first (as the packed encoder lays them out)."""
+def _tanh_gelu(mm: Int8Matmul, xq: torch.Tensor, nxt: Int8Matmul) -> torch.Tensor:
+    """oneDNN's tanh-approximate GELU post-op (Int8Matmul fuses the exact one): measured, not used."""
+    packed, scale, zp, wzp, _ = mm._prepared()
+    o_scale, o_zp = nxt.output_range
+    return torch.ops.onednn.qlinear_pointwise(xq, scale, zp, packed, mm.w_scale, wzp, mm.bias, o_scale, o_zp,
+                                              torch.uint8, "gelu", [None], "tanh")
+
+
+def man_page_batch() -> tuple:
+    """(minilm task, fp32 model, the man-page batch's 32 texts): built once for the rows and the forward breakdown."""
     from bench_openvino_minilm import timing_batches
 
     task = condense.get_task("minilm")
     fp32 = task.build_model()
-    _, mask = fp32.tokenize(timing_batches(task, fp32)["long"]["texts"])
-    return sorted(mask.sum(1).tolist(), reverse=True)
+    return task, fp32, timing_batches(task, fp32)["long"]["texts"]
 
 
 def attention_rows(lengths: list[int]) -> dict[str, callable]:
+    """The batch's real lengths one call per length vs the encoder's buckets; one off-block text alone vs padded to
+    flash attention's 32-block with a key mask; the full-length group per dtype."""
     torch.manual_seed(0)
     qkv = torch.randn(sum(lengths), 3 * 12 * 32).bfloat16()
     out = {}
@@ -69,6 +86,13 @@ def attention_rows(lengths: list[int]) -> dict[str, callable]:
                        ("attention_plan buckets (the encoder's)", encoder.attention_plan(lengths))):
         out[f"attention of the man-page batch ({len(lengths)} sequences, {sum(lengths)} tokens), {name}: "
             f"{len(plan)} calls"] = lambda plan=plan: encoder.bucketed_attention(qkv, plan, 12, 32)
+    odd = [torch.randn(1, 12, 124, 32).bfloat16() for _ in range(3)]
+    padded = [torch.nn.functional.pad(t, (0, 0, 0, 4)) for t in odd]
+    key_mask = torch.zeros(1, 1, 1, 128, dtype=torch.bfloat16)
+    key_mask[..., 124:] = float("-inf")
+    out["attention of one 124-token text alone, bf16 SDPA"] = lambda: F.scaled_dot_product_attention(*odd)
+    out["attention of one 124-token text padded to 128 with a key mask, bf16 SDPA"] = \
+        lambda: F.scaled_dot_product_attention(*padded, attn_mask=key_mask)
     base = [torch.randn(24, 12, 128, 32) for _ in range(3)]
     for dt in (torch.bfloat16, torch.float32, torch.float16):
         q, k, v = [t.to(dt) for t in base]
@@ -77,14 +101,9 @@ def attention_rows(lengths: list[int]) -> dict[str, callable]:
     return out
 
 
-def forward_breakdown(threads: int, reps: int = 10) -> dict[str, float]:
+def forward_breakdown(task, fp32, texts, reps: int = 10) -> dict[str, float]:
     """The packed int8 encoder's forward on the man-page batch (ms), and the part of it spent in attention."""
-    from bench_openvino_minilm import timing_batches
-
-    task = condense.get_task("minilm")
-    fp32 = task.build_model()
     q = condense.quantize_(copy.deepcopy(fp32), OneDnnInt8Config(), task=task)
-    texts = timing_batches(task, fp32)["long"]["texts"]
     ids, mask = fp32.tokenize(texts)
     spent = [0.0]
     inner = encoder.bucketed_attention
@@ -129,10 +148,12 @@ def main() -> None:
         raise SystemExit(f"this bench needs oneDNN's native int8 kernels: {why}")
     torch.set_num_threads(args.threads)
     load = _common.load_average()
-    fns = {**matmul_rows(), **attention_rows(man_page_lengths())}
+    task, fp32, texts = man_page_batch()
+    lengths = sorted(fp32.tokenize(texts)[1].sum(1).tolist(), reverse=True)  # longest first, as the encoder packs
+    fns = {**matmul_rows(), **attention_rows(lengths)}
     p50 = _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=3, repeats=3)
     lines = ["| kernel | p50 |", "|---|---|"] + [f"| {k} | {v * 1e3:.3f} ms |" for k, v in p50.items()]
-    b = forward_breakdown(args.threads)
+    b = forward_breakdown(task, fp32, texts)
     lines += ["", f"Packed int8 MiniLM encoder (`OneDnnInt8Config()`, 6 blocks) on the man-page batch of 32 "
               f"({M} real tokens), median of 10: forward {b['forward']:.1f} ms, of which attention "
               f"{b['attention']:.1f} ms ({b['attention'] / b['forward']:.0%}); tokenisation of the batch "

@@ -19,6 +19,7 @@ SmoothQuant (`alpha`) moves the LayerNorm outputs' outlier channels into the q/k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import torch
@@ -135,7 +136,7 @@ def attention_plan(lengths: list[int], *, block: int = 32, short: int = 64, step
         [(128, 2, True, True), (128, 1, True, False), (40, 2, False, False)]
     """
     plan, small, start, n_rows = [], [], 0, sum(lengths)
-    for length, count in _runs(lengths):
+    for length, count in ((n, len(list(g))) for n, g in groupby(lengths)):  # runs of equal lengths
         window = -(-length // block) * block
         if length <= short:
             small.append((length, count, start))
@@ -164,17 +165,6 @@ def attention_plan(lengths: list[int], *, block: int = 32, short: int = 64, step
         plan.append(Bucket(first, stop, len(lens), size, size, rows.reshape(-1), mask,
                            keep.reshape(-1).nonzero().squeeze(1)))
     return plan
-
-
-def _runs(lengths: list[int]) -> list[tuple[int, int]]:
-    """[(length, how many in a row)] of a sorted list."""
-    out: list[list[int]] = []
-    for n in lengths:
-        if out and out[-1][0] == n:
-            out[-1][1] += 1
-        else:
-            out.append([n, 1])
-    return [(n, c) for n, c in out]
 
 
 def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head_dim: int) -> torch.Tensor:
