@@ -1,14 +1,16 @@
 """Where MiniLM's time goes on the oneDNN int8 path: the matmul kernels side by side (fp32, bf16, oneDNN int8 and its
 fused GELU / residual variants) at the man-page batch's shapes, attention per layer, and the packed int8 encoder's
-forward with its attention timed apart.
+forward with its attention timed apart, with condense's attention kernel and with torch's attention on buckets.
 
 Usage: .venv/bin/python bench/bench_onednn_kernels.py [--threads 2] [--rounds 15] [--no-write]
 Writes the `onednn-kernels` section of BENCHMARKS.md. Shapes: M = 3021 tokens (the minilm task's first 32 manual-page
 documents with the padding dropped), hidden 384, FFN 1536 (1528 int8 channels + 8 kept in float); attention: 24
 sequences of 128 tokens, 12 heads of 32, and the batch's real lengths (13 of 128 and 19 shorter ones) one call per
-distinct length against the encoder's `attention_plan` buckets, and one 124-token text alone vs padded to 128 with a
-key mask; the FFN's 8 outlier channels as a float addmm + GELU vs an int8 matmul reading ffn_in's uint8 input; the
-tanh-approximate GELU post-op beside the exact one. Interleaved rounds, medians.
+distinct length against the `attention_plan` buckets and against condense's attention kernel (native.cpp, one
+call for the batch; on CPUs with AMX bf16), and one 124-token text alone vs padded to 128 with a key mask; the FFN's
+8 outlier channels as a float addmm + GELU vs an int8 matmul reading ffn_in's uint8 input; the tanh-approximate
+GELU post-op beside the exact one; a LayerNorm and the uint8 quantization of its output (SmoothQuant's divisor
+applied) as torch's three ops vs condense's fused kernel. Interleaved rounds, medians.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 import condense
 from condense.quantize.onednn import Int8Matmul, OneDnnInt8Config, onednn_int8
 import condense.quantize.onednn.encoder as encoder
+from condense.quantize.onednn.native import native_kernels as native_kernel
 
 M, C, FFN = 3021, 384, 1528
 
@@ -59,6 +62,25 @@ def matmul_rows() -> dict[str, callable]:
     }
 
 
+def norm_rows() -> dict[str, callable]:
+    """A LayerNorm whose output feeds a SmoothQuant-ed int8 matmul: torch's layer_norm, mul, quantize_per_tensor vs
+    condense's fused kernel (LayerNorm in place, uint8 from the same pass)."""
+    torch.manual_seed(1)
+    x = torch.randn(M, C) * 2 + 0.5
+    norm = torch.nn.LayerNorm(C, eps=1e-12)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.normal_()
+    mm = Int8Matmul(torch.randn(FFN, C) * 0.05, None, -4.0, 4.0, smooth=torch.rand(C) + 0.5)
+    out = {f"LayerNorm {M}x{C} + SmoothQuant divisor + quantize to uint8, torch's ops (3 passes)":
+           lambda: encoder.norm_quantize(norm, x, mm, None)}
+    kernels, why = native_kernel()
+    if kernels is not None:
+        out[f"LayerNorm {M}x{C} + SmoothQuant divisor + quantize to uint8, condense's kernel (native.cpp, 1 pass, "
+            "in place)"] = lambda: encoder.norm_quantize(norm, x, mm, kernels)
+    return out
+
+
 def _tanh_gelu(mm: Int8Matmul, xq: torch.Tensor, nxt: Int8Matmul) -> torch.Tensor:
     """oneDNN's tanh-approximate GELU post-op (Int8Matmul fuses the exact one): measured, not used."""
     packed, scale, zp, wzp, _ = mm._prepared()
@@ -83,9 +105,17 @@ def attention_rows(lengths: list[int]) -> dict[str, callable]:
     qkv = torch.randn(sum(lengths), 3 * 12 * 32).bfloat16()
     out = {}
     for name, plan in (("one call per distinct length, no mask", encoder.attention_plan(lengths, short=10**9, step=1)),
-                       ("attention_plan buckets (the encoder's)", encoder.attention_plan(lengths))):
+                       ("attention_plan buckets (torch's attention: the encoder's path without AMX bf16)",
+                        encoder.attention_plan(lengths))):
         out[f"attention of the man-page batch ({len(lengths)} sequences, {sum(lengths)} tokens), {name}: "
             f"{len(plan)} calls"] = lambda plan=plan: encoder.bucketed_attention(qkv, plan, 12, 32)
+    kernel, why = native_kernel()
+    if kernel is not None:
+        attend = encoder.PackedAttention(lengths, native=True)
+        out[f"attention of the man-page batch ({len(lengths)} sequences, {sum(lengths)} tokens), condense's kernel "
+            "(native.cpp): 1 call"] = lambda: attend(qkv, 12, 32)
+    else:
+        print(f"condense's attention kernel row left out: {why}")
     odd = [torch.randn(1, 12, 124, 32).bfloat16() for _ in range(3)]
     padded = [torch.nn.functional.pad(t, (0, 0, 0, 4)) for t in odd]
     key_mask = torch.zeros(1, 1, 1, 128, dtype=torch.bfloat16)
@@ -101,40 +131,50 @@ def attention_rows(lengths: list[int]) -> dict[str, callable]:
     return out
 
 
-def forward_breakdown(task, fp32, texts, reps: int = 10) -> dict[str, float]:
-    """The packed int8 encoder's forward on the man-page batch (ms), and the part of it spent in attention."""
+def forward_breakdown(task, fp32, texts, reps: int = 10) -> dict[str, dict[str, float]]:
+    """The packed int8 encoder's forward on the man-page batch (ms) and the part of it spent in attention, with
+    condense's attention kernel (where it is used) and with torch's attention on buckets, interleaved per call."""
     q = condense.quantize_(copy.deepcopy(fp32), OneDnnInt8Config(), task=task)
     ids, mask = fp32.tokenize(texts)
     spent = [0.0]
-    inner = encoder.bucketed_attention
+    inner = encoder.PackedAttention.__call__
 
-    def timed(*a):
+    def timed(self, *a):
         t0 = time.perf_counter()
-        r = inner(*a)
+        r = inner(self, *a)
         spent[0] += time.perf_counter() - t0
         return r
 
-    encoder.bucketed_attention = timed
+    modes = {"torch's attention on attention_plan buckets": False}
+    if native_kernel()[0] is not None:
+        modes = {"condense's attention kernel": None, **modes}
+    res: dict[str, dict[str, list[float]]] = {m: {"forward": [], "attention": []} for m in modes}
+    encoder.PackedAttention.__call__ = timed
     try:
         with torch.inference_mode():
             for _ in range(3):
-                q(ids, mask)
-            totals = []
-            attn = []
+                for flag in modes.values():
+                    q.bert.native = flag
+                    q(ids, mask)
             for _ in range(reps):
-                spent[0] = 0.0
-                t0 = time.perf_counter()
-                q(ids, mask)
-                totals.append(time.perf_counter() - t0)
-                attn.append(spent[0])
+                for mode, flag in modes.items():
+                    q.bert.native = flag
+                    spent[0] = 0.0
+                    t0 = time.perf_counter()
+                    q(ids, mask)
+                    res[mode]["forward"].append(time.perf_counter() - t0)
+                    res[mode]["attention"].append(spent[0])
             t0 = time.perf_counter()
             for _ in range(reps):
                 fp32.tokenize(texts)
             tok = (time.perf_counter() - t0) / reps
     finally:
-        encoder.bucketed_attention = inner
+        encoder.PackedAttention.__call__ = inner
     med = lambda v: sorted(v)[len(v) // 2] * 1e3  # noqa: E731
-    return {"forward": med(totals), "attention": med(attn), "tokenize": tok * 1e3}
+    out = {m: {k: med(v) for k, v in r.items()} for m, r in res.items()}
+    for r in out.values():
+        r["tokenize"] = tok * 1e3
+    return out
 
 
 def main() -> None:
@@ -150,14 +190,15 @@ def main() -> None:
     load = _common.load_average()
     task, fp32, texts = man_page_batch()
     lengths = sorted(fp32.tokenize(texts)[1].sum(1).tolist(), reverse=True)  # longest first, as the encoder packs
-    fns = {**matmul_rows(), **attention_rows(lengths)}
+    fns = {**matmul_rows(), **norm_rows(), **attention_rows(lengths)}
     p50 = _common.interleaved_rounds_p50(fns, rounds=args.rounds, warmup=3, repeats=3)
     lines = ["| kernel | p50 |", "|---|---|"] + [f"| {k} | {v * 1e3:.3f} ms |" for k, v in p50.items()]
-    b = forward_breakdown(task, fp32, texts)
     lines += ["", f"Packed int8 MiniLM encoder (`OneDnnInt8Config()`, 6 blocks) on the man-page batch of 32 "
-              f"({M} real tokens), median of 10: forward {b['forward']:.1f} ms, of which attention "
-              f"{b['attention']:.1f} ms ({b['attention'] / b['forward']:.0%}); tokenisation of the batch "
-              f"{b['tokenize']:.1f} ms (outside the forward)."]
+              f"({M} real tokens), median of 10 interleaved calls, forward (of which attention):"]
+    for mode, b in forward_breakdown(task, fp32, texts).items():
+        lines.append(f"- {mode}: {b['forward']:.1f} ms ({b['attention']:.1f} ms, "
+                     f"{b['attention'] / b['forward']:.0%})")
+    lines.append(f"- tokenisation of the batch (outside the forward): {b['tokenize']:.1f} ms")
     notes = (f"{why}; at the start {load}, at the end {_common.load_average()}. Interleaved rounds ({args.rounds}, "
              "3 calls each), medians.")
     _common.publish("onednn-kernels", "oneDNN int8 kernels and MiniLM's forward, where the time goes",

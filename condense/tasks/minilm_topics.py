@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.core.task import Task
-from condense.core.text import mean_pool
+from condense.core.text import pooled_embeddings
 from condense.errors import ConfigError
 from condense.tasks.bert import Bert, BertConfig
 
@@ -44,7 +44,7 @@ class TopicClassifier(nn.Module):
         self.head = nn.Linear(bert.config.hidden_size, n_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(SCALE * mean_pool(self.bert(input_ids, attention_mask), attention_mask))  # (B, K)
+        return self.head(SCALE * pooled_embeddings(self.bert, input_ids, attention_mask))  # (B, K)
 
 
 def _groups(model: TopicClassifier) -> list[tuple[str, list[nn.Parameter]]]:

@@ -1,5 +1,6 @@
 """Static int8 on oneDNN's kernels (OneDnnInt8Config): the matmul against exact int8 arithmetic, the packed BERT
-encoder against the float model and against masked attention, the per-Linear path on any model, save/load."""
+encoder against the float model and against masked attention, condense's attention kernel (native.cpp) against
+per-sequence attention, the per-Linear path on any model, save/load."""
 import copy
 
 import pytest
@@ -10,7 +11,8 @@ import condense
 from condense.core.lineage import lineage
 from condense.errors import ConfigError
 from condense.quantize.onednn import Int8Linear, Int8Matmul, OneDnnInt8Config, onednn_int8
-from condense.quantize.onednn.encoder import PackedInt8Bert, attention_plan, bucketed_attention
+from condense.quantize.onednn import native
+from condense.quantize.onednn.encoder import PackedAttention, PackedInt8Bert, attention_plan, bucketed_attention
 from condense.tasks.bert import Bert, BertConfig
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -68,6 +70,80 @@ def test_bucketed_attention_equals_per_sequence_attention(lens, kw, kinds):
         off += n
 
 
+@pytest.fixture(scope="module")
+def kernel():
+    """condense's attention kernel (built on first use, ~20 s), or a skip saying why it is not used here."""
+    mod, why = native.native_kernels()
+    if mod is None:
+        pytest.skip(f"condense's attention kernel is not used here: {why}")
+    return mod
+
+
+def _per_sequence(qkv: torch.Tensor, lens: list[int], heads: int, dim: int) -> torch.Tensor:
+    """Each sequence's attention alone, in float32 from the same bf16 q/k/v."""
+    out, off = [], 0
+    for n in lens:
+        q, k, v = qkv[off:off + n].float().view(n, 3, heads, dim).permute(1, 2, 0, 3)
+        out.append(F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, heads * dim))
+        off += n
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("lens, heads, dim", [
+    ([128, 128, 124, 100, 96, 65, 64, 33, 17, 2, 1], 12, 32),  # MiniLM's shape; lengths on and off 16 and 64
+    ([300, 129, 40], 2, 64),  # longer than one 128-row query block
+    ([5, 3], 3, 16),
+])
+def test_native_attention_equals_per_sequence_attention(kernel, lens, heads, dim):
+    g = torch.Generator().manual_seed(len(lens))
+    qkv = (torch.randn(sum(lens), 3 * heads * dim, generator=g) * 2).bfloat16()
+    attend = PackedAttention(lens, native=True)
+    assert attend.native(dim)
+    got = attend(qkv, heads, dim)
+    want = _per_sequence(qkv, lens, heads, dim)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    # torch's own bf16 attention on the same inputs sets the error allowed: the kernel rounds the probabilities
+    # to bf16 as it does, and keeps its output in float32
+    torch_bf16 = PackedAttention(lens, native=False)(qkv, heads, dim)
+    err, torch_err = (got - want).abs().max(), (torch_bf16 - want).abs().max()
+    assert err <= torch_err + 1e-3, (err, torch_err)
+
+
+def test_native_attention_checks_its_inputs(kernel):
+    qkv = torch.randn(6, 3 * 2 * 32).bfloat16()
+    with pytest.raises(RuntimeError, match="lies outside qkv's 6 rows"):
+        kernel.packed_attention(qkv, torch.tensor([0, 4]), torch.tensor([4, 4]), 2, 32, 0.2)
+    with pytest.raises(RuntimeError, match="head size must be 16, 32, 48 or 64"):
+        kernel.packed_attention(torch.randn(6, 3 * 8 * 8).bfloat16(), torch.tensor([0]), torch.tensor([6]), 8, 8, 0.3)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        kernel.packed_attention(qkv.float(), torch.tensor([0]), torch.tensor([6]), 2, 32, 0.2)
+    assert PackedAttention([6]).native(32) and not PackedAttention([6]).native(8)  # head size 8: torch's attention
+
+
+def test_packed_attention_without_the_kernel_uses_torch_and_says_why(monkeypatch):
+    monkeypatch.setenv(native.ENV, "0")
+    assert native._why_not() == f"{native.ENV}=0"
+    monkeypatch.setattr(native, "native_kernels", lambda: (None, "this CPU lacks amx_bf16 (test)"))
+    with pytest.raises(condense.CondenseError, match=r"unavailable here: this CPU lacks amx_bf16 \(test\)"):
+        PackedAttention([3], native=True)
+    lens = [7, 7, 5, 2, 1]
+    qkv = torch.randn(sum(lens), 3 * 2 * 16).bfloat16()
+    attend = PackedAttention(lens)
+    assert not attend.native(16)
+    got = attend(qkv, 2, 16)
+    assert got.dtype == torch.float32 and (got - _per_sequence(qkv, lens, 2, 16)).abs().max() < 2e-2
+
+
+def test_a_kernel_that_fails_to_build_is_reported_and_not_used(monkeypatch, tmp_path):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text('#error "deliberately broken"\n')
+    monkeypatch.setattr(native, "_why_not", lambda: None)
+    monkeypatch.setattr(native, "SOURCE", broken)
+    monkeypatch.setenv("CONDENSE_CACHE", str(tmp_path / "cache"))
+    mod, why = native.native_kernels.__wrapped__()
+    assert mod is None and why.startswith("building broken.cpp failed (") and "build log in" in why
+
+
 def _batches(seed: int, n: int = 3):
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -106,6 +182,22 @@ def test_packed_encoder_matches_the_float_bert_within_int8_error_and_zeroes_padd
     with pytest.raises(condense.CondenseError, match="last hidden states only"):
         q(ids, mask, output_hidden_states=True)
     assert torch.equal(q(ids, mask), got)  # with autograd on too (inference kernels: computed without it)
+    # pooled straight from the packed rows: what mean pooling of the padded output gives
+    assert torch.allclose(q.mean_pooled(ids, mask), _pooled(got, mask), atol=1e-6)
+
+
+def test_packed_encoder_with_the_kernel_matches_torch_attention(kernel):
+    cfg = BertConfig(vocab_size=60, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                     max_position=32)  # head size 32, as MiniLM's
+    torch.manual_seed(0)
+    q = condense.quantize_(Bert(cfg).eval(), OneDnnInt8Config(), calibration=_batches(0))
+    ids, mask = _batches(3, 1)[0]
+    with torch.no_grad():
+        ours = q(ids, mask)
+        q.native = False
+        theirs = q(ids, mask)
+    keep = mask.bool()
+    assert (ours - theirs)[keep].norm() < 0.01 * theirs[keep].norm() and (ours[~keep] == 0).all()
 
 
 def test_packed_encoder_saves_and_loads_to_identical_outputs(tmp_path):

@@ -1,12 +1,15 @@
 """A BERT encoder on oneDNN int8 matmuls with the padding dropped: every token-wise layer (the four matmuls,
-LayerNorm, GELU, residual adds) runs on the batch's real tokens only; attention runs on a few buckets of sequences
-of similar length (`attention_plan`).
+LayerNorm, GELU, residual adds) runs on the batch's real tokens only, and so does attention (`PackedAttention`).
+On CPUs with AMX bf16, condense's kernels (native.cpp, built on first use by native.py) take every sequence at its
+own length in one attention call and quantize each LayerNorm's output in the same pass as the LayerNorm; elsewhere
+torch's flash attention runs on a few buckets of sequences of similar length (`attention_plan`) and torch's
+layer_norm, mul and quantize_per_tensor run one after another.
 
 Layout: the batch's sequences are sorted by length (longest first) and their real tokens laid end to end, (N, C).
-A bucket of sequences that all have its length is a (n, L, 3, heads, head_dim) view of the fused q/k/v output and
-goes to `scaled_dot_product_attention` without a mask; a bucket of shorter ones is gathered to its length with a
-key mask, and only its real rows are kept. The last hidden states are scattered back to (B, T, C), zero at padded
-positions, so the sentence encoder's mean pooling is unchanged.
+For torch's attention, a bucket of sequences that all have its length is a (n, L, 3, heads, head_dim) view of the
+fused q/k/v output and goes to `scaled_dot_product_attention` without a mask; a bucket of shorter ones is gathered
+to its length with a key mask, and only its real rows are kept. The last hidden states are scattered back to
+(B, T, C), zero at padded positions (or mean-pooled straight from the packed rows: `mean_pooled`).
 
 Per block: q/k/v as one int8 matmul (bf16 out, for attention); the attention output projection adds into the
 residual in the same kernel; `ffn_in` applies GELU and writes uint8 at `ffn_out`'s input scale (no float
@@ -85,18 +88,39 @@ class PackedInt8Block(nn.Module):
                                              block.ffn_out.weight.detach()[:, outliers]) if k else None)
         self.ffn_norm = block.ffn_norm
 
-    def forward(self, x: torch.Tensor, plan: list[Bucket]) -> torch.Tensor:
-        """x (N, C) float32 packed tokens (overwritten), plan: `attention_plan` of their sequences -> (N, C)."""
-        qkv = self.qkv(x, out_dtype=torch.bfloat16)  # (N, 3 * heads * head_dim)
-        y = bucketed_attention(qkv, plan, self.n_heads, self.head_dim)  # (N, heads * head_dim)
-        x = self.attn_norm(self.out(y, accumulate=x))  # x + out(y), in the kernel
-        xq = self.ffn_in.quantize(x)
+    def forward(self, x: torch.Tensor, xq: torch.Tensor, attend: "PackedAttention", following: Int8Matmul | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x (N, C) float32 packed tokens (overwritten) and xq, x quantized for this block's q/k/v; attend: attention
+        over their sequences; following: the next block's q/k/v matmul (None after the last block) ->
+        (the block's output (N, C), it quantized for `following` or None)."""
+        qkv = self.qkv(xq, quantized=True, out_dtype=torch.bfloat16)  # (N, 3 * heads * head_dim)
+        y = attend(qkv, self.n_heads, self.head_dim)  # (N, heads * head_dim) float32
+        x, xq = norm_quantize(self.attn_norm, self.out(y, accumulate=x), self.ffn_in, attend.kernel)  # x + out(y)
         side = self.float_channels.hidden(xq) if self.float_channels is not None else None
         h = self.ffn_in(xq, quantized=True, out_dtype=torch.uint8, gelu=True, out_range=self.ffn_out.output_range)
         f = self.ffn_out(h, quantized=True, accumulate=x)  # x + ffn_out(h), in the kernel
         if side is not None:
             f = f.addmm_(side, self.float_channels.w_out)
-        return self.ffn_norm(f)
+        return norm_quantize(self.ffn_norm, f, following, attend.kernel)
+
+
+def norm_quantize(norm: nn.LayerNorm, x: torch.Tensor, mm: Int8Matmul | None, kernels: Any
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(norm(x), it quantized for `mm`'s input or None without `mm`). With condense's kernels (`kernels`, else
+    None): one pass, LayerNorm in place in x; otherwise torch's layer_norm, then `mm.quantize`."""
+    if kernels is None or x.shape[-1] % 16 or norm.weight is None or norm.bias is None:
+        y = norm(x)
+        return y, None if mm is None else mm.quantize(y)
+    if mm is None:
+        kernels.layer_norm_quantize(x, norm.weight, norm.bias, norm.eps, _EMPTY, 0)
+        return x, None
+    scale, zp = mm.output_range
+    mul = (1.0 / scale) if mm.inv_smooth is None else mm.inv_smooth / scale
+    mul = mul if isinstance(mul, torch.Tensor) else torch.full((x.shape[-1],), mul)
+    return x, kernels.layer_norm_quantize(x, norm.weight, norm.bias, norm.eps, mul, zp)
+
+
+_EMPTY = torch.empty(0)
 
 
 @dataclass(frozen=True)
@@ -167,12 +191,14 @@ def attention_plan(lengths: list[int], *, block: int = 32, short: int = 64, step
     return plan
 
 
-def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head_dim: int) -> torch.Tensor:
+def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head_dim: int, *,
+                       out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Attention of the sequences laid end to end in `qkv` (N, 3 * n_heads * head_dim), bucket by bucket
-    (`attention_plan`) -> (N, n_heads * head_dim) in the same row order."""
+    (`attention_plan`) -> (N, n_heads * head_dim) in the same row order, in `out_dtype` (default: qkv's)."""
     qkv = qkv.contiguous()  # the windows below are views with its row stride
     n, width = qkv.shape
-    out = qkv.new_empty(n, n_heads * head_dim)
+    out_dtype = qkv.dtype if out_dtype is None else out_dtype
+    out = qkv.new_empty(n, n_heads * head_dim, dtype=out_dtype)  # the copies below cast to it
     for b in plan:
         mask = b.mask if b.mask is None or b.mask.dtype == qkv.dtype else b.mask.to(qkv.dtype)
         if b.rows is None:
@@ -187,8 +213,50 @@ def bucketed_attention(qkv: torch.Tensor, plan: list[Bucket], n_heads: int, head
         if b.rows is None:
             dst.view(b.count, b.stride, -1).copy_(o[:, :b.stride])
         else:
-            torch.index_select(o.reshape(-1, o.shape[-1]), 0, b.real, out=dst)
+            dst.copy_(o.reshape(-1, o.shape[-1]).index_select(0, b.real))
     return out
+
+
+class PackedAttention:
+    """Attention over the sequences laid end to end in a packed q/k/v (sorted longest first, `lengths` rows each):
+    `attend(qkv, n_heads, head_dim)` -> (N, n_heads * head_dim) float32 (quantizing it for the output projection
+    then needs no cast). condense's kernel (`native.native_kernels`: CPUs with AMX bf16, head sizes 16, 32, 48,
+    64) where it built and passed its check, each sequence at its own length in one call for the batch; else
+    torch's flash attention on `attention_plan`'s buckets. native: None = the kernel where available, False =
+    never, True = the kernel or a CondenseError saying why not.
+
+    Example:
+        >>> attend = PackedAttention([3, 2], native=False)
+        >>> attend(torch.randn(5, 3 * 2 * 16).bfloat16(), 2, 16).shape
+        torch.Size([5, 32])
+    """
+
+    NATIVE_HEAD_SIZES = (16, 32, 48, 64)
+
+    def __init__(self, lengths: list[int], *, native: bool | None = None) -> None:
+        from condense.quantize.onednn.native import native_kernels
+
+        self.kernel, why = native_kernels() if native is not False else (None, "native=False")
+        if native and self.kernel is None:
+            raise CondenseError(f"condense's attention kernel is unavailable here: {why}; leave native unset "
+                                "to use torch's attention instead")
+        self.lengths = lengths
+        self.lens = torch.tensor(lengths, dtype=torch.long)
+        self.starts = torch.cumsum(self.lens, 0) - self.lens
+        self._plan: list[Bucket] | None = None
+
+    def native(self, head_dim: int) -> bool:
+        """Whether heads of this size go to condense's kernel."""
+        return self.kernel is not None and head_dim in self.NATIVE_HEAD_SIZES
+
+    def __call__(self, qkv: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+        if self.native(head_dim):
+            return self.kernel.packed_attention(qkv.contiguous(), self.starts, self.lens, n_heads, head_dim,
+                                                head_dim ** -0.5)
+        if self._plan is None:
+            self._plan = attention_plan(self.lengths)
+        # float32 out: the copies out of torch's attention cast on the way
+        return bucketed_attention(qkv, self._plan, n_heads, head_dim, out_dtype=torch.float32)
 
 
 class PackedInt8Bert(nn.Module):
@@ -204,6 +272,7 @@ class PackedInt8Bert(nn.Module):
         self.embeddings = bert.embeddings
         self.layers = nn.ModuleList(PackedInt8Block(b, s, float_channels=float_channels, alpha=alpha)
                                     for b, s in zip(bert.layers, stats))
+        self.native: bool | None = None  # condense's kernels (native.cpp): None where available, False never
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                 output_hidden_states: bool = False, output_attentions: bool = False) -> torch.Tensor:
@@ -214,6 +283,14 @@ class PackedInt8Bert(nn.Module):
         out = x.new_zeros(*input_ids.shape, x.shape[-1])
         out[rows, cols] = x
         return out
+
+    def mean_pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mean_pool(self(ids, mask), mask)` (B, C), L2-normalised, summed straight from the packed real tokens
+        (no padded (B, T, C) tensor): what `condense.core.text.pooled_embeddings` calls."""
+        x, rows, _ = self._packed(input_ids, attention_mask)
+        sums = x.new_zeros(input_ids.shape[0], x.shape[-1]).index_add_(0, rows, x)
+        counts = torch.bincount(rows, minlength=input_ids.shape[0]).clamp(min=1).to(x.dtype)
+        return F.normalize(sums / counts[:, None], p=2, dim=1)
 
     def _packed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,11 +309,13 @@ class PackedInt8Bert(nn.Module):
         order = torch.argsort(lens, descending=True, stable=True)
         flat = keep[order].reshape(-1).nonzero().squeeze(1)  # real tokens, longest sequence first
         rows, cols = order[flat // T], flat % T  # where each packed token sits in the padded batch
-        plan = attention_plan([n for n in lens[order].tolist() if n > 0])
+        attend = PackedAttention([n for n in lens[order].tolist() if n > 0], native=self.native)
         with torch.no_grad():  # inference kernels: no autograd formula for oneDNN's int8 ops
             x = self.embeddings.at(input_ids[rows, cols], cols)  # (N, C)
-            for layer in self.layers:
-                x = layer(x, plan)
+            xq = self.layers[0].qkv.quantize(x) if len(self.layers) else None
+            for i, layer in enumerate(self.layers):
+                following = self.layers[i + 1].qkv if i + 1 < len(self.layers) else None
+                x, xq = layer(x, xq, attend, following)
         return x, rows, cols
 
 
