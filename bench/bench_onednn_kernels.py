@@ -145,9 +145,9 @@ def forward_breakdown(task, fp32, texts, reps: int = 10) -> dict[str, dict[str, 
         spent[0] += time.perf_counter() - t0
         return r
 
-    modes = {"torch's attention on attention_plan buckets": False}
+    modes = {"torch's ops (attention on attention_plan buckets; layer_norm, mul, quantize_per_tensor)": False}
     if native_kernel()[0] is not None:
-        modes = {"condense's attention kernel": None, **modes}
+        modes = {"condense's native kernels (native.cpp: attention; LayerNorm + quantize)": None, **modes}
     res: dict[str, dict[str, list[float]]] = {m: {"forward": [], "attention": []} for m in modes}
     encoder.PackedAttention.__call__ = timed
     try:
