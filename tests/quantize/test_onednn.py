@@ -143,6 +143,13 @@ def test_a_kernel_that_fails_to_build_is_reported_and_not_used(monkeypatch, tmp_
     mod, why = native.native_kernels.__wrapped__()
     assert mod is None and why.startswith("building broken.cpp failed (") and "build log in" in why
 
+    def read_only(name):
+        raise PermissionError(13, "Permission denied", name)
+
+    monkeypatch.setattr(native, "_build_dir", read_only)
+    mod, why = native.native_kernels.__wrapped__()
+    assert mod is None and "set CONDENSE_CACHE to a writable folder" in why
+
 
 def _batches(seed: int, n: int = 3):
     g = torch.Generator().manual_seed(seed)

@@ -5,9 +5,9 @@ its uint8 quantization), built on first use.
 micro-kernel its attention calls runs on AMX tiles; elsewhere the encoder keeps torch's attention on buckets of
 similar lengths, `encoder.attention_plan`, and torch's LayerNorm), a C++ compiler and ninja, and
 `CONDENSE_NATIVE` not set to 0. The build (torch.utils.cpp_extension, about 20 s on 2 vCPUs) happens once per
-machine and torch version, in `condense.core.paths.cache_dir()/extensions`; before the module is used, its packed layouts are compared with
-oneDNN's own packing, its attention with torch's and its LayerNorm + quantization with torch's `layer_norm` and
-`quantize_per_tensor` on random inputs, and any mismatch leaves it unused.
+machine and torch version, in `condense.core.paths.cache_dir()/extensions`; before the module is used, its packed
+layouts are compared with oneDNN's own packing, its attention with torch's and its LayerNorm + quantization with
+torch's `layer_norm` and `quantize_per_tensor` on random inputs, and any mismatch leaves it unused.
 
 Example:
     >>> kernels, why = native_kernels()
@@ -102,7 +102,10 @@ def native_kernels() -> tuple[ModuleType | None, str]:
 
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + torch.__version__.encode())
     name = f"condense_native_{digest.hexdigest()[:12]}"
-    folder = _build_dir(name)
+    try:
+        folder = _build_dir(name)
+    except OSError as e:
+        return None, f"cannot create the build folder for {SOURCE.name} ({e}); set CONDENSE_CACHE to a writable folder"
 
     def build() -> ModuleType:
         return load(name, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=["-fopenmp"],
