@@ -83,7 +83,7 @@ def norm_rows() -> dict[str, callable]:
 
 def _tanh_gelu(mm: Int8Matmul, xq: torch.Tensor, nxt: Int8Matmul) -> torch.Tensor:
     """oneDNN's tanh-approximate GELU post-op (Int8Matmul fuses the exact one): measured, not used."""
-    packed, scale, zp, wzp, _ = mm._prepared()
+    packed, scale, zp, wzp, _, _ = mm._prepared()
     o_scale, o_zp = nxt.output_range
     return torch.ops.onednn.qlinear_pointwise(xq, scale, zp, packed, mm.w_scale, wzp, mm.bias, o_scale, o_zp,
                                               torch.uint8, "gelu", [None], "tanh")
@@ -111,7 +111,7 @@ def attention_rows(lengths: list[int]) -> dict[str, callable]:
             f"{len(plan)} calls"] = lambda plan=plan: encoder.bucketed_attention(qkv, plan, 12, 32)
     kernel, why = native_kernel()
     if kernel is not None:
-        attend = encoder.PackedAttention(lengths, native=True)
+        attend = encoder.PackedAttention(lengths, use_native=True)
         out[f"attention of the man-page batch ({len(lengths)} sequences, {sum(lengths)} tokens), condense's kernel "
             "(native.cpp): 1 call"] = lambda: attend(qkv, 12, 32)
     else:

@@ -41,6 +41,12 @@ def test_int8_matmul_computes_exact_int8_arithmetic_and_fuses_gelu_residual_and_
     acc = res.clone()
     out = mm(x, accumulate=acc)
     assert out.data_ptr() == acc.data_ptr() and (out.double() - (res.double() + ref)).abs().max() < 1e-3
+    mul, zp = mm.input_multiplier()  # what a fused producer (LayerNorm + quantize) multiplies by
+    assert (torch.clamp(torch.round(x * mul) + zp, 0, 255) - mm.quantize(x).float()).abs().max() <= 1
+    with torch.no_grad():
+        mm.inv_smooth.mul_(2)  # a changed buffer (an artifact loading into it) rebuilds the multiplier
+    assert torch.allclose(mm.input_multiplier()[0], 2 * mul)
+    mm.inv_smooth.div_(2)
     q = mm(x, out_dtype=torch.uint8, gelu=True, out_range=(0.02, 3))
     levels = torch.clamp(torch.round(F.gelu(ref) / 0.02) + 3, 0, 255)
     assert q.dtype == torch.uint8 and (q.double() - levels).abs().max() <= 1
@@ -97,14 +103,14 @@ def _per_sequence(qkv: torch.Tensor, lens: list[int], heads: int, dim: int) -> t
 def test_native_attention_equals_per_sequence_attention(kernel, lens, heads, dim):
     g = torch.Generator().manual_seed(len(lens))
     qkv = (torch.randn(sum(lens), 3 * heads * dim, generator=g) * 2).bfloat16()
-    attend = PackedAttention(lens, native=True)
+    attend = PackedAttention(lens, use_native=True)
     assert attend.native(dim)
     got = attend(qkv, heads, dim)
     want = _per_sequence(qkv, lens, heads, dim)
     assert got.dtype == torch.float32 and got.shape == want.shape
     # torch's own bf16 attention on the same inputs sets the error allowed: the kernel rounds the probabilities
     # to bf16 as it does, and keeps its output in float32
-    torch_bf16 = PackedAttention(lens, native=False)(qkv, heads, dim)
+    torch_bf16 = PackedAttention(lens, use_native=False)(qkv, heads, dim)
     err, torch_err = (got - want).abs().max(), (torch_bf16 - want).abs().max()
     assert err <= torch_err + 1e-3, (err, torch_err)
 
@@ -125,7 +131,7 @@ def test_packed_attention_without_the_kernel_uses_torch_and_says_why(monkeypatch
     assert native._why_not() == f"{native.ENV}=0"
     monkeypatch.setattr(native, "native_kernels", lambda: (None, "this CPU lacks amx_bf16 (test)"))
     with pytest.raises(condense.CondenseError, match=r"unavailable here: this CPU lacks amx_bf16 \(test\)"):
-        PackedAttention([3], native=True)
+        PackedAttention([3], use_native=True)
     lens = [7, 7, 5, 2, 1]
     qkv = torch.randn(sum(lens), 3 * 2 * 16).bfloat16()
     attend = PackedAttention(lens)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from condense.errors import CondenseError
+from condense.quantize.onednn import native
 from condense.quantize.onednn.kernels import Int8Matmul, widen_range
 
 SITES = ("qkv", "out", "in", "h")  # inputs of: query/key/value, attn.out, ffn_in, ffn_out
@@ -95,13 +96,13 @@ class PackedInt8Block(nn.Module):
         (the block's output (N, C), it quantized for `following` or None)."""
         qkv = self.qkv(xq, quantized=True, out_dtype=torch.bfloat16)  # (N, 3 * heads * head_dim)
         y = attend(qkv, self.n_heads, self.head_dim)  # (N, heads * head_dim) float32
-        x, xq = norm_quantize(self.attn_norm, self.out(y, accumulate=x), self.ffn_in, attend.kernel)  # x + out(y)
+        x, xq = norm_quantize(self.attn_norm, self.out(y, accumulate=x), self.ffn_in, attend.kernels)  # x + out(y)
         side = self.float_channels.hidden(xq) if self.float_channels is not None else None
         h = self.ffn_in(xq, quantized=True, out_dtype=torch.uint8, gelu=True, out_range=self.ffn_out.output_range)
         f = self.ffn_out(h, quantized=True, accumulate=x)  # x + ffn_out(h), in the kernel
         if side is not None:
             f = f.addmm_(side, self.float_channels.w_out)
-        return norm_quantize(self.ffn_norm, f, following, attend.kernel)
+        return norm_quantize(self.ffn_norm, f, following, attend.kernels)
 
 
 def norm_quantize(norm: nn.LayerNorm, x: torch.Tensor, mm: Int8Matmul | None, kernels: Any
@@ -114,9 +115,7 @@ def norm_quantize(norm: nn.LayerNorm, x: torch.Tensor, mm: Int8Matmul | None, ke
     if mm is None:
         kernels.layer_norm_quantize(x, norm.weight, norm.bias, norm.eps, _EMPTY, 0)
         return x, None
-    scale, zp = mm.output_range
-    mul = (1.0 / scale) if mm.inv_smooth is None else mm.inv_smooth / scale
-    mul = mul if isinstance(mul, torch.Tensor) else torch.full((x.shape[-1],), mul)
+    mul, zp = mm.input_multiplier()
     return x, kernels.layer_norm_quantize(x, norm.weight, norm.bias, norm.eps, mul, zp)
 
 
@@ -223,21 +222,20 @@ class PackedAttention:
     then needs no cast). condense's kernel (`native.native_kernels`: CPUs with AMX bf16, head sizes 16, 32, 48,
     64) where it built and passed its check, each sequence at its own length in one call for the batch; else
     torch's flash attention on `attention_plan`'s buckets. native: None = the kernel where available, False =
-    never, True = the kernel or a CondenseError saying why not.
+    never, True = the kernel or a CondenseError saying why not (`use_native`).
 
     Example:
-        >>> attend = PackedAttention([3, 2], native=False)
+        >>> attend = PackedAttention([3, 2], use_native=False)
         >>> attend(torch.randn(5, 3 * 2 * 16).bfloat16(), 2, 16).shape
         torch.Size([5, 32])
     """
 
     NATIVE_HEAD_SIZES = (16, 32, 48, 64)
 
-    def __init__(self, lengths: list[int], *, native: bool | None = None) -> None:
-        from condense.quantize.onednn.native import native_kernels
-
-        self.kernel, why = native_kernels() if native is not False else (None, "native=False")
-        if native and self.kernel is None:
+    def __init__(self, lengths: list[int], *, use_native: bool | None = None) -> None:
+        # the native module also holds the fused LayerNorm + quantize the blocks call (`norm_quantize`)
+        self.kernels, why = native.native_kernels() if use_native is not False else (None, "native=False")
+        if use_native and self.kernels is None:
             raise CondenseError(f"condense's attention kernel is unavailable here: {why}; leave native unset "
                                 "to use torch's attention instead")
         self.lengths = lengths
@@ -247,11 +245,11 @@ class PackedAttention:
 
     def native(self, head_dim: int) -> bool:
         """Whether heads of this size go to condense's kernel."""
-        return self.kernel is not None and head_dim in self.NATIVE_HEAD_SIZES
+        return self.kernels is not None and head_dim in self.NATIVE_HEAD_SIZES
 
     def __call__(self, qkv: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
         if self.native(head_dim):
-            return self.kernel.packed_attention(qkv.contiguous(), self.starts, self.lens, n_heads, head_dim,
+            return self.kernels.packed_attention(qkv.contiguous(), self.starts, self.lens, n_heads, head_dim,
                                                 head_dim ** -0.5)
         if self._plan is None:
             self._plan = attention_plan(self.lengths)
@@ -309,7 +307,7 @@ class PackedInt8Bert(nn.Module):
         order = torch.argsort(lens, descending=True, stable=True)
         flat = keep[order].reshape(-1).nonzero().squeeze(1)  # real tokens, longest sequence first
         rows, cols = order[flat // T], flat % T  # where each packed token sits in the padded batch
-        attend = PackedAttention([n for n in lens[order].tolist() if n > 0], native=self.native)
+        attend = PackedAttention([n for n in lens[order].tolist() if n > 0], use_native=self.native)
         with torch.no_grad():  # inference kernels: no autograd formula for oneDNN's int8 ops
             x = self.embeddings.at(input_ids[rows, cols], cols)  # (N, C)
             xq = self.layers[0].qkv.quantize(x) if len(self.layers) else None

@@ -140,16 +140,27 @@ class Int8Matmul(nn.Module):
         return self.weight.shape[0]
 
     def _prepared(self) -> tuple:
-        """(packed weight, x scale, x zero point, zero weight zero-points, bf16 bias), rebuilt when a buffer changed."""
-        key = tuple((t._version, t.data_ptr()) for t in (self.weight, self.w_scale, self.bias, self.x_scale,
-                                                          self.x_zero_point))
+        """(packed weight, x scale, x zero point, zero weight zero-points, bf16 bias, input multiplier), rebuilt
+        when a buffer changed. The input multiplier (K,) is 1 / scale times the SmoothQuant divisor, per channel:
+        what a fused producer multiplies by before rounding (`input_multiplier`)."""
+        bufs = (self.weight, self.w_scale, self.bias, self.x_scale, self.x_zero_point)
+        bufs += () if self.inv_smooth is None else (self.inv_smooth,)
+        key = tuple((t._version, t.data_ptr()) for t in bufs)
         if self._cache is None or self._cache[0] != key:
             _consume_deprecation_warning()
             packed = torch.ops.onednn.qlinear_prepack(self.weight, [512, self.in_features])
             zeros = torch.zeros(self.out_features, dtype=torch.int64)
-            self._cache = (key, (packed, float(self.x_scale), int(self.x_zero_point), zeros,
-                                 self.bias.to(torch.bfloat16)))
+            scale = float(self.x_scale)
+            mul = (torch.full((self.in_features,), 1.0 / scale) if self.inv_smooth is None
+                   else (self.inv_smooth / scale).float().contiguous())
+            self._cache = (key, (packed, scale, int(self.x_zero_point), zeros, self.bias.to(torch.bfloat16), mul))
         return self._cache[1]
+
+    def input_multiplier(self) -> tuple[torch.Tensor, int]:
+        """(per-channel multiplier (K,), zero point): this matmul's uint8 input is round(x * multiplier) + zero
+        point, clamped to 0..255, for a producer that quantizes in its own kernel."""
+        prepared = self._prepared()
+        return prepared[5], prepared[2]
 
     @property
     def output_range(self) -> tuple[float, int]:
@@ -158,7 +169,7 @@ class Int8Matmul(nn.Module):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """x (M, K) float -> uint8 at this matmul's input scale (after the SmoothQuant divisor, if any)."""
-        _, scale, zp, _, _ = self._prepared()
+        _, scale, zp, _, _, _ = self._prepared()
         return self._quantize(x, scale, zp)
 
     def _quantize(self, x: torch.Tensor, scale: float, zp: int) -> torch.Tensor:
@@ -175,7 +186,7 @@ class Int8Matmul(nn.Module):
         gelu: exact GELU after the bias. out_range: (scale, zero point) of a uint8 output. accumulate: a float32
         (M, N) tensor the result is added to in place (and returned): a residual connection in the same kernel.
         """
-        packed, scale, zp, wzp, bias_bf16 = self._prepared()
+        packed, scale, zp, wzp, bias_bf16, _ = self._prepared()
         xq = x if quantized else self._quantize(x, scale, zp)
         if accumulate is not None:
             return torch.ops.onednn.qlinear_pointwise.binary(
